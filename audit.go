@@ -152,6 +152,7 @@ func NewAuditVerifier(tenantID int64, key ed25519.PublicKey, checkpoint, witness
 	if witness != nil {
 		v.want[witness.Seq] = true
 	}
+	v.hashes[0] = GenesisHash // an empty chain's checkpoint names sequence 0
 	return v
 }
 
