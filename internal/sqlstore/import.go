@@ -66,6 +66,9 @@ func (s *DeviceService) ImportDevices(ctx context.Context, format cradle.ImportF
 	err = s.db.write(ctx, func(tx *Tx) error {
 		ins := newBatchInserter(ctx, tx, a)
 		defer ins.close()
+		if err := tx.queryRow(ctx, `SELECT COALESCE(MAX(id), 0) FROM devices`).Scan(&ins.startID); err != nil {
+			return fmt.Errorf("sqlstore: import: %w", err)
+		}
 		for {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -127,6 +130,7 @@ type batchInserter struct {
 	args     []any
 	serials  map[string]int // serial → line, within the current batch
 	full1    *sql.Stmt      // prepared statement for a full batch
+	startID  int64          // the highest device id before the import
 	inserted int
 }
 
@@ -248,12 +252,12 @@ func (b *batchInserter) flush(reject func(int, string, string), digest io.Writer
 // this import inserted from an earlier line.
 func (b *batchInserter) conflictReason(serial string) (string, error) {
 	var by string
-	var at int64
-	err := b.tx.queryRow(b.ctx, `SELECT created_by, created_at FROM devices WHERE tenant_id = ? AND serial = ?`, b.tenant, serial).Scan(&by, &at)
+	var id, at int64
+	err := b.tx.queryRow(b.ctx, `SELECT id, created_by, created_at FROM devices WHERE tenant_id = ? AND serial = ?`, b.tenant, serial).Scan(&id, &by, &at)
 	if err != nil {
 		return "", fmt.Errorf("sqlstore: import: %w", err)
 	}
-	if by == b.actor && at == b.now {
+	if id > b.startID && by == b.actor && at == b.now {
 		return fmt.Sprintf("serial %q appears earlier in this import", serial), nil
 	}
 	return fmt.Sprintf("device %q already exists in this tenant", serial), nil
