@@ -76,7 +76,8 @@ type DB struct {
 	stopped chan struct{}
 	closed  bool
 
-	tokens tokenCache
+	tokens     tokenCache
+	background sync.WaitGroup // writes started off the request path
 }
 
 // Open opens (creating if needed) the database and runs the embedded
@@ -200,6 +201,7 @@ func (db *DB) Close() error {
 	db.mu.Unlock()
 	close(db.stop)
 	<-db.stopped
+	db.background.Wait()
 	err := db.flushWitness()
 	if db.dialect == sqliteDialect {
 		if _, cerr := db.wdb.Exec("PRAGMA wal_checkpoint(TRUNCATE)"); cerr != nil && err == nil {

@@ -258,11 +258,18 @@ func (s *TokenService) Authenticate(ctx context.Context, token string) (cradle.A
 			db.tokens.entries[id] = e
 		}
 		db.tokens.mu.Unlock()
-		// Not audited: using a token changes nothing. Best effort; a failure
-		// here must not refuse a valid request.
-		if _, err := db.wdb.ExecContext(ctx, db.dialect.rebind(`UPDATE tokens SET last_used_at = ? WHERE id = ?`), now.UnixMicro(), id); err != nil {
-			db.logger.Warn("token last-used time not recorded", "token", id, "err", err)
-		}
+		// Not audited: using a token changes nothing. Written off the
+		// request path (on SQLite the single writer may be busy with a long
+		// import) and best effort: a failure must not refuse a valid request.
+		db.background.Add(1)
+		go func() {
+			defer db.background.Done()
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if _, err := db.wdb.ExecContext(bctx, db.dialect.rebind(`UPDATE tokens SET last_used_at = ? WHERE id = ?`), now.UnixMicro(), id); err != nil {
+				db.logger.Warn("token last-used time not recorded", "token", id, "err", err)
+			}
+		}()
 	}
 	return cradle.Actor{TenantID: t.TenantID, Role: t.Role, Kind: "token", ID: id}, nil
 }

@@ -63,6 +63,12 @@ func testTokens(t *testing.T, e *Env) {
 	if a.TenantID != tn.ID || a.Role != cradle.RoleOperator || a.ID != tok.ID {
 		t.Fatalf("actor = %+v", a)
 	}
+	e.Reopen() // waits for the last-used write
+	for _, l := range must[[]*cradle.Token](t)(e.Tokens.FindTokens(admin)) {
+		if l.ID == tok.ID && (l.LastUsed == nil || !l.LastUsed.Equal(Epoch)) {
+			t.Fatalf("last use of the token not recorded: %+v", l)
+		}
+	}
 	// The stored row never holds the secret.
 	var stored string
 	if err := e.Raw.QueryRow(e.Backend.Rebind(`SELECT secret_hash FROM tokens WHERE id = ?`), tok.ID).Scan(&stored); err != nil {
