@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Device is one unit in the registry.
@@ -110,10 +111,14 @@ func ValidateSerial(s string) error {
 	if !isAlnum(s[0]) {
 		return Errorf(EINVALID, "invalid serial %q: must start with a letter or digit", s)
 	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
-			return Errorf(EINVALID, "invalid serial %q: character %q not allowed; use letters, digits, '.', '_' and '-'", s, rune(c))
+	for _, r := range s {
+		if r < utf8.RuneSelf && (isAlnum(byte(r)) || r == '.' || r == '_' || r == '-') {
+			continue
 		}
+		if r == utf8.RuneError && !utf8.ValidString(s) {
+			return Errorf(EINVALID, "invalid serial %q: not valid UTF-8", s)
+		}
+		return Errorf(EINVALID, "invalid serial %q: character %q not allowed; use letters, digits, '.', '_' and '-'", s, r)
 	}
 	return nil
 }

@@ -34,6 +34,8 @@ type ImportReader struct {
 // MaxImportLineLen bounds one JSON line of an import.
 const MaxImportLineLen = 64 << 10
 
+const utf8BOM = "\ufeff"
+
 var csvColumns = []string{"serial", "model", "hardware_uid", "hardware_revision", "macs", "labels", "state"}
 
 // NewImportReader returns a reader for the given format. For CSV it reads
@@ -42,7 +44,14 @@ func NewImportReader(format ImportFormat, r io.Reader) (*ImportReader, error) {
 	ir := &ImportReader{format: format}
 	switch format {
 	case ImportCSV:
-		ir.csv = csv.NewReader(r)
+		// A UTF-8 byte order mark (as spreadsheet programs write) must go
+		// before the CSV reader sees it: in front of a quoted header it
+		// would make the quote a bare one.
+		br := bufio.NewReader(r)
+		if b, _ := br.Peek(len(utf8BOM)); string(b) == utf8BOM {
+			br.Discard(len(utf8BOM))
+		}
+		ir.csv = csv.NewReader(br)
 		ir.csv.FieldsPerRecord = -1
 		ir.csv.ReuseRecord = true
 		header, err := ir.csv.Read()
@@ -53,7 +62,7 @@ func NewImportReader(format ImportFormat, r io.Reader) (*ImportReader, error) {
 		}
 		ir.cols = map[string]int{}
 		for i, h := range header {
-			h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
+			h = strings.ToLower(strings.TrimSpace(h))
 			if !containsString(csvColumns, h) {
 				return nil, Errorf(EINVALID, "CSV header: unknown column %q; known columns: %s", truncate(h, 80), strings.Join(csvColumns, ", "))
 			}
@@ -190,7 +199,9 @@ func DecodeStrictJSON(data []byte, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return JSONError(err)
 	}
-	if dec.More() {
+	// Not dec.More(): it reports false for a stray '}' or ']'. Anything but
+	// JSON whitespace after the value is trailing data.
+	if rest := data[dec.InputOffset():]; len(bytes.TrimLeft(rest, " \t\r\n")) > 0 {
 		return Errorf(EINVALID, "invalid JSON: unexpected data after the object")
 	}
 	return nil

@@ -59,6 +59,11 @@ func ParseLabelSelector(s string) (*LabelSelector, error) {
 	if len(sel.Requirements) == 0 {
 		return nil, Errorf(EINVALID, "empty label selector")
 	}
+	// The canonical form can be longer than the input ("k in(v)" becomes
+	// "k in (v)"). Refuse what could not be parsed back from String().
+	if n := len(sel.String()); n > MaxSelectorLen {
+		return nil, Errorf(EINVALID, "label selector longer than %d characters when written canonically (%d)", MaxSelectorLen, n)
+	}
 	return sel, nil
 }
 
@@ -128,7 +133,7 @@ func parseRequirement(c string) (LabelRequirement, error) {
 	for _, v := range strings.Split(strings.TrimSuffix(list, ")"), ",") {
 		v = strings.TrimSpace(v)
 		if err := checkSelectorValue(v); err != nil {
-			return bad(err.Error())
+			return bad(ErrorMessage(err))
 		}
 		if !slices.Contains(values, v) {
 			values = append(values, v)
@@ -143,7 +148,7 @@ func keyValue(c, k, v, op string) (LabelRequirement, error) {
 		return LabelRequirement{}, Errorf(EINVALID, "invalid label selector clause %q: bad key", truncate(c, 200))
 	}
 	if err := checkSelectorValue(v); err != nil {
-		return LabelRequirement{}, Errorf(EINVALID, "invalid label selector clause %q: %s", truncate(c, 200), err.Error())
+		return LabelRequirement{}, Errorf(EINVALID, "invalid label selector clause %q: %s", truncate(c, 200), ErrorMessage(err))
 	}
 	return LabelRequirement{Key: k, Op: op, Values: []string{v}}, nil
 }
