@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"bufio"
+	"container/heap"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"cradle"
@@ -55,12 +57,24 @@ func (s *DeviceService) ImportDevices(ctx context.Context, format cradle.ImportF
 	}
 
 	rep := &cradle.ImportReport{Rejected: []cradle.ImportError{}}
+	// Rows are rejected out of line order (a duplicate shows at its batch's
+	// INSERT), so the report keeps the rejections with the lowest lines in
+	// a max-heap and sorts them at the end.
+	var rejected rejectHeap
 	reject := func(line int, serial, reason string) {
 		rep.RejectedCount++
-		if len(rep.Rejected) < cradle.MaxImportErrors {
-			rep.Rejected = append(rep.Rejected, cradle.ImportError{Line: line, Serial: serial, Reason: reason})
+		e := cradle.ImportError{Line: line, Serial: serial, Reason: reason}
+		if len(rejected) < cradle.MaxImportErrors {
+			heap.Push(&rejected, e)
+		} else if line < rejected[0].Line {
+			rejected[0] = e
+			heap.Fix(&rejected, 0)
 		}
 	}
+	defer func() {
+		rep.Rejected = append(rep.Rejected, rejected...)
+		slices.SortFunc(rep.Rejected, func(a, b cradle.ImportError) int { return a.Line - b.Line })
+	}()
 	digest := sha256.New()
 	var rollback = errors.New("rows rejected")
 	err = s.db.write(ctx, func(tx *Tx) error {
@@ -261,4 +275,18 @@ func (b *batchInserter) conflictReason(serial string) (string, error) {
 		return fmt.Sprintf("serial %q appears earlier in this import", serial), nil
 	}
 	return fmt.Sprintf("device %q already exists in this tenant", serial), nil
+}
+
+// rejectHeap is a max-heap of rejected rows by line.
+type rejectHeap []cradle.ImportError
+
+func (h rejectHeap) Len() int           { return len(h) }
+func (h rejectHeap) Less(i, j int) bool { return h[i].Line > h[j].Line }
+func (h rejectHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *rejectHeap) Push(x any)        { *h = append(*h, x.(cradle.ImportError)) }
+func (h *rejectHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }

@@ -23,7 +23,8 @@ import (
 
 const (
 	tokenPrefix    = "cradle_"
-	tokenIDLen     = 16
+	tokenIDLen     = 16     // hex digits of the id in a token string
+	tokenIDPrefix  = "tok_" // a token's public id is tokenIDPrefix and those digits
 	tokenSecretLen = 43
 	// tokenCacheTTL bounds how long a replica trusts a cached token row; a
 	// revocation on the same replica takes effect at once.
@@ -63,7 +64,7 @@ func newToken() (id, secret string, err error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", "", fmt.Errorf("sqlstore: token: %w", err)
 	}
-	return hex.EncodeToString(b[:8]), base64.RawURLEncoding.EncodeToString(b[8:]), nil
+	return tokenIDPrefix + hex.EncodeToString(b[:8]), base64.RawURLEncoding.EncodeToString(b[8:]), nil
 }
 
 func hashSecret(secret string) []byte {
@@ -111,7 +112,7 @@ func (tx *Tx) createToken(ctx context.Context, a cradle.Actor, c cradle.TokenCre
 	if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "token.create", Subject: "token:" + tok.ID, Details: details}); err != nil {
 		return nil, "", err
 	}
-	return tok, tokenPrefix + id + "_" + secret, nil
+	return tok, tokenPrefix + strings.TrimPrefix(id, tokenIDPrefix) + "_" + secret, nil
 }
 
 // Bootstrap creates the default tenant and an admin token when the store
@@ -221,7 +222,7 @@ func (s *TokenService) Authenticate(ctx context.Context, token string) (cradle.A
 	if !ok || len(rest) != tokenIDLen+1+tokenSecretLen || rest[tokenIDLen] != '_' || !isHex(rest[:tokenIDLen]) {
 		return refuse(0, "token:malformed", "malformed", cradle.Errorf(cradle.EUNAUTHORIZED, "malformed API token: expected cradle_<id>_<secret> as printed by 'cradle token create'"))
 	}
-	id, secret := rest[:tokenIDLen], rest[tokenIDLen+1:]
+	id, secret := tokenIDPrefix+rest[:tokenIDLen], rest[tokenIDLen+1:]
 	now := cradle.Now(db.clock)
 
 	db.tokens.mu.Lock()
