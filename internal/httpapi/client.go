@@ -1,0 +1,283 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"cradle"
+)
+
+// Client is a client of the operator API. It implements
+// cradle.DeviceService and cradle.AuditService over HTTP, and has the token
+// operations as methods; errors the server sends come back as *cradle.Error
+// with the server's code and message.
+type Client struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+var (
+	_ cradle.DeviceService = (*Client)(nil)
+	_ cradle.AuditService  = (*Client)(nil)
+)
+
+// NewClient returns a client of the server at baseURL (e.g.
+// "http://127.0.0.1:8080") that authenticates with token. A nil hc means
+// http.DefaultClient. NewClient does no I/O.
+func NewClient(baseURL, token string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return &Client{base: strings.TrimRight(baseURL, "/"), token: token, hc: hc}
+}
+
+// WhoAmI returns the identity the client's token stands for.
+func (c *Client) WhoAmI(ctx context.Context) (*Identity, error) {
+	var id Identity
+	return &id, c.do(ctx, http.MethodGet, "/api/v1/whoami", nil, nil, &id)
+}
+
+// FindDeviceBySerial implements cradle.DeviceService.
+func (c *Client) FindDeviceBySerial(ctx context.Context, serial string) (*cradle.Device, error) {
+	var d cradle.Device
+	if err := c.do(ctx, http.MethodGet, devicePath(serial), nil, nil, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// FindDevices implements cradle.DeviceService.
+func (c *Client) FindDevices(ctx context.Context, f cradle.DeviceFilter) ([]*cradle.Device, string, error) {
+	q := url.Values{}
+	if f.State != nil {
+		q.Set("state", string(*f.State))
+	}
+	if f.Model != nil {
+		q.Set("model", *f.Model)
+	}
+	if f.SerialPrefix != nil {
+		q.Set("serial_prefix", *f.SerialPrefix)
+	}
+	if f.Selector != nil {
+		q.Set("selector", f.Selector.String())
+	}
+	if f.Cursor != "" {
+		q.Set("cursor", f.Cursor)
+	}
+	if f.Limit != 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var page DeviceList
+	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/devices", q), nil, nil, &page); err != nil {
+		return nil, "", err
+	}
+	return page.Devices, page.NextCursor, nil
+}
+
+// CreateDevice implements cradle.DeviceService.
+func (c *Client) CreateDevice(ctx context.Context, dc cradle.DeviceCreate) (*cradle.Device, error) {
+	var d cradle.Device
+	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/devices", dc, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// UpdateDevice implements cradle.DeviceService.
+func (c *Client) UpdateDevice(ctx context.Context, serial string, u cradle.DeviceUpdate) (*cradle.Device, error) {
+	var d cradle.Device
+	if err := c.doJSON(ctx, http.MethodPatch, devicePath(serial), u, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// TransitionDevice implements cradle.DeviceService.
+func (c *Client) TransitionDevice(ctx context.Context, serial string, t cradle.DeviceTransition) (*cradle.Device, error) {
+	var d cradle.Device
+	if err := c.doJSON(ctx, http.MethodPost, devicePath(serial)+"/transitions", t, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// FindDeviceHistory implements cradle.DeviceService.
+func (c *Client) FindDeviceHistory(ctx context.Context, serial string) ([]*cradle.StateChange, error) {
+	var l TransitionList
+	if err := c.do(ctx, http.MethodGet, devicePath(serial)+"/transitions", nil, nil, &l); err != nil {
+		return nil, err
+	}
+	return l.Transitions, nil
+}
+
+// ImportDevices implements cradle.DeviceService: it streams r to the
+// server. A rejected import (422) returns its report and a nil error, as
+// the interface says.
+func (c *Client) ImportDevices(ctx context.Context, format cradle.ImportFormat, r io.Reader) (*cradle.ImportReport, error) {
+	var rep cradle.ImportReport
+	hdr := http.Header{"Content-Type": {importContentType(format)}}
+	err := c.do(ctx, http.MethodPost, withQuery("/api/v1/device-imports", url.Values{"format": {string(format)}}), hdr, io.NopCloser(r), &rep)
+	var re *responseError
+	if errors.As(err, &re) && re.status == http.StatusUnprocessableEntity {
+		if jerr := json.Unmarshal(re.body, &rep); jerr == nil {
+			return &rep, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &rep, nil
+}
+
+func importContentType(f cradle.ImportFormat) string {
+	if f == cradle.ImportCSV {
+		return "text/csv"
+	}
+	return "application/jsonl"
+}
+
+// FindAuditEntries implements cradle.AuditService.
+func (c *Client) FindAuditEntries(ctx context.Context, f cradle.AuditFilter) ([]*cradle.AuditEntry, error) {
+	q := url.Values{}
+	if f.AfterSeq != 0 {
+		q.Set("after", strconv.FormatInt(f.AfterSeq, 10))
+	}
+	if f.Action != nil {
+		q.Set("action", *f.Action)
+	}
+	if f.Subject != nil {
+		q.Set("subject", *f.Subject)
+	}
+	if f.Limit != 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var l AuditList
+	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/audit", q), nil, nil, &l); err != nil {
+		return nil, err
+	}
+	return l.Entries, nil
+}
+
+// VerifyAudit implements cradle.AuditService.
+func (c *Client) VerifyAudit(ctx context.Context) (*cradle.AuditVerification, error) {
+	var v cradle.AuditVerification
+	if err := c.do(ctx, http.MethodGet, "/api/v1/audit/verify", nil, nil, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// CreateToken creates an API token in the caller's tenant and returns it
+// with its secret token string.
+func (c *Client) CreateToken(ctx context.Context, tc cradle.TokenCreate) (*cradle.Token, string, error) {
+	var out TokenCreated
+	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/tokens", tc, &out); err != nil {
+		return nil, "", err
+	}
+	return out.Token, out.Secret, nil
+}
+
+// FindTokens lists the API tokens of the caller's tenant.
+func (c *Client) FindTokens(ctx context.Context) ([]*cradle.Token, error) {
+	var l TokenList
+	if err := c.do(ctx, http.MethodGet, "/api/v1/tokens", nil, nil, &l); err != nil {
+		return nil, err
+	}
+	return l.Tokens, nil
+}
+
+// RevokeToken revokes the API token with the given id.
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(id), nil, nil, nil)
+}
+
+func devicePath(serial string) string { return "/api/v1/devices/" + url.PathEscape(serial) }
+
+func withQuery(path string, q url.Values) string {
+	if len(q) == 0 {
+		return path
+	}
+	return path + "?" + q.Encode()
+}
+
+// doJSON sends in as a JSON body and decodes the answer into out.
+func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("httpapi: encoding the request: %w", err)
+	}
+	return c.do(ctx, method, path, http.Header{"Content-Type": {"application/json"}}, io.NopCloser(bytes.NewReader(b)), out)
+}
+
+// responseError is a response with an error status. Its *cradle.Error is
+// what the server said, or what the client could make of the status.
+type responseError struct {
+	status int
+	body   []byte
+	err    *cradle.Error
+}
+
+func (e *responseError) Error() string { return e.err.Error() }
+func (e *responseError) Unwrap() error { return e.err }
+
+// maxErrorBody bounds how much of an error response the client reads.
+const maxErrorBody = 4 << 20
+
+func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, body io.ReadCloser, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("httpapi: %w", err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("httpapi: %s %s: %w", method, c.base+path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		return &responseError{status: resp.StatusCode, body: data, err: errorFrom(resp, data)}
+	}
+	if out == nil {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("httpapi: %s %s: decoding the answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// errorFrom makes a *cradle.Error of an error response: the server's own
+// {"code","message"} when the body is one, otherwise a message built from
+// the status (a proxy's error page, say).
+func errorFrom(resp *http.Response, body []byte) *cradle.Error {
+	var e cradle.Error
+	if err := json.Unmarshal(body, &e); err == nil && e.Code != "" && e.Message != "" {
+		return &e
+	}
+	snippet := strings.TrimSpace(string(body))
+	if len(snippet) > 200 {
+		snippet = snippet[:200] + "…"
+	}
+	msg := fmt.Sprintf("the server answered %s", resp.Status)
+	if snippet != "" {
+		msg += ": " + snippet
+	}
+	return &cradle.Error{Code: codeOf(resp.StatusCode), Message: msg}
+}
