@@ -1,0 +1,65 @@
+// Command cradle-agent is the program that runs on a Cradle-managed device.
+//
+// It will enroll the device with the operational PKI using the identity
+// (IDevID) injected at the factory, keep its certificate fresh, report
+// telemetry, apply configuration, install updates into the inactive A/B
+// slot and commit or roll them back, obey commands signed by the server,
+// and wipe its credentials when the device is decommissioned. For now it
+// only reports its version.
+//
+// The agent is small on purpose: it links no SQL driver, no MQTT broker and
+// no web console (a test checks its dependencies).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+
+	"cradle"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `cradle-agent runs on a device managed by Cradle.
+
+It will enroll the device with its factory identity, keep its certificate
+fresh, report telemetry, apply configuration, install signed updates into the
+inactive A/B slot with rollback, obey signed commands from the server, and wipe
+its credentials at decommissioning. This version only reports its version.
+
+Usage:
+  cradle-agent version     print the version
+  cradle-agent --version   the same
+  cradle-agent --help      this text
+`
+
+// run runs the agent with args (without the program name) and returns the
+// exit code: 0 on success, 2 for a usage error.
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("cradle-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // errors are reported below; --help prints usage to stdout
+	version := fs.Bool("version", false, "print the version")
+	if err := fs.Parse(args); err == flag.ErrHelp {
+		fmt.Fprint(stdout, usage)
+		return 0
+	} else if err != nil {
+		fmt.Fprintln(stderr, "see cradle-agent --help")
+		return 2
+	}
+	switch {
+	case *version && fs.NArg() == 0, !*version && fs.NArg() == 1 && fs.Arg(0) == "version":
+		fmt.Fprintf(stdout, "cradle-agent %s (%s, %s/%s)\n", cradle.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	case fs.NArg() == 0:
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	fmt.Fprintf(stderr, "error: unknown command %q; see cradle-agent --help\n", fs.Arg(0))
+	return 2
+}

@@ -1,0 +1,366 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the configuration of `cradle serve`. Its sources, each
+// overriding the one before: the defaults (DefaultConfig), a YAML file
+// (--config or CRADLE_CONFIG; none by default), CRADLE_* environment
+// variables, and command-line flags. configFields lists every field with its
+// YAML key, variable and flag.
+type Config struct {
+	DataDir string     // data_dir: the directory for the SQLite file, the audit key and the witness
+	Listen  string     // listen: host:port of the HTTP server; port 0 picks a free one
+	Store   string     // store: "" for <data_dir>/cradle.db, "sqlite:PATH", or a postgres:// URL
+	Log     LogConfig  // log.*
+	HTTP    HTTPConfig // http.*
+}
+
+// LogConfig chooses how the server logs (to stderr).
+type LogConfig struct {
+	Level  string // debug, info, warn or error
+	Format string // text or json
+}
+
+// HTTPConfig holds the HTTP server's limits.
+type HTTPConfig struct {
+	MaxBodyBytes    int64         // limit of a JSON request body
+	MaxImportBytes  int64         // limit of a device import stream
+	ShutdownTimeout time.Duration // how long in-flight requests may run after SIGTERM
+}
+
+// DefaultConfig returns the configuration used when nothing is set: an
+// embedded SQLite store in ./cradle-data, served on 127.0.0.1:8080.
+func DefaultConfig() Config {
+	return Config{
+		DataDir: "./cradle-data",
+		Listen:  "127.0.0.1:8080",
+		Log:     LogConfig{Level: "info", Format: "text"},
+		HTTP: HTTPConfig{
+			MaxBodyBytes:    1 << 20,
+			MaxImportBytes:  1 << 30,
+			ShutdownTimeout: 30 * time.Second,
+		},
+	}
+}
+
+// StoreDSN returns the store to open: Store, or the SQLite file in DataDir
+// when Store is empty.
+func (c Config) StoreDSN() string {
+	if c.Store == "" {
+		return filepath.Join(c.DataDir, "cradle.db")
+	}
+	return c.Store
+}
+
+// configField is one configuration setting and the names it has in each
+// source. All sources go through set, so a value is checked the same way
+// wherever it comes from.
+type configField struct {
+	key   string // YAML key, dotted for nested keys
+	env   string
+	flag  string
+	usage string
+	set   func(c *Config, v string) error
+	get   func(c *Config) string
+}
+
+var configFields = []configField{
+	{
+		key: "data_dir", env: "CRADLE_DATA_DIR", flag: "data-dir",
+		usage: "directory for the SQLite store, the audit key and the audit witness",
+		set: func(c *Config, v string) error {
+			if v == "" {
+				return errors.New("must not be empty")
+			}
+			c.DataDir = v
+			return nil
+		},
+		get: func(c *Config) string { return c.DataDir },
+	},
+	{
+		key: "listen", env: "CRADLE_LISTEN", flag: "listen",
+		usage: "host:port to serve HTTP on (port 0 picks a free port)",
+		set: func(c *Config, v string) error {
+			if err := checkListen(v); err != nil {
+				return err
+			}
+			c.Listen = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Listen },
+	},
+	{
+		key: "store", env: "CRADLE_STORE", flag: "store",
+		usage: `database: empty for <data_dir>/cradle.db, "sqlite:PATH", or "postgres://…"`,
+		set: func(c *Config, v string) error {
+			if err := checkStore(v); err != nil {
+				return err
+			}
+			c.Store = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Store },
+	},
+	{
+		key: "log.level", env: "CRADLE_LOG_LEVEL", flag: "log-level",
+		usage: "log level: debug, info, warn or error",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "debug", "info", "warn", "error":
+				c.Log.Level = v
+				return nil
+			}
+			return fmt.Errorf("%q is not a log level; use debug, info, warn or error", v)
+		},
+		get: func(c *Config) string { return c.Log.Level },
+	},
+	{
+		key: "log.format", env: "CRADLE_LOG_FORMAT", flag: "log-format",
+		usage: "log format: text or json",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "text", "json":
+				c.Log.Format = v
+				return nil
+			}
+			return fmt.Errorf("%q is not a log format; use text or json", v)
+		},
+		get: func(c *Config) string { return c.Log.Format },
+	},
+	{
+		key: "http.max_body_bytes", env: "CRADLE_HTTP_MAX_BODY_BYTES", flag: "max-body-bytes",
+		usage: "limit of a JSON request body, in bytes (suffixes KiB, MiB, GiB)",
+		set: func(c *Config, v string) (err error) {
+			c.HTTP.MaxBodyBytes, err = parseByteSize(v)
+			return err
+		},
+		get: func(c *Config) string { return formatByteSize(c.HTTP.MaxBodyBytes) },
+	},
+	{
+		key: "http.max_import_bytes", env: "CRADLE_HTTP_MAX_IMPORT_BYTES", flag: "max-import-bytes",
+		usage: "limit of a device import stream, in bytes (suffixes KiB, MiB, GiB)",
+		set: func(c *Config, v string) (err error) {
+			c.HTTP.MaxImportBytes, err = parseByteSize(v)
+			return err
+		},
+		get: func(c *Config) string { return formatByteSize(c.HTTP.MaxImportBytes) },
+	},
+	{
+		key: "http.shutdown_timeout", env: "CRADLE_HTTP_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout",
+		usage: "how long in-flight requests may finish after SIGINT or SIGTERM",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("%q is not a positive duration such as 30s or 2m", v)
+			}
+			c.HTTP.ShutdownTimeout = d
+			return nil
+		},
+		get: func(c *Config) string { return c.HTTP.ShutdownTimeout.String() },
+	},
+}
+
+// configGroups are the YAML keys that hold nested keys.
+var configGroups = []string{"log", "http"}
+
+func checkListen(v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (for example 127.0.0.1:8080 or :8080)", v)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("%q has a bad host %q", v, host)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q has a bad port %q; use a number from 0 to 65535", v, port)
+	}
+	return nil
+}
+
+func checkStore(v string) error {
+	switch {
+	case v == "":
+	case strings.HasPrefix(v, "postgres://"), strings.HasPrefix(v, "postgresql://"):
+	case strings.HasPrefix(v, "sqlite:") && len(v) > len("sqlite:"):
+	default:
+		return fmt.Errorf("%q is not a store; use postgres://…, sqlite:PATH, or leave it empty for <data_dir>/cradle.db", redactDSN(v))
+	}
+	return nil
+}
+
+// redactDSN hides a password in a URL-shaped DSN so that it can be shown in
+// an error message.
+func redactDSN(v string) string {
+	scheme, rest, ok := strings.Cut(v, "://")
+	if !ok {
+		return v
+	}
+	userinfo, host, ok := strings.Cut(rest, "@")
+	if !ok {
+		return v
+	}
+	if user, _, hasPass := strings.Cut(userinfo, ":"); hasPass {
+		return scheme + "://" + user + ":xxxxx@" + host
+	}
+	return v
+}
+
+// parseByteSize parses a positive byte count: digits, optionally followed by
+// KiB, MiB or GiB.
+func parseByteSize(v string) (int64, error) {
+	s := strings.TrimSpace(v)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size; use a positive number of bytes, optionally with KiB, MiB or GiB (for example 1MiB)", v)
+	}
+	return n * mult, nil
+}
+
+// formatByteSize writes n in the largest unit that divides it.
+func formatByteSize(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + "GiB"
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + "MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + "KiB"
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// parseConfigYAML applies a YAML configuration document to c. Every key
+// must be known and every value a scalar that its field accepts; errors name
+// the field ("config: listen: …") and the line.
+func parseConfigYAML(data []byte, c *Config) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil // an empty file sets nothing
+	}
+	root := doc.Content[0]
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return nil // a file of comments only
+	}
+	if root.Kind != yaml.MappingNode {
+		return fmt.Errorf("config: line %d: the file must be a mapping of keys such as data_dir: and listen:", root.Line)
+	}
+	return applyYAMLMapping(root, "", c)
+}
+
+func applyYAMLMapping(m *yaml.Node, prefix string, c *Config) error {
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		name := prefix + k.Value
+		if k.Kind != yaml.ScalarNode {
+			return fmt.Errorf("config: line %d: keys must be plain names", k.Line)
+		}
+		if seen[name] {
+			return fmt.Errorf("config: %s: given twice (line %d)", name, k.Line)
+		}
+		seen[name] = true
+		if prefix == "" && slices.Contains(configGroups, name) {
+			if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+				continue // "log:" with nothing under it
+			}
+			if v.Kind != yaml.MappingNode {
+				return fmt.Errorf("config: %s: line %d: expected keys nested under %s:", name, v.Line, name)
+			}
+			if err := applyYAMLMapping(v, name+".", c); err != nil {
+				return err
+			}
+			continue
+		}
+		f := findConfigField(name)
+		if f == nil {
+			return fmt.Errorf("config: unknown key %q (line %d); known keys: %s", name, k.Line, strings.Join(configKeys(), ", "))
+		}
+		if v.Kind != yaml.ScalarNode {
+			return fmt.Errorf("config: %s: line %d: expected a single value", name, v.Line)
+		}
+		val := v.Value
+		if v.Tag == "!!null" {
+			val = ""
+		}
+		if err := f.set(c, val); err != nil {
+			return fmt.Errorf("config: %s: %v (line %d)", name, err, v.Line)
+		}
+	}
+	return nil
+}
+
+func findConfigField(key string) *configField {
+	for i := range configFields {
+		if configFields[i].key == key {
+			return &configFields[i]
+		}
+	}
+	return nil
+}
+
+func configKeys() []string {
+	keys := make([]string, len(configFields))
+	for i, f := range configFields {
+		keys[i] = f.key
+	}
+	return keys
+}
+
+// loadConfig builds the configuration from the defaults, the YAML file at
+// path (none when path is ""), the environment (lookupEnv) and the flags
+// that were given on the command line (by flag name).
+func loadConfig(path string, lookupEnv func(string) (string, bool), flags map[string]string) (Config, error) {
+	c := DefaultConfig()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return c, fmt.Errorf("config: file %s does not exist; check --config or CRADLE_CONFIG", path)
+		} else if err != nil {
+			return c, fmt.Errorf("config: %w", err)
+		}
+		if err := parseConfigYAML(data, &c); err != nil {
+			return c, fmt.Errorf("%w (in %s)", err, path)
+		}
+	}
+	for _, f := range configFields {
+		if v, ok := lookupEnv(f.env); ok {
+			if err := f.set(&c, v); err != nil {
+				return c, fmt.Errorf("config: %s: %v (from %s)", f.key, err, f.env)
+			}
+		}
+	}
+	for _, f := range configFields {
+		if v, ok := flags[f.flag]; ok {
+			if err := f.set(&c, v); err != nil {
+				return c, fmt.Errorf("config: %s: %v (from --%s)", f.key, err, f.flag)
+			}
+		}
+	}
+	return c, nil
+}
