@@ -147,6 +147,10 @@ func (s *Server) dispatch(rs []route) http.Handler {
 func (s *Server) instrument(rt route) http.Handler {
 	m := s.metrics
 	durations := m.duration.WithLabelValues(rt.method, rt.pattern)
+	var counts [6]prometheus.Counter // by status class, 1xx … 5xx
+	for i := 1; i < len(counts); i++ {
+		counts[i] = m.requests.WithLabelValues(rt.method, rt.pattern, fmt.Sprintf("%dxx", i))
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		m.inFlight.Inc()
@@ -155,7 +159,9 @@ func (s *Server) instrument(rt route) http.Handler {
 			m.inFlight.Dec()
 			d := time.Since(start)
 			durations.Observe(d.Seconds())
-			m.requests.WithLabelValues(rt.method, rt.pattern, statusClass(rec.status)).Inc()
+			if c := rec.status / 100; c > 0 && c < len(counts) {
+				counts[c].Inc()
+			}
 			if s.Logger.Enabled(r.Context(), slog.LevelDebug) {
 				s.Logger.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", d, "bytes", rec.bytes)
 			}
@@ -295,10 +301,6 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-func statusClass(status int) string {
-	return fmt.Sprintf("%dxx", status/100)
-}
 
 // metrics are the API's Prometheus metrics.
 type metrics struct {

@@ -693,7 +693,7 @@ func FuzzListDevicesQuery(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	e := newFuzzEnv(f)
+	e := newHandlerEnv(f, 5)
 	f.Fuzz(func(t *testing.T, q string) {
 		req := httptest.NewRequest("GET", "/api/v1/devices", nil)
 		req.URL.RawQuery = q
@@ -717,12 +717,14 @@ func FuzzListDevicesQuery(f *testing.F) {
 	})
 }
 
-type fuzzEnv struct {
+// handlerEnv is the API's handler over a SQLite store holding n devices,
+// with an admin token, for fuzzing and benchmarks.
+type handlerEnv struct {
 	handler http.Handler
 	token   string
 }
 
-func newFuzzEnv(f *testing.F) *fuzzEnv {
+func newHandlerEnv(f testing.TB, n int) *handlerEnv {
 	_, key, _ := ed25519.GenerateKey(nil)
 	ctx := context.Background()
 	db, err := sqlstore.Open(ctx, filepath.Join(f.TempDir(), "cradle.db"), sqlstore.Options{AuditKey: key})
@@ -737,11 +739,14 @@ func newFuzzEnv(f *testing.F) *fuzzEnv {
 	}
 	devices := sqlstore.NewDeviceService(db)
 	actx := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "fuzz"))
-	for i := range 5 {
-		if _, err := devices.CreateDevice(actx, cradle.DeviceCreate{Serial: fmt.Sprintf("SN-%d", i), Model: "gw-100", Labels: map[string]string{"site": "berlin"}}); err != nil {
-			f.Fatal(err)
-		}
+	var csv strings.Builder
+	csv.WriteString("serial,model,macs,labels\n")
+	for i := range n {
+		fmt.Fprintf(&csv, "SN-%d,gw-100,02:00:5e:%02x:%02x:%02x,site=berlin;batch=%d\n", i, byte(i>>16), byte(i>>8), byte(i), i/1000)
+	}
+	if rep, err := devices.ImportDevices(actx, cradle.ImportCSV, strings.NewReader(csv.String())); err != nil || !rep.Committed {
+		f.Fatalf("import: %+v, %v", rep, err)
 	}
 	api := &httpapi.Server{Devices: devices, Tokens: tokens, Audit: sqlstore.NewAuditService(db)}
-	return &fuzzEnv{handler: api.Handler(), token: secret}
+	return &handlerEnv{handler: api.Handler(), token: secret}
 }

@@ -31,10 +31,11 @@ func scanDevice(sc interface{ Scan(...any) error }) (*cradle.Device, error) {
 	if err := sc.Scan(&d.ID, &d.TenantID, &d.Serial, &d.HardwareUID, &macs, &d.Model, &d.HardwareRevision, &labels, &state, &created, &updated, &changed); err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(macs, &d.MACs); err != nil {
+	var err error
+	if d.MACs, err = decodeStringList(macs); err != nil {
 		return nil, fmt.Errorf("device %s: macs column: %w", d.Serial, err)
 	}
-	if err := json.Unmarshal(labels, &d.Labels); err != nil {
+	if d.Labels, err = decodeStringMap(labels); err != nil {
 		return nil, fmt.Errorf("device %s: labels column: %w", d.Serial, err)
 	}
 	if d.MACs == nil {
@@ -61,7 +62,7 @@ func (s *DeviceService) FindDeviceBySerial(ctx context.Context, serial string) (
 	if cradle.ValidateSerial(serial) != nil {
 		return nil, notFound(serial)
 	}
-	d, err := scanDevice(s.db.queryRow(ctx, `SELECT `+deviceCols+` FROM devices WHERE tenant_id = ? AND serial = ?`, a.TenantID, serial))
+	d, err := scanDevice(s.db.queryRowPrepared(ctx, `SELECT `+deviceCols+` FROM devices WHERE tenant_id = ? AND serial = ?`, a.TenantID, serial))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, notFound(serial)
 	} else if err != nil {

@@ -230,7 +230,7 @@ func (s *TokenService) Authenticate(ctx context.Context, token string) (cradle.A
 	db.tokens.mu.Unlock()
 	if !cached || now.Sub(ent.fetched) > tokenCacheTTL || now.Before(ent.fetched) {
 		var hashHex string
-		t, err := scanToken(db.queryRow(ctx, `SELECT `+tokenCols+`, secret_hash FROM tokens WHERE id = ?`, id), &hashHex)
+		t, err := scanToken(db.queryRowPrepared(ctx, `SELECT `+tokenCols+`, secret_hash FROM tokens WHERE id = ?`, id), &hashHex)
 		if errors.Is(err, sql.ErrNoRows) {
 			return refuse(0, "token:"+id, "unknown", cradle.Errorf(cradle.EUNAUTHORIZED, "unknown API token %s: it does not exist here; check the server URL or create a token", id))
 		} else if err != nil {
