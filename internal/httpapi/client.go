@@ -246,7 +246,16 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("httpapi: %s %s: %w", method, c.base+path, err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+		}
+		// url.Error repeats the method and URL; say it once, and what to
+		// check.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("cannot reach the Cradle server at %s (%w); is it running, and is --server or CRADLE_SERVER right?", c.base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {

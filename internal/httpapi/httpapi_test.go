@@ -636,6 +636,14 @@ func TestClientRoundTrip(t *testing.T) {
 		t.Errorf("revoked token: %v, want unauthorized", err)
 	}
 
+	// A server that is not there: one clear sentence naming it.
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close()
+	_, err = httpapi.NewClient(down.URL, "x", nil).WhoAmI(ctx)
+	if err == nil || !strings.HasPrefix(err.Error(), "cannot reach the Cradle server at "+down.URL+" (") || strings.Count(err.Error(), down.URL) != 1 {
+		t.Errorf("a server that is down: %v", err)
+	}
+
 	// An answer that is not one of ours still becomes a *cradle.Error.
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "upstream timed out", http.StatusGatewayTimeout)

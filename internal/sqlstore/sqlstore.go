@@ -117,6 +117,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*DB, error) {
 		db.closePools()
 		return nil, err
 	}
+	if err := db.checkAuditKey(ctx); err != nil {
+		db.closePools()
+		return nil, err
+	}
 	if err := db.ensureHead(ctx, 0); err != nil {
 		db.closePools()
 		return nil, err
@@ -450,6 +454,44 @@ func (db *DB) queryRowPrepared(ctx context.Context, q string, args ...any) *sql.
 		st = prev.(*sql.Stmt)
 	}
 	return st.QueryRowContext(ctx, args...)
+}
+
+// checkAuditKey refuses a key that signed none of the store's chain heads:
+// the store was created with another key (lost, or the wrong data
+// directory), and every write would extend chains that can no longer be
+// verified. Some heads failing alone is tampering, which verification
+// reports; the server still starts.
+func (db *DB) checkAuditKey(ctx context.Context) error {
+	rows, err := db.query(ctx, `SELECT tenant_id, seq, hash, time, signature FROM audit_heads`)
+	if err != nil {
+		return fmt.Errorf("sqlstore: open: audit heads: %w", err)
+	}
+	defer rows.Close()
+	var heads, bad int
+	for rows.Next() {
+		var c cradle.AuditCheckpoint
+		var t int64
+		var sig string
+		if err := rows.Scan(&c.TenantID, &c.Seq, &c.Hash, &t, &sig); err != nil {
+			return fmt.Errorf("sqlstore: open: audit heads: %w", err)
+		}
+		c.Time = fromMicros(t)
+		c.Signature, _ = base64.StdEncoding.DecodeString(sig)
+		heads++
+		if !c.Verify(db.pub) {
+			bad++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlstore: open: audit heads: %w", err)
+	}
+	switch {
+	case heads > 0 && bad == heads:
+		return fmt.Errorf("sqlstore: open: the audit key does not match the key that signed this store's audit log (none of its %d chain heads verifies); start with the audit key the store was created with, restored from backup", heads)
+	case bad > 0:
+		db.logger.Error("audit chain heads with a bad signature: the audit log was tampered with; run cradle audit verify", "bad", bad, "heads", heads)
+	}
+	return nil
 }
 
 // ensureHead creates the signed empty head (sequence 0) of a tenant's chain

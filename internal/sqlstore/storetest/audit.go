@@ -2,12 +2,14 @@ package storetest
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 
 	"cradle"
+	"cradle/internal/sqlstore"
 )
 
 // seedChain makes a tenant whose chain holds several entries and returns
@@ -220,6 +222,49 @@ func testConcurrentWrites(t *testing.T, e *Env) {
 		}
 		if c.TenantID == tn.ID && c.Entries != 1+80 {
 			t.Fatalf("acme chain has %d entries, want 81", c.Entries)
+		}
+	}
+}
+
+// testAuditWrongKey opens a store with a key other than the one that
+// signed its log: refused with an error that says so, and nothing written.
+func testAuditWrongKey(t *testing.T, e *Env) {
+	_, ctx := e.Tenant("acme", cradle.RoleAdmin)
+	if _, err := e.Devices.CreateDevice(ctx, cradle.DeviceCreate{Serial: "SN-1", Model: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DB.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var before int
+	if err := e.Raw.QueryRow(`SELECT COUNT(*) FROM audit_entries`).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	_, other, _ := ed25519.GenerateKey(nil)
+	db, err := sqlstore.Open(context.Background(), e.DSN, sqlstore.Options{AuditKey: other, Clock: e.Clock})
+	if err == nil {
+		db.Close()
+		t.Fatal("a store opened with another audit key than the one that signed its log")
+	}
+	if !strings.Contains(err.Error(), "audit key does not match") {
+		t.Errorf("error %q; want one saying the audit key does not match", err)
+	}
+	var after int
+	if err := e.Raw.QueryRow(`SELECT COUNT(*) FROM audit_entries`).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	if after != before {
+		t.Errorf("the refused open wrote %d audit entries", after-before)
+	}
+	// The right key still opens it, and the log verifies.
+	e.Reopen()
+	all, err := e.Audit.VerifyAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range all {
+		if !v.OK {
+			t.Errorf("tenant %d chain broken after a refused open: %+v", v.TenantID, v.Broken)
 		}
 	}
 }

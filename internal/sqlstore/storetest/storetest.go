@@ -151,6 +151,7 @@ func Run(t *testing.T, b Backend) {
 		{"AuditEntries", testAuditEntries},
 		{"AuditTamper", testAuditTamper},
 		{"AuditWitness", testAuditWitness},
+		{"AuditWrongKey", testAuditWrongKey},
 		{"ConcurrentWrites", testConcurrentWrites},
 	}
 	for _, tt := range tests {
