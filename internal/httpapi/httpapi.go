@@ -266,15 +266,23 @@ func (s *Server) writeJSON(w http.ResponseWriter, r *http.Request, status int, v
 		b = []byte(`{"code":"internal","message":"internal error"}`)
 	}
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
+	h["Content-Type"] = jsonContentType
+	h["Cache-Control"] = noStore
+	h["X-Content-Type-Options"] = noSniff
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead {
 		return
 	}
 	w.Write(append(b, '\n'))
 }
+
+// Header values of every JSON response, assigned rather than Set: the keys
+// are already canonical, and net/http never modifies a value slice.
+var (
+	jsonContentType = []string{"application/json"}
+	noStore         = []string{"no-store"}
+	noSniff         = []string{"nosniff"}
+)
 
 // statusRecorder remembers the status and size of a response for the
 // request log and metrics.

@@ -156,7 +156,7 @@ func (db *DB) openSQLite(path string) error {
 		w.Close()
 		return fmt.Errorf("sqlstore: open %s: %w", path, err)
 	}
-	n := max(16, 4*runtime.NumCPU())
+	n := max(4, 2*runtime.NumCPU())
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
 	r.SetConnMaxIdleTime(0)
