@@ -40,6 +40,12 @@ func (a *app) auditListCmd() *cobra.Command {
   cradle audit list --subject device:SN-0001 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkLimit(cmd, f.Limit); err != nil {
+				return err
+			}
+			if f.AfterSeq < 0 {
+				return fmt.Errorf("invalid --after %d: use a sequence number ≥ 0", f.AfterSeq)
+			}
 			if action != "" {
 				f.Action = &action
 			}

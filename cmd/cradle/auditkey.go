@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 )
 
 // The audit key signs the heads of the audit chains (see package cradle).
@@ -17,7 +19,48 @@ import (
 // the checkpoints the old one signed, so a corrupt or missing key is never
 // replaced silently once a store exists.
 
-const auditKeyFile = "audit-key.pem"
+const (
+	auditKeyFile = "audit-key.pem"
+	witnessFile  = "audit-witness.json" // the newest signed heads, outside the store
+)
+
+// checkKeyNotLost refuses to go on when the audit key at keyPath is missing
+// but the SQLite store at dsn already exists: the key was lost (or the data
+// directory only half restored), and a new key would leave every chain the
+// old one signed unverifiable. Call it before loadOrCreateAuditKey. Other
+// stores are not looked at here: the store itself refuses a key that signed
+// none of its log.
+func checkKeyNotLost(dataDir, keyPath, dsn string) error {
+	if _, err := os.Stat(keyPath); !errors.Is(err, fs.ErrNotExist) {
+		return nil // there is a key, or loadAuditKey reports why it cannot be read
+	}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		return nil
+	}
+	db := strings.TrimPrefix(dsn, "sqlite:")
+	// In WAL mode a young database may live in its -wal file alone.
+	var found string
+	for _, p := range []string{db, db + "-wal"} {
+		_, err := os.Stat(p)
+		if err == nil {
+			found = p
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("serve: cannot tell whether the store %s exists: %w", db, err)
+		}
+	}
+	if found == "" {
+		return nil
+	}
+	what := dataDir + " holds a database but"
+	if filepath.Clean(filepath.Dir(db)) != filepath.Clean(dataDir) {
+		what = fmt.Sprintf("the store %s exists, but the data directory %s", db, dataDir)
+	}
+	return fmt.Errorf("serve: %s has no audit key (%s): restore the key from your backup; without it the audit log cannot be verified. "+
+		"To start a new audit key deliberately, move the database (%s, with its -wal and -shm files) and %s away too",
+		what, keyPath, db, filepath.Join(dataDir, witnessFile))
+}
 
 // loadOrCreateAuditKey reads the audit key at path, or creates one (0600)
 // when there is no file. created reports whether it did.

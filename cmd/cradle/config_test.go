@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/pem"
@@ -302,6 +303,119 @@ func TestServeRefusesLooseAuditKey(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "cradle.db")); err == nil {
 		t.Errorf("the store was created although the audit key was refused")
 	}
+}
+
+// TestServeRefusesLostAuditKey: a data directory that holds a database
+// but no audit key stops `cradle serve` before a new key is made, with an
+// error that names the key file and says what to do. Restoring the key is
+// enough to start again.
+func TestServeRefusesLostAuditKey(t *testing.T) {
+	isolateCLI(t)
+	serve := func(t *testing.T, args ...string) cliResult {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		var stdout, stderr strings.Builder
+		code := run(ctx, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...), strings.NewReader(""), &stdout, &stderr)
+		return cliResult{code: code, stdout: stdout.String(), stderr: stderr.String()}
+	}
+	// loseKey starts and stops a server with cfg, then deletes its audit
+	// key and returns the key's content.
+	loseKey := func(t *testing.T, cfg Config) (keyPath string, key []byte) {
+		t.Helper()
+		m := &Main{Config: cfg}
+		if err := m.Run(t.Context()); err != nil {
+			t.Fatalf("first start: %v", err)
+		}
+		if err := m.Close(); err != nil {
+			t.Fatalf("stopping the first server: %v", err)
+		}
+		keyPath = filepath.Join(cfg.DataDir, auditKeyFile)
+		key, err := os.ReadFile(keyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(keyPath); err != nil {
+			t.Fatal(err)
+		}
+		return keyPath, key
+	}
+	noNewKey := func(t *testing.T, keyPath string) {
+		t.Helper()
+		if _, err := os.Stat(keyPath); err == nil {
+			t.Errorf("a refused start wrote a new audit key %s", keyPath)
+		}
+	}
+
+	t.Run("data directory", func(t *testing.T) {
+		dir := t.TempDir()
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.Listen = dir, "127.0.0.1:0"
+		keyPath, key := loseKey(t, cfg)
+
+		r := serve(t, "--data-dir", dir)
+		want := "error: serve: " + dir + " holds a database but has no audit key (" + keyPath + "): restore the key from your backup; " +
+			"without it the audit log cannot be verified. To start a new audit key deliberately, move the database (" +
+			filepath.Join(dir, "cradle.db") + ", with its -wal and -shm files) and " + filepath.Join(dir, "audit-witness.json") + " away too\n"
+		if r.code != 1 || r.stderr != want {
+			t.Errorf("serve without its audit key: exit %d, stderr\n%s\nwant exit 1 and\n%s", r.code, r.stderr, want)
+		}
+		if r.stdout != "" {
+			t.Errorf("stdout %q, want nothing", r.stdout)
+		}
+		noNewKey(t, keyPath)
+
+		// The key restored from backup starts it again, with the log intact.
+		if err := os.WriteFile(keyPath, key, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		srv, out := startServer(t, dir)
+		if out != "" {
+			t.Errorf("the start with the restored key printed %q, want nothing", out)
+		}
+		if err := srv.Close(); err != nil {
+			t.Fatal(err)
+		}
+		chains := decodeJSON[auditChains](t, ok(t, "audit", "verify", "--data-dir", dir, "--json"))
+		for _, c := range chains.Chains {
+			if !c.OK {
+				t.Errorf("chain of tenant %d broken after the restore: %+v", c.TenantID, c.Broken)
+			}
+		}
+	})
+
+	t.Run("sqlite store elsewhere", func(t *testing.T) {
+		dir, dbPath := t.TempDir(), filepath.Join(t.TempDir(), "fleet.db")
+		cfg := DefaultConfig()
+		cfg.DataDir, cfg.Listen, cfg.Store = dir, "127.0.0.1:0", "sqlite:"+dbPath
+		keyPath, _ := loseKey(t, cfg)
+		r := serve(t, "--data-dir", dir, "--store", cfg.Store)
+		want := "error: serve: the store " + dbPath + " exists, but the data directory " + dir + " has no audit key (" + keyPath + "): restore the key from your backup"
+		if r.code != 1 || !strings.HasPrefix(r.stderr, want) {
+			t.Errorf("serve without its audit key: exit %d, stderr\n%s\nwant exit 1 and an error starting\n%s", r.code, r.stderr, want)
+		}
+		noNewKey(t, keyPath)
+	})
+
+	t.Run("database only in its WAL", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, dir, "cradle.db-wal", "x")
+		keyPath := filepath.Join(dir, auditKeyFile)
+		err := checkKeyNotLost(dir, keyPath, filepath.Join(dir, "cradle.db"))
+		if err == nil || !strings.Contains(err.Error(), "holds a database but has no audit key ("+keyPath+")") {
+			t.Errorf("checkKeyNotLost = %v, want the lost-key error", err)
+		}
+	})
+
+	t.Run("new data directory", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := checkKeyNotLost(dir, filepath.Join(dir, auditKeyFile), filepath.Join(dir, "cradle.db")); err != nil {
+			t.Errorf("checkKeyNotLost on an empty data directory: %v", err)
+		}
+		if err := checkKeyNotLost(dir, filepath.Join(dir, auditKeyFile), "postgres://db.example/cradle"); err != nil {
+			t.Errorf("checkKeyNotLost with PostgreSQL: %v", err)
+		}
+	})
 }
 
 func FuzzParseConfigYAML(f *testing.F) {

@@ -98,6 +98,9 @@ func (a *app) deviceListCmd() *cobra.Command {
   cradle device list --all --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkLimit(cmd, limit); err != nil {
+				return err
+			}
 			f := cradle.DeviceFilter{Cursor: cursor, Limit: limit}
 			if state != "" {
 				st, err := cradle.ParseState(state)
@@ -349,9 +352,17 @@ func (a *app) deviceImportCmd() *cobra.Command {
 streamed to the server, which stores every row or, when any row is rejected,
 none; rejected rows are listed and the command exits 1.
 
-CSV: a header row naming the columns serial, model (required), hardware_uid,
-hardware_revision, macs (separated by ';' or spaces), labels (k=v;k=v), state.
-JSON lines: one object per line, as for "device create --json".`,
+CSV: a header row names the columns, in any order: serial and model (required),
+hardware_uid, hardware_revision, macs (separated by ';' or spaces), labels
+(k=v separated by ';') and state. Other columns are refused.
+
+JSON lines: one object per line with the fields serial and model (required),
+hardware_uid, hardware_revision, macs (an array of strings), labels (an object
+of string values) and state. Blank lines are skipped. Other fields are refused,
+so the output of "device create --json" or "device list --json" (which adds
+created_at and more) cannot be imported as it is.
+
+state is the initial state: factory (the default) or provisioned.`,
 		Example: `  cradle device import devices.csv
   generate-units | cradle device import --format jsonl -`,
 		Args: cobra.ExactArgs(1),
@@ -394,7 +405,7 @@ JSON lines: one object per line, as for "device create --json".`,
 				return err
 			}
 			if !rep.Committed {
-				return fmt.Errorf("import rejected: %d of %d rows are invalid; nothing was stored", rep.RejectedCount, rep.Accepted+rep.RejectedCount)
+				return importRejected(rep)
 			}
 			return err
 		},
@@ -405,12 +416,37 @@ JSON lines: one object per line, as for "device create --json".`,
 	return cmd
 }
 
+// importRejected is the error of an import that stored nothing.
+func importRejected(rep *cradle.ImportReport) error {
+	total := rep.Accepted + rep.RejectedCount
+	var what string
+	switch {
+	case total == 1 && rep.RejectedCount == 1:
+		what = "its only row is invalid"
+	case rep.RejectedCount == total:
+		what = fmt.Sprintf("all %d rows are invalid", total)
+	case rep.RejectedCount == 1:
+		what = fmt.Sprintf("1 of %d rows is invalid", total)
+	default:
+		what = fmt.Sprintf("%d of %d rows are invalid", rep.RejectedCount, total)
+	}
+	return fmt.Errorf("import rejected: %s; nothing was stored", what)
+}
+
 func writeImportReport(w io.Writer, rep *cradle.ImportReport) error {
 	if rep.Committed {
-		_, err := fmt.Fprintf(w, "imported %d devices\n", rep.Accepted)
+		_, err := fmt.Fprintf(w, "imported %s\n", count(rep.Accepted, "device"))
 		return err
 	}
-	fmt.Fprintf(w, "rejected %d rows (%d valid rows were not stored either):\n", rep.RejectedCount, rep.Accepted)
+	var notStored string
+	switch rep.Accepted {
+	case 0:
+	case 1:
+		notStored = " (1 valid row was not stored either)"
+	default:
+		notStored = fmt.Sprintf(" (%d valid rows were not stored either)", rep.Accepted)
+	}
+	fmt.Fprintf(w, "rejected %s%s:\n", count(rep.RejectedCount, "row"), notStored)
 	t := newTable(w, "LINE", "SERIAL", "REASON")
 	for _, e := range rep.Rejected {
 		t.row(strconv.Itoa(e.Line), orDash(e.Serial), e.Reason)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -232,7 +233,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("JSONL import report (-want +got):\n%s", diff)
 		}
 		r := cradleCLI(t, `{"serial":"SN-0301","model":"gw-300"}`+"\n", "device", "import", "--format", "jsonl", "-")
-		if r.code != 0 || r.stdout != "imported 1 devices\n" {
+		if r.code != 0 || r.stdout != "imported 1 device\n" {
 			t.Errorf("import from stdin: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 		}
 
@@ -240,7 +241,7 @@ func TestEndToEnd(t *testing.T) {
 		bad := writeFile(t, dir, "bad.csv", "serial,model,macs\nSN-0401,gw-200,\nSN-0001,gw-200,\nSN-0402,gw-200,not-a-mac\n")
 		r = fails(t, "import rejected: 2 of 3 rows are invalid; nothing was stored", "device", "import", bad)
 		rows := tableRows(r.stdout)
-		if len(rows) != 4 || rows[0][0] != "rejected 2 rows (1 valid rows were not stored either):" {
+		if len(rows) != 4 || rows[0][0] != "rejected 2 rows (1 valid row was not stored either):" {
 			t.Fatalf("rejected import printed:\n%s", r.stdout)
 		}
 		if diff := cmp.Diff([]string{"LINE", "SERIAL", "REASON"}, rows[1]); diff != "" {
@@ -313,6 +314,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		fails(t, `unknown lifecycle state "broken"`, "device", "list", "--state", "broken")
 		fails(t, "invalid label selector", "device", "list", "--selector", "site=(")
+		fails(t, "invalid --limit -1: use 1 to 1000", "device", "list", "--limit", "-1")
 	})
 
 	t.Run("device label", func(t *testing.T) {
@@ -391,6 +393,9 @@ func TestEndToEnd(t *testing.T) {
 		if next.Entries[0].Seq != 3 {
 			t.Errorf("audit list --after 2 starts at %d, want 3", next.Entries[0].Seq)
 		}
+
+		fails(t, "invalid --limit -5: use 1 to 1000", "audit", "list", "--limit", "-5")
+		fails(t, "invalid --after -3: use a sequence number ≥ 0", "audit", "list", "--after", "-3")
 
 		out := ok(t, "audit", "verify")
 		rows = tableRows(out)
@@ -557,6 +562,94 @@ func TestParseLabelChanges(t *testing.T) {
 				t.Errorf("remove (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestListFlagChecks: bad --limit and --after values are refused in the
+// flags' own words before anything is sent (no server runs here).
+func TestListFlagChecks(t *testing.T) {
+	isolateCLI(t)
+	t.Setenv("CRADLE_SERVER", "http://127.0.0.1:1")
+	t.Setenv("CRADLE_TOKEN", "t")
+	for _, tc := range []struct {
+		want string
+		args []string
+	}{
+		{"invalid --limit -1: use 1 to 1000", []string{"device", "list", "--limit", "-1"}},
+		{"invalid --limit 0: use 1 to 1000", []string{"device", "list", "--limit", "0"}},
+		{"invalid --limit 5000: use 1 to 1000", []string{"device", "list", "--limit", "5000", "--all"}},
+		{"invalid --limit -5: use 1 to 1000", []string{"audit", "list", "--limit", "-5"}},
+		{"invalid --limit 1001: use 1 to 1000", []string{"audit", "list", "--limit", "1001"}},
+		{"invalid --after -3: use a sequence number ≥ 0", []string{"audit", "list", "--after", "-3"}},
+	} {
+		r := fails(t, tc.want, tc.args...)
+		if r.stderr != "error: "+tc.want+"\n" {
+			t.Errorf("cradle %s: stderr %q, want only %q", strings.Join(tc.args, " "), r.stderr, "error: "+tc.want)
+		}
+	}
+	// Good values get as far as the (absent) server.
+	fails(t, "connection refused", "device", "list", "--limit", "1000")
+	fails(t, "connection refused", "audit", "list", "--limit", "1", "--after", "0")
+}
+
+// TestImportHelp: the help of device import names every field a JSON line
+// takes (those of cradle.DeviceCreate) and every CSV column.
+func TestImportHelp(t *testing.T) {
+	isolateCLI(t)
+	help := ok(t, "device", "import", "--help")
+	csvPart, jsonPart, found := strings.Cut(help, "JSON lines:")
+	if !found {
+		t.Fatalf("device import --help says nothing of JSON lines:\n%s", help)
+	}
+	typ := reflect.TypeFor[cradle.DeviceCreate]()
+	for i := range typ.NumField() {
+		name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+		if !regexp.MustCompile(`\b` + name + `\b`).MatchString(jsonPart) {
+			t.Errorf("device import --help does not name the JSON field %q:\n%s", name, help)
+		}
+	}
+	for _, col := range []string{"serial", "model", "hardware_uid", "hardware_revision", "macs", "labels", "state"} {
+		if !regexp.MustCompile(`\b` + col + `\b`).MatchString(csvPart) {
+			t.Errorf("device import --help does not name the CSV column %q:\n%s", col, help)
+		}
+	}
+	for _, want := range []string{"serial and model (required)", "separated by ';' or spaces", "k=v separated by ';'", "factory (the default) or provisioned"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("device import --help lacks %q:\n%s", want, help)
+		}
+	}
+	if strings.Contains(help, `as for "device create --json"`) {
+		t.Errorf("device import --help still says JSON lines are as for device create --json:\n%s", help)
+	}
+}
+
+func TestImportReportWording(t *testing.T) {
+	for _, tc := range []struct {
+		accepted, rejected int
+		wantReport         string
+		wantErr            string
+	}{
+		{accepted: 1, wantReport: "imported 1 device"},
+		{accepted: 2, wantReport: "imported 2 devices"},
+		{accepted: 0, wantReport: "imported 0 devices"},
+		{rejected: 1, wantReport: "rejected 1 row:", wantErr: "import rejected: its only row is invalid; nothing was stored"},
+		{rejected: 2, wantReport: "rejected 2 rows:", wantErr: "import rejected: all 2 rows are invalid; nothing was stored"},
+		{accepted: 1, rejected: 1, wantReport: "rejected 1 row (1 valid row was not stored either):", wantErr: "import rejected: 1 of 2 rows is invalid; nothing was stored"},
+		{accepted: 3, rejected: 2, wantReport: "rejected 2 rows (3 valid rows were not stored either):", wantErr: "import rejected: 2 of 5 rows are invalid; nothing was stored"},
+	} {
+		rep := &cradle.ImportReport{Committed: tc.wantErr == "", Accepted: tc.accepted, RejectedCount: tc.rejected}
+		var b strings.Builder
+		if err := writeImportReport(&b, rep); err != nil {
+			t.Fatal(err)
+		}
+		if first, _, _ := strings.Cut(b.String(), "\n"); first != tc.wantReport {
+			t.Errorf("report of %d accepted, %d rejected: %q, want %q", tc.accepted, tc.rejected, first, tc.wantReport)
+		}
+		if tc.wantErr != "" {
+			if got := importRejected(rep).Error(); got != tc.wantErr {
+				t.Errorf("error of %d accepted, %d rejected: %q, want %q", tc.accepted, tc.rejected, got, tc.wantErr)
+			}
+		}
 	}
 }
 

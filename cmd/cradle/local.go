@@ -70,7 +70,7 @@ func (l *localFlags) open(ctx context.Context, stderr io.Writer) (*sqlstore.DB, 
 	}
 	return sqlstore.Open(ctx, dsn, sqlstore.Options{
 		AuditKey:    key,
-		WitnessPath: filepath.Join(l.dataDir, "audit-witness.json"),
+		WitnessPath: filepath.Join(l.dataDir, witnessFile),
 		Logger:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 }

@@ -115,3 +115,16 @@ func (a *app) addClientFlags(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&a.server, "server", "", "server URL (default: $CRADLE_SERVER, else the saved login, else http://127.0.0.1:8080)")
 	cmd.PersistentFlags().StringVar(&a.token, "token", "", "API token (default: $CRADLE_TOKEN, else the saved login)")
 }
+
+// checkLimit checks the --limit flag of a listing before anything is sent,
+// so that a bad value is reported in the flag's words, not as the server's
+// query parameter. Left out, it is 0: the server's default page size.
+func checkLimit(cmd *cobra.Command, n int) error {
+	if !cmd.Flags().Changed("limit") {
+		return nil
+	}
+	if n < 1 || n > cradle.MaxPageSize {
+		return fmt.Errorf("invalid --limit %d: use 1 to %d", n, cradle.MaxPageSize)
+	}
+	return nil
+}

@@ -58,6 +58,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("serve: data directory: %w", err)
 	}
 	keyPath := filepath.Join(cfg.DataDir, auditKeyFile)
+	if err := checkKeyNotLost(cfg.DataDir, keyPath, cfg.StoreDSN()); err != nil {
+		return err
+	}
 	key, created, err := loadOrCreateAuditKey(keyPath)
 	if err != nil {
 		return err
@@ -67,7 +70,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	m.db, err = sqlstore.Open(ctx, cfg.StoreDSN(), sqlstore.Options{
 		AuditKey:    key,
-		WitnessPath: filepath.Join(cfg.DataDir, "audit-witness.json"),
+		WitnessPath: filepath.Join(cfg.DataDir, witnessFile),
 		Logger:      m.Logger,
 	})
 	if err != nil {
@@ -234,9 +237,14 @@ With no configuration it keeps everything in ./cradle-data (SQLite) and listens 
 a YAML file (--config or CRADLE_CONFIG; see cmd/cradle/cradle.example.yaml),
 CRADLE_* environment variables, and the flags below.
 
-On the first start it creates the tenant "default" and prints an admin API token
-once. SIGINT or SIGTERM stops it gracefully: /readyz answers 503, requests in
-flight get up to http.shutdown_timeout to finish, then the store is closed.`,
+On the first start it creates the audit key that signs the audit log
+(audit-key.pem in the data directory: back it up with the data directory) and
+the tenant "default", and prints an admin API token once. It refuses to start
+when the SQLite database exists but the audit key does not, rather than make a
+new key that cannot vouch for the log signed so far.
+
+SIGINT or SIGTERM stops it gracefully: /readyz answers 503, requests in flight
+get up to http.shutdown_timeout to finish, then the store is closed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configPath == "" {
