@@ -758,3 +758,82 @@ func newHandlerEnv(f testing.TB, n int) *handlerEnv {
 	api := &httpapi.Server{Devices: devices, Tokens: tokens, Audit: sqlstore.NewAuditService(db)}
 	return &handlerEnv{handler: api.Handler(), token: secret}
 }
+
+// FuzzRequestBody sends arbitrary bodies to every route that takes JSON:
+// the answer is a success or a JSON error of the client's making (4xx),
+// never a 500, a dropped connection or a panic.
+func FuzzRequestBody(f *testing.F) {
+	targets := []struct{ method, path string }{
+		{"POST", "/api/v1/devices"},
+		{"PATCH", "/api/v1/devices/SN-1"},
+		{"POST", "/api/v1/devices/SN-2/transitions"},
+		{"POST", "/api/v1/tokens"},
+		{"POST", "/api/v1/device-imports?format=jsonl"},
+		{"POST", "/api/v1/device-imports?format=csv"},
+	}
+	for i, s := range []string{
+		`{"serial":"SN-X","model":"gw-100","macs":["02:00:5e:10:00:01"],"labels":{"a":"b"}}`,
+		`{"set_labels":{"site":"berlin"},"remove_labels":["tier"]}`,
+		`{"to":"provisioned","reason":"line"}`,
+		`{"name":"ci","role":"auditor","expires_at":"2030-01-01T00:00:00Z"}`,
+		`{"serial":"SN-Y","model":"m"}` + "\n" + `{"serial":"SN-Y","model":"m"}`,
+		"serial,model\nSN-Z,m\n\"bad",
+		`{"serial":"SN-X","model":"gw-100"} x`, `[]`, `null`, `{"labels":{"":""}}`, "\xff", `{"expires_at":"yesterday"}`,
+	} {
+		f.Add(uint8(i), []byte(s))
+	}
+	e := newHandlerEnv(f, 5)
+	f.Fuzz(func(t *testing.T, target uint8, body []byte) {
+		tg := targets[int(target)%len(targets)]
+		req := httptest.NewRequest(tg.method, tg.path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+e.token)
+		rec := httptest.NewRecorder()
+		e.handler.ServeHTTP(rec, req)
+		if rec.Code >= 200 && rec.Code < 300 {
+			if !json.Valid(rec.Body.Bytes()) {
+				t.Fatalf("%s %s %q: %d with %q", tg.method, tg.path, body, rec.Code, rec.Body)
+			}
+			return
+		}
+		var got cradle.Error
+		if rec.Code == http.StatusUnprocessableEntity {
+			var rep cradle.ImportReport
+			if err := json.Unmarshal(rec.Body.Bytes(), &rep); err != nil || rep.Committed || rep.RejectedCount == 0 {
+				t.Fatalf("%s %s %q: 422 with %q", tg.method, tg.path, body, rec.Body)
+			}
+			return
+		}
+		if rec.Code < 400 || rec.Code >= 500 || json.Unmarshal(rec.Body.Bytes(), &got) != nil || got.Message == "" {
+			t.Fatalf("%s %s %q: %d with %q", tg.method, tg.path, body, rec.Code, rec.Body)
+		}
+	})
+}
+
+// FuzzAuthorization sends arbitrary Authorization headers: only the real
+// token gets in; everything else is a 401 with a JSON error.
+func FuzzAuthorization(f *testing.F) {
+	e := newHandlerEnv(f, 1)
+	for _, s := range []string{"", "Bearer ", "Bearer " + e.token, "bearer " + e.token, "Basic dXNlcjpwYXNz",
+		"Bearer cradle_0123456789abcdef_" + strings.Repeat("A", 43), "Bearer " + e.token[:len(e.token)-1] + "B",
+		"Bearer cradle_zz", "Bearer " + e.token + " ", "Bearer\t" + e.token} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		req := httptest.NewRequest("GET", "/api/v1/whoami", nil)
+		req.Header["Authorization"] = []string{h}
+		rec := httptest.NewRecorder()
+		e.handler.ServeHTTP(rec, req)
+		ok := strings.TrimSpace(h[min(len(h), 7):]) == e.token && len(h) > 7 && strings.EqualFold(h[:7], "bearer ")
+		switch {
+		case ok && rec.Code != 200:
+			t.Fatalf("header %q with the real token: %d %s", h, rec.Code, rec.Body)
+		case !ok && rec.Code != 401:
+			t.Fatalf("header %q: %d %s; want 401", h, rec.Code, rec.Body)
+		case !ok:
+			var got cradle.Error
+			if json.Unmarshal(rec.Body.Bytes(), &got) != nil || got.Code != cradle.EUNAUTHORIZED {
+				t.Fatalf("header %q: 401 with %q", h, rec.Body)
+			}
+		}
+	})
+}
