@@ -51,20 +51,30 @@ const (
 	PermAuditRead        Permission = "audit.read" // list and verify
 	PermTokenRead        Permission = "token.read"
 	PermTokenWrite       Permission = "token.write" // create and revoke
+	PermCertRead         Permission = "certificate.read"
+	PermCertIssue        Permission = "certificate.issue" // a device for itself; the factory records IDevIDs
+	PermCertRevoke       Permission = "certificate.revoke"
 )
+
+// Permissions lists every permission, in a stable order.
+var Permissions = []Permission{
+	PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
+	PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
+}
 
 // rolePermissions is the authorization table. A transition permission only
 // lets the actor ask; the lifecycle table decides which moves its role may
 // make.
 var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
-		PermAuditRead, PermTokenRead, PermTokenWrite},
-	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead},
-	RoleFactory:  {PermDeviceRead, PermDeviceCreate, PermDeviceTransition},
-	RoleAuditor:  {PermDeviceRead, PermAuditRead, PermTokenRead},
+		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke},
+	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
+		PermCertRead, PermCertRevoke},
+	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue},
+	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
-		PermAuditRead, PermTokenRead, PermTokenWrite},
-	RoleDevice: {PermDeviceTransition},
+		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke},
+	RoleDevice: {PermDeviceTransition, PermCertIssue},
 }
 
 // Allowed reports whether role r holds permission p.
@@ -127,6 +137,9 @@ var permissionVerbs = map[Permission]string{
 	PermAuditRead:        "read the audit log",
 	PermTokenRead:        "list API tokens",
 	PermTokenWrite:       "create or revoke API tokens",
+	PermCertRead:         "read certificates",
+	PermCertIssue:        "issue or record certificates",
+	PermCertRevoke:       "revoke certificates",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to

@@ -13,24 +13,37 @@ import (
 
 var allPermissions = []cradle.Permission{
 	"device.read", "device.create", "device.update", "device.transition",
-	"audit.read", "token.read", "token.write",
+	"audit.read", "token.read", "token.write", "certificate.read", "certificate.issue", "certificate.revoke",
 }
 
 // wantPermissions is the authorization table as the role comments in
 // auth.go describe it, written out independently of the code.
 var wantPermissions = map[cradle.Role][]cradle.Permission{
 	// Everything in its tenant, tokens included.
-	"admin": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write"},
-	// Runs the fleet: devices, transitions, imports; reads the audit log; no tokens.
-	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read"},
-	// The factory line: creates and provisions units.
-	"factory": {"device.read", "device.create", "device.transition"},
+	// Issuing is for devices and the factory, not for people.
+	"admin": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
+		"certificate.read", "certificate.revoke"},
+	// Runs the fleet: devices, transitions, imports; reads the audit log;
+	// revokes certificates (quarantine); no tokens.
+	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "certificate.read", "certificate.revoke"},
+	// The factory line: creates and provisions units, records their IDevIDs.
+	"factory": {"device.read", "device.create", "device.transition", "certificate.issue"},
 	// Reads everything, changes nothing.
-	"auditor": {"device.read", "audit.read", "token.read"},
-	// A device acting on itself: it may only ask to move (enrollment).
-	"device": {"device.transition"},
+	"auditor": {"device.read", "audit.read", "token.read", "certificate.read"},
+	// A device acting on itself: it may only ask to move and to be issued
+	// a certificate (enrollment).
+	"device": {"device.transition", "certificate.issue"},
 	// The server itself.
-	"system": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write"},
+	"system": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
+		"certificate.read", "certificate.issue", "certificate.revoke"},
+}
+
+// TestPermissionsListed fails when a permission is added to the code and
+// not to the table above.
+func TestPermissionsListed(t *testing.T) {
+	if diff := cmp.Diff(allPermissions, cradle.Permissions); diff != "" {
+		t.Errorf("permissions in the code vs in this test (-test +code):\n%s", diff)
+	}
 }
 
 func TestRolePermissionMatrix(t *testing.T) {

@@ -318,20 +318,7 @@ func (s *DeviceService) TransitionDevice(ctx context.Context, serial string, t c
 		if refused = cradle.CheckTransition(serial, d.State, t.To, a.Role); refused != nil {
 			return refused
 		}
-		var seq int64
-		if err := tx.queryRow(ctx, `SELECT COALESCE(MAX(seq), 1) + 1 FROM device_transitions WHERE device_id = ?`, d.ID).Scan(&seq); err != nil {
-			return fmt.Errorf("sqlstore: transition: %w", err)
-		}
-		if _, err := tx.exec(ctx, `INSERT INTO device_transitions (device_id, seq, from_state, to_state, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			d.ID, seq, string(d.State), string(t.To), a.String(), t.Reason, micros(tx.now)); err != nil {
-			return fmt.Errorf("sqlstore: transition: %w", err)
-		}
-		if _, err := tx.exec(ctx, `UPDATE devices SET state = ?, state_changed_at = ?, updated_at = ? WHERE id = ?`, string(t.To), micros(tx.now), micros(tx.now), d.ID); err != nil {
-			return fmt.Errorf("sqlstore: transition: %w", err)
-		}
-		d.State, d.StateChangedAt, d.UpdatedAt = t.To, tx.now, tx.now
-		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.transition", Subject: "device:" + serial,
-			Details: map[string]string{"from": string(from), "to": string(t.To), "reason": t.Reason}})
+		return tx.transition(ctx, a, d, t)
 	})
 	if refused != nil {
 		return nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.transition.refused", Subject: "device:" + serial,
@@ -341,6 +328,26 @@ func (s *DeviceService) TransitionDevice(ctx context.Context, serial string, t c
 		return nil, err
 	}
 	return d, nil
+}
+
+// transition moves a locked device whose move was checked, records it in
+// the device's history and audits it.
+func (tx *Tx) transition(ctx context.Context, a cradle.Actor, d *cradle.Device, t cradle.DeviceTransition) error {
+	from := d.State
+	var seq int64
+	if err := tx.queryRow(ctx, `SELECT COALESCE(MAX(seq), 1) + 1 FROM device_transitions WHERE device_id = ?`, d.ID).Scan(&seq); err != nil {
+		return fmt.Errorf("sqlstore: transition: %w", err)
+	}
+	if _, err := tx.exec(ctx, `INSERT INTO device_transitions (device_id, seq, from_state, to_state, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		d.ID, seq, string(from), string(t.To), a.String(), t.Reason, micros(tx.now)); err != nil {
+		return fmt.Errorf("sqlstore: transition: %w", err)
+	}
+	if _, err := tx.exec(ctx, `UPDATE devices SET state = ?, state_changed_at = ?, updated_at = ? WHERE id = ?`, string(t.To), micros(tx.now), micros(tx.now), d.ID); err != nil {
+		return fmt.Errorf("sqlstore: transition: %w", err)
+	}
+	d.State, d.StateChangedAt, d.UpdatedAt = t.To, tx.now, tx.now
+	return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.transition", Subject: "device:" + d.Serial,
+		Details: map[string]string{"from": string(from), "to": string(t.To), "reason": t.Reason}})
 }
 
 // FindDeviceHistory returns a device's lifecycle transitions, the creation

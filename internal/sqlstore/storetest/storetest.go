@@ -152,6 +152,7 @@ func Run(t *testing.T, b Backend) {
 		{"AuditTamper", testAuditTamper},
 		{"AuditWitness", testAuditWitness},
 		{"AuditWrongKey", testAuditWrongKey},
+		{"Certificates", testCertificates},
 		{"ConcurrentWrites", testConcurrentWrites},
 	}
 	for _, tt := range tests {
