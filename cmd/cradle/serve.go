@@ -97,6 +97,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Devices:        sqlstore.NewDeviceService(m.db),
 		Tokens:         tokens,
 		Audit:          sqlstore.NewAuditService(m.db),
+		Certificates:   sqlstore.NewCertificateService(m.db),
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"cradle"
 )
@@ -289,4 +291,65 @@ func errorFrom(resp *http.Response, body []byte) *cradle.Error {
 		msg += ": " + snippet
 	}
 	return &cradle.Error{Code: codeOf(resp.StatusCode), Message: msg}
+}
+
+// FindCertificates lists the certificates of the caller's tenant, newest
+// first.
+func (c *Client) FindCertificates(ctx context.Context, f cradle.CertificateFilter) ([]*cradle.Certificate, string, error) {
+	q := url.Values{}
+	if f.DeviceSerial != nil {
+		q.Set("device", *f.DeviceSerial)
+	}
+	if f.Status != nil {
+		q.Set("status", string(*f.Status))
+	}
+	if f.ExpiringBefore != nil {
+		q.Set("expiring_before", f.ExpiringBefore.UTC().Format(time.RFC3339))
+	}
+	if f.Cursor != "" {
+		q.Set("cursor", f.Cursor)
+	}
+	if f.Limit != 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var l CertificateList
+	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/certificates", q), nil, nil, &l); err != nil {
+		return nil, "", err
+	}
+	return l.Certificates, l.NextCursor, nil
+}
+
+// FindCertificateBySerial returns one certificate of the caller's tenant,
+// its DER included.
+func (c *Client) FindCertificateBySerial(ctx context.Context, serial string) (*cradle.Certificate, error) {
+	var v CertificateView
+	if err := c.do(ctx, http.MethodGet, "/api/v1/certificates/"+url.PathEscape(serial), nil, nil, &v); err != nil {
+		return nil, err
+	}
+	if v.Certificate == nil {
+		return nil, fmt.Errorf("httpapi: the server sent no certificate")
+	}
+	if b, _ := pem.Decode([]byte(v.PEM)); b != nil {
+		v.Certificate.DER = b.Bytes
+	}
+	return v.Certificate, nil
+}
+
+// RevokeCertificate revokes one certificate of the caller's tenant.
+func (c *Client) RevokeCertificate(ctx context.Context, serial string, reason cradle.RevocationReason) (*cradle.Certificate, error) {
+	var out cradle.Certificate
+	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/certificates/"+url.PathEscape(serial)+"/revoke", Revocation{Reason: reason.String()}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RevokeDeviceCertificates revokes every unexpired, unrevoked certificate
+// of a device of the caller's tenant.
+func (c *Client) RevokeDeviceCertificates(ctx context.Context, deviceSerial string, reason cradle.RevocationReason) ([]*cradle.Certificate, error) {
+	var l CertificateList
+	if err := c.doJSON(ctx, http.MethodPost, devicePath(deviceSerial)+"/certificates/revoke", Revocation{Reason: reason.String()}, &l); err != nil {
+		return nil, err
+	}
+	return l.Certificates, nil
 }

@@ -44,6 +44,9 @@ type Server struct {
 	Devices cradle.DeviceService
 	Tokens  cradle.TokenService
 	Audit   cradle.AuditService
+	// Certificates serves the certificate routes. Revoking through it must
+	// also reach the CRL and OCSP (the wiring passes a service that does).
+	Certificates cradle.CertificateService
 	// Ready reports whether the server can serve (for /readyz); nil means
 	// always ready.
 	Ready func(context.Context) error

@@ -36,6 +36,7 @@ type env struct {
 	tokens map[cradle.Role]string // tenant 1
 	other  string                 // admin of tenant "other"
 	ids    map[cradle.Role]string // token ids, tenant 1
+	ca     *testCA
 }
 
 func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
@@ -75,6 +76,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
 		Devices:      sqlstore.NewDeviceService(e.db),
 		Tokens:       tokens,
 		Audit:        sqlstore.NewAuditService(e.db),
+		Certificates: sqlstore.NewCertificateService(e.db),
 		Ready:        e.db.Ping,
 		Registerer:   prometheus.NewRegistry(),
 		MaxBodyBytes: 64 << 10,
@@ -155,6 +157,28 @@ func (e *env) createDevice(serial string, state cradle.State) {
 	}
 }
 
+// issueCert registers the device in tenant 1 if it is new and issues it
+// a certificate from a test CA through the store, as enrollment would; it
+// returns the certificate's serial.
+func (e *env) issueCert(serial string) string {
+	e.t.Helper()
+	ctx := cradle.NewContextWithActor(e.t.Context(), cradle.SystemActor(1, "test"))
+	if _, err := sqlstore.NewDeviceService(e.db).FindDeviceBySerial(ctx, serial); cradle.ErrorCode(err) == cradle.ENOTFOUND {
+		if _, err := sqlstore.NewDeviceService(e.db).CreateDevice(ctx, cradle.DeviceCreate{Serial: serial, Model: "gw-100", State: cradle.StateProvisioned}); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	if e.ca == nil {
+		e.ca = newTestCA(e.t)
+	}
+	c, err := sqlstore.NewCertificateService(e.db).IssueCertificate(ctx, cradle.CertificateIssue{DeviceSerial: serial, Kind: cradle.CertLDevID,
+		States: []cradle.State{cradle.StateProvisioned, cradle.StateDeployed}, Issue: e.ca.issue(e.clock.Now(), 90*24*time.Hour)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c.Serial
+}
+
 // roles are the token roles in the order of the matrix columns.
 var roles = []cradle.Role{cradle.RoleAdmin, cradle.RoleOperator, cradle.RoleFactory, cradle.RoleAuditor}
 
@@ -205,6 +229,17 @@ var matrix = []call{
 	}, [4]int{200, 200, 200, 403}},
 	{"GET", "/api/v1/audit", jsonCall("/api/v1/audit?limit=5", ""), [4]int{200, 200, 403, 200}},
 	{"GET", "/api/v1/audit/verify", jsonCall("/api/v1/audit/verify", ""), [4]int{200, 200, 403, 200}},
+	{"GET", "/api/v1/certificates", jsonCall("/api/v1/certificates?limit=5", ""), [4]int{200, 200, 403, 200}},
+	{"GET", "/api/v1/certificates/{serial}", func(e *env, r cradle.Role) (string, string, string) {
+		return "/api/v1/certificates/" + e.issueCert("CERT-READ"), "", ""
+	}, [4]int{200, 200, 403, 200}},
+	{"POST", "/api/v1/certificates/{serial}/revoke", func(e *env, r cradle.Role) (string, string, string) {
+		return "/api/v1/certificates/" + e.issueCert("CERT-"+string(r)) + "/revoke", "application/json", `{"reason":"keyCompromise"}`
+	}, [4]int{200, 200, 403, 403}},
+	{"POST", "/api/v1/devices/{serial}/certificates/revoke", func(e *env, r cradle.Role) (string, string, string) {
+		e.issueCert("DEVCERT-" + string(r))
+		return "/api/v1/devices/DEVCERT-" + string(r) + "/certificates/revoke", "application/json", `{"reason":"cessationOfOperation"}`
+	}, [4]int{200, 200, 403, 403}},
 	{"GET", "/api/v1/tokens", jsonCall("/api/v1/tokens", ""), [4]int{200, 403, 403, 200}},
 	{"POST", "/api/v1/tokens", jsonCall("/api/v1/tokens", `{"name":"ci","role":"auditor"}`), [4]int{201, 403, 403, 403}},
 	{"DELETE", "/api/v1/tokens/{id}", func(e *env, r cradle.Role) (string, string, string) {

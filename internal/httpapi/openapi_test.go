@@ -171,6 +171,9 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"TokenCreate":       cradle.TokenCreate{},
 		"TokenCreated":      httpapi.TokenCreated{},
 		"TokenList":         httpapi.TokenList{},
+		"Certificate":       cradle.Certificate{},
+		"CertificateList":   httpapi.CertificateList{},
+		"Revocation":        httpapi.Revocation{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

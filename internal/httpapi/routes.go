@@ -58,6 +58,11 @@ func (s *Server) routes() []route {
 		{method: "GET", pattern: "/api/v1/audit", handle: s.listAudit},
 		{method: "GET", pattern: "/api/v1/audit/verify", handle: s.verifyAudit},
 
+		{method: "GET", pattern: "/api/v1/certificates", handle: s.listCertificates},
+		{method: "GET", pattern: "/api/v1/certificates/{serial}", handle: s.getCertificate},
+		{method: "POST", pattern: "/api/v1/certificates/{serial}/revoke", handle: s.revokeCertificate},
+		{method: "POST", pattern: "/api/v1/devices/{serial}/certificates/revoke", handle: s.revokeDeviceCertificates},
+
 		{method: "GET", pattern: "/api/v1/tokens", handle: s.listTokens},
 		{method: "POST", pattern: "/api/v1/tokens", handle: s.createToken},
 		{method: "DELETE", pattern: "/api/v1/tokens/{id}", handle: s.revokeToken},
