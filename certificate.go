@@ -72,6 +72,19 @@ func (r RevocationReason) String() string {
 	return "reason(" + strconv.Itoa(int(r)) + ")"
 }
 
+// MarshalText writes the reason's RFC 5280 name.
+func (r RevocationReason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads a reason's RFC 5280 name.
+func (r *RevocationReason) UnmarshalText(b []byte) error {
+	v, err := ParseRevocationReason(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
 // ParseRevocationReason returns the reason named s (its RFC 5280 name, in
 // any case), or EINVALID listing the names. removeFromCRL is refused: it
 // only has a meaning in delta CRLs, which Cradle does not publish.
@@ -102,20 +115,20 @@ func ParseSerialHex(s string) (*big.Int, error) {
 
 // Certificate is the record of a certificate Cradle issued or learned of.
 type Certificate struct {
-	Serial       string           `json:"serial"` // SerialHex
-	TenantID     int64            `json:"-"`
-	DeviceSerial string           `json:"device,omitempty"`
-	Kind         CertKind         `json:"kind"`
-	Issuer       string           `json:"issuer"` // the issuing CA's subject key id, hex
-	Subject      string           `json:"subject"`
-	NotBefore    time.Time        `json:"not_before"`
-	NotAfter     time.Time        `json:"not_after"`
-	Status       CertStatus       `json:"status"`
-	RevokedAt    *time.Time       `json:"revoked_at,omitempty"`
-	Reason       RevocationReason `json:"reason,omitempty"`
-	SupersededBy string           `json:"superseded_by,omitempty"`
-	CreatedAt    time.Time        `json:"created_at"`
-	DER          []byte           `json:"-"`
+	Serial       string            `json:"serial"` // SerialHex
+	TenantID     int64             `json:"-"`
+	DeviceSerial string            `json:"device,omitempty"`
+	Kind         CertKind          `json:"kind"`
+	Issuer       string            `json:"issuer"` // the issuing CA's subject key id, hex
+	Subject      string            `json:"subject"`
+	NotBefore    time.Time         `json:"not_before"`
+	NotAfter     time.Time         `json:"not_after"`
+	Status       CertStatus        `json:"status"`
+	RevokedAt    *time.Time        `json:"revoked_at,omitempty"`
+	Reason       *RevocationReason `json:"reason,omitempty"` // with RevokedAt
+	SupersededBy string            `json:"superseded_by,omitempty"`
+	CreatedAt    time.Time         `json:"created_at"`
+	DER          []byte            `json:"-"`
 }
 
 // CertificateFilter selects certificates of the actor's tenant. Nil fields

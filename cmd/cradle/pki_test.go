@@ -73,7 +73,10 @@ func TestPKICommands(t *testing.T) {
 	soon := issue("SN-SOON", 10*24*time.Hour)
 	later := issue("SN-LATER", 90*24*time.Hour)
 	flags := []string{"--server", srv.URL, "--token", admin}
-	pki := func(args ...string) string { t.Helper(); return ok(t, append(append([]string{"pki"}, args...), flags...)...) }
+	pki := func(args ...string) string {
+		t.Helper()
+		return ok(t, append(append([]string{"pki"}, args...), flags...)...)
+	}
 
 	out := pki("expiring", "--within", "30d")
 	if !strings.Contains(out, soon.Serial) || strings.Contains(out, later.Serial) {

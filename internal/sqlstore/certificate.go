@@ -45,7 +45,8 @@ func scanCert(sc interface{ Scan(...any) error }) (*cradle.Certificate, error) {
 	if revokedAt.Valid {
 		t := fromMicros(revokedAt.Int64)
 		c.RevokedAt = &t
-		c.Reason = cradle.RevocationReason(reason.Int64)
+		r := cradle.RevocationReason(reason.Int64)
+		c.Reason = &r
 	}
 	c.SupersededBy = superseded.String
 	return c, nil
@@ -321,7 +322,7 @@ func (s *CertificateService) RevokeCertificate(ctx context.Context, serial strin
 			return fmt.Errorf("sqlstore: revoke certificate: %w", err)
 		}
 		if c.Status == cradle.CertRevoked {
-			return cradle.Errorf(cradle.ECONFLICT, "certificate %s was already revoked at %s (%s)", c.Serial, c.RevokedAt.Format(time.RFC3339), c.Reason)
+			return cradle.Errorf(cradle.ECONFLICT, "certificate %s was already revoked at %s (%s)", c.Serial, c.RevokedAt.Format(time.RFC3339), *c.Reason)
 		}
 		return tx.revoke(ctx, a, c, reason)
 	})
@@ -344,7 +345,7 @@ func (tx *Tx) revoke(ctx context.Context, a cradle.Actor, c *cradle.Certificate,
 		return fmt.Errorf("sqlstore: revoke certificate: %w", err)
 	}
 	now := tx.now
-	c.Status, c.RevokedAt, c.Reason = cradle.CertRevoked, &now, reason
+	c.Status, c.RevokedAt, c.Reason = cradle.CertRevoked, &now, &reason
 	return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "certificate.revoke", Subject: "certificate:" + c.Serial,
 		Details: map[string]string{"device": c.DeviceSerial, "reason": reason.String(), "issuer": c.Issuer}})
 }
