@@ -1,0 +1,222 @@
+// Package deviceapi is the device-facing HTTPS listener (default :8443).
+//
+// Devices authenticate with TLS client certificates: an IDevID issued by
+// the manufacturing CA (for enrollment) or an LDevID issued by the device
+// CA (for everything after). The TLS handshake only asks for a
+// certificate; the checks run on every request, in this order, so that a
+// refusal can say in words what was wrong:
+//
+//  1. the chain verifies against the configured roots and issuing CAs, for
+//     client authentication, at the injected clock's time;
+//  2. CheckChain, when set, accepts it (the PKI refuses a chain under a
+//     test root on a production server there);
+//  3. the leaf is on record in the store (an LDevID always is; an IDevID is
+//     recorded by the factory station) and not revoked;
+//  4. its device is not suspended, in RMA or at end of life.
+//
+// A request that passes carries the device as the actor of its context
+// (role device), and its verified chain in r.TLS.VerifiedChains, for the
+// handlers mounted behind it (EST, and later the native device API).
+// Failures of 1 to 3 answer 401, of 4 answer 403, as text/plain, and each
+// is logged. Routes marked public (CA certificates, CRLs, OCSP) serve
+// anyone, with or without a certificate.
+package deviceapi
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"cradle"
+)
+
+// Server is the device-facing listener. Set the fields, mount handlers
+// with Handle, then serve Handler() with TLSConfig().
+type Server struct {
+	// Certificate is the listener's own TLS certificate (the server TLS
+	// certificate of the PKI), with its chain.
+	Certificate tls.Certificate
+	// Roots are the trust anchors of client certificates; Intermediates
+	// the issuing CAs (manufacturing and device CAs, old and new during a
+	// rotation), so that devices may send their leaf alone.
+	Roots, Intermediates *x509.CertPool
+	// CheckChain is called with each verified chain (leaf first); an error
+	// refuses the request. Nil accepts every verified chain.
+	CheckChain func(chain []*x509.Certificate) error
+	// Certs finds certificates by serial across tenants (system role).
+	Certs cradle.CertificateAuthorityStore
+	// Devices finds the device of a certificate (system role).
+	Devices cradle.DeviceService
+	// Clock is the time for chain verification; nil means the system
+	// clock.
+	Clock cradle.Clock
+	// Logger receives one line per refusal; nil discards.
+	Logger *slog.Logger
+
+	mux *http.ServeMux
+}
+
+// Handle mounts h at a ServeMux pattern. Unless public, a request must
+// pass every check of the package doc first.
+func (s *Server) Handle(pattern string, h http.Handler, public bool) {
+	if s.mux == nil {
+		s.mux = http.NewServeMux()
+	}
+	if !public {
+		h = s.authenticate(h)
+	}
+	s.mux.Handle(pattern, h)
+}
+
+// Handler returns the listener's handler.
+func (s *Server) Handler() http.Handler {
+	if s.mux == nil {
+		s.mux = http.NewServeMux()
+	}
+	return s.mux
+}
+
+// TLSConfig returns the listener's TLS configuration: TLS 1.2 or newer,
+// the server certificate, and a request (not a demand) for a client
+// certificate, which the handlers check.
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{s.Certificate},
+		ClientAuth:   tls.RequestClientCert,
+	}
+}
+
+type deviceKey struct{}
+
+// DeviceFromContext returns the device and certificate record of a request
+// that passed the checks.
+func DeviceFromContext(ctx context.Context) (*cradle.Device, *cradle.Certificate, bool) {
+	v, ok := ctx.Value(deviceKey{}).(authenticated)
+	return v.device, v.cert, ok
+}
+
+type authenticated struct {
+	device *cradle.Device
+	cert   *cradle.Certificate
+}
+
+// refusal is a failed check: the status and what to tell the device.
+type refusal struct {
+	status int
+	msg    string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chains, dev, rec, err := s.check(r)
+		if err != nil {
+			var rf *refusal
+			if !errors.As(err, &rf) {
+				s.logger().Error("device authentication failed", "path", r.URL.Path, "remote", r.RemoteAddr, "err", err)
+				http.Error(w, "internal error", http.StatusInternalServerError)
+				return
+			}
+			s.logger().Warn("device refused", "path", r.URL.Path, "remote", r.RemoteAddr, "status", rf.status, "reason", rf.msg)
+			http.Error(w, rf.msg, rf.status)
+			return
+		}
+		cs := *r.TLS
+		cs.VerifiedChains = chains
+		ctx := cradle.NewContextWithActor(r.Context(), cradle.Actor{TenantID: dev.TenantID, Role: cradle.RoleDevice, Kind: "device", ID: dev.Serial})
+		ctx = context.WithValue(ctx, deviceKey{}, authenticated{device: dev, cert: rec})
+		r2 := r.WithContext(ctx)
+		r2.TLS = &cs
+		next.ServeHTTP(w, r2)
+	})
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// check runs the checks of the package doc.
+func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, nil, nil, &refusal{http.StatusUnauthorized, "no client certificate: present the device's IDevID (to enroll) or its LDevID"}
+	}
+	leaf := r.TLS.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	if s.Intermediates != nil {
+		inter = s.Intermediates.Clone()
+	}
+	for _, c := range r.TLS.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	now := cradle.Now(s.Clock)
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: s.Roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s (%s) is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), leaf.Subject, verifyReason(err, leaf, now))}
+	}
+	if s.CheckChain != nil {
+		var last error
+		ok := false
+		for _, c := range chains {
+			if last = s.CheckChain(c); last == nil {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), last)}
+		}
+	}
+	sys := cradle.NewContextWithActor(r.Context(), cradle.SystemActor(0, "device-listener"))
+	rec, err := s.Certs.LookupCertificate(sys, leaf.SerialNumber)
+	switch {
+	case cradle.ErrorCode(err) == cradle.ENOTFOUND:
+		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s is not on record here: an IDevID must be recorded by the factory station before the device enrolls", cradle.SerialHex(leaf.SerialNumber))}
+	case err != nil:
+		return nil, nil, nil, err
+	case rec.Status == cradle.CertRevoked:
+		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s was revoked at %s (%s)", rec.Serial, rec.RevokedAt.Format(time.RFC3339), reasonOf(rec))}
+	}
+	dev, err := s.Devices.FindDeviceBySerial(cradle.NewContextWithActor(r.Context(), cradle.SystemActor(rec.TenantID, "device-listener")), rec.DeviceSerial)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("deviceapi: device of certificate %s: %w", rec.Serial, err)
+	}
+	switch dev.State {
+	case cradle.StateSuspended, cradle.StateRMA, cradle.StateEOL:
+		return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is %s: it may not use the device API; an operator must move it back to deployed first", dev.Serial, dev.State)}
+	}
+	return chains, dev, rec, nil
+}
+
+func reasonOf(c *cradle.Certificate) string {
+	if c.Reason == nil {
+		return cradle.ReasonUnspecified.String()
+	}
+	return c.Reason.String()
+}
+
+// verifyReason words a verification error for a device's operator.
+func verifyReason(err error, leaf *x509.Certificate, now time.Time) string {
+	var inv x509.CertificateInvalidError
+	if errors.As(err, &inv) && inv.Reason == x509.Expired {
+		if now.After(leaf.NotAfter) {
+			return fmt.Sprintf("it expired at %s; enroll again with the IDevID", leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+		return fmt.Sprintf("it is not valid before %s; check the device's clock", leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &ua) {
+		return "it was not issued by this server's manufacturing or device CA"
+	}
+	return err.Error()
+}
