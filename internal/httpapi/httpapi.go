@@ -15,6 +15,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -262,11 +263,18 @@ func (s *Server) writeErrorStatus(w http.ResponseWriter, r *http.Request, status
 
 // writeJSON writes v as the JSON body of a response with the given status.
 func (s *Server) writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 { // do not keep a huge listing's buffer
+			buf.Reset()
+			bufPool.Put(buf)
+		}
+	}()
+	if err := json.NewEncoder(buf).Encode(v); err != nil {
 		s.Logger.Error("encoding a response", "method", r.Method, "path", r.URL.Path, "err", err)
 		status = http.StatusInternalServerError
-		b = []byte(`{"code":"internal","message":"internal error"}`)
+		buf.Reset()
+		buf.WriteString(`{"code":"internal","message":"internal error"}` + "\n")
 	}
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
@@ -276,8 +284,10 @@ func (s *Server) writeJSON(w http.ResponseWriter, r *http.Request, status int, v
 	if r.Method == http.MethodHead {
 		return
 	}
-	w.Write(append(b, '\n'))
+	w.Write(buf.Bytes())
 }
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // Header values of every JSON response, assigned rather than Set: the keys
 // are already canonical, and net/http never modifies a value slice.
