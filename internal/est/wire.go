@@ -64,7 +64,12 @@ func EncodeCertsOnly(certs []*x509.Certificate) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("est: encode signed data: %w", err)
 	}
-	der, err := asn1.Marshal(contentInfo{ContentType: oidSignedData, Content: asn1.RawValue{FullBytes: sd}})
+	// The [0] EXPLICIT wrapper is written by hand: encoding/asn1 writes a
+	// RawValue's FullBytes as they are, ignoring the field's tag.
+	der, err := asn1.Marshal(struct {
+		ContentType asn1.ObjectIdentifier
+		Content     asn1.RawValue
+	}{oidSignedData, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: sd}})
 	if err != nil {
 		return nil, fmt.Errorf("est: encode content info: %w", err)
 	}
