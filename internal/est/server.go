@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -304,9 +303,9 @@ var oidSAN = asn1.ObjectIdentifier{2, 5, 29, 17}
 
 // sameNames enforces RFC 7030 §3.3.2: a re-enrollment CSR carries the
 // subject and subjectAltName of the current certificate. Names compare by
-// meaning, not encoding: the same attributes in the same order with equal
-// values (a PrintableString equals a UTF8String of the same text), and the
-// same set of general names in any order.
+// meaning, not encoding: the same multiset of subject attributes with equal
+// values (a PrintableString equals a UTF8String of the same text, RDN
+// order is ignored), and the same set of general names in any order.
 func sameNames(cur *x509.Certificate, csr *x509.CertificateRequest) error {
 	if !sameSubject(cur.RawSubject, csr.RawSubject) {
 		return refuse(http.StatusForbidden, "re-enrollment CSR subject %q differs from the current certificate's %q; RFC 7030 §3.3.2 requires the same subject (a new key is fine)", csr.Subject.String(), cur.Subject.String())
@@ -329,28 +328,31 @@ func sameSubject(a, b []byte) bool {
 	if bytes.Equal(a, b) {
 		return true
 	}
-	var ra, rb pkix.RDNSequence
-	if rest, err := asn1.Unmarshal(a, &ra); err != nil || len(rest) != 0 {
+	x, ok := nameAttrs(a)
+	if !ok {
 		return false
 	}
-	if rest, err := asn1.Unmarshal(b, &rb); err != nil || len(rest) != 0 {
-		return false
+	y, ok := nameAttrs(b)
+	return ok && slices.Equal(x, y)
+}
+
+// nameAttrs returns a distinguished name's attributes as sorted
+// "OID=value" strings, values by meaning (a PrintableString and a
+// UTF8String of the same text are equal, order of RDNs does not matter:
+// CAs that rebuild a subject from its fields reorder them).
+func nameAttrs(der []byte) ([]string, bool) {
+	var rdns pkix.RDNSequence
+	if rest, err := asn1.Unmarshal(der, &rdns); err != nil || len(rest) != 0 {
+		return nil, false
 	}
-	if len(ra) != len(rb) {
-		return false
-	}
-	for i := range ra {
-		if len(ra[i]) != len(rb[i]) {
-			return false
+	var out []string
+	for _, rdn := range rdns {
+		for _, atv := range rdn {
+			out = append(out, fmt.Sprintf("%s=%T:%v", atv.Type, atv.Value, atv.Value))
 		}
-		for j := range ra[i] {
-			x, y := ra[i][j], rb[i][j]
-			if !x.Type.Equal(y.Type) || !reflect.DeepEqual(x.Value, y.Value) {
-				return false
-			}
-		}
 	}
-	return true
+	slices.Sort(out)
+	return out, true
 }
 
 // sanSet returns the DER of each GeneralName of the SAN extension,
