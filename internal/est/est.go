@@ -35,8 +35,8 @@
 //
 // An optional label segment (RFC 7030 §3.2.2), /.well-known/est/<label>/op,
 // selects another CA from Server.Labels; an unknown label answers 404.
-// The optional operations fullcmc, serverkeygen and serverkeygen's
-// relatives answer 501. tls-unique channel binding (§3.5) is not supported:
+// The optional operations fullcmc and serverkeygen answer 501; any other
+// unknown operation 404. tls-unique channel binding (§3.5) is not supported:
 // it does not exist in TLS 1.3, and client authentication here is by
 // certificate, never by HTTP credentials, so there is nothing to bind.
 // Deferred enrollment (202 + Retry-After) is not offered by the server; the
@@ -52,7 +52,9 @@
 //	no verified client certificate, EUNAUTHORIZED   → 401 Unauthorized
 //	    (no WWW-Authenticate header: we offer no HTTP authentication)
 //	re-enrollment CSR whose subject or SAN differ from the current
-//	certificate, EFORBIDDEN, ECONFLICT, ENOTFOUND     → 403 Forbidden
+//	certificate (§3.3.2, checked here: same subject attributes and values
+//	in any RDN order and string type, same set of general names),
+//	EFORBIDDEN, ECONFLICT, ENOTFOUND                  → 403 Forbidden
 //	    (ENOTFOUND is a policy refusal of an authenticated client, e.g. a
 //	    device not on record: 404 would read as "no such EST resource")
 //	wrong method → 405, wrong media type → 415, body over the limit or
