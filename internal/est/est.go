@@ -102,16 +102,20 @@ type CA interface {
 	// Enroll issues a first operational certificate. client is the
 	// verified chain the client authenticated with (leaf first: its
 	// IDevID); csr has parsed and its signature verified (proof of
-	// possession). Enroll decides the rest: the device exists and may
-	// enroll (EFORBIDDEN or ENOTFOUND otherwise), the CSR names it
-	// (EFORBIDDEN), its key is acceptable (EFORBIDDEN or EINVALID).
+	// possession). Enroll decides the rest: the chain is an IDevID (the
+	// handler does not know which CA is which), the device exists and
+	// may enroll (EFORBIDDEN or ENOTFOUND otherwise), the CSR names it
+	// (EFORBIDDEN), its key is acceptable (EFORBIDDEN or EINVALID). The
+	// certificate returned must hold the CSR's public key (the handler
+	// answers 500 otherwise).
 	Enroll(ctx context.Context, client []*x509.Certificate, csr *x509.CertificateRequest) (*x509.Certificate, error)
 
 	// Reenroll renews: client is the verified chain of the current
 	// certificate (leaf first: its LDevID); csr has passed the same
 	// checks as for Enroll and carries the same subject and subject
 	// alternative names as the leaf (RFC 7030 §3.3.2), possibly a new key.
-	// Errors as for Enroll.
+	// Reenroll must refuse a chain that is not a current LDevID, e.g. an
+	// IDevID (EFORBIDDEN). Errors as for Enroll.
 	Reenroll(ctx context.Context, client []*x509.Certificate, csr *x509.CertificateRequest) (*x509.Certificate, error)
 
 	// CSRAttrs returns the DER of the CSR attributes the CA wants

@@ -23,6 +23,9 @@ func FuzzDecodeCSRBody(f *testing.F) {
 	f.Add([]byte(base64.RawStdEncoding.EncodeToString(der)))
 	f.Add([]byte(base64.StdEncoding.EncodeToString(der[:len(der)/2])))
 	f.Add(der)
+	bad := bytes.Clone(der)
+	bad[len(bad)-5] ^= 1
+	f.Add([]byte(base64.StdEncoding.EncodeToString(bad)))
 	f.Add([]byte(""))
 	f.Add([]byte("===="))
 	f.Fuzz(func(t *testing.T, body []byte) {

@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -186,6 +188,7 @@ func startServer(t testing.TB, p *testPKI, ca est.CA, auth tls.ClientAuthType, o
 	mux.Handle(est.WellKnown, s)
 	mux.HandleFunc("/ping", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("pong")) })
 	ts := httptest.NewUnstartedServer(mux)
+	ts.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
 	ts.TLS = &tls.Config{
 		Certificates: []tls.Certificate{p.server},
 		ClientAuth:   auth,

@@ -3,6 +3,7 @@ package est
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -209,6 +210,9 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, issue issueFunc,
 	}
 	if cert == nil || len(cert.Raw) == 0 {
 		return errors.New("est: CA returned no certificate")
+	}
+	if pk, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pk.Equal(csr.PublicKey) {
+		return errors.New("est: CA returned a certificate for another key than the CSR's")
 	}
 	der, err := EncodeCertsOnly([]*x509.Certificate{cert})
 	if err != nil {

@@ -3,6 +3,7 @@ package est_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -338,5 +339,36 @@ func TestNewClientErrors(t *testing.T) {
 	}
 	if _, err := est.NewClient("https://x", &tls.Config{}, http.DefaultClient); err == nil {
 		t.Error("NewClient with both a TLS config and an HTTP client succeeded")
+	}
+}
+
+// wrongKeyCA issues a certificate for a key other than the CSR's.
+type wrongKeyCA struct {
+	testCA
+	other *ecdsa.PrivateKey
+}
+
+func (c *wrongKeyCA) Enroll(ctx context.Context, client []*x509.Certificate, csr *x509.CertificateRequest) (*x509.Certificate, error) {
+	return c.pki.sign(&x509.Certificate{Subject: csr.Subject}, &c.other.PublicKey)
+}
+
+func TestCAWrongKey(t *testing.T) {
+	p := newPKI(t)
+	var logged int
+	ts, _ := startServer(t, p, &wrongKeyCA{testCA{pki: p}, newKey(t)}, tls.RequireAndVerifyClientCert, func(s *est.Server) {
+		s.Refused = func(_ context.Context, r est.Refusal) {
+			if r.Status == 500 && strings.Contains(r.Err.Error(), "another key") {
+				logged++
+			}
+		}
+	})
+	c, err := est.NewClient(ts.URL, p.clientTLS(&p.idevid), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.SimpleEnroll(context.Background(), newCSR(t, newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}}))
+	var se *est.StatusError
+	if !errors.As(err, &se) || se.StatusCode != 500 || logged != 1 {
+		t.Fatalf("err = %v, refusals seen %d; want 500 and one refusal", err, logged)
 	}
 }
