@@ -124,4 +124,3 @@ func checkProfileName(p string) error {
 	}
 	return nil
 }
-
