@@ -14,6 +14,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"os"
 	"os/exec"
@@ -25,6 +26,9 @@ import (
 	"cradle"
 	"cradle/internal/pki/ocsp"
 )
+
+// quietLog discards the responder's logs.
+var quietLog = slog.New(slog.DiscardHandler)
 
 // t0 is the tests' fixed time.
 var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
@@ -212,6 +216,9 @@ func certID(t testing.TB, h crypto.Hash, issuer *x509.Certificate, serial *big.I
 	return asn1.RawValue{FullBytes: der}
 }
 
+// asn1RV is a DER element.
+type asn1RV = asn1.RawValue
+
 type reqSpec struct {
 	ids     []asn1.RawValue
 	nonce   []byte // extnValue, nil: none
@@ -274,6 +281,31 @@ type parsedResponse struct {
 	Singles    []parsedSingle
 	Nonce      []byte // responseExtensions nonce extnValue
 	ProducedAt time.Time
+	TBS        []byte
+	SigAlg     asn1.ObjectIdentifier
+	Sig        []byte
+	Certs      [][]byte
+}
+
+var sigAlgs = map[string]x509.SignatureAlgorithm{
+	"1.2.840.10045.4.3.2":   x509.ECDSAWithSHA256,
+	"1.2.840.10045.4.3.3":   x509.ECDSAWithSHA384,
+	"1.2.840.10045.4.3.4":   x509.ECDSAWithSHA512,
+	"1.3.101.112":           x509.PureEd25519,
+	"1.2.840.113549.1.1.11": x509.SHA256WithRSA,
+}
+
+// verify checks the response's signature with the responder's certificate.
+func (p parsedResponse) verify(t testing.TB, responder *x509.Certificate) x509.SignatureAlgorithm {
+	t.Helper()
+	alg, ok := sigAlgs[p.SigAlg.String()]
+	if !ok {
+		t.Fatalf("unexpected signature algorithm %v", p.SigAlg)
+	}
+	if err := responder.CheckSignature(alg, p.TBS, p.Sig); err != nil {
+		t.Fatalf("response signature: %v", err)
+	}
+	return alg
 }
 
 type parsedSingle struct {
@@ -300,18 +332,7 @@ func parseResponse(t testing.TB, der []byte) parsedResponse {
 		return p
 	}
 	var basic struct {
-		TBS struct {
-			Version    int `asn1:"optional,explicit,tag:0,default:0"`
-			RespID     asn1.RawValue
-			ProducedAt time.Time `asn1:"generalized"`
-			Responses  []struct {
-				CertID     asn1.RawValue
-				Status     asn1.RawValue
-				ThisUpdate time.Time `asn1:"generalized"`
-				NextUpdate time.Time `asn1:"generalized,explicit,tag:0,optional"`
-			}
-			Exts []pkix.Extension `asn1:"optional,explicit,tag:1"`
-		}
+		TBS   asn1.RawValue
 		Alg   pkix.AlgorithmIdentifier
 		Sig   asn1.BitString
 		Certs []asn1.RawValue `asn1:"optional,explicit,tag:0"`
@@ -319,11 +340,30 @@ func parseResponse(t testing.TB, der []byte) parsedResponse {
 	if rest, err := asn1.Unmarshal(outer.Bytes.Resp, &basic); err != nil || len(rest) != 0 {
 		t.Fatalf("basic response does not parse: %v", err)
 	}
-	p.ProducedAt = basic.TBS.ProducedAt
-	for _, r := range basic.TBS.Responses {
+	var tbs struct {
+		Version    int `asn1:"optional,explicit,tag:0,default:0"`
+		RespID     asn1.RawValue
+		ProducedAt time.Time `asn1:"generalized"`
+		Responses  []struct {
+			CertID     asn1.RawValue
+			Status     asn1.RawValue
+			ThisUpdate time.Time `asn1:"generalized"`
+			NextUpdate time.Time `asn1:"generalized,explicit,tag:0,optional"`
+		}
+		Exts []pkix.Extension `asn1:"optional,explicit,tag:1"`
+	}
+	if rest, err := asn1.Unmarshal(basic.TBS.FullBytes, &tbs); err != nil || len(rest) != 0 {
+		t.Fatalf("response data does not parse: %v", err)
+	}
+	p.TBS, p.SigAlg, p.Sig = basic.TBS.FullBytes, basic.Alg.Algorithm, basic.Sig.Bytes
+	for _, c := range basic.Certs {
+		p.Certs = append(p.Certs, c.FullBytes)
+	}
+	p.ProducedAt = tbs.ProducedAt
+	for _, r := range tbs.Responses {
 		p.Singles = append(p.Singles, parsedSingle{r.CertID.FullBytes, r.Status.Tag, r.ThisUpdate, r.NextUpdate})
 	}
-	for _, e := range basic.TBS.Exts {
+	for _, e := range tbs.Exts {
 		if e.Id.Equal(ocsp.OIDNonce) {
 			p.Nonce = e.Value
 		}
