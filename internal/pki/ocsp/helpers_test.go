@@ -137,7 +137,8 @@ func newCA(t testing.TB, name string, caKey, respKey crypto.Signer, n int) *test
 	if respKey == nil {
 		respKey = ecKey(t, elliptic.P256())
 	}
-	nb, na := t0.Add(-time.Hour), t0.Add(365*24*time.Hour)
+	// Valid now, for openssl, which checks with the real clock.
+	nb, na := time.Now().Add(-time.Hour), time.Now().Add(365*24*time.Hour)
 	ca := &testCA{key: caKey, respKey: respKey}
 	ca.cert = create(t, &x509.Certificate{
 		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: name, Organization: []string{"Cradle test"}},
