@@ -253,3 +253,7 @@ func opensslSAN(t testing.TB, c *x509.Certificate) string {
 	t.Fatalf("no subjectAltName in openssl asn1parse output:\n%s", out)
 	return ""
 }
+
+func pemOf(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
