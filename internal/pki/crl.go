@@ -42,7 +42,8 @@ type RevokedCert = cradle.RevokedEntry
 // CreateCRL signs a v2 CRL (RFC 5280 §5) of issuer with signer, listing
 // entries, and returns its DER.
 //
-// number is the cRLNumber. It must be positive, at most 20 octets, and
+// number is the cRLNumber. It must be positive, at most 20 octets in
+// DER (below 2^159), and
 // strictly greater than the number of every CRL this issuer published
 // before: this package keeps no state, so the caller (the store's
 // NextCRLNumber) keeps the counter. thisUpdate must be before nextUpdate.
@@ -59,7 +60,7 @@ func CreateCRL(issuer *x509.Certificate, signer crypto.Signer, entries []Revoked
 		return nil, errors.New("pki: create CRL: issuer and signer are required")
 	case number == nil || number.Sign() <= 0:
 		return nil, cradle.Errorf(cradle.EINVALID, "pki: CRL number must be positive, got %v", number)
-	case len(number.Bytes()) > 20:
+	case number.BitLen() > 159: // DER INTEGER with its sign bit: 20 octets hold 159 bits
 		return nil, cradle.Errorf(cradle.EINVALID, "pki: CRL number %v is longer than 20 octets", number)
 	case !thisUpdate.Before(nextUpdate):
 		return nil, cradle.Errorf(cradle.EINVALID, "pki: CRL thisUpdate %s is not before nextUpdate %s", thisUpdate.UTC().Format(time.RFC3339), nextUpdate.UTC().Format(time.RFC3339))

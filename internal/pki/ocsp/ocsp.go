@@ -45,9 +45,13 @@
 //	                                percent-escaped or not ('/' may split the path)
 //
 // and the answer is always 200 with application/ocsp-response, errors
-// included, except for a wrong method (405). Answers to GET requests
-// without a nonce carry RFC 5019 caching headers (Last-Modified, Expires,
-// ETag, Cache-Control max-age up to nextUpdate). A GET path whose base64
+// included, except for a wrong method (405). Pre-signed answers to GET
+// requests (one CertID, no nonce) carry RFC 5019 caching headers
+// (Last-Modified: thisUpdate, Expires: nextUpdate, ETag, Cache-Control:
+// max-age up to nextUpdate, public, no-transform, must-revalidate), so an
+// HTTP cache in between may serve a good answer until nextUpdate even
+// after a revocation: keep Options.Validity short. The Content-Type of a
+// POST is not checked; the body is read as DER whatever it says. A GET path whose base64
 // holds "//" is redirected by an http.ServeMux in front of the responder
 // (it cleans unescaped paths): mount the responder ahead of a ServeMux, or
 // rely on clients that percent-escape '/' as RFC 5019 asks.
