@@ -433,3 +433,37 @@ func TestHTTP(t *testing.T) {
 		})
 	}
 }
+
+// TestBehindServeMux: mounted on an http.ServeMux, a GET whose base64 has
+// "//" works when percent-escaped, as RFC 5019 asks clients to send it
+// (ServeMux cleans, and redirects, only unescaped paths).
+func TestBehindServeMux(t *testing.T) {
+	f := newFixture(t)
+	mux := http.NewServeMux()
+	mux.Handle("/pki/ocsp/", f.r)
+	mux.Handle("POST /pki/ocsp", f.r)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	var std string
+	for range 20000 {
+		s := nextSerial()
+		r := buildRequest(t, reqSpec{ids: []asn1RV{certID(t, crypto.SHA1, f.ca.cert, s)}})
+		if b := base64.StdEncoding.EncodeToString(r); strings.Contains(b, "//") {
+			f.src.Set(f.ca.cert, s, ocsp.Status{State: ocsp.Good})
+			std = b
+			break
+		}
+	}
+	if std == "" {
+		t.Fatal("no request with '//' in its base64")
+	}
+	resp, err := srv.Client().Get(srv.URL + "/pki/ocsp/" + url.PathEscape(std))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if p := parseResponse(t, body); resp.StatusCode != 200 || p.Status != 0 || p.Singles[0].Status != 0 {
+		t.Errorf("HTTP %d, OCSP status %d, want 200, successful, good", resp.StatusCode, p.Status)
+	}
+}
