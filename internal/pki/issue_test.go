@@ -472,3 +472,32 @@ func pool(certs ...*x509.Certificate) *x509.CertPool {
 }
 
 var _ = ecdsa.GenerateKey
+
+func TestLDevIDReplacesDeviceURI(t *testing.T) {
+	p := sharedPKI(t, pki.ProfileProduction)
+	k := mustKey(t, "p256")
+	tmpl := &x509.Certificate{URIs: []*url.URL{mustParseURL(t, "urn:cradle:device:other:SN-9"), mustParseURL(t, "https://example.com/x")}}
+	c, err := pki.Issue(context.Background(), p.h.DeviceCA(), p.key(t, pki.NameDeviceCA), k.Public(), tmpl, pki.LDevID(pki.LDevIDPolicy{}, "acme", "SN-9", t0)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, u := range c.URIs {
+		got = append(got, u.String())
+	}
+	if diff := cmp.Diff([]string{"https://example.com/x", "urn:cradle:device:acme:SN-9"}, got); diff != "" {
+		t.Errorf("URIs (-want +got):\n%s", diff)
+	}
+}
+
+func TestURLs(t *testing.T) {
+	got := pki.URLs("ca.example:8443", "device-ca-2")
+	want := pki.Distribution{
+		OCSP:               "https://ca.example:8443/pki/ocsp",
+		IssuingCertificate: "https://ca.example:8443/pki/ca/device-ca-2.crt",
+		CRL:                "https://ca.example:8443/pki/crl/device-ca-2.crl",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("URLs (-want +got):\n%s", diff)
+	}
+}

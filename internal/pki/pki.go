@@ -14,13 +14,19 @@
 // KeyFunc for each key by a documented name (see Init), so the file and
 // PKCS#11 back ends are wired outside.
 //
-//	root                      self-signed, 20 years, pathLen 1
-//	├─ manufacturing-ca       30 years, pathLen 0 ── IDevIDs (notAfter 99991231235959Z)
+//	root                      self-signed, 25 years, pathLen 1
+//	├─ manufacturing-ca       20 years, pathLen 0 ── IDevIDs (notAfter 99991231235959Z)
 //	│   └─ ocsp-manufacturing-ca  OCSP signer, id-pkix-ocsp-nocheck
 //	├─ device-ca[-N]          5 years, pathLen 0  ── LDevIDs (90 days by default)
 //	│   └─ ocsp-device-ca[-N]     OCSP signer, id-pkix-ocsp-nocheck
-//	├─ server                 serverAuth, the listener's DNS names / IPs
-//	└─ command-signer         digitalSignature, EKU OIDCommandSigning
+//	├─ server                 397 days, serverAuth, the listener's DNS names / IPs
+//	└─ command-signer         2 years, digitalSignature, EKU OIDCommandSigning
+//
+// OCSP signers live OCSPSignerLifetime (180 days) and are re-issued with
+// Issue and the OCSPSigner profile by their CA. Certificates signed by the
+// root carry only a caIssuers URL (root.crt): the root is offline and
+// publishes no CRL and has no OCSP responder. Device certificates carry
+// OCSP, caIssuers and CRL URLs of their CA (Distribution).
 //
 // # Issuance
 //

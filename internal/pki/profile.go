@@ -12,6 +12,8 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"cradle"
@@ -193,8 +195,8 @@ func (p LDevIDPolicy) Validate() error {
 // tenant, issued at now. It sets:
 //
 //   - subject CN and serialNumber = serial, O = tenant;
-//   - the URI SAN DeviceURI(tenant, serial) (other SANs of the template
-//     are kept);
+//   - the URI SAN DeviceURI(tenant, serial), replacing any device URI of
+//     the template (its other SANs are kept);
 //   - notBefore now, notAfter now + the policy's lifetime, but never
 //     after the issuer's notAfter;
 //   - keyUsage digitalSignature, extKeyUsage clientAuth, not a CA.
@@ -212,6 +214,7 @@ func LDevID(p LDevIDPolicy, tenant, serial string, now time.Time) []Option {
 			return err
 		}
 		t.Subject = pkix.Name{CommonName: serial, SerialNumber: serial, Organization: []string{tenant}}
+		t.URIs = slices.DeleteFunc(t.URIs, func(x *url.URL) bool { return strings.HasPrefix(x.String(), DeviceURIPrefix) })
 		t.URIs = append(t.URIs, u)
 		t.NotBefore = now.UTC().Truncate(time.Second)
 		t.NotAfter = t.NotBefore.Add(life)
