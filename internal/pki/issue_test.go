@@ -324,6 +324,8 @@ func TestIssueRefusals(t *testing.T) {
 		{"self-signed for another key", nil, k, mustKey(t, "p256").Public(), &x509.Certificate{}, nil, "issuer", "signer's own key"},
 		{"no validity", p.h.DeviceCA(), p.key(t, pki.NameDeviceCA), k.Public(), &x509.Certificate{Subject: pkix.Name{CommonName: "x"}}, nil, "template", "is not before notAfter"},
 		{"names nothing", p.h.DeviceCA(), p.key(t, pki.NameDeviceCA), k.Public(), &x509.Certificate{NotBefore: t0, NotAfter: t0.Add(time.Hour)}, nil, "template", "names nothing"},
+		{"SAN fields beside a SAN extension", p.h.ManufacturingCA, p.key(t, pki.NameManufacturingCA), k.Public(), &x509.Certificate{}, append(pki.IDevID(pki.IDevIDConfig{}, "SN-1", nil, t0),
+			pki.ModifyCertificateFunc("add-dns", func(tmpl, _ *x509.Certificate) error { tmpl.DNSNames = []string{"x.example"}; return nil })), "template", "would drop"},
 		{"bad distribution URL", p.h.DeviceCA(), p.key(t, pki.NameDeviceCA), k.Public(), &x509.Certificate{}, append(pki.LDevID(pki.LDevIDPolicy{}, "acme", "SN-1", t0), pki.Distribution{OCSP: "/pki/ocsp"}), pki.RuleDistribution, "not an absolute http or https URL"},
 		{"custom validator", p.h.DeviceCA(), p.key(t, pki.NameDeviceCA), k.Public(), &x509.Certificate{}, append(pki.LDevID(pki.LDevIDPolicy{}, "acme", "SN-1", t0),
 			pki.ValidateCertificateFunc("no-acme", func(tmpl, _ *x509.Certificate) error {

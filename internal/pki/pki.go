@@ -233,7 +233,8 @@ func asPolicyError(rule string, err error) error {
 //     SHA-256, P-384 → SHA-384, P-521 → SHA-512, Ed25519, RSA → SHA-256
 //     with PKCS #1 v1.5), and OIDTestPolicy when the issuer carries it;
 //  5. built-in template checks: notBefore before notAfter, a subject or a
-//     SAN;
+//     SAN, no SAN fields beside a hand-made SAN extension (they would be
+//     lost);
 //  6. every CertificateValidator in opts, in order;
 //  7. ctx is checked, then the certificate is signed (x509 checks the
 //     signature against the issuer's key) and parsed back.
@@ -300,6 +301,10 @@ func Issue(ctx context.Context, issuer *x509.Certificate, signer crypto.Signer, 
 	}
 	if len(t.Subject.ToRDNSequence()) == 0 && len(t.DNSNames)+len(t.IPAddresses)+len(t.URIs)+len(t.EmailAddresses) == 0 && !hasExtension(t.ExtraExtensions, oidSubjectAltName) {
 		return nil, refuse("template", "the certificate names nothing: no subject and no subject alternative name")
+	}
+
+	if hasExtension(t.ExtraExtensions, oidSubjectAltName) && len(t.DNSNames)+len(t.IPAddresses)+len(t.URIs)+len(t.EmailAddresses) > 0 {
+		return nil, refuse("template", "the template has a hand-made subjectAltName extension and SAN fields, which crypto/x509 would drop")
 	}
 
 	for _, o := range opts {
