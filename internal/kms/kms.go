@@ -52,7 +52,10 @@
 // module. Release it with Close(signer) (or its own Close method: every
 // PKCS#11 signer is an io.Closer) when it is no longer needed; the module is
 // finalized when its last signer is closed. File signers hold nothing, and
-// Close on them is a no-op.
+// Close on them is a no-op. PKCS#11 logs in a whole process, not a
+// session: while one signer of a token is open, opening another key of the
+// same token succeeds whatever PIN is given (the token answers "already
+// logged in" without checking it), so the PIN guards the first Open only.
 package kms
 
 import (

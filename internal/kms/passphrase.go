@@ -63,14 +63,16 @@ func PassphraseFromFile(path string) func() ([]byte, error) {
 // several prompts can share one input.
 func PassphrasePrompt(in *os.File, out io.Writer, prompt string) func() ([]byte, error) {
 	return func() ([]byte, error) {
-		if _, err := io.WriteString(out, prompt); err != nil {
-			return nil, fmt.Errorf("kms: passphrase prompt: %w", err)
-		}
+		// Echo goes off before the prompt shows, so nothing typed after
+		// it is echoed.
 		restore, isTerminal, err := disableEcho(in)
 		if err != nil {
 			return nil, fmt.Errorf("kms: passphrase prompt: turn off echo: %w", err)
 		}
-		line, err := readLine(in)
+		line, err := []byte(nil), error(nil)
+		if _, err = io.WriteString(out, prompt); err == nil {
+			line, err = readLine(in)
+		}
 		if isTerminal {
 			rerr := restore()
 			io.WriteString(out, "\n")
