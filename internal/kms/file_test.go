@@ -9,6 +9,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -329,4 +330,46 @@ func rsa1024PEM(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
+
+// BenchmarkFileSign measures one signature with a file key, per
+// algorithm: the baseline for BenchmarkPKCS11Sign.
+func BenchmarkFileSign(b *testing.B) {
+	for _, alg := range kms.Algorithms {
+		b.Run(string(alg), func(b *testing.B) {
+			s, err := kms.Generate(context.Background(), filepath.Join(b.TempDir(), "k"), alg, kms.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			benchmarkSign(b, s)
+		})
+	}
+}
+
+// BenchmarkFileOpenEncrypted measures opening an encrypted key file:
+// the cost of the key derivation (600,000 PBKDF2-SHA256 iterations).
+func BenchmarkFileOpenEncrypted(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "k")
+	opts := kms.Options{Passphrase: passphrase("bench")}
+	if _, err := kms.Generate(context.Background(), path, kms.ECDSAP256, opts); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := kms.Open(context.Background(), path, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchmarkSign(b *testing.B, s crypto.Signer) {
+	digest := sha256.Sum256([]byte("benchmark"))
+	msg, opts := digest[:], crypto.SignerOpts(crypto.SHA256)
+	if _, ok := s.Public().(ed25519.PublicKey); ok {
+		msg, opts = []byte("benchmark"), crypto.Hash(0)
+	}
+	for b.Loop() {
+		if _, err := s.Sign(rand.Reader, msg, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -20,7 +20,7 @@ import (
 
 // needProgram returns the path of a program a test needs, skipping the
 // test when it is missing, or failing it when CI is set.
-func needProgram(t *testing.T, name string) string {
+func needProgram(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -34,7 +34,7 @@ func needProgram(t *testing.T, name string) string {
 
 // run runs a program and returns its combined output, failing the test if
 // it exits non-zero.
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -44,7 +44,7 @@ func run(t *testing.T, name string, args ...string) string {
 }
 
 // writeFile writes data to a new file in dir with mode 0600 and returns its path.
-func writeFile(t *testing.T, dir, name string, data []byte) string {
+func writeFile(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, data, 0o600); err != nil {

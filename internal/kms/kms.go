@@ -134,7 +134,9 @@ var (
 )
 
 // Open returns the signer of the existing key named by uri: a file path,
-// "file:PATH", or a "pkcs11:" URI (see ParsePKCS11URI). Errors say what is
+// "file:PATH", or a "pkcs11:" URI (see ParsePKCS11URI). An unencrypted
+// key file loads whether or not opts.Passphrase is set (the passphrase is
+// then not asked for). Errors say what is
 // wrong with the URI, the file (ErrKeyNotFound, loose permissions, not a
 // key), the passphrase (ErrWrongPassphrase) or the token. Release the
 // signer with Close.

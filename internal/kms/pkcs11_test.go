@@ -35,7 +35,7 @@ func (tok softToken) uri(object string) string {
 // user PIN 1234. Tests that use it cannot run in parallel (the variable is
 // process-wide, and SoftHSM2 reads it when the module is initialized,
 // which happens again once every signer of the previous test is closed).
-func newSoftToken(t *testing.T, label string) softToken {
+func newSoftToken(t testing.TB, label string) softToken {
 	t.Helper()
 	util := needProgram(t, "softhsm2-util")
 	if _, err := os.Stat(softhsmModule); err != nil {
@@ -196,4 +196,16 @@ func TestPKCS11KeyByID(t *testing.T) {
 		t.Errorf("Generate on a taken id: %v, want ErrKeyExists", err)
 	}
 	_ = tok
+}
+
+// BenchmarkPKCS11Sign measures one ECDSA P-256 signature in SoftHSM2
+// (SHA-256 in software, CKM_ECDSA in the token).
+func BenchmarkPKCS11Sign(b *testing.B) {
+	tok := newSoftToken(b, "cradle-bench")
+	s, err := kms.Generate(context.Background(), tok.uri("bench"), kms.ECDSAP256, kms.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer kms.Close(s)
+	benchmarkSign(b, s)
 }
