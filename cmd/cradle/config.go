@@ -21,11 +21,26 @@ import (
 // variables, and command-line flags. configFields lists every field with its
 // YAML key, variable and flag.
 type Config struct {
-	DataDir string     // data_dir: the directory for the SQLite file, the audit key and the witness
-	Listen  string     // listen: host:port of the HTTP server; port 0 picks a free one
-	Store   string     // store: "" for <data_dir>/cradle.db, "sqlite:PATH", or a postgres:// URL
-	Log     LogConfig  // log.*
-	HTTP    HTTPConfig // http.*
+	DataDir string       // data_dir: the directory for the SQLite file, the audit key and the witness
+	Listen  string       // listen: host:port of the HTTP server; port 0 picks a free one
+	Store   string       // store: "" for <data_dir>/cradle.db, "sqlite:PATH", or a postgres:// URL
+	Log     LogConfig    // log.*
+	HTTP    HTTPConfig   // http.*
+	Device  DeviceConfig // device.*
+	PKI     PKIConfig    // pki.*
+}
+
+// DeviceConfig is the device-facing HTTPS listener, which serves when the
+// data directory holds a PKI (cradle pki init).
+type DeviceConfig struct {
+	Listen         string        // host:port; port 0 picks a free one
+	URLHost        string        // host[:port] in the AIA/CRL URLs of issued certificates; "" means the server certificate's first name and Listen's port
+	LDevIDLifetime time.Duration // lifetime of issued LDevIDs
+}
+
+// PKIConfig says how the server opens the PKI's keys.
+type PKIConfig struct {
+	PassphraseFile string // a file holding the passphrase of file keys; "" means $CRADLE_PKI_PASSPHRASE
 }
 
 // LogConfig chooses how the server logs (to stderr).
@@ -53,6 +68,7 @@ func DefaultConfig() Config {
 			MaxImportBytes:  1 << 30,
 			ShutdownTimeout: 30 * time.Second,
 		},
+		Device: DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour},
 	}
 }
 
@@ -171,10 +187,56 @@ var configFields = []configField{
 		},
 		get: func(c *Config) string { return c.HTTP.ShutdownTimeout.String() },
 	},
+	{
+		key: "device.listen", env: "CRADLE_DEVICE_LISTEN", flag: "device-listen",
+		usage: "host:port of the device-facing HTTPS listener (EST, OCSP, CRLs), which serves once the data directory holds a PKI",
+		set: func(c *Config, v string) error {
+			if err := checkListen(v); err != nil {
+				return err
+			}
+			c.Device.Listen = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.Listen },
+	},
+	{
+		key: "device.url_host", env: "CRADLE_DEVICE_URL_HOST", flag: "device-url-host",
+		usage: "host[:port] that devices reach the listener at, written in the OCSP/CRL/CA URLs of issued certificates (empty: the server certificate's first name)",
+		set: func(c *Config, v string) error {
+			if strings.ContainsAny(v, " /") {
+				return fmt.Errorf("%q is not host[:port]", v)
+			}
+			c.Device.URLHost = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.URLHost },
+	},
+	{
+		key: "device.ldevid_lifetime", env: "CRADLE_DEVICE_LDEVID_LIFETIME", flag: "ldevid-lifetime",
+		usage: "lifetime of the operational certificates (LDevIDs) the server issues; at least 1h",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Hour {
+				return fmt.Errorf("%q is not a duration of at least 1h, such as 2160h (90 days)", v)
+			}
+			c.Device.LDevIDLifetime = d
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.LDevIDLifetime.String() },
+	},
+	{
+		key: "pki.passphrase_file", env: "CRADLE_PKI_PASSPHRASE_FILE", flag: "pki-passphrase-file",
+		usage: "file holding the passphrase of the PKI's file keys (empty: $CRADLE_PKI_PASSPHRASE)",
+		set: func(c *Config, v string) error {
+			c.PKI.PassphraseFile = v
+			return nil
+		},
+		get: func(c *Config) string { return c.PKI.PassphraseFile },
+	},
 }
 
 // configGroups are the YAML keys that hold nested keys.
-var configGroups = []string{"log", "http"}
+var configGroups = []string{"log", "http", "device", "pki"}
 
 func checkListen(v string) error {
 	host, port, err := net.SplitHostPort(v)

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"cradle/internal/deviceapi"
+	"cradle/internal/est"
+	"cradle/internal/pki"
+	"cradle/internal/pki/ocsp"
+	"cradle/internal/sqlstore"
+)
+
+// deviceListener is the device-facing HTTPS listener with what it serves:
+// EST enrollment (/.well-known/est/), the OCSP responder (/pki/ocsp), CRLs
+// and CA certificates (/pki/crl/, /pki/ca/).
+type deviceListener struct {
+	authority *pki.Authority
+	ln        net.Listener
+	srv       *http.Server
+	done      chan error
+}
+
+// deviceKeyNames are the keys the server needs from a hierarchy: each
+// device CA's, each issuing CA's OCSP signer's, and the listener's own.
+func deviceKeyNames(h *pki.Hierarchy) []string {
+	names := []string{pki.NameServer}
+	for i := range h.DeviceCAs {
+		names = append(names, pki.DeviceCAName(i))
+	}
+	for name := range h.IssuingCAs() {
+		if h.OCSPSigners[name] != nil {
+			names = append(names, pki.OCSPNamePrefix+name)
+		}
+	}
+	return names
+}
+
+// newDeviceListener builds the listener over db and the PKI (its
+// certificates and the keys of deviceKeyNames), listening on
+// cfg.Device.Listen. Serve it with start.
+func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.Hierarchy, keys map[string]crypto.Signer, logger *slog.Logger) (*deviceListener, error) {
+	store := sqlstore.NewCertificateService(db)
+	tenants := sqlstore.NewTenantService(db)
+	production := h.Profile() == pki.ProfileProduction
+	var responder *ocsp.Responder
+	var names sync.Map // tenant id → name
+	d := &deviceListener{done: make(chan error, 1)}
+	d.authority = &pki.Authority{
+		Hierarchy: h, Signers: keys, Certificates: store, CAStore: store,
+		TenantName: func(ctx context.Context, id int64) (string, error) {
+			if n, ok := names.Load(id); ok {
+				return n.(string), nil
+			}
+			all, err := tenants.FindTenants(ctx)
+			if err != nil {
+				return "", err
+			}
+			for _, t := range all {
+				names.Store(t.ID, t.Name)
+			}
+			if n, ok := names.Load(id); ok {
+				return n.(string), nil
+			}
+			return "", fmt.Errorf("tenant %d not found", id)
+		},
+		Policy:  pki.LDevIDPolicy{Lifetime: cfg.Device.LDevIDLifetime},
+		URLHost: deviceURLHost(cfg, h),
+		Logger:  logger,
+		OnRevoke: func(issuer *x509.Certificate, serial *big.Int) {
+			responder.Invalidate(issuer, serial)
+		},
+	}
+	if err := d.authority.Policy.Validate(); err != nil {
+		return nil, fmt.Errorf("serve: device.ldevid_lifetime: %w", err)
+	}
+	var err error
+	responder, err = ocsp.NewResponder(d.authority, d.authority.OCSPIssuers(), ocsp.Options{Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("serve: OCSP responder: %w", err)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(h.Root)
+	for _, c := range h.IssuingCAs() {
+		inter.AddCert(c)
+	}
+	serverKey := keys[pki.NameServer]
+	if serverKey == nil {
+		return nil, errors.New("serve: the device listener's key (server) is not loaded")
+	}
+	listener := &deviceapi.Server{
+		Certificate: tls.Certificate{Certificate: [][]byte{h.Server.Raw, h.Root.Raw}, PrivateKey: serverKey, Leaf: h.Server},
+		Roots:       roots, Intermediates: inter,
+		CheckChain: func(c []*x509.Certificate) error { return pki.CheckProfile(c, production) },
+		Certs:      store, Devices: sqlstore.NewDeviceService(db), Logger: logger,
+	}
+	estServer := &est.Server{CA: d.authority, Logger: logger, Refused: func(ctx context.Context, r est.Refusal) {
+		logger.Warn("EST request refused", "op", r.Op, "status", r.Status, "reason", r.Reason)
+	}}
+	listener.Handle("GET /.well-known/est/cacerts", estServer, true)
+	listener.Handle("GET /.well-known/est/csrattrs", estServer, true)
+	listener.Handle("/.well-known/est/", estServer, false)
+	listener.Handle("/pki/ocsp", responder, true)
+	listener.Handle("/pki/ocsp/", responder, true)
+	listener.Handle("/pki/", d.authority.PublicHandler(), true)
+
+	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("serve: device listener: %w", err)
+	}
+	d.srv = &http.Server{
+		Handler: listener.Handler(), TLSConfig: listener.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	return d, nil
+}
+
+// deviceURLHost is where devices reach the listener, for issued
+// certificates' URLs.
+func deviceURLHost(cfg Config, h *pki.Hierarchy) string {
+	if cfg.Device.URLHost != "" {
+		return cfg.Device.URLHost
+	}
+	host := "localhost"
+	if len(h.Server.DNSNames) > 0 {
+		host = h.Server.DNSNames[0]
+	} else if len(h.Server.IPAddresses) > 0 {
+		host = h.Server.IPAddresses[0].String()
+	}
+	_, port, _ := net.SplitHostPort(cfg.Device.Listen)
+	if port == "" || port == "443" || port == "0" {
+		return host
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// Addr is the listener's base URL.
+func (d *deviceListener) Addr() string { return "https://" + d.ln.Addr().String() }
+
+func (d *deviceListener) start() {
+	go func() {
+		err := d.srv.ServeTLS(d.ln, "", "")
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		d.done <- err
+	}()
+}
+
+// shutdown stops the listener gracefully within ctx.
+func (d *deviceListener) shutdown(ctx context.Context) error {
+	err := d.srv.Shutdown(ctx)
+	if err != nil {
+		d.srv.Close()
+	}
+	if serr := <-d.done; serr != nil && err == nil {
+		err = serr
+	}
+	return err
+}
