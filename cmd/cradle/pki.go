@@ -1,9 +1,11 @@
 package main
 
 import (
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -19,7 +21,7 @@ func (a *app) pkiCmd() *cobra.Command {
 		Short: "Device certificates: find expiring ones, show and revoke them",
 	}
 	a.addClientFlags(cmd)
-	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd())
+	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd())
 	return cmd
 }
 
@@ -146,6 +148,54 @@ func (a *app) pkiShowCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&pemFlag, "pem", false, "print the certificate in PEM")
 	cmd.MarkFlagsMutuallyExclusive("json", "pem")
+	return cmd
+}
+
+func (a *app) pkiRecordCmd() *cobra.Command {
+	var (
+		device   string
+		jsonFlag bool
+	)
+	cmd := &cobra.Command{
+		Use:   "record --device SERIAL IDEVID.pem",
+		Short: "Record the IDevID the factory gave a device (factory role)",
+		Long: `Record a device's IDevID, the certificate the factory station issued it with the
+manufacturing CA. A device enrolls (EST simpleenroll) only with an IDevID on record.`,
+		Example: `  cradle pki record --device SN-0001 sn-0001-idevid.pem`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if device == "" {
+				return errors.New("give the device with --device")
+			}
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			b, _ := pem.Decode(data)
+			if b == nil || b.Type != "CERTIFICATE" {
+				return fmt.Errorf("%s holds no PEM certificate", args[0])
+			}
+			cert, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			c, err := cl.RecordCertificate(cmd.Context(), device, cradle.CertIDevID, cert)
+			if err != nil {
+				return err
+			}
+			if jsonFlag {
+				return writeJSON(a.stdout, c)
+			}
+			_, err = fmt.Fprintf(a.stdout, "recorded IDevID %s of %s\n", c.Serial, c.DeviceSerial)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&device, "device", "", "the device's serial (required)")
+	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print JSON")
 	return cmd
 }
 

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -114,6 +115,27 @@ func TestPKICommands(t *testing.T) {
 	if out := pki("expiring", "--within", "100d"); strings.Contains(out, later.Serial) {
 		t.Errorf("a revoked certificate is listed as expiring:\n%s", out)
 	}
+
+	// The factory records an IDevID.
+	_, factory, err := tokens.CreateToken(sys, cradle.TokenCreate{Name: "line", Role: cradle.RoleFactory})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlstore.NewDeviceService(db).CreateDevice(sys, cradle.DeviceCreate{Serial: "SN-NEW", Model: "gw"}); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(77), Subject: pkix.Name{SerialNumber: "SN-NEW"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}, ca, &k.PublicKey, caKey)
+	file := filepath.Join(t.TempDir(), "idevid.pem")
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := ok(t, "pki", "record", "--device", "SN-NEW", file, "--server", srv.URL, "--token", factory); out != "recorded IDevID 4d of SN-NEW\n" {
+		t.Errorf("pki record printed %q", out)
+	}
+	fails(t, "may not issue or record certificates", "pki", "record", "--device", "SN-NEW", file, "--server", srv.URL, "--token", admin)
+	fails(t, "holds no PEM certificate", "pki", "record", "--device", "SN-NEW", "pki_test.go", "--server", srv.URL, "--token", factory)
 }
 
 func TestParseWithin(t *testing.T) {

@@ -1,8 +1,10 @@
 package httpapi
 
 import (
+	"crypto/x509"
 	"encoding/pem"
 	"net/http"
+	"strings"
 	"time"
 
 	"cradle"
@@ -18,6 +20,13 @@ type CertificateList struct {
 type CertificateView struct {
 	*cradle.Certificate
 	PEM string `json:"pem"`
+}
+
+// CertificateRecord hands Cradle a certificate issued elsewhere: the
+// IDevID the factory station gave a device.
+type CertificateRecord struct {
+	Kind cradle.CertKind `json:"kind"` // idevid
+	PEM  string          `json:"pem"`
 }
 
 // Revocation asks to revoke certificates.
@@ -110,6 +119,35 @@ func (s *Server) revokeDeviceCertificates(w http.ResponseWriter, r *http.Request
 		certs = []*cradle.Certificate{}
 	}
 	s.writeJSON(w, r, http.StatusOK, CertificateList{Certificates: certs})
+}
+
+func (s *Server) recordCertificate(w http.ResponseWriter, r *http.Request) {
+	var rec CertificateRecord
+	if err := s.decode(w, r, &rec); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if rec.Kind != cradle.CertIDevID {
+		s.writeError(w, r, cradle.Errorf(cradle.EINVALID, "kind %q cannot be recorded: only idevid certificates come from outside (LDevIDs are issued through enrollment)", truncate(string(rec.Kind), 40)))
+		return
+	}
+	b, rest := pem.Decode([]byte(rec.PEM))
+	if b == nil || b.Type != "CERTIFICATE" || len(strings.TrimSpace(string(rest))) != 0 {
+		s.writeError(w, r, cradle.Errorf(cradle.EINVALID, "pem must hold exactly one PEM block of type CERTIFICATE"))
+		return
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		s.writeError(w, r, cradle.Errorf(cradle.EINVALID, "the certificate does not parse: %v", err))
+		return
+	}
+	c, err := s.Certificates.RecordCertificate(r.Context(), r.PathValue("serial"), rec.Kind, cert)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/certificates/"+c.Serial)
+	s.writeJSON(w, r, http.StatusCreated, c)
 }
 
 func (s *Server) decodeRevocation(w http.ResponseWriter, r *http.Request) (cradle.RevocationReason, error) {

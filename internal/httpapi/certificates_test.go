@@ -125,6 +125,33 @@ func TestCertificates(t *testing.T) {
 			t.Errorf("?%s: %d %s", q, resp.status, resp.body)
 		}
 	}
+	// Recording an IDevID: the factory may, once per serial; bad input is refused.
+	e.createDevice("SN-F", cradle.StateFactory)
+	idev, err := e.ca.issue(e.clock.Now(), time.Hour)(ctx, &cradle.Device{Serial: "SN-F"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	factory := e.client(cradle.RoleFactory)
+	if c, err := factory.RecordCertificate(ctx, "SN-F", cradle.CertIDevID, idev); err != nil || c.Kind != cradle.CertIDevID || c.DeviceSerial != "SN-F" {
+		t.Errorf("record an IDevID: %+v, %v", c, err)
+	}
+	if _, err := factory.RecordCertificate(ctx, "SN-F", cradle.CertIDevID, idev); cradle.ErrorCode(err) != cradle.ECONFLICT {
+		t.Errorf("recording it again: %v", err)
+	}
+	if _, err := factory.RecordCertificate(ctx, "SN-404", cradle.CertIDevID, idev); cradle.ErrorCode(err) != cradle.ENOTFOUND {
+		t.Errorf("recording for an unknown device: %v", err)
+	}
+	for _, tc := range []struct{ body, want string }{
+		{`{"kind":"ldevid","pem":"x"}`, "only idevid certificates"},
+		{`{"kind":"idevid","pem":"not pem"}`, "exactly one PEM block"},
+		{`{"kind":"idevid","pem":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}`, "does not parse"},
+	} {
+		resp := e.doJSON("POST", "/api/v1/devices/SN-F/certificates", e.tokens[cradle.RoleFactory], tc.body)
+		if got := resp.errorBody(t); resp.status != 400 || !strings.Contains(got.Message, tc.want) {
+			t.Errorf("record %s: %d %+v; want 400 mentioning %q", tc.body, resp.status, got, tc.want)
+		}
+	}
+
 	// Another tenant's certificates do not exist for it.
 	other := httpapi.NewClient(e.url, e.other, nil)
 	if _, err := other.FindCertificateBySerial(ctx, second); cradle.ErrorCode(err) != cradle.ENOTFOUND {

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -352,4 +353,15 @@ func (c *Client) RevokeDeviceCertificates(ctx context.Context, deviceSerial stri
 		return nil, err
 	}
 	return l.Certificates, nil
+}
+
+// RecordCertificate hands the server a certificate issued elsewhere (the
+// IDevID the factory gave a device).
+func (c *Client) RecordCertificate(ctx context.Context, deviceSerial string, kind cradle.CertKind, cert *x509.Certificate) (*cradle.Certificate, error) {
+	var out cradle.Certificate
+	body := CertificateRecord{Kind: kind, PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))}
+	if err := c.doJSON(ctx, http.MethodPost, devicePath(deviceSerial)+"/certificates", body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -240,6 +241,19 @@ var matrix = []call{
 		e.issueCert("DEVCERT-" + string(r))
 		return "/api/v1/devices/DEVCERT-" + string(r) + "/certificates/revoke", "application/json", `{"reason":"cessationOfOperation"}`
 	}, [4]int{200, 200, 403, 403}},
+	{"POST", "/api/v1/devices/{serial}/certificates", func(e *env, r cradle.Role) (string, string, string) {
+		serial := "IDEV-" + string(r)
+		e.createDevice(serial, cradle.StateFactory)
+		if e.ca == nil {
+			e.ca = newTestCA(e.t)
+		}
+		cert, err := e.ca.issue(e.clock.Now(), 24*time.Hour)(e.t.Context(), &cradle.Device{Serial: serial})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		body, _ := json.Marshal(httpapi.CertificateRecord{Kind: cradle.CertIDevID, PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))})
+		return "/api/v1/devices/" + serial + "/certificates", "application/json", string(body)
+	}, [4]int{403, 403, 201, 403}},
 	{"GET", "/api/v1/tokens", jsonCall("/api/v1/tokens", ""), [4]int{200, 403, 403, 200}},
 	{"POST", "/api/v1/tokens", jsonCall("/api/v1/tokens", `{"name":"ci","role":"auditor"}`), [4]int{201, 403, 403, 403}},
 	{"DELETE", "/api/v1/tokens/{id}", func(e *env, r cradle.Role) (string, string, string) {

@@ -174,6 +174,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"Certificate":       cradle.Certificate{},
 		"CertificateList":   httpapi.CertificateList{},
 		"Revocation":        httpapi.Revocation{},
+		"CertificateRecord": httpapi.CertificateRecord{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

@@ -62,6 +62,7 @@ func (s *Server) routes() []route {
 		{method: "GET", pattern: "/api/v1/certificates/{serial}", handle: s.getCertificate},
 		{method: "POST", pattern: "/api/v1/certificates/{serial}/revoke", handle: s.revokeCertificate},
 		{method: "POST", pattern: "/api/v1/devices/{serial}/certificates/revoke", handle: s.revokeDeviceCertificates},
+		{method: "POST", pattern: "/api/v1/devices/{serial}/certificates", handle: s.recordCertificate},
 
 		{method: "GET", pattern: "/api/v1/tokens", handle: s.listTokens},
 		{method: "POST", pattern: "/api/v1/tokens", handle: s.createToken},
