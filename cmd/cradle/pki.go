@@ -21,7 +21,7 @@ func (a *app) pkiCmd() *cobra.Command {
 		Short: "Device certificates: find expiring ones, show and revoke them",
 	}
 	a.addClientFlags(cmd)
-	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd())
+	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd(), a.pkiInitCmd(), a.pkiRotateCmd())
 	return cmd
 }
 
