@@ -728,6 +728,11 @@ valid until they expire.`,
 					return fmt.Errorf("rotate-device-ca: the URI of %s in keys.yaml carries pin-value: use pin-source=file:PATH instead", h.DeviceCAName())
 				}
 			} else {
+				if pass != nil {
+					if _, err := pass(); err != nil {
+						return fmt.Errorf("rotate-device-ca: new key files: %v; or, for a test PKI with unencrypted key files, --insecure-plaintext-keys", err)
+					}
+				}
 				if err := os.MkdirAll(filepath.Join(dir, pkiKeysDirName), 0o700); err != nil {
 					return fmt.Errorf("rotate-device-ca: %w", err)
 				}

@@ -337,6 +337,23 @@ func TestPKIInitPlaintextAndRootElsewhere(t *testing.T) {
 	if !slices.Contains(h.Server.DNSNames, "localhost") || len(h.Server.IPAddresses) != 1 || !h.Server.IPAddresses[0].Equal([]byte{127, 0, 0, 1}) {
 		t.Errorf("server certificate names %v %v", h.Server.DNSNames, h.Server.IPAddresses)
 	}
+
+	// Rotation with the root outside: new key files are plaintext only
+	// when asked for.
+	fails(t, "--insecure-plaintext-keys", "pki", "rotate-device-ca", "--data-dir", dataDir)
+	r := cradleCLI(t, "", "pki", "rotate-device-ca", "--data-dir", dataDir, "--insecure-plaintext-keys")
+	if r.code != 0 || r.stdout != "device-ca-2\n" {
+		t.Fatalf("rotate-device-ca: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	opensslVerify(t, dir, "device-ca-2.crt", "")
+	if b, err := os.ReadFile(filepath.Join(dir, "keys", "device-ca-2.key")); err != nil || !bytes.HasPrefix(b, []byte("-----BEGIN PRIVATE KEY-----")) {
+		t.Errorf("device-ca-2.key: %v", err)
+	}
+	if _, _, closeKeys, err := openPKI(t.Context(), dataDir, nil, "device-ca-2", "ocsp-device-ca-2"); err != nil {
+		t.Errorf("openPKI after rotation: %v", err)
+	} else {
+		closeKeys()
+	}
 }
 
 // TestPKIRotateDeviceCA: rotation adds device-ca-2 with its OCSP signer,
