@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"cradle"
 	"cradle/internal/httpapi"
+	"cradle/internal/pki"
 	"cradle/internal/sqlstore"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +37,8 @@ type Main struct {
 	ln       net.Listener
 	srv      *http.Server
 	serveErr chan error
+	device   *deviceListener // nil without a PKI
+	keys     func() error    // closes the PKI's keys
 }
 
 // Run prepares the data directory and the audit key, opens the store,
@@ -93,11 +97,29 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		printBootstrap(m.Stdout, m.Addr(), secret)
 	}
 
+	// The device listener serves once the data directory holds a PKI.
+	var certs cradle.CertificateService = sqlstore.NewCertificateService(m.db)
+	if h, err := pki.LoadHierarchy(pkiDirOf(cfg.DataDir)); err == nil {
+		h, keys, closeKeys, err := openPKI(ctx, cfg.DataDir, pkiPassphrase(cfg.PKI.PassphraseFile, nil, io.Discard), deviceKeyNames(h)...)
+		if err != nil {
+			return err
+		}
+		m.keys = closeKeys
+		if m.device, err = newDeviceListener(ctx, cfg, m.db, h, keys, m.Logger); err != nil {
+			return err
+		}
+		certs = m.device.authority.WrapCertificates(certs)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("serve: %w", err)
+	} else {
+		m.Logger.Info("no PKI in the data directory: the device listener is off until cradle pki init")
+	}
+
 	m.api = &httpapi.Server{
 		Devices:        sqlstore.NewDeviceService(m.db),
 		Tokens:         tokens,
 		Audit:          sqlstore.NewAuditService(m.db),
-		Certificates:   sqlstore.NewCertificateService(m.db),
+		Certificates:   certs,
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,
@@ -122,6 +144,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.serveErr <- err
 	}()
 	m.Logger.Info("listening", "addr", m.Addr())
+	if m.device != nil {
+		m.device.start()
+		m.Logger.Info("device listener", "addr", m.device.Addr(), "profile", m.device.authority.Hierarchy.Profile())
+	}
 	return nil
 }
 
@@ -160,6 +186,12 @@ func (m *Main) Close() error {
 	m.Logger.Info("shutting down", "timeout", m.Config.HTTP.ShutdownTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), m.Config.HTTP.ShutdownTimeout)
 	defer cancel()
+	if m.device != nil {
+		if err := m.device.shutdown(ctx); err != nil {
+			m.Logger.Warn("device listener shutdown", "err", err)
+		}
+		m.device = nil
+	}
 	err := m.srv.Shutdown(ctx)
 	if err != nil {
 		m.Logger.Warn("requests still running at the shutdown timeout were cut off", "err", err)
@@ -181,6 +213,15 @@ func (m *Main) Close() error {
 
 func (m *Main) closeResources() error {
 	var err error
+	if m.device != nil {
+		m.device.srv.Close()
+		m.device.ln.Close()
+		m.device = nil
+	}
+	if m.keys != nil {
+		err = m.keys()
+		m.keys = nil
+	}
 	if m.ln != nil && m.srv == nil {
 		m.ln.Close()
 	}
