@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"cradle"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
 	"cradle/internal/pki"
@@ -29,6 +30,9 @@ type deviceListener struct {
 	ln        net.Listener
 	srv       *http.Server
 	done      chan error
+	stop      chan struct{}
+	refreshed chan struct{}
+	logger    *slog.Logger
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -55,7 +59,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	production := h.Profile() == pki.ProfileProduction
 	var responder *ocsp.Responder
 	var names sync.Map // tenant id → name
-	d := &deviceListener{done: make(chan error, 1)}
+	d := &deviceListener{done: make(chan error, 1), stop: make(chan struct{}), refreshed: make(chan struct{}), logger: logger}
 	d.authority = &pki.Authority{
 		Hierarchy: h, Signers: keys, Certificates: store, CAStore: store,
 		TenantName: func(ctx context.Context, id int64) (string, error) {
@@ -98,14 +102,25 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	if serverKey == nil {
 		return nil, errors.New("serve: the device listener's key (server) is not loaded")
 	}
+	audit := sqlstore.NewAuditService(db)
 	listener := &deviceapi.Server{
 		Certificate: tls.Certificate{Certificate: [][]byte{h.Server.Raw, h.Root.Raw}, PrivateKey: serverKey, Leaf: h.Server},
 		Roots:       roots, Intermediates: inter,
 		CheckChain: func(c []*x509.Certificate) error { return pki.CheckProfile(c, production) },
 		Certs:      store, Devices: sqlstore.NewDeviceService(db), Logger: logger,
+		Audit: audit.RecordRefusal,
 	}
+	// Every refusal of an EST request is audited here, in the device's
+	// tenant; those the store decided (a device in the wrong state) are in
+	// the log twice, once as the store saw them and once as EST answered.
 	estServer := &est.Server{CA: d.authority, Logger: logger, Refused: func(ctx context.Context, r est.Refusal) {
 		logger.Warn("EST request refused", "op", r.Op, "status", r.Status, "reason", r.Reason)
+		tenant, actor := int64(0), "anonymous"
+		if a, ok := cradle.ActorFromContext(ctx); ok {
+			tenant, actor = a.TenantID, a.String()
+		}
+		audit.RecordRefusal(ctx, tenant, actor, cradle.AuditEvent{Action: "est." + r.Op + ".refused", Subject: "est",
+			Details: map[string]any{"status": r.Status, "reason": r.Reason}})
 	}}
 	listener.Handle("GET /.well-known/est/cacerts", estServer, true)
 	listener.Handle("GET /.well-known/est/csrattrs", estServer, true)
@@ -150,6 +165,25 @@ func deviceURLHost(cfg Config, h *pki.Hierarchy) string {
 func (d *deviceListener) Addr() string { return "https://" + d.ln.Addr().String() }
 
 func (d *deviceListener) start() {
+	// CRLs are regenerated on every revocation and when fetched past half
+	// their validity; this also keeps them fresh when nobody asks.
+	go func() {
+		defer close(d.refreshed)
+		t := time.NewTicker(pki.DefaultCRLValidity / 8)
+		defer t.Stop()
+		for {
+			for i := range d.authority.Hierarchy.DeviceCAs {
+				if _, err := d.authority.CRL(context.Background(), pki.DeviceCAName(i)); err != nil {
+					d.logger.Error("refreshing a CRL", "ca", pki.DeviceCAName(i), "err", err)
+				}
+			}
+			select {
+			case <-d.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	go func() {
 		err := d.srv.ServeTLS(d.ln, "", "")
 		if errors.Is(err, http.ErrServerClosed) {
@@ -161,6 +195,8 @@ func (d *deviceListener) start() {
 
 // shutdown stops the listener gracefully within ctx.
 func (d *deviceListener) shutdown(ctx context.Context) error {
+	close(d.stop)
+	<-d.refreshed
 	err := d.srv.Shutdown(ctx)
 	if err != nil {
 		d.srv.Close()

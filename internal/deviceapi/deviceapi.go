@@ -57,6 +57,9 @@ type Server struct {
 	Clock cradle.Clock
 	// Logger receives one line per refusal; nil discards.
 	Logger *slog.Logger
+	// Audit, when set, records each refusal: in the tenant of the
+	// certificate when it is on record, else in tenant 0.
+	Audit func(ctx context.Context, tenantID int64, actor string, ev cradle.AuditEvent)
 
 	mux *http.ServeMux
 }
@@ -106,10 +109,12 @@ type authenticated struct {
 	cert   *cradle.Certificate
 }
 
-// refusal is a failed check: the status and what to tell the device.
+// refusal is a failed check: the status, what to tell the device, and the
+// certificate's record when it is known.
 type refusal struct {
 	status int
 	msg    string
+	cert   *cradle.Certificate
 }
 
 func (r *refusal) Error() string { return r.msg }
@@ -126,6 +131,17 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			}
 			s.logger().Warn("device refused", "path", r.URL.Path, "remote", r.RemoteAddr, "status", rf.status, "reason", rf.msg)
 			http.Error(w, rf.msg, rf.status)
+			if s.Audit != nil {
+				tenant, actor, subject := int64(0), "anonymous", "certificate:none"
+				if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+					subject = "certificate:" + cradle.SerialHex(r.TLS.PeerCertificates[0].SerialNumber)
+				}
+				if rf.cert != nil {
+					tenant, actor = rf.cert.TenantID, "device:"+rf.cert.DeviceSerial+"(device)"
+				}
+				s.Audit(r.Context(), tenant, actor, cradle.AuditEvent{Action: "device.auth.refused", Subject: subject,
+					Details: map[string]string{"reason": rf.msg, "path": r.URL.Path, "remote": r.RemoteAddr}})
+			}
 			return
 		}
 		cs := *r.TLS
@@ -148,7 +164,7 @@ func (s *Server) logger() *slog.Logger {
 // check runs the checks of the package doc.
 func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return nil, nil, nil, &refusal{http.StatusUnauthorized, "no client certificate: present the device's IDevID (to enroll) or its LDevID"}
+		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate: present the device's IDevID (to enroll) or its LDevID"}
 	}
 	leaf := r.TLS.PeerCertificates[0]
 	inter := x509.NewCertPool()
@@ -162,7 +178,7 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 	chains, err := leaf.Verify(x509.VerifyOptions{Roots: s.Roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
-		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s (%s) is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), leaf.Subject, verifyReason(err, leaf, now))}
+		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s (%s) is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), leaf.Subject, verifyReason(err, leaf, now))}
 	}
 	if s.CheckChain != nil {
 		var last error
@@ -174,18 +190,18 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 			}
 		}
 		if !ok {
-			return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), last)}
+			return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), last)}
 		}
 	}
 	sys := cradle.NewContextWithActor(r.Context(), cradle.SystemActor(0, "device-listener"))
 	rec, err := s.Certs.LookupCertificate(sys, leaf.SerialNumber)
 	switch {
 	case cradle.ErrorCode(err) == cradle.ENOTFOUND:
-		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s is not on record here: an IDevID must be recorded by the factory station before the device enrolls", cradle.SerialHex(leaf.SerialNumber))}
+		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s is not on record here: an IDevID must be recorded by the factory station before the device enrolls", cradle.SerialHex(leaf.SerialNumber))}
 	case err != nil:
 		return nil, nil, nil, err
 	case rec.Status == cradle.CertRevoked:
-		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s was revoked at %s (%s)", rec.Serial, rec.RevokedAt.Format(time.RFC3339), reasonOf(rec))}
+		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s was revoked at %s (%s)", rec.Serial, rec.RevokedAt.Format(time.RFC3339), reasonOf(rec)), rec}
 	}
 	dev, err := s.Devices.FindDeviceBySerial(cradle.NewContextWithActor(r.Context(), cradle.SystemActor(rec.TenantID, "device-listener")), rec.DeviceSerial)
 	if err != nil {
@@ -193,7 +209,7 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 	}
 	switch dev.State {
 	case cradle.StateSuspended, cradle.StateRMA, cradle.StateEOL:
-		return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is %s: it may not use the device API; an operator must move it back to deployed first", dev.Serial, dev.State)}
+		return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is %s: it may not use the device API; an operator must move it back to deployed first", dev.Serial, dev.State), rec}
 	}
 	return chains, dev, rec, nil
 }

@@ -78,6 +78,18 @@ type env struct {
 	certs   *sqlstore.CertificateService
 	devices *sqlstore.DeviceService
 	admin   context.Context
+	audit   *sqlstore.AuditService
+}
+
+// refusals counts the device.auth.refused entries of a tenant.
+func (e *env) refusals(tenant int64) int {
+	e.t.Helper()
+	action := "device.auth.refused"
+	entries, err := e.audit.FindAuditEntries(cradle.NewContextWithActor(e.t.Context(), cradle.SystemActor(tenant, "test")), cradle.AuditFilter{Action: &action, Limit: cradle.MaxPageSize})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(entries)
 }
 
 func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
@@ -106,7 +118,9 @@ func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 		Certificate: tls.Certificate{Certificate: [][]byte{server.cert.Raw}, PrivateKey: server.key},
 		Roots:       roots, Intermediates: inter, CheckChain: checkChain,
 		Certs: e.certs, Devices: e.devices, Clock: e.clock,
+		Audit: sqlstore.NewAuditService(db).RecordRefusal,
 	}
+	e.audit = sqlstore.NewAuditService(db)
 	s.Handle("GET /who", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, _ := cradle.ActorFromContext(r.Context())
 		d, c, _ := deviceapi.DeviceFromContext(r.Context())
@@ -204,6 +218,15 @@ func TestChecks(t *testing.T) {
 				t.Errorf("%d %q; want %d containing %q", status, body, tc.status, tc.body)
 			}
 		})
+	}
+
+	// Every refusal is audited: revoked and suspended in the device's
+	// tenant; the rest (no or unknown certificates) in tenant 0.
+	if n := e.refusals(1); n != 2 {
+		t.Errorf("%d refusals audited in tenant 1, want 2 (revoked, suspended)", n)
+	}
+	if n := e.refusals(0); n != 4 {
+		t.Errorf("%d refusals audited in tenant 0, want 4 (no certificate, another CA, wrong key usage, not on record)", n)
 	}
 
 	// At the injected clock's time: a year on, the certificate expired.

@@ -160,3 +160,11 @@ func (s *AuditService) verifyChain(ctx context.Context, tenantID int64, witness 
 	}
 	return v.Finish(), nil
 }
+
+// RecordRefusal appends a refusal that a transport decided on its own (a
+// client certificate refused by the device listener, a malformed EST
+// request) to the chain of tenantID (0 when no tenant is known). It never
+// fails the request: a failure to record is logged.
+func (s *AuditService) RecordRefusal(ctx context.Context, tenantID int64, actor string, ev cradle.AuditEvent) {
+	s.db.refuse(ctx, tenantID, actor, ev, nil)
+}
