@@ -36,7 +36,7 @@ import (
 // listener with EST, OCSP, CRLs and CA certificates mounted, on a real TLS
 // port.
 type system struct {
-	t          *testing.T
+	t          testing.TB
 	h          *pki.Hierarchy
 	keys       map[string]crypto.Signer
 	auth       *pki.Authority
@@ -48,7 +48,7 @@ type system struct {
 	production bool
 }
 
-func newSystem(t *testing.T, profile string, production bool) *system {
+func newSystem(t testing.TB, profile string, production bool) *system {
 	t.Helper()
 	ctx := t.Context()
 	s := &system{t: t, keys: map[string]crypto.Signer{}, clock: storetest.NewClock(time.Now().UTC().Truncate(time.Second)), dir: t.TempDir(), production: production}
@@ -162,7 +162,7 @@ func (s *system) client(cert *x509.Certificate, key crypto.Signer) *est.Client {
 	return c
 }
 
-func csrFor(t *testing.T, serial string) ([]byte, crypto.Signer) {
+func csrFor(t testing.TB, serial string) ([]byte, crypto.Signer) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{SerialNumber: serial, CommonName: serial}}, key)
@@ -336,4 +336,61 @@ func strangerCert(t *testing.T, serial string) (*x509.Certificate, crypto.Signer
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, &key.PublicKey, caKey)
 	c, _ := x509.ParseCertificate(der)
 	return c, key
+}
+
+// TestRotation: after a new device CA is introduced, re-enrollment with a
+// certificate of the old one issues from the new one, cacerts serves both,
+// and the old certificate stays valid until it expires.
+func TestRotation(t *testing.T) {
+	s := newSystem(t, pki.ProfileTest, false)
+	ctx := t.Context()
+	u := s.newUnit("SN-1", cradle.StateProvisioned)
+	csr, key := csrFor(t, "SN-1")
+	old, err := s.client(u.idevid, u.key).SimpleEnroll(ctx, csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFunc := func(name string) (crypto.Signer, error) {
+		if k, ok := s.keys[name]; ok {
+			return k, nil
+		}
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		s.keys[name] = k
+		return k, err
+	}
+	name, err := s.h.RotateDeviceCA(ctx, s.keys[pki.NameRoot], keyFunc, "127.0.0.1", s.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cas, err := s.client(nil, nil).CACerts(ctx)
+	if err != nil || len(cas) != 4 {
+		t.Errorf("cacerts after the rotation: %d certificates, %v; want both device CAs, the manufacturing CA and the root", len(cas), err)
+	}
+	csrR, _ := csrLike(t, old)
+	renewed, err := s.client(old, key).SimpleReenroll(ctx, csrR)
+	if err != nil {
+		t.Fatalf("re-enroll with the old CA's certificate: %v", err)
+	}
+	if err := renewed.CheckSignatureFrom(s.h.DeviceCA()); err != nil || s.h.DeviceCAName() != name {
+		t.Errorf("the renewed certificate is not from the new device CA %s: %v", name, err)
+	}
+	if !strings.Contains(renewed.CRLDistributionPoints[0], name+".crl") {
+		t.Errorf("the renewed certificate's CRL is %v, want the new CA's", renewed.CRLDistributionPoints)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(s.h.Root)
+	for _, c := range s.h.DeviceCAs {
+		inter.AddCert(c)
+	}
+	for _, c := range []*x509.Certificate{old, renewed} {
+		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: s.clock.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Errorf("certificate from %s does not verify after the rotation: %v", c.Issuer, err)
+		}
+	}
+	// Both CAs publish a CRL.
+	for _, n := range []string{pki.DeviceCAName(0), name} {
+		if _, err := s.auth.CRL(ctx, n); err != nil {
+			t.Errorf("CRL of %s: %v", n, err)
+		}
+	}
 }
