@@ -18,7 +18,7 @@ import (
 func (a *app) pkiCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pki",
-		Short: "Device certificates: find expiring ones, show and revoke them",
+		Short: "The PKI and device certificates: init, rotate-device-ca, record, expiring, show, revoke",
 	}
 	a.addClientFlags(cmd)
 	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd(), a.pkiInitCmd(), a.pkiRotateCmd())
