@@ -285,6 +285,12 @@ the tenant "default", and prints an admin API token once. It refuses to start
 when the SQLite database exists but the audit key does not, rather than make a
 new key that cannot vouch for the log signed so far.
 
+When the data directory holds a PKI (cradle pki init), it also serves the
+device-facing HTTPS listener on device.listen (:8443): EST enrollment under
+/.well-known/est/, the OCSP responder at /pki/ocsp, CRLs and CA certificates
+under /pki/. The PKI's file keys are opened with the passphrase in
+$CRADLE_PKI_PASSPHRASE or pki.passphrase_file.
+
 SIGINT or SIGTERM stops it gracefully: /readyz answers 503, requests in flight
 get up to http.shutdown_timeout to finish, then the store is closed.`,
 		Args: cobra.NoArgs,
