@@ -195,7 +195,7 @@ var FuseFields = []FuseField{
 	{FuseAntiRollback, 64},
 }
 
-// FuseField returns the field named name.
+// fuseField returns the field named name.
 func fuseField(name string) (FuseField, bool) {
 	for _, f := range FuseFields {
 		if f.Name == name {
