@@ -47,6 +47,7 @@
 package hw
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"encoding/binary"
@@ -64,7 +65,8 @@ var (
 	ErrNotFound = errors.New("hw: not found")
 	// ErrExists: a key by that name already exists.
 	ErrExists = errors.New("hw: already exists")
-	// ErrOTPClear: a Program would clear an OTP bit that is already set.
+	// ErrOTPClear: a Program would clear an OTP bit that is already set
+	// (the error is an *OTPClearError naming the field and both values).
 	ErrOTPClear = errors.New("hw: OTP bits cannot be cleared")
 	// ErrInvalid: an unknown fuse field or slot, a bad value length, key
 	// name, algorithm or boot environment key.
@@ -240,13 +242,28 @@ func CheckFuseValue(field string, value []byte) error {
 	return nil
 }
 
-// checkProgram checks that programming value over have clears no bit, and
-// returns the refusal naming the field and both values.
+// OTPClearError is the refusal of a Program that would clear OTP bits.
+// It matches ErrOTPClear under errors.Is.
+type OTPClearError struct {
+	Field string
+	Have  []byte // the field's value on the device
+	Asked []byte // the value asked for
+}
+
+// Error reads "fuse lifecycle: OTP bits cannot be cleared: have 0x3,
+// asked 0x1".
+func (e *OTPClearError) Error() string {
+	return fmt.Sprintf("fuse %s: OTP bits cannot be cleared: have %s, asked %s", e.Field, hexWord(e.Have), hexWord(e.Asked))
+}
+
+// Is reports whether target is ErrOTPClear.
+func (e *OTPClearError) Is(target error) bool { return target == ErrOTPClear }
+
+// checkProgram checks that programming value over have clears no bit.
 func checkProgram(field string, have, value []byte) error {
 	for i := range have {
 		if have[i]&^value[i] != 0 {
-			return fmt.Errorf("fuse %s: OTP bits cannot be cleared: have %s, asked %s: %w",
-				field, hexWord(have), hexWord(value), ErrOTPClear)
+			return &OTPClearError{Field: field, Have: bytes.Clone(have), Asked: bytes.Clone(value)}
 		}
 	}
 	return nil

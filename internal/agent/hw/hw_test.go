@@ -100,12 +100,16 @@ func TestFuseWriteOnce(t *testing.T) {
 
 	// Clearing a bit: refused with the exact message, nothing written.
 	err := f.Program(ctx, hw.FuseLifecycle, []byte{0, 0, 0, 1})
-	const want = "fuse lifecycle: OTP bits cannot be cleared: have 0x3, asked 0x1: hw: OTP bits cannot be cleared"
+	const want = "fuse lifecycle: OTP bits cannot be cleared: have 0x3, asked 0x1"
 	if err == nil || err.Error() != want {
 		t.Errorf("clearing a bit: err = %v\nwant %s", err, want)
 	}
 	if !errors.Is(err, hw.ErrOTPClear) {
 		t.Errorf("clearing a bit: %v is not ErrOTPClear", err)
+	}
+	var ce *hw.OTPClearError
+	if !errors.As(err, &ce) || ce.Field != hw.FuseLifecycle || !bytes.Equal(ce.Have, []byte{0, 0, 0, 3}) || !bytes.Equal(ce.Asked, []byte{0, 0, 0, 1}) {
+		t.Errorf("clearing a bit: %#v, want an *OTPClearError with the field and both values", err)
 	}
 	// A value that clears one bit and sets another is refused whole.
 	if err := f.Program(ctx, hw.FuseLifecycle, []byte{0, 0, 0, 6}); !errors.Is(err, hw.ErrOTPClear) {
@@ -123,7 +127,7 @@ func TestFuseWriteOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := f.Program(ctx, hw.FuseSecureBoot, []byte{0}); err == nil ||
-		err.Error() != "fuse secure_boot: OTP bits cannot be cleared: have 0x1, asked 0x0: hw: OTP bits cannot be cleared" {
+		err.Error() != "fuse secure_boot: OTP bits cannot be cleared: have 0x1, asked 0x0" {
 		t.Errorf("clearing secure_boot: %v", err)
 	}
 
