@@ -54,12 +54,17 @@ const (
 	PermCertRead         Permission = "certificate.read"
 	PermCertIssue        Permission = "certificate.issue" // a device for itself; the factory records IDevIDs
 	PermCertRevoke       Permission = "certificate.revoke"
+	PermFactoryRead      Permission = "factory.read"      // batches, stations, trace records, exports
+	PermBatchWrite       Permission = "factory.batch"     // create batches, add MAC ranges
+	PermStationEnroll    Permission = "factory.station"   // enroll a factory station
+	PermFactoryProvision Permission = "factory.provision" // allocate units, upload trace records
 )
 
 // Permissions lists every permission, in a stable order.
 var Permissions = []Permission{
 	PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 	PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
+	PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -67,13 +72,16 @@ var Permissions = []Permission{
 // make.
 var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
-		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke},
+		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
+		PermFactoryRead, PermBatchWrite, PermStationEnroll},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
-		PermCertRead, PermCertRevoke},
-	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue},
-	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead},
+		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite},
+	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
+		PermFactoryRead, PermFactoryProvision},
+	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
-		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke},
+		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
+		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision},
 	RoleDevice: {PermDeviceTransition, PermCertIssue},
 }
 
@@ -140,6 +148,10 @@ var permissionVerbs = map[Permission]string{
 	PermCertRead:         "read certificates",
 	PermCertIssue:        "issue or record certificates",
 	PermCertRevoke:       "revoke certificates",
+	PermFactoryRead:      "read batches, stations and trace records",
+	PermBatchWrite:       "create batches or add MAC ranges",
+	PermStationEnroll:    "enroll factory stations",
+	PermFactoryProvision: "allocate units or upload trace records",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to

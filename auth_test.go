@@ -14,6 +14,7 @@ import (
 var allPermissions = []cradle.Permission{
 	"device.read", "device.create", "device.update", "device.transition",
 	"audit.read", "token.read", "token.write", "certificate.read", "certificate.issue", "certificate.revoke",
+	"factory.read", "factory.batch", "factory.station", "factory.provision",
 }
 
 // wantPermissions is the authorization table as the role comments in
@@ -22,20 +23,23 @@ var wantPermissions = map[cradle.Role][]cradle.Permission{
 	// Everything in its tenant, tokens included.
 	// Issuing is for devices and the factory, not for people.
 	"admin": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
-		"certificate.read", "certificate.revoke"},
+		"certificate.read", "certificate.revoke", "factory.read", "factory.batch", "factory.station"},
 	// Runs the fleet: devices, transitions, imports; reads the audit log;
 	// revokes certificates (quarantine); no tokens.
-	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "certificate.read", "certificate.revoke"},
+	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "certificate.read", "certificate.revoke",
+		"factory.read", "factory.batch"},
 	// The factory line: creates and provisions units, records their IDevIDs.
-	"factory": {"device.read", "device.create", "device.transition", "certificate.issue"},
+	"factory": {"device.read", "device.create", "device.transition", "certificate.issue",
+		"factory.read", "factory.provision"},
 	// Reads everything, changes nothing.
-	"auditor": {"device.read", "audit.read", "token.read", "certificate.read"},
+	"auditor": {"device.read", "audit.read", "token.read", "certificate.read", "factory.read"},
 	// A device acting on itself: it may only ask to move and to be issued
 	// a certificate (enrollment).
 	"device": {"device.transition", "certificate.issue"},
 	// The server itself.
 	"system": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
-		"certificate.read", "certificate.issue", "certificate.revoke"},
+		"certificate.read", "certificate.issue", "certificate.revoke",
+		"factory.read", "factory.batch", "factory.station", "factory.provision"},
 }
 
 // TestPermissionsListed fails when a permission is added to the code and
