@@ -4,7 +4,7 @@
 //
 // # Parts
 //
-// A Device bundles five parts, each modelling something found on real
+// A Device bundles six parts, each modelling something found on real
 // boards:
 //
 //   - KeyStore: a secure element, TPM 2.0 or on-chip key vault. Keys are
@@ -13,7 +13,11 @@
 //   - Fuses: one-time-programmable (OTP) eFuses, as on i.MX (OCOTP), STM32
 //     or ESP32 parts. A field is a fixed number of bits; programming blows
 //     fuses, so a bit only ever goes from 0 to 1.
-//   - Slots: two firmware partitions A and B for A/B updates.
+//   - Slots: two firmware partitions A and B for A/B updates, and the
+//     bootloader partition.
+//   - FactoryData: the identity partition the factory writes (certificates,
+//     trust anchors) and then write-protects for good, as an eMMC boot
+//     partition with permanent write protection or a locked OTP region.
 //   - BootEnv: the bootloader's key=value environment (U-Boot's
 //     fw_printenv/fw_setenv).
 //   - Identity: a hardware unique ID burnt in by the silicon vendor
@@ -71,6 +75,8 @@ var (
 	// ErrInvalid: an unknown fuse field or slot, a bad value length, key
 	// name, algorithm or boot environment key.
 	ErrInvalid = errors.New("hw: invalid argument")
+	// ErrLocked: the factory data partition is write-protected.
+	ErrLocked = errors.New("hw: write-protected")
 )
 
 // Algorithm is a key algorithm of a KeyStore.
@@ -115,13 +121,14 @@ type Fuses interface {
 // Slot names a firmware slot.
 type Slot string
 
-// The two firmware slots.
+// The two firmware slots, and the bootloader's partition.
 const (
-	SlotA Slot = "a"
-	SlotB Slot = "b"
+	SlotA    Slot = "a"
+	SlotB    Slot = "b"
+	SlotBoot Slot = "boot"
 )
 
-// Slots are the two firmware partitions.
+// Slots are the two firmware partitions and the bootloader partition.
 type Slots interface {
 	// Write replaces the image in slot with everything read from r and
 	// returns its SHA-256. The replacement is atomic: on any error
@@ -147,6 +154,22 @@ type BootEnv interface {
 	Set(ctx context.Context, changes map[string]string) error
 }
 
+// FactoryData is the identity partition: a small set of named files the
+// factory writes (IDevID chain, trust anchors) and then locks. Once
+// locked it can be read but never written again.
+type FactoryData interface {
+	// Write replaces the partition's content with files, atomically: all
+	// of them or none. Names are 1 to 64 characters of [A-Za-z0-9._-],
+	// not starting with a dot. ErrLocked once locked.
+	Write(ctx context.Context, files map[string][]byte) error
+	// Read returns the files (an empty, non-nil map when none was
+	// written) and whether the partition is locked.
+	Read(ctx context.Context) (files map[string][]byte, locked bool, err error)
+	// Lock write-protects the partition for good; locking a locked
+	// partition is a no-op.
+	Lock(ctx context.Context) error
+}
+
 // Identity reads the hardware unique ID.
 type Identity interface {
 	// HardwareUID returns the unit's hardware unique ID.
@@ -155,11 +178,12 @@ type Identity interface {
 
 // Device bundles the hardware of one unit.
 type Device struct {
-	Keys     KeyStore
-	Fuses    Fuses
-	Slots    Slots
-	BootEnv  BootEnv
-	Identity Identity
+	Keys        KeyStore
+	Fuses       Fuses
+	Slots       Slots
+	BootEnv     BootEnv
+	Identity    Identity
+	FactoryData FactoryData
 	// Sim is the simulated device behind all parts, for fault injection
 	// in tests; nil on real hardware.
 	Sim *SimDevice

@@ -29,6 +29,7 @@ const (
 	OpSlotWrite  Op = "slot-write"  // Slots.Write
 	OpBootEnvSet Op = "bootenv-set" // BootEnv.Set
 	OpCreateKey  Op = "create-key"  // KeyStore.CreateKey
+	OpFactory    Op = "factory"     // FactoryData.Write and Lock
 )
 
 // SimDevice is a simulated unit in a device directory:
@@ -36,6 +37,8 @@ const (
 //	uid            the hardware UID, one line of text
 //	otp            the OTP image (OTPImageSize bytes, see ParseOTP); bits are only ever OR-ed in
 //	slot-a slot-b  the firmware images (absent until first written)
+//	slot-boot      the bootloader image (absent until first written)
+//	factory        the factory data partition (see FactoryData), JSON
 //	bootenv        the boot environment (see ParseBootEnv)
 //	keys/<name>.key  private keys, PKCS#8 PEM, mode 0600
 //	lock           the lock file serializing writers across processes
@@ -63,6 +66,12 @@ var (
 	_ BootEnv  = (*SimDevice)(nil)
 	_ Identity = (*SimDevice)(nil)
 )
+
+// simFactory is the FactoryData part of a SimDevice (its methods would
+// clash with Slots' Write and Open on SimDevice itself).
+type simFactory struct{ s *SimDevice }
+
+var _ FactoryData = simFactory{}
 
 // CreateSimDevice creates a simulated unit with the given hardware UID in
 // dir (created if missing): blank fuses, an empty boot environment, no
@@ -115,7 +124,7 @@ func OpenSimDevice(dir string) (*Device, error) {
 }
 
 func (s *SimDevice) device() *Device {
-	return &Device{Keys: s, Fuses: s, Slots: s, BootEnv: s, Identity: s, Sim: s}
+	return &Device{Keys: s, Fuses: s, Slots: s, BootEnv: s, Identity: s, FactoryData: simFactory{s}, Sim: s}
 }
 
 // Dir returns the device directory.
@@ -317,7 +326,7 @@ func (s *SimDevice) Program(ctx context.Context, field string, value []byte) err
 
 func slotFile(slot Slot) (string, error) {
 	switch slot {
-	case SlotA, SlotB:
+	case SlotA, SlotB, SlotBoot:
 		return "slot-" + string(slot), nil
 	}
 	return "", fmt.Errorf("hw: unknown slot %q: %w", slot, ErrInvalid)
