@@ -44,7 +44,8 @@
 // URI names the attribute at fault; a wrong passphrase is ErrWrongPassphrase
 // ("wrong passphrase for key PATH"), not a decryption error; a loose file
 // mode says "chmod 600"; Generate refuses to replace a key (ErrKeyExists);
-// a missing key is ErrKeyNotFound.
+// a missing key is ErrKeyNotFound. Destroy is the one way to remove a key:
+// the file, or the token's private, public and certificate objects.
 //
 // # Resources
 //

@@ -14,3 +14,7 @@ func openPKCS11(ctx context.Context, u *PKCS11URI, opts Options) (crypto.Signer,
 func generatePKCS11(ctx context.Context, u *PKCS11URI, alg Algorithm, opts Options) (crypto.Signer, error) {
 	return nil, ErrNoPKCS11
 }
+
+func destroyPKCS11(ctx context.Context, u *PKCS11URI, opts Options) error {
+	return ErrNoPKCS11
+}

@@ -24,3 +24,10 @@ func TestNoPKCS11WithoutCgo(t *testing.T) {
 		t.Errorf("Open of a malformed URI: %v", err)
 	}
 }
+
+func TestDestroyNoPKCS11WithoutCgo(t *testing.T) {
+	uri := "pkcs11:token=t;object=o?module-path=" + softhsmModule + "&pin-value=1234"
+	if err := kms.Destroy(context.Background(), uri, kms.Options{}); !errors.Is(err, kms.ErrNoPKCS11) {
+		t.Errorf("Destroy: %v", err)
+	}
+}
