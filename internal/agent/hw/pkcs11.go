@@ -7,7 +7,6 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"cradle/internal/kms"
@@ -42,22 +41,6 @@ func NewPKCS11KeyStore(module, token, pinSource string) (*PKCS11KeyStore, error)
 		return nil, err
 	}
 	return &PKCS11KeyStore{module: module, token: token, pinFile: pinFile, signers: map[string][]crypto.Signer{}}, nil
-}
-
-// checkPKCS11Args checks the arguments of NewPKCS11KeyStore and returns
-// the PIN file's path.
-func checkPKCS11Args(module, token, pinSource string) (string, error) {
-	if module == "" {
-		return "", fmt.Errorf("hw: pkcs11 key store: no module: give the path of the token's PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so): %w", ErrInvalid)
-	}
-	if token == "" {
-		return "", fmt.Errorf("hw: pkcs11 key store: no token label: give the label (pkcs11-tool --module %s -L lists them): %w", module, ErrInvalid)
-	}
-	pinFile, ok := strings.CutPrefix(pinSource, "file:")
-	if !ok || pinFile == "" {
-		return "", fmt.Errorf("hw: pkcs11 key store: PIN source %q: write file:PATH, PATH being a file holding the user PIN: %w", pinSource, ErrInvalid)
-	}
-	return pinFile, nil
 }
 
 func (s *PKCS11KeyStore) uri(name string) string {

@@ -11,7 +11,8 @@ import (
 )
 
 // PKCS11KeyStore is a KeyStore in a PKCS#11 token. This build has no
-// cgo, hence no PKCS#11: NewPKCS11KeyStore refuses.
+// cgo, hence no PKCS#11: NewPKCS11KeyStore refuses
+// (after checking its arguments as the cgo build does).
 type PKCS11KeyStore struct{}
 
 var _ KeyStore = (*PKCS11KeyStore)(nil)
@@ -20,6 +21,9 @@ var _ KeyStore = (*PKCS11KeyStore)(nil)
 // cannot load a PKCS#11 module. Rebuild with cgo (CGO_ENABLED=1 and a C
 // compiler).
 func NewPKCS11KeyStore(module, token, pinSource string) (*PKCS11KeyStore, error) {
+	if _, err := checkPKCS11Args(module, token, pinSource); err != nil {
+		return nil, err
+	}
 	return nil, fmt.Errorf("hw: pkcs11 key store: %w", kms.ErrNoPKCS11)
 }
 
