@@ -153,6 +153,7 @@ func Run(t *testing.T, b Backend) {
 		{"AuditWitness", testAuditWitness},
 		{"AuditWrongKey", testAuditWrongKey},
 		{"Certificates", testCertificates},
+		{"FactoryBatches", testFactoryBatches}, {"FactoryMACRanges", testFactoryMACRanges}, {"FactoryStations", testFactoryStations}, {"FactoryPermissions", testFactoryPermissions}, {"FactoryAllocate", testFactoryAllocate}, {"FactoryTraces", testFactoryTraces}, {"FactoryRMA", testFactoryRMA}, {"FactoryConcurrentAllocation", testFactoryConcurrentAllocation}, {"FactoryOutbox", testFactoryOutbox},
 		{"ConcurrentWrites", testConcurrentWrites},
 	}
 	for _, tt := range tests {
