@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -69,7 +70,7 @@ func checkResult(t *testing.T, dev *hw.Device, res *agent.FactoryInitResult, uid
 	if res.PublicKeySHA256 != hex.EncodeToString(sum[:]) {
 		t.Errorf("public_key_sha256 %s is not the store key's %x", res.PublicKeySHA256, sum)
 	}
-	if !key.Public().(interface{ Equal(any) bool }).Equal(csr.PublicKey) {
+	if !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(csr.PublicKey) {
 		t.Errorf("the CSR's public key is not the stored key's")
 	}
 	return csr
