@@ -236,9 +236,26 @@ func (e *responseError) Unwrap() error { return e.err }
 const maxErrorBody = 4 << 20
 
 func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, body io.ReadCloser, out any) error {
+	_, err := c.roundTrip(ctx, method, path, hdr, body, out)
+	return err
+}
+
+// doStatus is doJSON that also returns the status of a successful answer.
+func (c *Client) doStatus(ctx context.Context, method, path string, in, out any, status *int) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("httpapi: encoding the request: %w", err)
+	}
+	*status, err = c.roundTrip(ctx, method, path, http.Header{"Content-Type": {"application/json"}}, io.NopCloser(bytes.NewReader(b)), out)
+	return err
+}
+
+// roundTrip sends a request and decodes a successful answer into out, or
+// copies it to out when out is an io.Writer.
+func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.Header, body io.ReadCloser, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return fmt.Errorf("httpapi: %w", err)
+		return 0, fmt.Errorf("httpapi: %w", err)
 	}
 	for k, v := range hdr {
 		req.Header[k] = v
@@ -250,7 +267,7 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s %s: %w", method, path, ctx.Err())
+			return 0, fmt.Errorf("%s %s: %w", method, path, ctx.Err())
 		}
 		// url.Error repeats the method and URL; say it once, and what to
 		// check.
@@ -258,21 +275,26 @@ func (c *Client) do(ctx context.Context, method, path string, hdr http.Header, b
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return fmt.Errorf("cannot reach the Cradle server at %s (%w); is it running, and is --server or CRADLE_SERVER right?", c.base, err)
+		return 0, fmt.Errorf("cannot reach the Cradle server at %s (%w); is it running, and is --server or CRADLE_SERVER right?", c.base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		return &responseError{status: resp.StatusCode, body: data, err: errorFrom(resp, data)}
+		return resp.StatusCode, &responseError{status: resp.StatusCode, body: data, err: errorFrom(resp, data)}
 	}
-	if out == nil {
+	switch o := out.(type) {
+	case nil:
 		io.Copy(io.Discard, resp.Body)
-		return nil
+	case io.Writer:
+		if _, err := io.Copy(o, resp.Body); err != nil {
+			return resp.StatusCode, fmt.Errorf("httpapi: %s %s: reading the answer: %w", method, path, err)
+		}
+	default:
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return resp.StatusCode, fmt.Errorf("httpapi: %s %s: decoding the answer: %w", method, path, err)
+		}
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("httpapi: %s %s: decoding the answer: %w", method, path, err)
-	}
-	return nil
+	return resp.StatusCode, nil
 }
 
 // errorFrom makes a *cradle.Error of an error response: the server's own
@@ -364,4 +386,133 @@ func (c *Client) RecordCertificate(ctx context.Context, deviceSerial string, kin
 		return nil, err
 	}
 	return &out, nil
+}
+
+// CreateBatch creates a production batch.
+func (c *Client) CreateBatch(ctx context.Context, bc cradle.BatchCreate) (*cradle.Batch, error) {
+	var b cradle.Batch
+	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/batches", bc, &b); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Batch returns one batch with its counts.
+func (c *Client) Batch(ctx context.Context, id string) (*cradle.Batch, error) {
+	var b cradle.Batch
+	if err := c.do(ctx, http.MethodGet, batchPath(id), nil, nil, &b); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Batches lists batches, newest first, a page of at most limit (0: the
+// server's default) after cursor; it returns the cursor of the next
+// page, "" after the last.
+func (c *Client) Batches(ctx context.Context, cursor string, limit int) ([]*cradle.Batch, string, error) {
+	q := url.Values{}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	if limit != 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var l BatchList
+	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/factory/batches", q), nil, nil, &l); err != nil {
+		return nil, "", err
+	}
+	return l.Batches, l.NextCursor, nil
+}
+
+// ExportBatch copies the export of a batch's trace records in format
+// (ExportJSON or ExportCSV) to w, as the server streams it.
+func (c *Client) ExportBatch(ctx context.Context, id, format string, w io.Writer) error {
+	return c.do(ctx, http.MethodGet, withQuery(batchPath(id)+"/export", url.Values{"format": {format}}), nil, nil, w)
+}
+
+// AddMACRange adds the block of MAC addresses first to last to the
+// tenant's pool.
+func (c *Client) AddMACRange(ctx context.Context, first, last string) (*cradle.MACRange, error) {
+	var m cradle.MACRange
+	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/mac-ranges", MACRangeCreate{First: first, Last: last}, &m); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// MACRanges lists the tenant's MAC address blocks.
+func (c *Client) MACRanges(ctx context.Context) ([]*cradle.MACRange, error) {
+	var l MACRangeList
+	if err := c.do(ctx, http.MethodGet, "/api/v1/factory/mac-ranges", nil, nil, &l); err != nil {
+		return nil, err
+	}
+	return l.MACRanges, nil
+}
+
+// EnrollStation enrolls a factory station with a PEM CSR for its
+// signing key, and returns its certificate, chain and API token.
+func (c *Client) EnrollStation(ctx context.Context, name string, profile cradle.Profile, csrPEM []byte) (*StationEnrolled, error) {
+	var out StationEnrolled
+	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/stations", StationEnrollment{Name: name, Profile: profile, CSR: string(csrPEM)}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Stations lists the tenant's factory stations.
+func (c *Client) Stations(ctx context.Context) ([]*cradle.Station, error) {
+	var l StationList
+	if err := c.do(ctx, http.MethodGet, "/api/v1/factory/stations", nil, nil, &l); err != nil {
+		return nil, err
+	}
+	return l.Stations, nil
+}
+
+// Station returns one factory station.
+func (c *Client) Station(ctx context.Context, name string) (*cradle.Station, error) {
+	var s cradle.Station
+	if err := c.do(ctx, http.MethodGet, "/api/v1/factory/stations/"+url.PathEscape(name), nil, nil, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// AllocateUnits asks for count new units (serial and MAC each) of a
+// batch for a station.
+func (c *Client) AllocateUnits(ctx context.Context, batch, station string, count int) ([]cradle.UnitAllocation, error) {
+	var l AllocationList
+	if err := c.doJSON(ctx, http.MethodPost, batchPath(batch)+"/allocations", AllocationRequest{Station: station, Count: count}, &l); err != nil {
+		return nil, err
+	}
+	return l.Units, nil
+}
+
+// ReprovisionUnit hands a station the serial and MAC of a unit in rma.
+func (c *Client) ReprovisionUnit(ctx context.Context, serial, station string) (*cradle.UnitAllocation, error) {
+	var u cradle.UnitAllocation
+	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/rma/"+url.PathEscape(serial), ReprovisionRequest{Station: station}, &u); err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
+// UploadTrace uploads a signed trace record. created is false when the
+// server already held the same record (a retried upload), which is not
+// an error.
+func (c *Client) UploadTrace(ctx context.Context, signed cradle.SignedTrace) (created bool, err error) {
+	var st cradle.StoredTrace
+	var status int
+	if err := c.doStatus(ctx, http.MethodPost, "/api/v1/factory/traces", signed, &st, &status); err != nil {
+		return false, err
+	}
+	return status == http.StatusCreated, nil
+}
+
+// UnitTrace returns the chain of a unit from its batch to today.
+func (c *Client) UnitTrace(ctx context.Context, serial string) (*cradle.UnitTrace, error) {
+	var t cradle.UnitTrace
+	if err := c.do(ctx, http.MethodGet, devicePath(serial)+"/trace", nil, nil, &t); err != nil {
+		return nil, err
+	}
+	return &t, nil
 }

@@ -17,6 +17,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,6 +49,20 @@ type Server struct {
 	// Certificates serves the certificate routes. Revoking through it must
 	// also reach the CRL and OCSP (the wiring passes a service that does).
 	Certificates cradle.CertificateService
+	// Factory serves the factory routes: batches, MAC ranges, stations,
+	// unit allocations and trace records.
+	Factory cradle.FactoryService
+	// StationIssuer issues a factory station's certificate for the key
+	// of csr, and returns it with the chain up to the root (issuing CA
+	// first). Nil when the server has no PKI: stations cannot enroll.
+	StationIssuer func(ctx context.Context, name string, csr *x509.CertificateRequest) (cert *x509.Certificate, chain []*x509.Certificate, err error)
+	// Profile is the profile of the server's PKI; batches and stations
+	// of the other profile are refused. "" means the server has no PKI.
+	Profile cradle.Profile
+	// OnFactoryEvent is called after a trace record was stored (and with
+	// it a factory event queued), to wake the webhook dispatcher; nil
+	// means nobody waits.
+	OnFactoryEvent func()
 	// Ready reports whether the server can serve (for /readyz); nil means
 	// always ready.
 	Ready func(context.Context) error

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,6 +39,8 @@ type env struct {
 	other  string                 // admin of tenant "other"
 	ids    map[cradle.Role]string // token ids, tenant 1
 	ca     *testCA
+	fx     *factoryFixture // made by fixture
+	events atomic.Int64    // calls of OnFactoryEvent
 }
 
 func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
@@ -82,7 +85,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
 		Registerer:   prometheus.NewRegistry(),
 		MaxBodyBytes: 64 << 10,
 	}
-	for _, c := range configure {
+	for _, c := range append([]func(*httpapi.Server){withFactory(e)}, configure...) {
 		c(e.api)
 	}
 	srv := httptest.NewServer(e.api.Handler())
@@ -276,8 +279,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 
 	// Every route that needs a token has a row; a new route without one
 	// fails here.
+	rows := append(slices.Clip(matrix), factoryMatrix...)
 	covered := map[string]bool{}
-	for _, c := range matrix {
+	for _, c := range rows {
 		covered[c.method+" "+c.pattern] = true
 	}
 	for _, r := range e.api.Routes() {
@@ -286,7 +290,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 	}
 
-	for _, c := range matrix {
+	for _, c := range rows {
 		for i, role := range roles {
 			t.Run(fmt.Sprintf("%s %s as %s", c.method, c.pattern, role), func(t *testing.T) {
 				path, ct, body := c.request(e, role)

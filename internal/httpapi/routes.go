@@ -67,6 +67,20 @@ func (s *Server) routes() []route {
 		{method: "GET", pattern: "/api/v1/tokens", handle: s.listTokens},
 		{method: "POST", pattern: "/api/v1/tokens", handle: s.createToken},
 		{method: "DELETE", pattern: "/api/v1/tokens/{id}", handle: s.revokeToken},
+
+		{method: "POST", pattern: "/api/v1/factory/batches", handle: s.createBatch},
+		{method: "GET", pattern: "/api/v1/factory/batches", handle: s.listBatches},
+		{method: "GET", pattern: "/api/v1/factory/batches/{id}", handle: s.getBatch},
+		{method: "GET", pattern: "/api/v1/factory/batches/{id}/export", handle: s.exportBatch},
+		{method: "POST", pattern: "/api/v1/factory/batches/{id}/allocations", handle: s.allocateUnits},
+		{method: "POST", pattern: "/api/v1/factory/mac-ranges", handle: s.addMACRange},
+		{method: "GET", pattern: "/api/v1/factory/mac-ranges", handle: s.listMACRanges},
+		{method: "POST", pattern: "/api/v1/factory/stations", handle: s.enrollStation},
+		{method: "GET", pattern: "/api/v1/factory/stations", handle: s.listStations},
+		{method: "GET", pattern: "/api/v1/factory/stations/{name}", handle: s.getStation},
+		{method: "POST", pattern: "/api/v1/factory/rma/{serial}", handle: s.reprovisionUnit},
+		{method: "POST", pattern: "/api/v1/factory/traces", handle: s.uploadTrace},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/trace", handle: s.unitTrace},
 	}
 }
 
@@ -432,6 +446,11 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 // decode reads a JSON request body of at most MaxBodyBytes into v,
 // refusing unknown fields, trailing data and other media types.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return s.decodeLimit(w, r, v, s.MaxBodyBytes)
+}
+
+// decodeLimit is decode with a body limit of its own.
+func (s *Server) decodeLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
 	if err := noQuery(r); err != nil {
 		return err
 	}
@@ -440,10 +459,10 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 			return cradle.Errorf(cradle.EINVALID, "the body must be JSON, sent with Content-Type application/json, not %q", truncate(ct, 100))
 		}
 	}
-	if r.ContentLength > s.MaxBodyBytes {
-		return tooLarge(s.MaxBodyBytes)
+	if r.ContentLength > limit {
+		return tooLarge(limit)
 	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.MaxBodyBytes))
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
