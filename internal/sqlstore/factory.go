@@ -156,9 +156,15 @@ func (s *FactoryService) FindBatches(ctx context.Context, cursor string, limit i
 	next := ""
 	if len(out) > limit {
 		out = out[:limit]
-		next = base64.RawURLEncoding.EncodeToString([]byte("b" + strconv.FormatInt(pks[limit-1], 10)))
+		next = encodeBatchCursor(pks[limit-1])
 	}
 	return out, next, nil
+}
+
+// encodeBatchCursor and decodeBatchCursor keep the cursor of batch pages
+// opaque: it is the row number of the page's last batch.
+func encodeBatchCursor(pk int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("b" + strconv.FormatInt(pk, 10)))
 }
 
 func decodeBatchCursor(c string) (int64, error) {
@@ -196,8 +202,8 @@ func (s *FactoryService) AddMACRange(ctx context.Context, first, last string) (*
 	err = s.db.write(ctx, func(tx *Tx) error {
 		if tx.db.dialect == postgresDialect {
 			// Two overlapping blocks added at once must not both pass the
-			// check below.
-			if _, err := tx.exec(ctx, `LOCK TABLE mac_ranges IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			// check below. (SQLite has one writer at a time.)
+			if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock(7243003)`); err != nil {
 				return fmt.Errorf("sqlstore: add MAC range: %w", err)
 			}
 		}
@@ -305,6 +311,9 @@ func (s *FactoryService) EnrollStation(ctx context.Context, e cradle.StationEnro
 		cert, err := e.Issue(ctx)
 		if err != nil {
 			return err
+		}
+		if cert == nil || cert.SerialNumber == nil {
+			return errors.New("sqlstore: enroll station: Issue returned no certificate")
 		}
 		sum := sha256.Sum256(cert.Raw)
 		st = &cradle.Station{Name: e.Name, TenantID: a.TenantID, Profile: e.Profile, CertSerial: cradle.SerialHex(cert.SerialNumber),

@@ -268,6 +268,19 @@ func testFactoryMACRanges(t *testing.T, e *Env) {
 	if u := k.allocate("B1", "st-1", 1); u[0].MAC != "02:00:5e:30:00:00" || u[0].Serial != "CR-B1-0012" {
 		t.Errorf("after a new range: %+v", u[0])
 	}
+
+	// Two tenants adding the same block at once: exactly one gets it.
+	for i := range 5 {
+		first, last := fmt.Sprintf("0e:00:00:00:%02x:00", i), fmt.Sprintf("0e:00:00:00:%02x:ff", i)
+		errs := make(chan error, 2)
+		for _, kit := range []*factoryKit{k, other} {
+			go func() { _, err := kit.svc.AddMACRange(kit.admin, first, last); errs <- err }()
+		}
+		err1, err2 := <-errs, <-errs
+		if (err1 == nil) == (err2 == nil) || cradle.ErrorCode(errors.Join(err1, err2)) != cradle.ECONFLICT {
+			t.Errorf("block %s-%s added by two tenants at once: %v, %v; want one success and one ECONFLICT", first, last, err1, err2)
+		}
+	}
 }
 
 func testFactoryStations(t *testing.T, e *Env) {
