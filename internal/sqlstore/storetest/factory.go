@@ -748,6 +748,33 @@ func testFactoryConcurrentAllocation(t *testing.T, e *Env) {
 	if r, _ := k.svc.MACRanges(k.admin); r[0].Used != 64 || r[1].Used != 36 {
 		t.Errorf("MAC ranges used %d and %d, want 64 and 36", r[0].Used, r[1].Used)
 	}
+
+	// A journal syncing the same record from several connections at once:
+	// stored once, every other upload answered with it.
+	rec, signed := k.record(results[0][0], "st-1", cradle.UnitProvisioned)
+	type upload struct {
+		created bool
+		err     error
+	}
+	ups := make(chan upload, 4)
+	for range 4 {
+		go func() {
+			_, created, err := k.svc.RecordTrace(k.factory, rec, signed)
+			ups <- upload{created, err}
+		}()
+	}
+	created := 0
+	for range 4 {
+		u := <-ups
+		if u.err != nil {
+			t.Errorf("concurrent upload of one record: %v", u.err)
+		} else if u.created {
+			created++
+		}
+	}
+	if created != 1 || count(t, e, `SELECT COUNT(*) FROM factory_events`) != 1 || count(t, e, `SELECT COUNT(*) FROM factory_traces`) != 1 {
+		t.Errorf("one record uploaded 4 times at once was created %d times", created)
+	}
 }
 
 func testFactoryOutbox(t *testing.T, e *Env) {
