@@ -142,6 +142,17 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	return d, nil
 }
 
+// issueStation issues a factory station's certificate from the current
+// device CA and returns it with its chain: the device CA and the root.
+func (d *deviceListener) issueStation(ctx context.Context, name string, csr *x509.CertificateRequest) (*x509.Certificate, []*x509.Certificate, error) {
+	c, err := d.authority.IssueStation(ctx, name, csr)
+	if err != nil {
+		return nil, nil, err
+	}
+	h := d.authority.Hierarchy
+	return c, []*x509.Certificate{h.DeviceCA(), h.Root}, nil
+}
+
 // deviceURLHost is where devices reach the listener, for issued
 // certificates' URLs.
 func deviceURLHost(cfg Config, h *pki.Hierarchy) string {

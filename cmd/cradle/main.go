@@ -1,8 +1,8 @@
 // Command cradle is Cradle's control plane and its operator command line.
 //
 // `cradle serve` runs the server. The other commands, `cradle <noun> <verb>`
-// (device, audit, token, login), are clients of the server's REST API;
-// `token create` and `audit verify` can also work on a data directory
+// (device, audit, token, login, pki, factory), are clients of the server's
+// REST API; `token create` and `audit verify` can also work on a data directory
 // directly, with the server stopped. Data goes to stdout, diagnostics to
 // stderr; every read takes --json for output that scripts can rely on.
 //
@@ -83,7 +83,7 @@ Then "cradle login --server URL --token TOKEN" and use the commands below.`,
 		c.GroupID = "server"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{a.loginCmd(), a.deviceCmd(), a.auditCmd(), a.tokenCmd(), a.pkiCmd()} {
+	for _, c := range []*cobra.Command{a.loginCmd(), a.deviceCmd(), a.auditCmd(), a.tokenCmd(), a.pkiCmd(), a.factoryCmd()} {
 		c.GroupID = "fleet"
 		root.AddCommand(c)
 	}

@@ -120,11 +120,18 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Tokens:         tokens,
 		Audit:          sqlstore.NewAuditService(m.db),
 		Certificates:   certs,
+		Factory:        sqlstore.NewFactoryService(m.db),
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,
 		MaxImportBytes: cfg.HTTP.MaxImportBytes,
 		Registerer:     prometheus.NewRegistry(),
+	}
+	if m.device != nil {
+		// Factory stations get their certificates from the current device
+		// CA; batches and stations must be of the PKI's profile.
+		m.api.StationIssuer = m.device.issueStation
+		m.api.Profile = cradle.Profile(m.device.authority.Hierarchy.Profile())
 	}
 	m.srv = &http.Server{
 		Handler:           m.api.Handler(),
@@ -289,7 +296,9 @@ When the data directory holds a PKI (cradle pki init), it also serves the
 device-facing HTTPS listener on device.listen (:8443): EST enrollment under
 /.well-known/est/, the OCSP responder at /pki/ocsp, CRLs and CA certificates
 under /pki/. The PKI's file keys are opened with the passphrase in
-$CRADLE_PKI_PASSPHRASE or pki.passphrase_file.
+$CRADLE_PKI_PASSPHRASE or pki.passphrase_file. With a PKI the API also enrolls
+factory stations (certificates from the current device CA) and accepts batches
+and stations of the PKI's profile only; without one it refuses both.
 
 SIGINT or SIGTERM stops it gracefully: /readyz answers 503, requests in flight
 get up to http.shutdown_timeout to finish, then the store is closed.`,
