@@ -10,8 +10,13 @@
 // actor may do, so authorization and tenant isolation live in one place.
 // Errors are JSON {"code","message"} with the status taken from one table
 // (statusOf). Bodies are limited in size: JSON requests to MaxBodyBytes,
-// imports to MaxImportBytes, which stream to the store rather than being
-// held in memory.
+// factory trace uploads to MaxTraceBytes, imports to MaxImportBytes, which
+// stream to the store rather than being held in memory.
+//
+// The factory routes (factory.go) keep the test and production worlds
+// apart: a batch or station of the other profile than the server's PKI is
+// refused, and a trace record is stored only when its signature verifies
+// with the certificate of the station it names.
 package httpapi
 
 import (
