@@ -5,7 +5,12 @@
 // telemetry, apply configuration, install updates into the inactive A/B
 // slot and commit or roll them back, obey commands signed by the server,
 // and wipe its credentials when the device is decommissioned. For now it
-// only reports its version.
+// reports its version and runs factory-init, its part of factory
+// provisioning: `cradle-agent factory-init --device DIR` creates the device
+// key inside the unit's key store (its simulated key files, a TPM 2.0, or a
+// PKCS#11 secure element) and prints, as one JSON object, the hardware UID,
+// a CSR signed by the new key, and the key's SHA-256 fingerprint. It
+// refuses a unit whose lifecycle fuses say it left the factory.
 //
 // The agent is small on purpose: it links no SQL driver, no MQTT broker and
 // no web console (a test checks its dependencies).
@@ -30,16 +35,20 @@ const usage = `cradle-agent runs on a device managed by Cradle.
 It will enroll the device with its factory identity, keep its certificate
 fresh, report telemetry, apply configuration, install signed updates into the
 inactive A/B slot with rollback, obey signed commands from the server, and wipe
-its credentials at decommissioning. This version only reports its version.
+its credentials at decommissioning. This version reports its version and
+runs factory-init.
 
 Usage:
+  cradle-agent factory-init --device DIR [flags]
+                           create the device key and print its CSR as JSON
+                           (cradle-agent factory-init --help for the flags)
   cradle-agent version     print the version
   cradle-agent --version   the same
   cradle-agent --help      this text
 `
 
 // run runs the agent with args (without the program name) and returns the
-// exit code: 0 on success, 2 for a usage error.
+// exit code: 0 on success, 1 when the command failed, 2 for a usage error.
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cradle-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -59,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case fs.NArg() == 0:
 		fmt.Fprint(stderr, usage)
 		return 2
+	case !*version && fs.Arg(0) == "factory-init":
+		return runFactoryInit(fs.Args()[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "error: unknown command %q; see cradle-agent --help\n", fs.Arg(0))
 	return 2
