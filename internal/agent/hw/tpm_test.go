@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -184,5 +185,49 @@ func TestTPMKeyStoreBadIndex(t *testing.T) {
 	}
 	if _, err := ks.CreateKey(context.Background(), "other", ""); !errors.Is(err, hw.ErrInvalid) {
 		t.Errorf("CreateKey with a damaged index: %v, want ErrInvalid", err)
+	}
+}
+
+// TestTPMKeyStoreConcurrent: two stores on one state directory (as two
+// processes would be) creating keys at once give each key its own handle
+// and lose no index entry.
+func TestTPMKeyStoreConcurrent(t *testing.T) {
+	ctx := context.Background()
+	sw := testkit.StartSWTPM(t)
+	state := t.TempDir()
+	stores := []*hw.TPMKeyStore{hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), state), hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), state)}
+	const n = 6
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := stores[i%2].CreateKey(ctx, fmt.Sprintf("k%d", i), "")
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("CreateKey: %v", err)
+		}
+	}
+	ks := hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), state)
+	seen := map[string]bool{}
+	digest := sha256.Sum256([]byte("x"))
+	for i := range n {
+		s, err := ks.Key(ctx, fmt.Sprintf("k%d", i))
+		if err != nil {
+			t.Fatalf("Key(k%d): %v", i, err)
+		}
+		pub := s.Public().(*ecdsa.PublicKey)
+		if seen[pub.X.String()] {
+			t.Errorf("k%d shares its key with another name", i)
+		}
+		seen[pub.X.String()] = true
+		sig, err := s.Sign(rand.Reader, digest[:], crypto.SHA256)
+		if err != nil || !ecdsa.VerifyASN1(pub, digest[:], sig) {
+			t.Errorf("k%d does not sign: %v", i, err)
+		}
+	}
+	if got := strings.Count(persistentHandles(t, sw), "0x810100"); got != n {
+		t.Errorf("tpm2_getcap lists %d persistent keys, want %d", got, n)
 	}
 }
