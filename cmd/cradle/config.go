@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"cradle"
+	"cradle/internal/webhook"
 )
 
 // Config is the configuration of `cradle serve`. Its sources, each
@@ -21,13 +24,20 @@ import (
 // variables, and command-line flags. configFields lists every field with its
 // YAML key, variable and flag.
 type Config struct {
-	DataDir string       // data_dir: the directory for the SQLite file, the audit key and the witness
-	Listen  string       // listen: host:port of the HTTP server; port 0 picks a free one
-	Store   string       // store: "" for <data_dir>/cradle.db, "sqlite:PATH", or a postgres:// URL
-	Log     LogConfig    // log.*
-	HTTP    HTTPConfig   // http.*
-	Device  DeviceConfig // device.*
-	PKI     PKIConfig    // pki.*
+	DataDir string        // data_dir: the directory for the SQLite file, the audit key and the witness
+	Listen  string        // listen: host:port of the HTTP server; port 0 picks a free one
+	Store   string        // store: "" for <data_dir>/cradle.db, "sqlite:PATH", or a postgres:// URL
+	Log     LogConfig     // log.*
+	HTTP    HTTPConfig    // http.*
+	Device  DeviceConfig  // device.*
+	PKI     PKIConfig     // pki.*
+	Factory FactoryConfig // factory.*
+}
+
+// FactoryConfig is the delivery of factory provisioning events to an MES.
+type FactoryConfig struct {
+	WebhookURL        string // CloudEvents receiver; "" delivers nothing (events wait in the outbox)
+	WebhookSecretFile string // a file holding the HMAC secret of X-Cradle-Signature; "" signs nothing
 }
 
 // DeviceConfig is the device-facing HTTPS listener, which serves when the
@@ -233,10 +243,33 @@ var configFields = []configField{
 		},
 		get: func(c *Config) string { return c.PKI.PassphraseFile },
 	},
+	{
+		key: "factory.webhook_url", env: "CRADLE_FACTORY_WEBHOOK_URL", flag: "factory-webhook-url",
+		usage: "http(s) URL that receives every factory provisioning event as a CloudEvent, with retries (empty: events wait in the outbox)",
+		set: func(c *Config, v string) error {
+			if v != "" {
+				if err := (&webhook.Dispatcher{URL: v}).Validate(); err != nil {
+					return errors.New(cradle.ErrorMessage(err))
+				}
+			}
+			c.Factory.WebhookURL = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Factory.WebhookURL },
+	},
+	{
+		key: "factory.webhook_secret_file", env: "CRADLE_FACTORY_WEBHOOK_SECRET_FILE", flag: "factory-webhook-secret-file",
+		usage: "file holding the secret that signs webhook bodies (HMAC-SHA256 in X-Cradle-Signature; empty: unsigned)",
+		set: func(c *Config, v string) error {
+			c.Factory.WebhookSecretFile = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Factory.WebhookSecretFile },
+	},
 }
 
 // configGroups are the YAML keys that hold nested keys.
-var configGroups = []string{"log", "http", "device", "pki"}
+var configGroups = []string{"log", "http", "device", "pki", "factory"}
 
 func checkListen(v string) error {
 	host, port, err := net.SplitHostPort(v)

@@ -25,6 +25,7 @@ func (a *app) factoryCmd() *cobra.Command {
 	}
 	a.addClientFlags(cmd)
 	cmd.AddCommand(a.factoryBatchCmd(), a.factoryMACRangeCmd(), a.factoryStationCmd())
+	cmd.AddCommand(a.factoryStationCmds()...)
 	return cmd
 }
 
@@ -367,8 +368,9 @@ func macCount(m *cradle.MACRange) int64 {
 func (a *app) factoryStationCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "station",
-		Short: "List and show the factory stations enrolled",
+		Short: "Enroll this station; list and show the factory stations enrolled",
 	}
+	cmd.AddCommand(a.factoryStationEnrollCmd())
 	var jsonList, jsonShow bool
 	list := &cobra.Command{
 		Use:   "list",

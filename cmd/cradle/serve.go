@@ -39,6 +39,7 @@ type Main struct {
 	serveErr chan error
 	device   *deviceListener // nil without a PKI
 	keys     func() error    // closes the PKI's keys
+	webhook  *webhookRunner  // nil without factory.webhook_url
 }
 
 // Run prepares the data directory and the audit key, opens the store,
@@ -133,6 +134,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.api.StationIssuer = m.device.issueStation
 		m.api.Profile = cradle.Profile(m.device.authority.Hierarchy.Profile())
 	}
+	if cfg.Factory.WebhookURL != "" {
+		if m.webhook, err = startWebhook(ctx, cfg.Factory, m.db, m.Logger); err != nil {
+			return err
+		}
+		m.api.OnFactoryEvent = m.webhook.d.Notify
+	}
 	m.srv = &http.Server{
 		Handler:           m.api.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -200,6 +207,10 @@ func (m *Main) Close() error {
 		m.device = nil
 	}
 	err := m.srv.Shutdown(ctx)
+	if m.webhook != nil {
+		m.webhook.stop()
+		m.webhook = nil
+	}
 	if err != nil {
 		m.Logger.Warn("requests still running at the shutdown timeout were cut off", "err", err)
 		m.srv.Close()
