@@ -105,7 +105,7 @@ func isNotFound(err error) bool { return err != nil && errors.Is(err, hw.ErrNotF
 // Syncer uploads in the background while a batch runs: Kick after each
 // journaled record; Stop waits for the last pass.
 type Syncer struct {
-	s    *Station
+	s     *Station
 	kick  chan struct{}
 	done  chan struct{}
 	total SyncReport // what every pass uploaded; read after Stop
