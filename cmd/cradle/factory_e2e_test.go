@@ -92,7 +92,7 @@ func (s *eventSink) count() (distinct, total int) {
 }
 
 // newFactoryLine sets a line up through the CLI, as an operator would.
-func newFactoryLine(t *testing.T, quantity int) *factoryLine {
+func newFactoryLine(t *testing.T, quantity, reserve int) *factoryLine {
 	t.Helper()
 	requirePKCS11Build(t)
 	isolateCLI(t)
@@ -134,7 +134,7 @@ func newFactoryLine(t *testing.T, quantity int) *factoryLine {
 	ok(t, append([]string{"factory", "station", "enroll", "--dir", l.stationDir, "--name", "line-1", "--profile", "test",
 		"--station-key", l.hsm.URI("station", "station-key"), "--manufacturing-ca-key", keys["manufacturing-ca"],
 		"--root", filepath.Join(pkiDir, "root.crt"), "--manufacturing-ca", filepath.Join(pkiDir, "manufacturing-ca.crt"),
-		"--command-signer", filepath.Join(pkiDir, "command-signer.crt"), "--org", "Acme"}, srv...)...)
+		"--command-signer", filepath.Join(pkiDir, "command-signer.crt"), "--org", "Acme", "--reserve", fmt.Sprint(reserve)}, srv...)...)
 
 	l.release, l.imageKey = writeRelease(t, t.TempDir(), "sensor-x", "1.4.2", "test")
 	return l
@@ -182,7 +182,7 @@ func makeUnits(t *testing.T, dir string, n int) []string {
 // was provisioned already; the records synced, traced, exported and
 // delivered to the MES webhook.
 func TestFactoryBatchEndToEnd(t *testing.T) {
-	l := newFactoryLine(t, 100)
+	l := newFactoryLine(t, 100, 16)
 	tpm := testkit.StartSWTPM(t)
 	unitsDir := t.TempDir()
 	specs := makeUnits(t, unitsDir, 102)

@@ -163,7 +163,7 @@ func Open(ctx context.Context, dir, operator string, server Server, opts kms.Opt
 	if err != nil {
 		return nil, err
 	}
-	cfg := Config{Name: f.Name, Profile: cradle.Profile(f.Profile), Operator: operator, Org: f.Org, Server: server, Reserve: f.Reserve}
+	cfg := Config{Name: f.Name, Profile: cradle.Profile(f.Profile), Operator: operator, Org: f.Org, Server: server, Reserve: f.Reserve, OpenUnit: OpenUnit}
 	certs := map[string]*[]*x509.Certificate{}
 	var station, root, mfg, cmd []*x509.Certificate
 	certs[StationCertFile], certs[RootFile], certs[ManufacturingCA] = &station, &root, &mfg

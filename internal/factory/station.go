@@ -61,7 +61,6 @@ import (
 	"time"
 
 	"cradle"
-	"cradle/internal/agent/hw"
 	"cradle/internal/pki"
 )
 
@@ -104,7 +103,8 @@ type Config struct {
 	Now func() time.Time
 	// OpenUnit reaches a unit again by its spec, to destroy the key of a
 	// unit a crash interrupted; nil when units cannot be reached again.
-	OpenUnit func(spec string) (*hw.Device, error)
+	// Open sets it to the package's OpenUnit.
+	OpenUnit func(spec string) (Unit, io.Closer, error)
 }
 
 // Station provisions units.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"cradle"
@@ -65,7 +66,7 @@ func (s *Station) Sync(ctx context.Context) (SyncReport, error) {
 // (the station was killed or lost power): each gets a failed record with
 // step "interrupted", and its device key is destroyed when open can
 // reach the unit again. The serials stay used. It returns the records.
-func (s *Station) Recover(ctx context.Context, open func(spec string) (*hw.Device, error)) ([]*cradle.TraceRecord, error) {
+func (s *Station) Recover(ctx context.Context, open func(spec string) (Unit, io.Closer, error)) ([]*cradle.TraceRecord, error) {
 	var out []*cradle.TraceRecord
 	for _, st := range s.cfg.Journal.Interrupted() {
 		b, ok := s.cfg.Journal.Batch(st.Unit.Batch)
@@ -76,9 +77,13 @@ func (s *Station) Recover(ctx context.Context, open func(spec string) (*hw.Devic
 		uid := ""
 		if open == nil || st.Device == "" {
 			reason += "the unit could not be reached to destroy its key: quarantine it"
-		} else if d, err := open(st.Device); err != nil {
+		} else if u, c, err := open(st.Device); err != nil {
 			reason += fmt.Sprintf("the unit could not be reached to destroy its key (%v): quarantine it", err)
 		} else {
+			d := u.Device
+			if c != nil {
+				defer c.Close()
+			}
 			if err := d.Keys.DestroyKey(ctx, DeviceKeyName); err != nil && !isNotFound(err) {
 				reason += fmt.Sprintf("destroying its device key failed (%v): quarantine it", err)
 			} else {
