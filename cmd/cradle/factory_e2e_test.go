@@ -6,7 +6,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/csv"
 	"encoding/json"
 	"encoding/pem"
@@ -24,6 +26,8 @@ import (
 
 	"cradle"
 	"cradle/internal/agent/hw"
+	"cradle/internal/est"
+	"cradle/internal/pki"
 	"cradle/internal/factory"
 	"cradle/internal/testkit"
 	"cradle/internal/webhook"
@@ -333,6 +337,61 @@ func TestFactoryBatchEndToEnd(t *testing.T) {
 	}
 	if l.events.types[cradle.EventUnitFailed] != 1 || l.events.types[cradle.EventUnitProvisioned] != 100 {
 		t.Errorf("event types: %v", l.events.types)
+	}
+
+	// The provisioned unit enrolls with its factory identity (the key in
+	// its own key store) and is deployed; a production server refuses it.
+	enroll := func(m *Main, root *x509.Certificate) (*x509.Certificate, error) {
+		devKey, err := d0.Keys.Key(t.Context(), factory.DeviceKeyName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var chain [][]byte
+		for rest := files[factory.FileIDevID]; ; {
+			var blk *pem.Block
+			if blk, rest = pem.Decode(rest); blk == nil {
+				break
+			}
+			chain = append(chain, blk.Bytes)
+		}
+		pool := x509.NewCertPool()
+		pool.AddCert(root)
+		c, err := est.NewClient(m.device.Addr(), &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: devKey}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: u0.Serial, SerialNumber: u0.Serial}}, opKey)
+		return c.SimpleEnroll(t.Context(), csr)
+	}
+	testH, err := pki.LoadHierarchy(pkiDirOf(l.dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enroll(l.m, testH.Root); err != nil {
+		t.Fatalf("the provisioned unit cannot enroll with its own server: %v", err)
+	}
+	dev = decodeJSON[deviceDetail](t, ok(t, append([]string{"device", "show", u0.Serial, "--json"}, srv...)...))
+	if dev.Device.State != cradle.StateDeployed {
+		t.Errorf("after enrolling, unit 0 is %s", dev.Device.State)
+	}
+	setPassphrase(t, pkiTestPassphrase)
+	prodDir := t.TempDir()
+	ok(t, "pki", "init", "--data-dir", prodDir, "--profile", "production", "--org", "Acme", "--hostname", "127.0.0.1")
+	pcfg := DefaultConfig()
+	pcfg.DataDir, pcfg.Listen, pcfg.Device.Listen = prodDir, "127.0.0.1:0", "127.0.0.1:0"
+	pm := &Main{Config: pcfg}
+	if err := pm.Run(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pm.Close() })
+	prodH, _ := pki.LoadHierarchy(pkiDirOf(prodDir))
+	if _, err := enroll(pm, prodH.Root); err == nil {
+		t.Error("a production server enrolled a unit provisioned under the test root")
+	} else if !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("production server: %v, want the test certificate refused", err)
+	} else {
+		t.Logf("production server refuses the test unit: %v", err)
 	}
 
 	// Production firmware at a test station, and firmware for another
