@@ -27,8 +27,8 @@ import (
 	"cradle"
 	"cradle/internal/agent/hw"
 	"cradle/internal/est"
-	"cradle/internal/pki"
 	"cradle/internal/factory"
+	"cradle/internal/pki"
 	"cradle/internal/testkit"
 	"cradle/internal/webhook"
 )
