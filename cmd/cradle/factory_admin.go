@@ -21,7 +21,7 @@ import (
 func (a *app) factoryCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "factory",
-		Short: "Production batches, the MAC address pool and factory stations",
+		Short: "Production batches, the MAC pool, factory stations, and provisioning units at a station",
 	}
 	a.addClientFlags(cmd)
 	cmd.AddCommand(a.factoryBatchCmd(), a.factoryMACRangeCmd(), a.factoryStationCmd())

@@ -23,6 +23,15 @@
 //   - Identity: a hardware unique ID burnt in by the silicon vendor
 //     (a SoC UID, a serial in ROM).
 //
+// # Key stores
+//
+// Besides the simulated unit's file store, two real KeyStores: a TPM 2.0
+// (TPMKeyStore, through go-tpm; keys are ECDSA signing keys under the
+// storage root key, made persistent at handles 0x81010000–0x810100FF, with
+// a name→handle index in a state directory) and a PKCS#11 token standing
+// in for a secure element (PKCS11KeyStore, through internal/kms; the key
+// name is the object label). OpenKeyStore picks one from a KeyStoreSpec.
+//
 // # OTP semantics
 //
 // The fuse map has five fields (FuseFields): secure_boot (1 bit),
