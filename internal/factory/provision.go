@@ -101,6 +101,16 @@ func (s *Station) Provision(ctx context.Context, b *cradle.Batch, rel *Release, 
 		res.Err = &stepError{"preflight", err}
 		return res
 	}
+	if err := dev(func() error {
+		_, err := u.Device.Keys.Key(ctx, DeviceKeyName)
+		return err
+	}); err == nil {
+		res.Err = &stepError{"preflight", fmt.Errorf("the unit holds a device key %q already (from a factory-init run outside the station, or an interrupted attempt): the station creates the device key itself: wipe the unit's key store first", DeviceKeyName)}
+		return res
+	} else if !errors.Is(err, hw.ErrNotFound) {
+		res.Err = &stepError{"preflight", fmt.Errorf("the unit's key store: %w", err)}
+		return res
+	}
 
 	// allocate
 	recID, err := newRecordID()

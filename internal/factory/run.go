@@ -161,6 +161,9 @@ func (s *Station) Run(ctx context.Context, batch string, rel *Release, next func
 		syncer = s.StartSyncer(ctx)
 	}
 	start := time.Now()
+	if p != nil && p.start.IsZero() {
+		p.start = start
+	}
 	for ctx.Err() == nil {
 		u, ok, err := next()
 		if !ok && err == nil {

@@ -184,6 +184,17 @@ func TestFuseWriteFailsMidway(t *testing.T) {
 	if FailedStep(res.Err) != "preflight" || res.Record != nil || !strings.Contains(res.Err.Error(), "provisioned already") {
 		t.Fatalf("re-provisioning: %v", res.Err)
 	}
+	// A unit that holds a device key already is refused untouched.
+	k := newUnit(t, "UID-2")
+	if _, err := k.Device.Keys.CreateKey(ctx, DeviceKeyName, hw.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	if res = r.st.Provision(ctx, r.batch, r.rel, k); FailedStep(res.Err) != "preflight" || !strings.Contains(res.Err.Error(), "holds a device key") {
+		t.Fatalf("unit with a key: %v", res.Err)
+	}
+	if _, err := k.Device.Keys.Key(ctx, DeviceKeyName); err != nil {
+		t.Errorf("the refused unit lost its key: %v", err)
+	}
 	if r.st.Journal().Free(r.batch.ID) != 1 {
 		t.Errorf("a refused unit used a serial")
 	}
