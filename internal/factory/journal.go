@@ -224,6 +224,12 @@ func (j *Journal) append(e *entry) error {
 }
 
 func (j *Journal) appendLocked(e *entry) error {
+	return j.write(e, true)
+}
+
+// write appends an entry, syncing the file when sync is set; the entry is
+// applied either way.
+func (j *Journal) write(e *entry, sync bool) error {
 	if len(j.corrupt) > 0 {
 		return fmt.Errorf("factory: journal %s is corrupt (%v): not writing to it", j.path, j.corrupt[0])
 	}
@@ -248,8 +254,10 @@ func (j *Journal) appendLocked(e *entry) error {
 	if _, err := j.f.Write(line); err != nil {
 		return fmt.Errorf("factory: write journal %s: %w", j.path, err)
 	}
-	if err := j.f.Sync(); err != nil {
-		return fmt.Errorf("factory: sync journal %s: %w", j.path, err)
+	if sync {
+		if err := j.f.Sync(); err != nil {
+			return fmt.Errorf("factory: sync journal %s: %w", j.path, err)
+		}
 	}
 	j.lines++
 	j.apply(e, j.lines)
@@ -314,15 +322,48 @@ func (j *Journal) Free(batch string) int {
 // Start takes the next reserved unit of batch and journals its start;
 // ok is false when none is left.
 func (j *Journal) Start(batch, device, operator, recordID string) (u cradle.UnitAllocation, ok bool, err error) {
+	u, ok, durable, err := j.StartAsync(batch, device, operator, recordID)
+	if ok {
+		err = durable()
+	}
+	return u, ok && err == nil, err
+}
+
+// StartAsync is Start with the sync of the entry running in the
+// background: durable waits for it. The caller must call durable before
+// the unit's serial leaves the station (before the identity is written
+// to the unit): until then a crash may lose the entry, and the serial
+// would be handed out again, which is harmless while nothing carries it.
+func (j *Journal) StartAsync(batch, device, operator, recordID string) (u cradle.UnitAllocation, ok bool, durable func() error, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	i := slices.IndexFunc(j.free, func(u cradle.UnitAllocation) bool { return u.Batch == batch && !u.RMA })
 	if i < 0 {
-		return u, false, nil
+		return u, false, nil, nil
 	}
 	u = j.free[i]
-	err = j.appendLocked(&entry{Type: entryStart, Start: &unitStart{Unit: u, RecordID: recordID, Device: device, Operator: operator}})
-	return u, err == nil, err
+	if err := j.write(&entry{Type: entryStart, Start: &unitStart{Unit: u, RecordID: recordID, Device: device, Operator: operator}}, false); err != nil {
+		return u, false, nil, err
+	}
+	done := make(chan error, 1)
+	go func() {
+		err := j.f.Sync()
+		if err != nil {
+			err = fmt.Errorf("factory: sync journal %s: %w", j.path, err)
+		}
+		done <- err
+	}()
+	var once sync.Once
+	var syncErr error
+	return u, true, func() error {
+		once.Do(func() {
+			// Only the time spent waiting counts as journal time.
+			start := time.Now()
+			syncErr = <-done
+			j.syncNS.Add(int64(time.Since(start)))
+		})
+		return syncErr
+	}, nil
 }
 
 // Interrupted returns the units that were started but have no record: the
@@ -348,7 +389,8 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// WriteTime returns the time spent writing and syncing entries so far.
+// WriteTime returns the time callers spent writing and syncing entries
+// so far (for StartAsync, the time spent waiting for its sync).
 func (j *Journal) WriteTime() time.Duration { return time.Duration(j.syncNS.Load()) }
 
 // AddRecord journals a signed record. It refuses a record that does not

@@ -122,7 +122,7 @@ func (s *Station) Provision(ctx context.Context, b *cradle.Batch, rel *Release, 
 		res.Err = &errStation{err}
 		return res
 	}
-	unit, ok, err := s.cfg.Journal.Start(b.ID, u.Spec, s.cfg.Operator, recID)
+	unit, ok, durable, err := s.cfg.Journal.StartAsync(b.ID, u.Spec, s.cfg.Operator, recID)
 	if err != nil || !ok {
 		if err == nil {
 			err = fmt.Errorf("factory: no serial reserved for batch %s", b.ID)
@@ -137,6 +137,7 @@ func (s *Station) Provision(ctx context.Context, b *cradle.Batch, rel *Release, 
 	}
 	keyCreated := false
 	fail := func(step string, err error) *Result {
+		durable() // the failed record's own sync follows; collect the start's
 		res.Err = &stepError{step, err}
 		if keyCreated {
 			if derr := dev(func() error { return u.Device.Keys.DestroyKey(ctx, DeviceKeyName) }); derr != nil && !errors.Is(derr, hw.ErrNotFound) {
@@ -186,7 +187,13 @@ func (s *Station) Provision(ctx context.Context, b *cradle.Batch, rel *Release, 
 		return fail("idevid", err)
 	}
 
-	// identity
+	// identity: from here the serial leaves the station, so its start
+	// entry must be durable.
+	if err := durable(); err != nil {
+		fail("identity", err)
+		res.Err = &errStation{err}
+		return res
+	}
 	bundle, err := s.identityBundle(idevid, unit, b)
 	if err != nil {
 		return fail("identity", err)
