@@ -1,0 +1,147 @@
+package command
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// SequenceStore persists the highest command sequence a device has
+// accepted, its guard against replays. It must survive restarts and
+// power loss: once Advance returns nil, Last returns at least n, also
+// after a reboot.
+type SequenceStore interface {
+	// Last returns the last accepted sequence, 0 when none.
+	Last() uint64
+	// Advance records n as the last accepted sequence. It refuses an n
+	// not above Last. On error Last is unchanged.
+	Advance(n uint64) error
+}
+
+// SequenceFile is a SequenceStore in one file holding the decimal
+// sequence and a newline. Advance replaces the file atomically (a
+// temporary file in the same directory, synced, renamed over it, then
+// the directory synced), so a power cut leaves the old or the new value,
+// never a torn one.
+type SequenceFile struct {
+	path string
+	mu   sync.Mutex
+	last uint64
+}
+
+var _ SequenceStore = (*SequenceFile)(nil)
+
+// OpenSequenceFile reads the store at path; a missing file means no
+// command accepted yet (0), and the file is created at the first
+// Advance. A file that does not hold a sequence is an error, never read
+// as 0: that would let old commands replay.
+func OpenSequenceFile(path string) (*SequenceFile, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &SequenceFile{path: path}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("command: open sequence file: %w", err)
+	}
+	s := strings.TrimSuffix(string(data), "\n")
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || s == "" || s[0] == '+' {
+		return nil, fmt.Errorf("command: sequence file %s is corrupt (%q); restore it or write the last sequence the server issued to this device", path, truncate(string(data), 40))
+	}
+	return &SequenceFile{path: path, last: n}, nil
+}
+
+// Last implements SequenceStore.
+func (f *SequenceFile) Last() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+// Advance implements SequenceStore.
+func (f *SequenceFile) Advance(n uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n <= f.last {
+		return fmt.Errorf("command: sequence %d is not above the last accepted %d", n, f.last)
+	}
+	if err := writeAtomic(f.path, []byte(strconv.FormatUint(n, 10)+"\n")); err != nil {
+		return fmt.Errorf("command: write sequence file: %w", err)
+	}
+	f.last = n
+	return nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	name := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(name)
+		}
+	}()
+	if _, err := tmp.Write(data); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(name, path); err != nil {
+		return err
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// MemorySequence is a SequenceStore in memory, for simulated devices
+// whose replay guard need not outlive the process. Its zero value holds
+// 0.
+type MemorySequence struct {
+	mu   sync.Mutex
+	last uint64
+}
+
+var _ SequenceStore = (*MemorySequence)(nil)
+
+// Last implements SequenceStore.
+func (m *MemorySequence) Last() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.last
+}
+
+// Advance implements SequenceStore.
+func (m *MemorySequence) Advance(n uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n <= m.last {
+		return fmt.Errorf("command: sequence %d is not above the last accepted %d", n, m.last)
+	}
+	m.last = n
+	return nil
+}
