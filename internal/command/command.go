@@ -46,6 +46,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"time"
 
 	"cradle"
@@ -155,10 +156,7 @@ func decodeStrict(data []byte, v any) error {
 	if err := d.Decode(v); err != nil {
 		return err
 	}
-	if d.More() {
-		return errors.New("trailing data after the JSON object")
-	}
-	if _, err := d.Token(); err == nil {
+	if _, err := d.Token(); err != io.EOF {
 		return errors.New("trailing data after the JSON object")
 	}
 	return nil
