@@ -216,7 +216,10 @@ func (id *Identity) Step(ctx context.Context, now time.Time) (next time.Time, er
 	case s.Status == StatusUnenrolled:
 		err = id.obtain(ctx, now, false)
 	case s.Status == StatusConfirming:
-		err = id.confirm(ctx, now)
+		var f *factory
+		if f, err = id.readFactory(ctx); err == nil {
+			err = id.confirm(ctx, f, now)
+		}
 	case !now.Before(s.Current.NotAfter):
 		id.opts.Logger.Warn("LDevID expired; enrolling again with the IDevID", "not_after", s.Current.NotAfter)
 		err = id.obtain(ctx, now, false)
@@ -430,7 +433,7 @@ func (id *Identity) obtain(ctx context.Context, now time.Time, renew bool) error
 	stored = true
 	id.opts.Logger.Info("LDevID stored", "renewal", renew, "key", keyName, "serial", cradle.SerialHex(cert.SerialNumber),
 		"issuer", cert.Issuer.CommonName, "not_after", cert.NotAfter, "renew_at", s.RenewAt)
-	return id.confirm(ctx, now)
+	return id.confirm(ctx, f, now)
 }
 
 // confirm makes an authenticated request with the current LDevID. When
@@ -438,12 +441,8 @@ func (id *Identity) obtain(ctx context.Context, now time.Time, renew bool) error
 // moves to deployed and the status to enrolled. When the server refuses
 // it (401), the new credential is dropped and the previous one (or none)
 // restored.
-func (id *Identity) confirm(ctx context.Context, now time.Time) error {
+func (id *Identity) confirm(ctx context.Context, f *factory, now time.Time) error {
 	s := id.state
-	f, err := id.readFactory(ctx)
-	if err != nil {
-		return err
-	}
 	tc, err := id.tlsCert(ctx, s.Current)
 	if err != nil {
 		return err
@@ -528,9 +527,20 @@ func (id *Identity) refreshCACerts(ctx context.Context, c *est.Client, f *factor
 	for _, g := range got {
 		inter.AddCert(g)
 	}
+	// Certificates checked before need no second check.
+	known := map[string]bool{}
+	if prev, err := parseChain([]byte(id.state.CACerts)); err == nil {
+		for _, p := range prev {
+			known[string(p.Raw)] = true
+		}
+	}
 	var kept []*x509.Certificate
 	for _, g := range got {
 		if !g.IsCA || g.Equal(f.root) {
+			continue
+		}
+		if known[string(g.Raw)] && now.Before(g.NotAfter) {
+			kept = append(kept, g)
 			continue
 		}
 		if _, err := g.Verify(x509.VerifyOptions{Roots: f.roots, Intermediates: inter, CurrentTime: now,

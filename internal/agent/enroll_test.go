@@ -44,8 +44,8 @@ type estStack struct {
 	devices *sqlstore.DeviceService
 	certs   cradle.CertificateService
 	url     string
-	// down makes every request fail as a crashed server would: the
-	// connection is dropped without an answer.
+	// down makes every connection fail, in the TLS handshake or, for one
+	// already open, by dropping the request without an answer.
 	down atomic.Bool
 	// requests counts requests that reached the listener.
 	requests atomic.Int64
@@ -134,6 +134,9 @@ func (s *estStack) key(name string) (crypto.Signer, error) {
 // thirds of its life on the virtual clock, as an operator would: the
 // devices check it at their own (virtual) time.
 func (s *estStack) getServerCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if s.down.Load() {
+		return nil, errors.New("server down")
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.clock.Now()
