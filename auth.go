@@ -58,6 +58,8 @@ const (
 	PermBatchWrite       Permission = "factory.batch"     // create batches, add MAC ranges
 	PermStationEnroll    Permission = "factory.station"   // enroll a factory station
 	PermFactoryProvision Permission = "factory.provision" // allocate units, upload trace records
+	PermTelemetryRead    Permission = "telemetry.read"    // query time series, latest values, status
+	PermTelemetryWrite   Permission = "telemetry.write"   // a device for itself; the system also prunes
 )
 
 // Permissions lists every permission, in a stable order.
@@ -65,6 +67,7 @@ var Permissions = []Permission{
 	PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 	PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 	PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
+	PermTelemetryRead, PermTelemetryWrite,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -73,16 +76,17 @@ var Permissions = []Permission{
 var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
-		PermFactoryRead, PermBatchWrite, PermStationEnroll},
+		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
-		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite},
+		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead},
 	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
-		PermFactoryRead, PermFactoryProvision},
-	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead},
+		PermFactoryRead, PermFactoryProvision, PermTelemetryRead},
+	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
-		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision},
-	RoleDevice: {PermDeviceTransition, PermCertIssue},
+		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
+		PermTelemetryRead, PermTelemetryWrite},
+	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite},
 }
 
 // Allowed reports whether role r holds permission p.
@@ -152,6 +156,8 @@ var permissionVerbs = map[Permission]string{
 	PermBatchWrite:       "create batches or add MAC ranges",
 	PermStationEnroll:    "enroll factory stations",
 	PermFactoryProvision: "allocate units or upload trace records",
+	PermTelemetryRead:    "read telemetry",
+	PermTelemetryWrite:   "record or prune telemetry",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to
