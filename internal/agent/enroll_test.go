@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -591,5 +592,43 @@ func TestNotProvisioned(t *testing.T) {
 	}
 	if s.requests.Load() != 0 {
 		t.Fatal("a unit that cannot enroll talked to the server")
+	}
+}
+
+// TestInterruptedSteps: a key left by a crash before its certificate was
+// stored is replaced, not reused; a confirmation cut short (here the fuse
+// write fails) leaves the new LDevID stored and is finished by the next
+// step, after a restart too.
+func TestInterruptedSteps(t *testing.T) {
+	s := newESTStack(t, pki.LDevIDPolicy{})
+	ctx := t.Context()
+	u := s.unit(t, "SN-6")
+	leftover, err := u.dev.Keys.CreateKey(ctx, "ldevid-1", hw.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := s.clock.Now()
+	id := u.open(t, now)
+	u.dev.Sim.FailNext(hw.OpProgram, errors.New("power cut"))
+	next, err := id.Step(ctx, now)
+	if err == nil || !strings.Contains(err.Error(), "power cut") {
+		t.Fatalf("step with a failing fuse write: %v", err)
+	}
+	st := id.State()
+	if st.Status != agent.StatusConfirming || st.Current == nil || st.Current.KeyName != "ldevid-1" {
+		t.Fatalf("after the cut: status %s; want confirming with ldevid-1 stored", st.Status)
+	}
+	if leaf(t, st).PublicKey.(*ecdsa.PublicKey).Equal(leftover.Public()) {
+		t.Fatal("the key a crash left behind was reused")
+	}
+	if got := lifecycle(t, u.dev); got != hw.LifecycleProvisioned {
+		t.Fatalf("lifecycle %s after the failed fuse write", got)
+	}
+	id = u.open(t, next)
+	if _, err := id.Step(ctx, next); err != nil {
+		t.Fatalf("finishing the confirmation: %v", err)
+	}
+	if st := id.State(); st.Status != agent.StatusEnrolled || st.Failures != 0 || lifecycle(t, u.dev) != hw.LifecycleDeployed {
+		t.Fatalf("after the retry: status %s, failures %d", st.Status, st.Failures)
 	}
 }
