@@ -1,7 +1,40 @@
 // Package agent is the device agent: the code of cradle-agent that acts on
-// the unit's hardware (package hw). Today it holds factory-init, the
-// agent's part of factory provisioning: create the device key inside the
-// unit's key store and hand out a certificate signing request for it.
+// the unit's hardware (package hw). It holds factory-init, the agent's part
+// of factory provisioning (create the device key inside the unit's key
+// store and hand out a certificate signing request for it), and the unit's
+// identity lifecycle (Identity: enrollment and renewal, with its persisted
+// State).
+//
+// # Identity lifecycle
+//
+// Parties and keys: the unit holds its factory identity, the IDevID (key
+// "idevid" in its hw.KeyStore, the certificate chain and the trust anchor
+// in its write-protected factory data partition), and an operational
+// identity, the LDevID, whose key "ldevid-<n>" it creates in the same key
+// store. The server's device listener speaks EST (RFC 7030); its TLS
+// certificate chains to the factory root (root.pem), the only trust the
+// agent takes from outside the server.
+//
+// Enrollment: EST simpleenroll over mTLS with the IDevID, a new key, a CSR
+// whose subject is CN = serialNumber = the unit's serial. The returned
+// LDevID must hold the CSR's key, name the serial and chain to the root
+// through a CA certificate fetched with /cacerts (itself checked against
+// the root). It is stored durably, then confirmed by an authenticated
+// request with it (csrattrs); the lifecycle fuse moves to deployed.
+//
+// Renewal: from two thirds of the LDevID's lifetime, simplereenroll
+// authenticated with the current LDevID and its issuing CA (so a server
+// whose own list predates a device CA rotation still verifies it), with a
+// new key each time and the current subject and subjectAltName (§3.3.2).
+// The old credential stays in the state, and its key in the key store,
+// until the new one is stored and confirmed; only then is the old key
+// destroyed. A failed attempt keeps everything as it was and retries after
+// an exponential backoff with full jitter. An LDevID that expired anyway
+// (a unit off for months) is replaced by enrolling again with the IDevID.
+//
+// Crash safety: every state change is one atomic SaveState. A key created
+// before a crash but never stored is found by its name (the next
+// "ldevid-<n>") and replaced.
 package agent
 
 import (
