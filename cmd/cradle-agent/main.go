@@ -5,7 +5,8 @@
 // telemetry, apply configuration, install updates into the inactive A/B
 // slot and commit or roll them back, obey commands signed by the server,
 // and wipe its credentials when the device is decommissioned. For now it
-// reports its version and runs factory-init, its part of factory
+// runs `cradle-agent run --config FILE`, which enrolls the unit with EST and
+// renews its operational certificate (LDevID), and factory-init, its part of factory
 // provisioning: `cradle-agent factory-init --device DIR` creates the device
 // key inside the unit's key store (its simulated key files, a TPM 2.0, or a
 // PKCS#11 secure element) and prints, as one JSON object, the hardware UID,
@@ -35,10 +36,13 @@ const usage = `cradle-agent runs on a device managed by Cradle.
 It will enroll the device with its factory identity, keep its certificate
 fresh, report telemetry, apply configuration, install signed updates into the
 inactive A/B slot with rollback, obey signed commands from the server, and wipe
-its credentials at decommissioning. This version reports its version and
-runs factory-init.
+its credentials at decommissioning. This version runs factory-init, and run
+keeps the unit's operational identity (enrollment and renewal).
 
 Usage:
+  cradle-agent run --config FILE
+                           enroll with the factory identity and keep the
+                           operational certificate fresh (run --help)
   cradle-agent factory-init --device DIR [flags]
                            create the device key and print its CSR as JSON
                            (cradle-agent factory-init --help for the flags)
@@ -70,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	case !*version && fs.Arg(0) == "factory-init":
 		return runFactoryInit(fs.Args()[1:], stdout, stderr)
+	case !*version && fs.Arg(0) == "run":
+		return runRun(fs.Args()[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "error: unknown command %q; see cradle-agent --help\n", fs.Arg(0))
 	return 2

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestAgentConfig: the example parses; bad configurations are refused by
+// name.
+func TestAgentConfig(t *testing.T) {
+	b, err := os.ReadFile("agent.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := parseAgentConfig(b); err != nil || c.KeyStore.Kind != "file" || c.Server != "https://devices.example.com:8443" {
+		t.Fatalf("example: %+v, %v", c, err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"device: d\nstate_dir: s\nserver: https://x\nbogus: 1\n", "field bogus not found"},
+		{"state_dir: s\nserver: https://x\n", "device"},
+		{"device: d\nserver: https://x\n", "state_dir"},
+		{"device: d\nstate_dir: s\nserver: http://x\n", "https://"},
+		{"device: d\nstate_dir: s\nserver: https://x\nlog: {level: loud}\n", "log.level"},
+	} {
+		if _, err := parseAgentConfig([]byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+// TestRunRefusesUnprovisionedUnit: a unit the factory never provisioned
+// stops the agent with exit 1 and the reason, before any network traffic.
+func TestRunRefusesUnprovisionedUnit(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "unit")
+	var out bytes.Buffer
+	if code := run([]string{"factory-init", "--device", unit}, &out, &out); code == 0 {
+		t.Fatal("factory-init on a missing unit succeeded")
+	}
+	if err := os.MkdirAll(filepath.Join(unit, "keys"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(unit, "uid"), []byte("UID-1\n"), 0o600)
+	os.WriteFile(filepath.Join(unit, "otp"), make([]byte, 46), 0o600)
+	os.WriteFile(filepath.Join(unit, "bootenv"), nil, 0o600)
+	cfg := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(cfg, []byte("device: "+unit+"\nstate_dir: "+filepath.Join(dir, "state")+"\nserver: https://127.0.0.1:1\n"), 0o600)
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"run", "--config", cfg}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "not provisioned") {
+		t.Fatalf("run: exit %d, stderr %q", code, stderr.String())
+	}
+	if code := run([]string{"run"}, &stdout, &stderr); code != 2 {
+		t.Errorf("run without --config: exit %d", code)
+	}
+}
