@@ -29,11 +29,13 @@ type testCA struct {
 	name string
 }
 
-var serialNo = big.NewInt(1)
-
+// nextSerial returns a random certificate serial number.
 func nextSerial() *big.Int {
-	serialNo.Add(serialNo, big.NewInt(1))
-	return new(big.Int).Set(serialNo)
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err)
+	}
+	return n
 }
 
 func newCA(t testing.TB, dir, name string) *testCA {
@@ -74,9 +76,20 @@ func (ca *testCA) file() string { return filepath.Join(ca.dir, ca.name+".pem") }
 // for 127.0.0.1. It writes name.pem and name.key and returns the pair.
 func (ca *testCA) issue(t testing.TB, name, serial string, server bool) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, kder, err := ca.leaf(name, serial, server)
 	if err != nil {
 		t.Fatal(err)
+	}
+	writePEM(t, filepath.Join(ca.dir, name+".pem"), "CERTIFICATE", cert.Certificate[0])
+	writePEM(t, filepath.Join(ca.dir, name+".key"), "PRIVATE KEY", kder)
+	return cert
+}
+
+// leaf signs a leaf certificate and returns it with its PKCS#8 key.
+func (ca *testCA) leaf(name, serial string, server bool) (tls.Certificate, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: nextSerial(),
@@ -93,16 +106,14 @@ func (ca *testCA) issue(t testing.TB, name, serial string, server bool) tls.Cert
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return tls.Certificate{}, nil, err
 	}
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return tls.Certificate{}, nil, err
 	}
-	writePEM(t, filepath.Join(ca.dir, name+".pem"), "CERTIFICATE", der)
-	writePEM(t, filepath.Join(ca.dir, name+".key"), "PRIVATE KEY", kder)
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	leaf, err := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, kder, err
 }
 
 func writePEM(t testing.TB, path, typ string, der []byte) {
