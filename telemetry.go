@@ -338,7 +338,7 @@ type TelemetryQuery struct {
 	Serial string
 	Metric string
 	From   time.Time // inclusive; zero: the oldest stored
-	To     time.Time // exclusive; zero: now
+	To     time.Time // exclusive; zero: no end
 	// Step is the width of the buckets samples are aggregated in, aligned
 	// to multiples of Step since the Unix epoch. Zero returns the stored
 	// points unaggregated (raw points, and hourly rollups where the raw
