@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -22,6 +23,7 @@ type TelemetryService struct {
 	db *DB
 
 	metrics sync.Map // metricKey → committed metric id
+	devices sync.Map // deviceKey → device id; devices are never deleted and keep their serial
 
 	mu    sync.Mutex
 	stmts map[int]*sql.Stmt // row count → prepared insert on the write pool
@@ -39,10 +41,20 @@ type metricKey struct {
 	name   string
 }
 
+type telemetryRow struct {
+	metric, time int64
+	value        float64
+}
+
+type deviceKey struct {
+	tenant int64
+	serial string
+}
+
 const (
-	// telemetryChunk is the most rows one insert statement carries: 3
-	// parameters a row plus 2 stay far below SQLite's and PostgreSQL's
-	// limits on parameters.
+	// telemetryChunk is the most rows one insert statement carries: 5
+	// parameters a row stay far below SQLite's and PostgreSQL's limits on
+	// parameters.
 	telemetryChunk = 500
 	// maxTenantMetrics bounds a tenant's metric dictionary, so devices
 	// inventing names cannot grow it without end.
@@ -52,6 +64,9 @@ const (
 
 // device returns the id of a device of the tenant, or ENOTFOUND.
 func (s *TelemetryService) device(ctx context.Context, tenantID int64, serial string) (int64, error) {
+	if id, ok := s.devices.Load(deviceKey{tenantID, serial}); ok {
+		return id.(int64), nil
+	}
 	if cradle.ValidateSerial(serial) != nil {
 		return 0, notFound(serial)
 	}
@@ -62,6 +77,7 @@ func (s *TelemetryService) device(ctx context.Context, tenantID int64, serial st
 	} else if err != nil {
 		return 0, fmt.Errorf("sqlstore: telemetry: find device: %w", err)
 	}
+	s.devices.Store(deviceKey{tenantID, serial}, id)
 	return id, nil
 }
 
@@ -116,19 +132,28 @@ func (s *TelemetryService) RecordTelemetry(ctx context.Context, serial string, p
 				}
 			}
 		}
-		for off := 0; off < len(pts); off += telemetryChunk {
-			end := min(off+telemetryChunk, len(pts))
-			st := stmts[off/telemetryChunk]
-			args := make([]any, 0, 2+3*(end-off))
-			args = append(args, a.TenantID, deviceID)
-			for i := off; i < end; i++ {
-				t := nowMicros
-				if !pts[i].Time.IsZero() {
-					t = micros(pts[i].Time)
-				}
-				args = append(args, ids[i], t, pts[i].Value)
+		// Rows in key order (metric, time): SQLite then inserts them along
+		// one b-tree path instead of seeking for each.
+		rows := make([]telemetryRow, len(pts))
+		for i, p := range pts {
+			rows[i] = telemetryRow{ids[i], nowMicros, p.Value}
+			if !p.Time.IsZero() {
+				rows[i].time = micros(p.Time)
 			}
-			if _, err := tx.tx.StmtContext(ctx, st).ExecContext(ctx, args...); err != nil {
+		}
+		slices.SortFunc(rows, func(x, y telemetryRow) int {
+			if c := cmp.Compare(x.metric, y.metric); c != 0 {
+				return c
+			}
+			return cmp.Compare(x.time, y.time)
+		})
+		for off := 0; off < len(rows); off += telemetryChunk {
+			end := min(off+telemetryChunk, len(rows))
+			args := make([]any, 0, 5*(end-off))
+			for _, r := range rows[off:end] {
+				args = append(args, a.TenantID, deviceID, r.metric, r.time, r.value)
+			}
+			if _, err := tx.tx.StmtContext(ctx, stmts[off/telemetryChunk]).ExecContext(ctx, args...); err != nil {
 				return fmt.Errorf("sqlstore: record telemetry: %w", err)
 			}
 		}
@@ -189,17 +214,15 @@ func (s *TelemetryService) resolveMetrics(ctx context.Context, tx *Tx, tenantID 
 	return out, nil
 }
 
-// insertStmt returns the prepared insert of n points. The tenant and the
-// device are parameters 1 and 2, shared by every row.
+// insertStmt returns the prepared insert of n points: five parameters a
+// row (tenant, device, metric, time, value). Sharing the tenant and device
+// parameters between rows (?1, $1) binds fewer values, but the SQLite
+// driver looks every numbered parameter up by name, which costs more.
 func (s *TelemetryService) insertStmt(ctx context.Context, n int) (*sql.Stmt, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st, ok := s.stmts[n]; ok {
 		return st, nil
-	}
-	mark := "?"
-	if s.db.dialect == postgresDialect {
-		mark = "$"
 	}
 	var b strings.Builder
 	b.WriteString(`INSERT INTO telemetry_points (tenant_id, device_id, metric_id, time, value) VALUES `)
@@ -207,11 +230,10 @@ func (s *TelemetryService) insertStmt(ctx context.Context, n int) (*sql.Stmt, er
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		p := 3 + 3*i
-		fmt.Fprintf(&b, "(%[1]s1, %[1]s2, %[1]s%[2]d, %[1]s%[3]d, %[1]s%[4]d)", mark, p, p+1, p+2)
+		b.WriteString("(?, ?, ?, ?, ?)")
 	}
 	b.WriteString(` ON CONFLICT DO NOTHING`)
-	st, err := s.db.wdb.PrepareContext(ctx, b.String())
+	st, err := s.db.wdb.PrepareContext(ctx, s.db.dialect.rebind(b.String()))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: record telemetry: prepare: %w", err)
 	}

@@ -1,0 +1,115 @@
+package sqlstore
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"cradle"
+)
+
+// BenchmarkTelemetryIngest measures telemetry points per second into SQLite
+// through RecordTelemetry (device messages of 50 points: 10 metrics at 5
+// times, from 1,000 devices in turn) against the baseline: a bare batched
+// insert of the same points, one transaction and one prepared 50-row insert
+// per message, into a plain table with the same columns in the same
+// database file, on the same connection, interleaved message by message so
+// both tables grow alike. It reports both rates and their ratio (the goal
+// is ratio ≥ 0.5).
+//
+//	go test -run '^$' -bench BenchmarkTelemetryIngest -benchtime 20000x ./internal/sqlstore/
+func BenchmarkTelemetryIngest(b *testing.B) {
+	const (
+		devices   = 1000
+		metrics   = 10
+		times     = 5
+		perMsg    = metrics * times
+		interval  = 12 * time.Second
+		messageDt = times * interval
+	)
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(nil)
+	db, err := Open(ctx, filepath.Join(b.TempDir(), "cradle.db"), Options{AuditKey: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	tn, err := NewTenantService(db).CreateTenant(ctx, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(tn.ID, "bench"))
+	devSvc, svc := NewDeviceService(db), NewTelemetryService(db)
+	serials := make([]string, devices)
+	deviceIDs := make([]int64, devices)
+	actors := make([]context.Context, devices)
+	for i := range serials {
+		serials[i] = fmt.Sprintf("bench-%05d", i)
+		d, err := devSvc.CreateDevice(sys, cradle.DeviceCreate{Serial: serials[i], Model: "gw-1"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		deviceIDs[i] = d.ID
+		actors[i] = cradle.NewContextWithActor(ctx, cradle.Actor{TenantID: tn.ID, Role: cradle.RoleDevice, Kind: "device", ID: serials[i]})
+	}
+	names := make([]string, metrics)
+	for i := range names {
+		names[i] = cradle.TelemetryMetrics[i].Name
+	}
+
+	if _, err := db.wdb.ExecContext(ctx, `CREATE TABLE bench_plain (tenant_id INTEGER NOT NULL, device_id INTEGER NOT NULL, metric_id INTEGER NOT NULL, time INTEGER NOT NULL, value REAL NOT NULL)`); err != nil {
+		b.Fatal(err)
+	}
+	rows := strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?),", perMsg), ",")
+	bare, err := db.wdb.PrepareContext(ctx, `INSERT INTO bench_plain (tenant_id, device_id, metric_id, time, value) VALUES `+rows)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bare.Close()
+
+	start := time.Now().Add(-24 * time.Hour).Truncate(time.Hour)
+	pts := make([]cradle.TelemetryPoint, perMsg)
+	args := make([]any, 0, 5*perMsg)
+	var storeTime, bareTime time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		d, round := i%devices, i/devices
+		base := start.Add(time.Duration(round) * messageDt)
+		for j := range pts {
+			pts[j] = cradle.TelemetryPoint{Metric: names[j%metrics], Time: base.Add(time.Duration(j/metrics) * interval), Value: float64((i + j) % 2)}
+		}
+
+		t0 := time.Now()
+		if err := svc.RecordTelemetry(actors[d], serials[d], pts); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		args = args[:0]
+		for j, p := range pts {
+			args = append(args, tn.ID, deviceIDs[d], int64(j%metrics+1), p.Time.UnixMicro(), p.Value)
+		}
+		tx, err := db.wdb.BeginTx(ctx, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := tx.StmtContext(ctx, bare).ExecContext(ctx, args...); err != nil {
+			b.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		t2 := time.Now()
+		storeTime += t1.Sub(t0)
+		bareTime += t2.Sub(t1)
+	}
+	b.StopTimer()
+	points := float64(b.N * perMsg)
+	storeRate, bareRate := points/storeTime.Seconds(), points/bareTime.Seconds()
+	b.ReportMetric(storeRate, "store_points/s")
+	b.ReportMetric(bareRate, "bare_points/s")
+	b.ReportMetric(storeRate/bareRate, "ratio")
+}
