@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"cradle"
+	"cradle/internal/testkit"
 )
 
 // TestAgentRunEnrolls: a unit provisioned by the station, then the real
@@ -63,5 +66,68 @@ func TestAgentRunEnrolls(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(state, "state.json"))
 	if err != nil || !strings.Contains(string(b), `"enrolled"`) {
 		t.Errorf("agent state: %s %v", b, err)
+	}
+
+	// MQTT with the LDevID the agent got: its own topics only, and the
+	// live session is closed within a second of the revocation.
+	var st struct {
+		Current struct {
+			KeyName string `json:"key_name"`
+			Chain   string `json:"chain"`
+		} `json:"current"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil || st.Current.KeyName == "" {
+		t.Fatalf("agent state: %v", err)
+	}
+	sub := testkit.NeedProgram(t, "mosquitto_sub")
+	pub := testkit.NeedProgram(t, "mosquitto_pub")
+	dir := t.TempDir()
+	certFile := filepath.Join(dir, "ldevid.pem")
+	os.WriteFile(certFile, []byte(st.Current.Chain), 0o600)
+	keyFile := filepath.Join(specs[0], "keys", st.Current.KeyName+".key")
+	host, port, _ := net.SplitHostPort(l.m.device.mqtt.Addr().String())
+	if host == "" || host == "::" || host == "0.0.0.0" {
+		host = "127.0.0.1"
+	}
+	tlsArgs := []string{"-h", host, "-p", port, "--cafile", filepath.Join(pkiDirOf(l.dataDir), "root.crt"), "--cert", certFile, "--key", keyFile, "-V", "mqttv5"}
+	topic := "cradle/devices/" + serial
+	if out, err := exec.CommandContext(ctx, pub, append(tlsArgs, "-t", topic+"/telemetry", "-m", `{"metrics":{"health.cpu_pct":3}}`, "-q", "1")...).CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub to its own topic: %v\n%s", err, out)
+	}
+	// MQTT 5 answers a refused QoS 1 publish with "not authorized" in the
+	// PUBACK, which mosquitto_pub does not turn into an exit status: the
+	// broker's count and the audit log show the refusal.
+	denied := l.m.device.mqtt.Stats().Denied
+	exec.CommandContext(ctx, pub, append(tlsArgs, "-t", "cradle/devices/SX-2648-00002/telemetry", "-m", "x", "-q", "1")...).Run()
+	if got := l.m.device.mqtt.Stats(); got.Denied != denied+1 || got.Messages != 1 {
+		t.Errorf("broker stats after a publish to another device's topic: %+v", got)
+	}
+	if audit := ok(t, append([]string{"audit", "list", "--json"}, srv...)...); !strings.Contains(audit, "mqtt.publish.refused") {
+		t.Errorf("the refused publish is not in the audit log")
+	}
+	live := exec.CommandContext(ctx, sub, append(tlsArgs, "-t", topic+"/commands", "-q", "1")...)
+	live.Stderr = testWriter{t}
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan time.Time, 1)
+	go func() { live.Wait(); exited <- time.Now() }()
+	for l.m.device.mqtt.Sessions(serial) == 0 {
+		select {
+		case <-exited:
+			t.Fatal("mosquitto_sub exited before the revocation")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	revoked := time.Now()
+	ok(t, append([]string{"pki", "revoke", "--device", serial, "--reason", "keyCompromise"}, srv...)...)
+	select {
+	case at := <-exited:
+		t.Logf("revocation to MQTT disconnection: %v (including the CLI's request)", at.Sub(revoked))
+		if at.Sub(revoked) > time.Second {
+			t.Errorf("the live MQTT session closed %v after the revocation, more than a second", at.Sub(revoked))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the live MQTT session outlived the revocation by 5 s")
 	}
 }

@@ -46,6 +46,7 @@ type DeviceConfig struct {
 	Listen         string        // host:port; port 0 picks a free one
 	URLHost        string        // host[:port] in the AIA/CRL URLs of issued certificates; "" means the server certificate's first name and Listen's port
 	LDevIDLifetime time.Duration // lifetime of issued LDevIDs
+	MQTTListen     string        // host:port of the embedded MQTT broker (TLS, client certificates); "" turns it off
 }
 
 // PKIConfig says how the server opens the PKI's keys.
@@ -78,7 +79,7 @@ func DefaultConfig() Config {
 			MaxImportBytes:  1 << 30,
 			ShutdownTimeout: 30 * time.Second,
 		},
-		Device: DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour},
+		Device: DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883"},
 	}
 }
 
@@ -233,6 +234,20 @@ var configFields = []configField{
 			return nil
 		},
 		get: func(c *Config) string { return c.Device.LDevIDLifetime.String() },
+	},
+	{
+		key: "device.mqtt_listen", env: "CRADLE_DEVICE_MQTT_LISTEN", flag: "mqtt-listen",
+		usage: "host:port of the embedded MQTT broker for devices (MQTT 3.1.1 and 5 over TLS, LDevID client certificates), which serves with the device listener; empty turns it off",
+		set: func(c *Config, v string) error {
+			if v != "" {
+				if err := checkListen(v); err != nil {
+					return err
+				}
+			}
+			c.Device.MQTTListen = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.MQTTListen },
 	},
 	{
 		key: "pki.passphrase_file", env: "CRADLE_PKI_PASSPHRASE_FILE", flag: "pki-passphrase-file",

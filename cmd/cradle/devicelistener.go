@@ -17,6 +17,7 @@ import (
 	"cradle"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
+	"cradle/internal/mqttapi"
 	"cradle/internal/pki"
 	"cradle/internal/pki/ocsp"
 	"cradle/internal/sqlstore"
@@ -33,6 +34,7 @@ type deviceListener struct {
 	stop      chan struct{}
 	refreshed chan struct{}
 	logger    *slog.Logger
+	mqtt      *mqttapi.Broker // nil when device.mqtt_listen is empty
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -83,6 +85,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 		Logger:  logger,
 		OnRevoke: func(issuer *x509.Certificate, serial *big.Int) {
 			responder.Invalidate(issuer, serial)
+			d.disconnect(ctx, store, serial)
 		},
 	}
 	if err := d.authority.Policy.Validate(); err != nil {
@@ -129,8 +132,16 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	listener.Handle("/pki/ocsp/", responder, true)
 	listener.Handle("/pki/", d.authority.PublicHandler(), true)
 
+	if cfg.Device.MQTTListen != "" {
+		if d.mqtt, err = newBroker(cfg, listener, roots, audit, logger); err != nil {
+			return nil, err
+		}
+	}
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
 	if err != nil {
+		if d.mqtt != nil {
+			d.mqtt.Close(ctx)
+		}
 		return nil, fmt.Errorf("serve: device listener: %w", err)
 	}
 	d.srv = &http.Server{
@@ -206,6 +217,11 @@ func (d *deviceListener) start() {
 
 // shutdown stops the listener gracefully within ctx.
 func (d *deviceListener) shutdown(ctx context.Context) error {
+	if d.mqtt != nil {
+		if err := d.mqtt.Close(ctx); err != nil {
+			d.logger.Warn("MQTT broker shutdown", "err", err)
+		}
+	}
 	close(d.stop)
 	<-d.refreshed
 	err := d.srv.Shutdown(ctx)

@@ -37,6 +37,7 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 
 	cfg := DefaultConfig()
 	cfg.DataDir, cfg.Listen, cfg.Device.Listen = dataDir, "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Device.MQTTListen = "127.0.0.1:0"
 	var stdout strings.Builder
 	m := &Main{Config: cfg, Stdout: &stdout}
 	if err := m.Run(t.Context()); err != nil {

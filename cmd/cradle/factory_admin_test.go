@@ -284,6 +284,7 @@ func TestServeWiresFactory(t *testing.T) {
 	ok(t, "pki", "init", "--data-dir", dataDir, "--profile", "production", "--org", "Acme", "--hostname", "127.0.0.1")
 	cfg := DefaultConfig()
 	cfg.DataDir, cfg.Listen, cfg.Device.Listen = dataDir, "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Device.MQTTListen = "127.0.0.1:0"
 	var boot strings.Builder
 	m := &Main{Config: cfg, Stdout: &boot}
 	if err := m.Run(ctx); err != nil {

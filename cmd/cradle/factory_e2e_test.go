@@ -110,6 +110,7 @@ func newFactoryLine(t *testing.T, quantity, reserve int) *factoryLine {
 	l.events = newEventSink(t, "mes-secret", 3)
 	cfg := DefaultConfig()
 	cfg.DataDir, cfg.Listen, cfg.Device.Listen = l.dataDir, "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Device.MQTTListen = "127.0.0.1:0"
 	cfg.Factory = FactoryConfig{WebhookURL: l.events.srv.URL, WebhookSecretFile: secretFile}
 	var boot strings.Builder
 	l.m = &Main{Config: cfg, Stdout: &boot, Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelError}))}
@@ -380,6 +381,7 @@ func TestFactoryBatchEndToEnd(t *testing.T) {
 	ok(t, "pki", "init", "--data-dir", prodDir, "--profile", "production", "--org", "Acme", "--hostname", "127.0.0.1")
 	pcfg := DefaultConfig()
 	pcfg.DataDir, pcfg.Listen, pcfg.Device.Listen = prodDir, "127.0.0.1:0", "127.0.0.1:0"
+	pcfg.Device.MQTTListen = "127.0.0.1:0"
 	pm := &Main{Config: pcfg}
 	if err := pm.Run(t.Context()); err != nil {
 		t.Fatal(err)

@@ -166,12 +166,23 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate: present the device's IDevID (to enroll) or its LDevID"}
 	}
-	leaf := r.TLS.PeerCertificates[0]
+	return s.CheckPeer(r.Context(), r.TLS.PeerCertificates)
+}
+
+// CheckPeer runs the checks of the package doc on a client certificate
+// chain (leaf first) presented on another transport (the MQTT broker): it
+// returns the verified chains, the device and the certificate's record,
+// or an error saying why the device is refused.
+func (s *Server) CheckPeer(ctx context.Context, peer []*x509.Certificate) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
+	if len(peer) == 0 {
+		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate"}
+	}
+	leaf := peer[0]
 	inter := x509.NewCertPool()
 	if s.Intermediates != nil {
 		inter = s.Intermediates.Clone()
 	}
-	for _, c := range r.TLS.PeerCertificates[1:] {
+	for _, c := range peer[1:] {
 		inter.AddCert(c)
 	}
 	now := cradle.Now(s.Clock)
@@ -193,7 +204,7 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 			return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), last)}
 		}
 	}
-	sys := cradle.NewContextWithActor(r.Context(), cradle.SystemActor(0, "device-listener"))
+	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(0, "device-listener"))
 	rec, err := s.Certs.LookupCertificate(sys, leaf.SerialNumber)
 	switch {
 	case cradle.ErrorCode(err) == cradle.ENOTFOUND:
@@ -203,7 +214,7 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 	case rec.Status == cradle.CertRevoked:
 		return nil, nil, nil, &refusal{http.StatusUnauthorized, fmt.Sprintf("client certificate %s was revoked at %s (%s)", rec.Serial, rec.RevokedAt.Format(time.RFC3339), reasonOf(rec)), rec}
 	}
-	dev, err := s.Devices.FindDeviceBySerial(cradle.NewContextWithActor(r.Context(), cradle.SystemActor(rec.TenantID, "device-listener")), rec.DeviceSerial)
+	dev, err := s.Devices.FindDeviceBySerial(cradle.NewContextWithActor(ctx, cradle.SystemActor(rec.TenantID, "device-listener")), rec.DeviceSerial)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("deviceapi: device of certificate %s: %w", rec.Serial, err)
 	}

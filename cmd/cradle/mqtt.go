@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"sync"
+
+	"cradle"
+	"cradle/internal/deviceapi"
+	"cradle/internal/mqttapi"
+	"cradle/internal/sqlstore"
+)
+
+// newBroker makes the embedded MQTT broker of the device listener: the
+// same server certificate, devices authenticated by their LDevID with the
+// device listener's checks (chain, profile, revocation, device state),
+// refusals audited. It is opened by the caller (Open) and listens on
+// device.mqtt_listen.
+func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, logger *slog.Logger) (*mqttapi.Broker, error) {
+	// The broker verifies client chains against the root; the device
+	// presents its LDevID with the device CA that issued it. Refusals are
+	// audited in the device's tenant, learnt when it connected.
+	var tenants sync.Map // serial → tenant id
+	b, err := mqttapi.New(mqttapi.Config{
+		Addr:   cfg.Device.MQTTListen,
+		TLS:    &tls.Config{Certificates: []tls.Certificate{listener.Certificate}, ClientCAs: roots},
+		Logger: logger,
+		Check: func(ctx context.Context, cert *x509.Certificate) (string, error) {
+			_, dev, rec, err := listener.CheckPeer(ctx, []*x509.Certificate{cert})
+			if err != nil {
+				return "", err
+			}
+			if rec.Kind != cradle.CertLDevID {
+				return "", fmt.Errorf("certificate %s is an %s: MQTT takes the operational certificate (LDevID) from enrollment", rec.Serial, rec.Kind)
+			}
+			if dev.State != cradle.StateDeployed {
+				return "", fmt.Errorf("device %s is %s, not deployed", dev.Serial, dev.State)
+			}
+			tenants.Store(dev.Serial, dev.TenantID)
+			return dev.Serial, nil
+		},
+		OnRefusal: func(serial, action, topic string) {
+			tenant, _ := tenants.Load(serial)
+			id, _ := tenant.(int64)
+			audit.RecordRefusal(context.Background(), id, "device:"+serial, cradle.AuditEvent{Action: "mqtt." + action + ".refused",
+				Subject: "device:" + serial, Details: map[string]any{"topic": topic}})
+		},
+		OnMessage: func(serial, topic string, payload []byte) {
+			logger.Debug("MQTT message", "device", serial, "topic", topic, "bytes", len(payload))
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("serve: MQTT broker: %w", err)
+	}
+	if err := b.Open(); err != nil {
+		return nil, fmt.Errorf("serve: MQTT broker on %s: %w", cfg.Device.MQTTListen, err)
+	}
+	logger.Info("MQTT broker", "addr", b.Addr().String())
+	return b, nil
+}
+
+// disconnect closes the live MQTT sessions of the device whose
+// certificate serial was just revoked.
+func (d *deviceListener) disconnect(ctx context.Context, store *sqlstore.CertificateService, serial *big.Int) {
+	if d.mqtt == nil {
+		return
+	}
+	rec, err := store.LookupCertificate(cradle.NewContextWithActor(context.WithoutCancel(ctx), cradle.SystemActor(0, "mqtt")), serial)
+	if err != nil || rec.DeviceSerial == "" {
+		return
+	}
+	if n := d.mqtt.Disconnect(rec.DeviceSerial); n > 0 {
+		d.logger.Info("MQTT sessions closed on revocation", "device", rec.DeviceSerial, "sessions", n)
+	}
+}
