@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"cradle"
+	"cradle/internal/sqlstore"
 	"cradle/internal/testkit"
 )
 
@@ -101,6 +102,11 @@ func TestAgentRunEnrolls(t *testing.T) {
 	exec.CommandContext(ctx, pub, append(tlsArgs, "-t", "cradle/devices/SX-2648-00002/telemetry", "-m", "x", "-q", "1")...).Run()
 	if got := l.m.device.mqtt.Stats(); got.Denied != denied+1 || got.Messages != 1 {
 		t.Errorf("broker stats after a publish to another device's topic: %+v", got)
+	}
+	// The telemetry it published is stored.
+	latest, err := sqlstore.NewTelemetryService(l.m.db).LatestTelemetry(cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test")), serial)
+	if err != nil || latest["health.cpu_pct"].Value != 3 {
+		t.Errorf("stored telemetry: %v, %v", latest, err)
 	}
 	if audit := ok(t, append([]string{"audit", "list", "--json"}, srv...)...); !strings.Contains(audit, "mqtt.publish.refused") {
 		t.Errorf("the refused publish is not in the audit log")

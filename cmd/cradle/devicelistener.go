@@ -133,7 +133,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	listener.Handle("/pki/", d.authority.PublicHandler(), true)
 
 	if cfg.Device.MQTTListen != "" {
-		if d.mqtt, err = newBroker(cfg, listener, roots, audit, logger); err != nil {
+		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), logger); err != nil {
 			return nil, err
 		}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"math/big"
 	"sync"
+	"sync/atomic"
 
 	"cradle"
 	"cradle/internal/deviceapi"
@@ -15,12 +17,16 @@ import (
 	"cradle/internal/sqlstore"
 )
 
+// telemetryRefused counts telemetry messages refused (malformed, oversize,
+// unknown device); the connection is kept.
+var telemetryRefused atomic.Int64
+
 // newBroker makes the embedded MQTT broker of the device listener: the
 // same server certificate, devices authenticated by their LDevID with the
 // device listener's checks (chain, profile, revocation, device state),
-// refusals audited. It is opened by the caller (Open) and listens on
+// refusals audited, telemetry stored. It is opened by the caller (Open) and listens on
 // device.mqtt_listen.
-func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, logger *slog.Logger) (*mqttapi.Broker, error) {
+func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, logger *slog.Logger) (*mqttapi.Broker, error) {
 	// The broker verifies client chains against the root; the device
 	// presents its LDevID with the device CA that issued it. Refusals are
 	// audited in the device's tenant, learnt when it connected.
@@ -50,7 +56,21 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 				Subject: "device:" + serial, Details: map[string]any{"topic": topic}})
 		},
 		OnMessage: func(serial, topic string, payload []byte) {
-			logger.Debug("MQTT message", "device", serial, "topic", topic, "bytes", len(payload))
+			if topic != mqttapi.DeviceTopic(serial, mqttapi.TopicTelemetry) {
+				logger.Debug("MQTT message", "device", serial, "topic", topic, "bytes", len(payload))
+				return
+			}
+			tenant, _ := tenants.Load(serial)
+			id, _ := tenant.(int64)
+			ctx := cradle.NewContextWithActor(context.Background(), cradle.Actor{TenantID: id, Role: cradle.RoleDevice, Kind: "device", ID: serial})
+			pts, err := cradle.ParseTelemetry(bytes.NewReader(payload), mqttapi.DefaultMaxPayload)
+			if err == nil {
+				err = telemetry.RecordTelemetry(ctx, serial, pts)
+			}
+			if err != nil {
+				telemetryRefused.Add(1)
+				logger.Warn("telemetry refused", "device", serial, "err", cradle.ErrorMessage(err))
+			}
 		},
 	})
 	if err != nil {
