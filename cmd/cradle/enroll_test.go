@@ -20,6 +20,7 @@ import (
 	"cradle"
 	"cradle/internal/est"
 	"cradle/internal/pki"
+	"cradle/internal/testkit"
 )
 
 // TestEnrollmentEndToEnd runs the whole PKI through the real server: pki
@@ -28,8 +29,8 @@ import (
 // openssl ocsp says good, cradle pki revoke, openssl ocsp says revoked and
 // openssl verify -crl_check refuses the certificate.
 func TestEnrollmentEndToEnd(t *testing.T) {
-	openssl := pkiNeedProgram(t, "openssl")
-	curl := pkiNeedProgram(t, "curl")
+	openssl := testkit.NeedProgram(t, "openssl")
+	curl := testkit.NeedProgram(t, "curl")
 	isolateCLI(t)
 	setPassphrase(t, pkiTestPassphrase)
 	dataDir := t.TempDir()

@@ -20,48 +20,24 @@ import (
 
 	"cradle/internal/kms"
 	"cradle/internal/pki"
+	"cradle/internal/testkit"
 
 	"github.com/google/go-cmp/cmp"
 )
 
 const pkiTestPassphrase = "correct horse battery staple"
 
-// pkiNeedProgram returns the path of a program a test needs, skipping the
-// test when it is missing, or failing it when CI is set.
-func pkiNeedProgram(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s is not installed: skipping (install it to run this test)", name)
-	}
-	return p
-}
-
-// pkiRun runs a program and returns its combined output, failing the test
-// if it exits non-zero.
-func pkiRun(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 // opensslVerify checks cert (a file of dir) against dir/root.crt, with the
 // intermediate dir/<untrusted>.crt if not "".
 func opensslVerify(t *testing.T, dir, cert, untrusted string) {
 	t.Helper()
-	openssl := pkiNeedProgram(t, "openssl")
+	openssl := testkit.NeedProgram(t, "openssl")
 	args := []string{"verify", "-CAfile", filepath.Join(dir, "root.crt")}
 	if untrusted != "" {
 		args = append(args, "-untrusted", filepath.Join(dir, untrusted+".crt"))
 	}
 	path := filepath.Join(dir, cert)
-	out := pkiRun(t, openssl, append(args, path)...)
+	out := testkit.Run(t, openssl, append(args, path)...)
 	if !strings.Contains(out, path+": OK") {
 		t.Fatalf("openssl verify did not accept %s:\n%s", cert, out)
 	}
@@ -140,7 +116,7 @@ var initKeyNames = []string{"command-signer", "device-ca", "manufacturing-ca", "
 // passphrase is refused naming the key.
 func TestPKIInitFileKeys(t *testing.T) {
 	isolateCLI(t)
-	openssl := pkiNeedProgram(t, "openssl")
+	openssl := testkit.NeedProgram(t, "openssl")
 	setPassphrase(t, pkiTestPassphrase)
 	dataDir := t.TempDir()
 	out := ok(t, "pki", "init", "--data-dir", dataDir, "--profile", "test", "--org", "Acme",
@@ -183,8 +159,8 @@ func TestPKIInitFileKeys(t *testing.T) {
 	}
 	// openssl reads a key with the passphrase, and it is the server
 	// certificate's key.
-	pub := pkiRun(t, openssl, "pkey", "-in", filepath.Join(dir, "keys", "server.key"), "-passin", "env:"+pkiPassphraseEnv, "-pubout")
-	certPub := pkiRun(t, openssl, "x509", "-in", filepath.Join(dir, "server.crt"), "-noout", "-pubkey")
+	pub := testkit.Run(t, openssl, "pkey", "-in", filepath.Join(dir, "keys", "server.key"), "-passin", "env:"+pkiPassphraseEnv, "-pubout")
+	certPub := testkit.Run(t, openssl, "x509", "-in", filepath.Join(dir, "server.crt"), "-noout", "-pubkey")
 	if pub != certPub {
 		t.Errorf("openssl: server.key's public key\n%s\ndiffers from server.crt's\n%s", pub, certPub)
 	}
@@ -415,43 +391,19 @@ type softToken struct {
 	module, label, pinFile string
 }
 
-// newSoftToken makes a SoftHSM2 token directory under t.TempDir, points
-// SOFTHSM2_CONF at it and initializes a token labelled label with user PIN
-// 1234. SOFTHSM2_CONF is process-wide: tests using it do not run in
-// parallel.
+// newSoftToken makes a SoftHSM2 token for the test (testkit.NewSoftHSM:
+// user PIN 1234, SOFTHSM2_CONF set for the test, so no parallel tests).
 func newSoftToken(t *testing.T, label string) softToken {
 	t.Helper()
-	util := pkiNeedProgram(t, "softhsm2-util")
-	const module = "/usr/lib/softhsm/libsofthsm2.so"
-	if _, err := os.Stat(module); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("SoftHSM2 module %s is required in CI: %v", module, err)
-		}
-		t.Skipf("SoftHSM2 module %s is not installed: skipping", module)
-	}
-	dir := t.TempDir()
-	tokens := filepath.Join(dir, "tokens")
-	if err := os.Mkdir(tokens, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "softhsm2.conf")
-	if err := os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SOFTHSM2_CONF", conf)
-	pkiRun(t, util, "--init-token", "--free", "--label", label, "--pin", "1234", "--so-pin", "5678")
-	pin := filepath.Join(dir, "pin")
-	if err := os.WriteFile(pin, []byte("1234\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return softToken{module: module, label: label, pinFile: pin}
+	h := testkit.NewSoftHSM(t, label)
+	return softToken{module: h.Module, label: label, pinFile: h.PINFile}
 }
 
 // tokenLabels lists the labels of the private keys in the token.
 func (tok softToken) privateKeyLabels(t *testing.T) []string {
 	t.Helper()
-	tool := pkiNeedProgram(t, "pkcs11-tool")
-	out := pkiRun(t, tool, "--module", tok.module, "--token-label", tok.label, "--login", "--pin", "1234", "--list-objects", "--type", "privkey")
+	tool := testkit.NeedProgram(t, "pkcs11-tool")
+	out := testkit.Run(t, tool, "--module", tok.module, "--token-label", tok.label, "--login", "--pin", "1234", "--list-objects", "--type", "privkey")
 	var labels []string
 	for _, line := range strings.Split(out, "\n") {
 		if l, ok := strings.CutPrefix(strings.TrimSpace(line), "label:"); ok {
@@ -469,7 +421,7 @@ func (tok softToken) privateKeyLabels(t *testing.T) []string {
 func TestPKIInitPKCS11(t *testing.T) {
 	requirePKCS11Build(t)
 	isolateCLI(t)
-	pkiNeedProgram(t, "openssl")
+	testkit.NeedProgram(t, "openssl")
 	tok := newSoftToken(t, "cradle-ca")
 	setPassphrase(t, "")
 	dataDir := t.TempDir()

@@ -17,7 +17,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -215,20 +214,6 @@ func newCSR(t testing.TB, key *ecdsa.PrivateKey, tmpl *x509.CertificateRequest) 
 		t.Fatal(err)
 	}
 	return der
-}
-
-// needProgram returns the path of a program, skipping the test when it is
-// missing, or failing it when CI is set.
-func needProgram(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s not installed; skipping the interop test (install it, e.g. apt-get install %s)", name, name)
-	}
-	return p
 }
 
 func writePEM(t *testing.T, dir, name, typ string, der []byte) string {

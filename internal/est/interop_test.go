@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"cradle/internal/est"
+	"cradle/internal/testkit"
 )
 
 // run runs a program and returns its stdout, failing the test with its
@@ -54,7 +55,7 @@ func readPEMCerts(t *testing.T, path string) []*x509.Certificate {
 // EncodeCertsOnly writes, openssl pkcs7 reads; what openssl crl2pkcs7
 // writes, ParseCertsOnly reads.
 func TestCertsOnlyOpenSSL(t *testing.T) {
-	openssl := needProgram(t, "openssl")
+	openssl := testkit.NeedProgram(t, "openssl")
 	dir := t.TempDir()
 	p := newPKI(t)
 	certs := []*x509.Certificate{p.idevid.Leaf, p.caCert}
@@ -91,8 +92,8 @@ func TestCertsOnlyOpenSSL(t *testing.T) {
 // independent client: openssl makes keys, CSRs and decodes responses,
 // curl speaks HTTPS with the client certificate.
 func TestCurlOpenSSLEnrollment(t *testing.T) {
-	openssl := needProgram(t, "openssl")
-	curl := needProgram(t, "curl")
+	openssl := testkit.NeedProgram(t, "openssl")
+	curl := testkit.NeedProgram(t, "curl")
 	dir := t.TempDir()
 	p := newPKI(t)
 	ca := &testCA{pki: p}

@@ -21,6 +21,7 @@ import (
 	"testing"
 
 	"cradle/internal/kms"
+	"cradle/internal/testkit"
 )
 
 func passphrase(s string) func() ([]byte, error) {
@@ -243,7 +244,7 @@ func TestFileGenerateNeverReplaces(t *testing.T) {
 // TestOpenSSLReadsOurKeys: every key Generate writes encrypted is read by
 // openssl pkey with the passphrase, and openssl finds the same public key.
 func TestOpenSSLReadsOurKeys(t *testing.T) {
-	openssl := needProgram(t, "openssl")
+	openssl := testkit.NeedProgram(t, "openssl")
 	ctx := context.Background()
 	for _, alg := range kms.Algorithms {
 		t.Run(string(alg), func(t *testing.T) {
@@ -252,7 +253,7 @@ func TestOpenSSLReadsOurKeys(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out := run(t, openssl, "pkey", "-in", path, "-passin", "pass:s3cret pass", "-pubout")
+			out := testkit.Run(t, openssl, "pkey", "-in", path, "-passin", "pass:s3cret pass", "-pubout")
 			if out != publicPEM(t, signer.Public()) {
 				t.Errorf("openssl pkey -pubout:\n%s\nwant:\n%s", out, publicPEM(t, signer.Public()))
 			}
@@ -260,7 +261,7 @@ func TestOpenSSLReadsOurKeys(t *testing.T) {
 			if out, err := exec.Command(openssl, "pkey", "-in", path, "-passin", "pass:wrong", "-noout").CombinedOutput(); err == nil {
 				t.Errorf("openssl accepted a wrong passphrase:\n%s", out)
 			}
-			text := run(t, openssl, "asn1parse", "-in", path)
+			text := testkit.Run(t, openssl, "asn1parse", "-in", path)
 			for _, want := range []string{"PBES2", "PBKDF2", "hmacWithSHA256", "aes-256-cbc"} {
 				if !strings.Contains(text, want) {
 					t.Errorf("openssl asn1parse does not show %s:\n%s", want, text)
@@ -274,7 +275,7 @@ func TestOpenSSLReadsOurKeys(t *testing.T) {
 // AES-256-CBC under PBKDF2 (its default) or scrypt, load, with the public
 // key openssl reports, and a wrong passphrase is named as such.
 func TestOurKeysFromOpenSSL(t *testing.T) {
-	openssl := needProgram(t, "openssl")
+	openssl := testkit.NeedProgram(t, "openssl")
 	ctx := context.Background()
 	tests := []struct {
 		name   string
@@ -293,15 +294,15 @@ func TestOurKeysFromOpenSSL(t *testing.T) {
 			path := filepath.Join(dir, "k.pem")
 			if tt.scrypt {
 				plain := filepath.Join(dir, "plain.pem")
-				run(t, openssl, append(append([]string{"genpkey"}, tt.genArg...), "-out", plain)...)
-				run(t, openssl, "pkcs8", "-topk8", "-scrypt", "-v2", "aes-256-cbc", "-in", plain, "-passout", "pass:from openssl", "-out", path)
+				testkit.Run(t, openssl, append(append([]string{"genpkey"}, tt.genArg...), "-out", plain)...)
+				testkit.Run(t, openssl, "pkcs8", "-topk8", "-scrypt", "-v2", "aes-256-cbc", "-in", plain, "-passout", "pass:from openssl", "-out", path)
 			} else {
-				run(t, openssl, append(append([]string{"genpkey"}, tt.genArg...), "-aes-256-cbc", "-pass", "pass:from openssl", "-out", path)...)
+				testkit.Run(t, openssl, append(append([]string{"genpkey"}, tt.genArg...), "-aes-256-cbc", "-pass", "pass:from openssl", "-out", path)...)
 			}
 			if err := os.Chmod(path, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			wantPub := run(t, openssl, "pkey", "-in", path, "-passin", "pass:from openssl", "-pubout")
+			wantPub := testkit.Run(t, openssl, "pkey", "-in", path, "-passin", "pass:from openssl", "-pubout")
 			signer, err := kms.Open(ctx, path, kms.Options{Passphrase: passphrase("from openssl")})
 			if err != nil {
 				t.Fatalf("Open: %v", err)

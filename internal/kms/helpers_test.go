@@ -16,32 +16,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"cradle/internal/testkit"
 )
-
-// needProgram returns the path of a program a test needs, skipping the
-// test when it is missing, or failing it when CI is set.
-func needProgram(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s is not installed: skipping (install it to run this test)", name)
-	}
-	return p
-}
-
-// run runs a program and returns its combined output, failing the test if
-// it exits non-zero.
-func run(t testing.TB, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 // writeFile writes data to a new file in dir with mode 0600 and returns its path.
 func writeFile(t testing.TB, dir, name string, data []byte) string {
@@ -67,7 +44,7 @@ func publicPEM(t *testing.T, pub crypto.PublicKey) string {
 // leaf certificate under it, and checks the chain with openssl verify.
 func issueAndVerify(t *testing.T, signer crypto.Signer) {
 	t.Helper()
-	openssl := needProgram(t, "openssl")
+	openssl := testkit.NeedProgram(t, "openssl")
 	now := time.Now()
 	caTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -105,7 +82,7 @@ func issueAndVerify(t *testing.T, signer crypto.Signer) {
 	dir := t.TempDir()
 	caPath := writeFile(t, dir, "ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
 	leafPath := writeFile(t, dir, "leaf.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}))
-	out := run(t, openssl, "verify", "-CAfile", caPath, leafPath)
+	out := testkit.Run(t, openssl, "verify", "-CAfile", caPath, leafPath)
 	if !strings.Contains(out, leafPath+": OK") {
 		t.Fatalf("openssl verify did not accept the certificate:\n%s", out)
 	}

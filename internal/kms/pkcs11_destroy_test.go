@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"cradle/internal/kms"
+	"cradle/internal/testkit"
 )
 
 // TestPKCS11Destroy: Destroy removes the private key, the public key and
@@ -21,7 +22,7 @@ import (
 // and leaves other keys alone.
 func TestPKCS11Destroy(t *testing.T) {
 	ctx := context.Background()
-	tool := needProgram(t, "pkcs11-tool")
+	tool := testkit.NeedProgram(t, "pkcs11-tool")
 	tok := newSoftToken(t, "cradle-destroy")
 	uri := "pkcs11:token=cradle-destroy;object=doomed;id=%AB%CD?module-path=" + softhsmModule + "&pin-source=file:" + tok.pinFile
 	s, err := kms.Generate(ctx, uri, kms.ECDSAP256, kms.Options{})
@@ -36,21 +37,21 @@ func TestPKCS11Destroy(t *testing.T) {
 	kms.Close(s)
 	certPath := writeFile(t, t.TempDir(), "cert.der", der)
 	list := []string{"--module", softhsmModule, "--token-label", "cradle-destroy", "--login", "--pin", "1234"}
-	run(t, tool, append(list, "--write-object", certPath, "--type", "cert", "--id", "abcd", "--label", "doomed")...)
+	testkit.Run(t, tool, append(list, "--write-object", certPath, "--type", "cert", "--id", "abcd", "--label", "doomed")...)
 	keep, err := kms.Generate(ctx, tok.uri("keeper"), kms.ECDSAP256, kms.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	kms.Close(keep)
 
-	before := run(t, tool, append(list, "--list-objects")...)
+	before := testkit.Run(t, tool, append(list, "--list-objects")...)
 	if n := strings.Count(before, "label:      doomed"); n != 3 {
 		t.Fatalf("want a private key, a public key and a certificate labelled doomed, pkcs11-tool lists %d objects:\n%s", n, before)
 	}
 	if err := kms.Destroy(ctx, uri, kms.Options{}); err != nil {
 		t.Fatalf("Destroy: %v", err)
 	}
-	after := run(t, tool, append(list, "--list-objects")...)
+	after := testkit.Run(t, tool, append(list, "--list-objects")...)
 	if strings.Contains(after, "doomed") || strings.Contains(after, "ID:         abcd") {
 		t.Errorf("objects of the destroyed key are left:\n%s", after)
 	}

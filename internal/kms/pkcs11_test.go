@@ -11,12 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"cradle/internal/kms"
+	"cradle/internal/testkit"
 )
 
 // softToken is a SoftHSM2 token initialized for one test.
@@ -30,29 +29,14 @@ func (tok softToken) uri(object string) string {
 	return fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s", tok.label, object, softhsmModule, tok.pinFile)
 }
 
-// newSoftToken makes a token directory under t.TempDir, points SoftHSM2
-// at it through SOFTHSM2_CONF and initializes a token labelled label with
-// user PIN 1234. Tests that use it cannot run in parallel (the variable is
-// process-wide, and SoftHSM2 reads it when the module is initialized,
+// newSoftToken makes a SoftHSM2 token for the test (testkit.NewSoftHSM:
+// user PIN 1234). Tests that use it cannot run in parallel (SOFTHSM2_CONF
+// is process-wide, and SoftHSM2 reads it when the module is initialized,
 // which happens again once every signer of the previous test is closed).
 func newSoftToken(t testing.TB, label string) softToken {
 	t.Helper()
-	util := needProgram(t, "softhsm2-util")
-	if _, err := os.Stat(softhsmModule); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("SoftHSM2 module %s is required in CI: %v", softhsmModule, err)
-		}
-		t.Skipf("SoftHSM2 module %s is not installed: skipping", softhsmModule)
-	}
-	dir := t.TempDir()
-	tokens := filepath.Join(dir, "tokens")
-	if err := os.Mkdir(tokens, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	conf := writeFile(t, dir, "softhsm2.conf", []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"))
-	t.Setenv("SOFTHSM2_CONF", conf)
-	run(t, util, "--init-token", "--free", "--label", label, "--pin", "1234", "--so-pin", "5678")
-	return softToken{label: label, pinFile: writeFile(t, dir, "pin", []byte("1234\n"))}
+	h := testkit.NewSoftHSM(t, label)
+	return softToken{label: label, pinFile: h.PINFile}
 }
 
 // closeSigner closes signer at the end of the test.

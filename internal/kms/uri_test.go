@@ -7,9 +7,10 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"cradle/internal/kms"
+	"cradle/internal/testkit"
 )
 
-const softhsmModule = "/usr/lib/softhsm/libsofthsm2.so"
+const softhsmModule = testkit.SoftHSMModule
 
 func TestParsePKCS11URI(t *testing.T) {
 	tests := []struct {

@@ -21,6 +21,7 @@ import (
 
 	"cradle"
 	"cradle/internal/pki"
+	"cradle/internal/testkit"
 )
 
 // t0 is the fixed start of every test's clock.
@@ -157,25 +158,11 @@ func (p *testPKI) issueIDevID(t testing.TB, serial string, now time.Time) *x509.
 	return c
 }
 
-// needProgram skips the test when name is not installed, or fails it when
-// CI is set.
-func needProgram(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is required in CI but not installed: %v", name, err)
-		}
-		t.Skipf("%s not installed; skipping (install the Debian package openssl)", name)
-	}
-	return p
-}
-
 // openssl runs openssl with args and returns its combined output and
 // whether it exited 0.
 func openssl(t testing.TB, args ...string) (string, bool) {
 	t.Helper()
-	bin := needProgram(t, "openssl")
+	bin := testkit.NeedProgram(t, "openssl")
 	out, err := exec.Command(bin, args...).CombinedOutput()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -368,20 +367,6 @@ func parseResponse(t testing.TB, der []byte) parsedResponse {
 		if e.Id.Equal(ocsp.OIDNonce) {
 			p.Nonce = e.Value
 		}
-	}
-	return p
-}
-
-// needProgram returns the path of a program, skipping the test when it is
-// missing, or failing it when CI is set.
-func needProgram(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s not installed; skipping the interop test (install it, e.g. apt-get install %s)", name, name)
 	}
 	return p
 }

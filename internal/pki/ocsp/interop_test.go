@@ -18,13 +18,14 @@ import (
 
 	"cradle"
 	"cradle/internal/pki/ocsp"
+	"cradle/internal/testkit"
 )
 
 // opensslOCSP runs `openssl ocsp` with args and returns its stdout and
 // stderr together.
 func opensslOCSP(t *testing.T, args ...string) string {
 	t.Helper()
-	bin := needProgram(t, "openssl")
+	bin := testkit.NeedProgram(t, "openssl")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, append([]string{"ocsp"}, args...)...)
@@ -47,7 +48,7 @@ type interop struct {
 
 func newInterop(t *testing.T, caKey, respKey crypto.Signer) *interop {
 	t.Helper()
-	needProgram(t, "openssl")
+	testkit.NeedProgram(t, "openssl")
 	ca := newCA(t, "Device CA 1", caKey, respKey, 2)
 	src := newMemSource()
 	for _, l := range ca.leaves {
