@@ -3,11 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strconv"
 
 	"cradle"
+	"cradle/internal/atomicfile"
 	"cradle/internal/httpapi"
 
 	"github.com/spf13/cobra"
@@ -232,7 +231,7 @@ With -o the export goes to FILE, which appears only once it is complete.`,
 			if output == "" || output == "-" {
 				return cl.ExportBatch(cmd.Context(), args[0], format, a.stdout)
 			}
-			return writeFileAtomic(output, func(w io.Writer) error {
+			return atomicfile.Write(output, 0o644, func(w io.Writer) error {
 				return cl.ExportBatch(cmd.Context(), args[0], format, w)
 			})
 		},
@@ -241,31 +240,6 @@ With -o the export goes to FILE, which appears only once it is complete.`,
 	cmd.Flags().StringVarP(&output, "output", "o", "", "write to FILE instead of stdout")
 	cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"csv", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
-}
-
-// writeFileAtomic writes path through write into a temporary file next to
-// it, renamed into place only when write succeeded: a failed export
-// leaves no partial file.
-func writeFileAtomic(path string, write func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	err = write(f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 func (a *app) factoryMACRangeCmd() *cobra.Command {

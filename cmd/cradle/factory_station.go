@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"cradle"
+	"cradle/internal/atomicfile"
 	"cradle/internal/factory"
 	"cradle/internal/httpapi"
 	"cradle/internal/kms"
@@ -144,11 +145,11 @@ ones; the server refuses a station whose profile is not its PKI's.`,
 				files[n] = b
 			}
 			for n, b := range files {
-				if err := factory.WriteFileAtomic(filepath.Join(dir, n), b, 0o644); err != nil {
+				if err := atomicfile.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
 					return err
 				}
 			}
-			if err := factory.WriteFileAtomic(filepath.Join(dir, factory.TokenFile), []byte(enrolled.Token+"\n"), 0o600); err != nil {
+			if err := atomicfile.WriteFile(filepath.Join(dir, factory.TokenFile), []byte(enrolled.Token+"\n"), 0o600); err != nil {
 				return err
 			}
 			server, _, _ := a.endpoint()

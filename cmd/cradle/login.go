@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"cradle/internal/atomicfile"
 	"cradle/internal/httpapi"
 
 	"github.com/spf13/cobra"
@@ -79,17 +80,7 @@ func writeCLIConfig(path string, c cliConfig) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("cli config: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("cli config: %w", err)
-	}
-	// WriteFile keeps the mode of an existing file; make sure.
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("cli config: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteFile(path, data, 0o600); err != nil {
 		return fmt.Errorf("cli config: %w", err)
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"cradle/internal/atomicfile"
 	"cradle/internal/kms"
 	"cradle/internal/pki"
 
@@ -140,31 +141,8 @@ func writeKeyMap(pkiDir string, keys map[string]string) error {
 	}
 	data = append([]byte("# Where each key of this PKI is: a file path (relative to this directory)\n# or a pkcs11: URI. Written by cradle pki init and rotate-device-ca.\n"), data...)
 	path := filepath.Join(pkiDir, pkiKeysFile)
-	f, err := os.CreateTemp(pkiDir, "."+pkiKeysFile+".tmp*")
-	if err != nil {
+	if err := atomicfile.WriteFile(path, data, 0o600); err != nil {
 		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	err = f.Chmod(0o600)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if d, err := os.Open(pkiDir); err == nil {
-		_ = d.Sync() // makes the rename durable where the file system supports it
-		d.Close()
 	}
 	return nil
 }

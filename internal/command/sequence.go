@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+
+	"cradle/internal/atomicfile"
 )
 
 // SequenceStore persists the highest command sequence a device has
@@ -69,46 +70,11 @@ func (f *SequenceFile) Advance(n uint64) error {
 	if n <= f.last {
 		return fmt.Errorf("command: sequence %d is not above the last accepted %d", n, f.last)
 	}
-	if err := writeAtomic(f.path, []byte(strconv.FormatUint(n, 10)+"\n")); err != nil {
+	if err := atomicfile.WriteFile(f.path, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("command: write sequence file: %w", err)
 	}
 	f.last = n
 	return nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	name := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(name)
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(name, path); err != nil {
-		return err
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func truncate(s string, n int) string {

@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"cradle"
+	"cradle/internal/atomicfile"
 	"cradle/internal/kms"
 )
 
@@ -92,39 +93,7 @@ func WriteStationFile(dir string, f *StationFile) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, StationFileName), b, 0o644)
-}
-
-// WriteFileAtomic writes a file whole or not at all.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.WriteFile(filepath.Join(dir, StationFileName), b, 0o644)
 }
 
 // ReadCerts reads a PEM file of one or more certificates.

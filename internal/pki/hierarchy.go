@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"time"
 
+	"cradle/internal/atomicfile"
+
 	"cradle"
 )
 
@@ -401,7 +403,7 @@ func WriteHierarchy(dir string, h *Hierarchy) error {
 		if c == nil {
 			return fmt.Errorf("pki: write hierarchy: no certificate for %s", name)
 		}
-		if err := writeFileAtomic(filepath.Join(dir, name+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, name+".crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}), 0o644); err != nil {
 			return fmt.Errorf("pki: write hierarchy: %w", err)
 		}
 	}
@@ -424,31 +426,6 @@ func (h *Hierarchy) files() map[string]*x509.Certificate {
 		m[OCSPNamePrefix+ca] = h.OCSPSigners[ca]
 	}
 	return m
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // LoadHierarchy reads a hierarchy that WriteHierarchy wrote. Device CAs

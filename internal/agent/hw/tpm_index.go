@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"cradle/internal/atomicfile"
 )
 
 // tpmIndexFile is the name→handle index of a TPMKeyStore, in its state
@@ -106,27 +108,8 @@ func (s *TPMKeyStore) writeIndex(idx *tpmIndex) (err error) {
 	if err := os.MkdirAll(s.stateDir, 0o700); err != nil {
 		return fmt.Errorf("hw: TPM key index: %w", err)
 	}
-	tmp, err := os.CreateTemp(s.stateDir, "."+tpmIndexFile+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("hw: TPM key index: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(s.stateDir, tpmIndexFile), data, 0o600); err != nil {
 		return fmt.Errorf("hw: write TPM key index: %w", err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("hw: write TPM key index: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("hw: write TPM key index: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(s.stateDir, tpmIndexFile)); err != nil {
-		return fmt.Errorf("hw: write TPM key index: %w", err)
-	}
-	return syncDir(s.stateDir)
+	return nil
 }
