@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,7 +105,17 @@ func TestAgentRunEnrolls(t *testing.T) {
 	if got := l.m.device.mqtt.Stats(); got.Denied != denied+1 || got.Messages != 1 {
 		t.Errorf("broker stats after a publish to another device's topic: %+v", got)
 	}
-	// The telemetry it published is stored.
+	// Malformed telemetry is refused and counted; the good point is stored.
+	exec.CommandContext(ctx, pub, append(tlsArgs, "-t", topic+"/telemetry", "-m", "not json", "-q", "1")...).Run()
+	resp, err := http.Get(l.m.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "cradle_mqtt_telemetry_refused_total 1") {
+		t.Errorf("/metrics does not count the refused telemetry")
+	}
 	latest, err := sqlstore.NewTelemetryService(l.m.db).LatestTelemetry(cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test")), serial)
 	if err != nil || latest["health.cpu_pct"].Value != 3 {
 		t.Errorf("stored telemetry: %v, %v", latest, err)

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"cradle"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
@@ -55,7 +57,7 @@ func deviceKeyNames(h *pki.Hierarchy) []string {
 // newDeviceListener builds the listener over db and the PKI (its
 // certificates and the keys of deviceKeyNames), listening on
 // cfg.Device.Listen. Serve it with start.
-func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.Hierarchy, keys map[string]crypto.Signer, logger *slog.Logger) (*deviceListener, error) {
+func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.Hierarchy, keys map[string]crypto.Signer, metrics prometheus.Registerer, logger *slog.Logger) (*deviceListener, error) {
 	store := sqlstore.NewCertificateService(db)
 	tenants := sqlstore.NewTenantService(db)
 	production := h.Profile() == pki.ProfileProduction
@@ -133,7 +135,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	listener.Handle("/pki/", d.authority.PublicHandler(), true)
 
 	if cfg.Device.MQTTListen != "" {
-		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), logger); err != nil {
+		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), metrics, logger); err != nil {
 			return nil, err
 		}
 	}

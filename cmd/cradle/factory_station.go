@@ -95,15 +95,15 @@ ones; the server refuses a station whose profile is not its PKI's.`,
 				}
 				anchors[x.dst] = b
 			}
-			certs := map[string]*x509.Certificate{}
-			for _, n := range []string{factory.RootFile, factory.ManufacturingCA} {
-				cs, err := factory.ReadCerts(map[string]string{factory.RootFile: root, factory.ManufacturingCA: mfgCA}[n])
+			var mfgCert *x509.Certificate
+			for _, path := range []string{root, mfgCA} {
+				cs, err := factory.ReadCerts(path)
 				if err != nil {
 					return err
 				}
-				certs[n] = cs[0]
+				mfgCert = cs[0] // the last one read
 				if test := pki.IsTestCertificate(cs[0]); test != (p == cradle.ProfileTest) {
-					return fmt.Errorf("%s %q is a %s certificate: a %s station refuses it", n, cs[0].Subject.CommonName, profileOf(test), p)
+					return fmt.Errorf("%s %q is a %s certificate: a %s station refuses it", filepath.Base(path), cs[0].Subject.CommonName, profileOf(test), p)
 				}
 			}
 			ctx := cmd.Context()
@@ -112,7 +112,7 @@ ones; the server refuses a station whose profile is not its PKI's.`,
 				return fmt.Errorf("manufacturing CA key: %w", err)
 			}
 			pub, isKey := mk.Public().(interface{ Equal(crypto.PublicKey) bool })
-			match := isKey && pub.Equal(certs[factory.ManufacturingCA].PublicKey)
+			match := isKey && pub.Equal(mfgCert.PublicKey)
 			kms.Close(mk)
 			if !match {
 				return fmt.Errorf("the key at --manufacturing-ca-key is not the key of %s", mfgCA)

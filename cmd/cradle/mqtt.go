@@ -9,7 +9,8 @@ import (
 	"log/slog"
 	"math/big"
 	"sync"
-	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"cradle"
 	"cradle/internal/deviceapi"
@@ -17,16 +18,19 @@ import (
 	"cradle/internal/sqlstore"
 )
 
-// telemetryRefused counts telemetry messages refused (malformed, oversize,
-// unknown device); the connection is kept.
-var telemetryRefused atomic.Int64
-
 // newBroker makes the embedded MQTT broker of the device listener: the
 // same server certificate, devices authenticated by their LDevID with the
 // device listener's checks (chain, profile, revocation, device state),
 // refusals audited, telemetry stored. It is opened by the caller (Open) and listens on
 // device.mqtt_listen.
-func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, logger *slog.Logger) (*mqttapi.Broker, error) {
+func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, metrics prometheus.Registerer, logger *slog.Logger) (*mqttapi.Broker, error) {
+	// Telemetry refused (malformed, oversize, an unknown device) is
+	// counted and logged; the connection is kept.
+	telemetryRefused := prometheus.NewCounter(prometheus.CounterOpts{Name: "cradle_mqtt_telemetry_refused_total",
+		Help: "Telemetry messages from devices over MQTT that were refused (malformed, oversize, unknown device)."})
+	if err := metrics.Register(telemetryRefused); err != nil {
+		return nil, fmt.Errorf("serve: MQTT metrics: %w", err)
+	}
 	// The broker verifies client chains against the root; the device
 	// presents its LDevID with the device CA that issued it. Refusals are
 	// audited in the device's tenant, learnt when it connected.
@@ -68,7 +72,7 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 				err = telemetry.RecordTelemetry(ctx, serial, pts)
 			}
 			if err != nil {
-				telemetryRefused.Add(1)
+				telemetryRefused.Inc()
 				logger.Warn("telemetry refused", "device", serial, "err", cradle.ErrorMessage(err))
 			}
 		},

@@ -100,13 +100,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	// The device listener serves once the data directory holds a PKI.
 	var certs cradle.CertificateService = sqlstore.NewCertificateService(m.db)
+	metrics := prometheus.NewRegistry()
 	if h, err := pki.LoadHierarchy(pkiDirOf(cfg.DataDir)); err == nil {
 		h, keys, closeKeys, err := openPKI(ctx, cfg.DataDir, pkiPassphrase(cfg.PKI.PassphraseFile, nil, io.Discard), deviceKeyNames(h)...)
 		if err != nil {
 			return err
 		}
 		m.keys = closeKeys
-		if m.device, err = newDeviceListener(ctx, cfg, m.db, h, keys, m.Logger); err != nil {
+		if m.device, err = newDeviceListener(ctx, cfg, m.db, h, keys, metrics, m.Logger); err != nil {
 			return err
 		}
 		certs = m.device.authority.WrapCertificates(certs)
@@ -126,7 +127,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Logger:         m.Logger,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,
 		MaxImportBytes: cfg.HTTP.MaxImportBytes,
-		Registerer:     prometheus.NewRegistry(),
+		Registerer:     metrics,
 	}
 	if m.device != nil {
 		// Factory stations get their certificates from the current device

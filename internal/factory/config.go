@@ -133,18 +133,19 @@ func Open(ctx context.Context, dir, operator string, server Server, opts kms.Opt
 		return nil, err
 	}
 	cfg := Config{Name: f.Name, Profile: cradle.Profile(f.Profile), Operator: operator, Org: f.Org, Server: server, Reserve: f.Reserve, OpenUnit: OpenUnit}
-	certs := map[string]*[]*x509.Certificate{}
-	var station, root, mfg, cmd []*x509.Certificate
-	certs[StationCertFile], certs[RootFile], certs[ManufacturingCA] = &station, &root, &mfg
-	for name, dst := range certs {
-		if *dst, err = ReadCerts(filepath.Join(dir, name)); err != nil {
+	for _, x := range []struct {
+		name string
+		dst  **x509.Certificate
+	}{{StationCertFile, &cfg.StationCert}, {RootFile, &cfg.Root}, {ManufacturingCA, &cfg.ManufacturingCA}} {
+		certs, err := ReadCerts(filepath.Join(dir, x.name))
+		if err != nil {
 			return nil, fmt.Errorf("factory: station %s: %w", f.Name, err)
 		}
+		*x.dst = certs[0]
 	}
-	if cmd, err = ReadCerts(filepath.Join(dir, CommandSignerCrt)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if cfg.CommandSigner, err = ReadCerts(filepath.Join(dir, CommandSignerCrt)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("factory: station %s: %w", f.Name, err)
 	}
-	cfg.StationCert, cfg.Root, cfg.ManufacturingCA, cfg.CommandSigner = station[0], root[0], mfg[0], cmd
 	if cfg.UpdateRoot, err = os.ReadFile(filepath.Join(dir, UpdateRootFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("factory: station %s: %w", f.Name, err)
 	}

@@ -319,18 +319,9 @@ func (j *Journal) Free(batch string) int {
 	return n
 }
 
-// Start takes the next reserved unit of batch and journals its start;
-// ok is false when none is left.
-func (j *Journal) Start(batch, device, operator, recordID string) (u cradle.UnitAllocation, ok bool, err error) {
-	u, ok, durable, err := j.StartAsync(batch, device, operator, recordID)
-	if ok {
-		err = durable()
-	}
-	return u, ok && err == nil, err
-}
-
-// StartAsync is Start with the sync of the entry running in the
-// background: durable waits for it. The caller must call durable before
+// StartAsync takes the next reserved unit of batch and journals its
+// start (ok is false when none is left), with the sync of the entry
+// running in the background: durable waits for it. The caller must call durable before
 // the unit's serial leaves the station (before the identity is written
 // to the unit): until then a crash may lose the entry, and the serial
 // would be handed out again, which is harmless while nothing carries it.

@@ -65,7 +65,10 @@ func TestJournal(t *testing.T) {
 	if err := j.Reserve(units); err != nil {
 		t.Fatal(err)
 	}
-	u, ok, err := j.Start("b1", "dev/1", "ada", "tr-1")
+	u, ok, durable, err := j.StartAsync("b1", "dev/1", "ada", "tr-1")
+	if err == nil && ok {
+		err = durable()
+	}
 	if err != nil || !ok || u.Serial != "S1" {
 		t.Fatalf("Start = %v %v %v", u, ok, err)
 	}
@@ -79,7 +82,7 @@ func TestJournal(t *testing.T) {
 	if err := j.AddRecord(signed); cradle.ErrorCode(err) != cradle.ECONFLICT {
 		t.Fatalf("second AddRecord: %v, want ECONFLICT", err)
 	}
-	if _, ok, _ := j.Start("b1", "dev/2", "ada", "tr-2"); !ok {
+	if _, ok, durable, _ := j.StartAsync("b1", "dev/2", "ada", "tr-2"); !ok || durable() != nil {
 		t.Fatal("no second unit")
 	}
 	j.Close()

@@ -146,19 +146,17 @@ func New(cfg Config) (*Station, error) {
 	if err := cfg.ManufacturingCA.CheckSignatureFrom(cfg.Root); err != nil {
 		return nil, fmt.Errorf("factory: the manufacturing CA is not signed by the root: %v", err)
 	}
-	check := []struct {
-		what string
-		c    *x509.Certificate
-	}{{"root", cfg.Root}, {"manufacturing CA", cfg.ManufacturingCA}, {"station certificate", cfg.StationCert}}
-	for _, c := range cfg.CommandSigner {
-		check = append(check, struct {
-			what string
-			c    *x509.Certificate
-		}{"command signer chain", c})
-	}
-	for _, c := range check {
-		if err := checkProfile(cfg.Profile, c.what, c.c); err != nil {
-			return nil, err
+	for _, x := range []struct {
+		what  string
+		certs []*x509.Certificate
+	}{
+		{"root", []*x509.Certificate{cfg.Root}}, {"manufacturing CA", []*x509.Certificate{cfg.ManufacturingCA}},
+		{"station certificate", []*x509.Certificate{cfg.StationCert}}, {"command signer chain", cfg.CommandSigner},
+	} {
+		for _, c := range x.certs {
+			if err := checkProfile(cfg.Profile, x.what, c); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if cfg.Reserve <= 0 {

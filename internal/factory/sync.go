@@ -81,15 +81,15 @@ func (s *Station) Recover(ctx context.Context, open func(spec string) (Unit, io.
 			reason += fmt.Sprintf("the unit could not be reached to destroy its key (%v): quarantine it", err)
 		} else {
 			d := u.Device
-			if c != nil {
-				defer c.Close()
-			}
 			if err := d.Keys.DestroyKey(ctx, DeviceKeyName); err != nil && !isNotFound(err) {
 				reason += fmt.Sprintf("destroying its device key failed (%v): quarantine it", err)
 			} else {
 				reason += "its device key was destroyed"
 			}
 			uid, _ = d.HardwareUID(ctx)
+			if c != nil {
+				c.Close()
+			}
 		}
 		now := s.now()
 		rec := &cradle.TraceRecord{
