@@ -201,6 +201,8 @@ func (s *Station) Run(ctx context.Context, batch string, rel *Release, next func
 	var rep *SyncReport
 	if syncer != nil {
 		total := syncer.Stop()
+		// An unreachable server is no failure of the run: what was not
+		// uploaded is counted as pending in the report, for a later sync.
 		last, _ := s.Sync(ctx)
 		total.add(last)
 		rep = &total
