@@ -94,6 +94,11 @@ type Config struct {
 	// OnRefusal, when set, is told of every publish, subscription or will
 	// refused by the ACL; action is one of the Action constants.
 	OnRefusal func(serial, action, topic string)
+	// OnSubscribe, when set, is told of each topic filter a device
+	// subscribed to and was granted, after the SUBACK: the moment to send
+	// it what it waits for (its desired configuration, pending commands).
+	// It runs on the device's connection.
+	OnSubscribe func(serial, filter string)
 	// MaxPayload is the largest payload a device may publish, in bytes;
 	// DefaultMaxPayload when zero.
 	MaxPayload int
@@ -402,7 +407,7 @@ func (h *hook) ID() string { return "cradle-devices" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnDisconnect:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnDisconnect:
 		return true
 	}
 	return false
@@ -524,6 +529,19 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		b.cfg.OnMessage(serial, pk.TopicName, pk.Payload)
 	}
 	return pk, nil
+}
+
+// OnSubscribed tells OnSubscribe of each filter granted.
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	serial, ok := serialOf(cl)
+	if !ok || h.b.cfg.OnSubscribe == nil {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i < len(reasonCodes) && reasonCodes[i] <= 2 { // a granted QoS
+			h.b.cfg.OnSubscribe(serial, f.Filter)
+		}
+	}
 }
 
 // OnDisconnect forgets the session.

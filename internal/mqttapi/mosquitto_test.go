@@ -365,3 +365,34 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// OnSubscribe runs once the subscription is in place: what it publishes to
+// the device reaches it (the server sends the desired configuration or the
+// pending commands this way).
+func TestOnSubscribeDeliversToTheNewSubscriber(t *testing.T) {
+	var e *env
+	var got sync.Map
+	e = newEnv(t, func(c *mqttapi.Config) {
+		c.OnSubscribe = func(serial, filter string) {
+			got.Store(serial+" "+filter, true)
+			if err := e.broker.Publish(filter, []byte("hello "+serial), 1); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	for _, v := range versions {
+		t.Run(v, func(t *testing.T) {
+			mine := mqttapi.DeviceTopic("SN-1", mqttapi.TopicTwinDesired)
+			sub := e.startSub(t, "sn1", v, mine, "-C", "1", "-q", "1")
+			if err := sub.wait(t, 10*time.Second); err != nil {
+				t.Fatalf("mosquitto_sub: %v\n%s", err, sub.out.String())
+			}
+			if got, want := strings.TrimSpace(sub.out.String()), mine+" hello SN-1"; got != want {
+				t.Errorf("received %q, want %q", got, want)
+			}
+			if _, ok := got.Load("SN-1 " + mine); !ok {
+				t.Errorf("OnSubscribe was not told of SN-1's subscription to %s", mine)
+			}
+		})
+	}
+}
