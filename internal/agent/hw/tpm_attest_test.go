@@ -1,0 +1,116 @@
+package hw_test
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"cradle"
+	"cradle/internal/agent/hw"
+	"cradle/internal/attest"
+	"cradle/internal/testkit"
+)
+
+// TestTPMAttestation: against swtpm with an EK certificate in NV, the
+// store's EK certificate, AK, TPM2_Certify and TPM2_ActivateCredential
+// satisfy the server's verifier; a credential made for another AK does
+// not activate, and the EK certificate is the provisioned one.
+func TestTPMAttestation(t *testing.T) {
+	ctx := t.Context()
+	sw := testkit.StartSWTPM(t)
+	maker := testkit.NewTPMManufacturer(t, "Test TPM Maker")
+	provisioned := sw.ProvisionEKCertificate(t, maker)
+	ks := hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), filepath.Join(t.TempDir(), "tpm"))
+	dev, err := ks.CreateKey(ctx, "idevid", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekDER, err := ks.EndorsementCertificate(ctx)
+	if err != nil {
+		t.Fatalf("EndorsementCertificate: %v", err)
+	}
+	if !bytes.Equal(ekDER, provisioned.Raw) {
+		t.Fatalf("EndorsementCertificate returned %d bytes that are not the provisioned certificate", len(ekDER))
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(maker.Root)
+	v := &attest.Verifier{Roots: roots}
+
+	run := func(t *testing.T) (*hw.AttestationKey, *attest.Challenge) {
+		ak, err := ks.CreateAttestationKey(ctx)
+		if err != nil {
+			t.Fatalf("CreateAttestationKey: %v", err)
+		}
+		ch, err := v.Start("SN-1", attest.StartRequest{EKCertificate: ekDER, AKPublic: ak.Public})
+		if err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		return ak, ch
+	}
+	t.Run("accepted", func(t *testing.T) {
+		ak, ch := run(t)
+		c, err := ks.Certify(ctx, ak, "idevid", ch.Nonce)
+		if err != nil {
+			t.Fatalf("Certify: %v", err)
+		}
+		secret, err := ks.ActivateCredential(ctx, ak, ekDER, ch.CredentialBlob, ch.EncryptedSecret)
+		if err != nil {
+			t.Fatalf("ActivateCredential: %v", err)
+		}
+		res, err := v.Finish("SN-1", dev.Public(), attest.FinishRequest{Session: ch.Session, KeyPublic: c.KeyPublic,
+			CertifyInfo: c.Info, Signature: c.Signature, Secret: secret})
+		if err != nil {
+			t.Fatalf("Finish: %v", err)
+		}
+		if res.Method != attest.MethodTPM || res.EKIssuer != maker.Root.Subject.CommonName {
+			t.Errorf("Finish = %+v", res)
+		}
+	})
+	t.Run("credential of another AK", func(t *testing.T) {
+		_, ch := run(t)
+		other, err := ks.CreateAttestationKey(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The TPM refuses to release a secret bound to another Name.
+		if _, err := ks.ActivateCredential(ctx, other, ekDER, ch.CredentialBlob, ch.EncryptedSecret); err == nil {
+			t.Fatal("ActivateCredential released a credential made for another AK")
+		}
+	})
+	t.Run("tampered certify", func(t *testing.T) {
+		ak, ch := run(t)
+		c, err := ks.Certify(ctx, ak, "idevid", ch.Nonce)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret, err := ks.ActivateCredential(ctx, ak, ekDER, ch.CredentialBlob, ch.EncryptedSecret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info := bytes.Clone(c.Info)
+		info[len(info)-1] ^= 1 // the certified Name's last byte
+		_, err = v.Finish("SN-1", dev.Public(), attest.FinishRequest{Session: ch.Session, KeyPublic: c.KeyPublic,
+			CertifyInfo: info, Signature: c.Signature, Secret: secret})
+		if cradle.ErrorCode(err) != cradle.EFORBIDDEN {
+			t.Fatalf("Finish with a tampered certify: %v, want %s", err, cradle.EFORBIDDEN)
+		}
+	})
+	t.Run("no such key", func(t *testing.T) {
+		ak, ch := run(t)
+		if _, err := ks.Certify(ctx, ak, "nope", ch.Nonce); !errors.Is(err, hw.ErrNotFound) {
+			t.Fatalf("Certify of a missing key: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+// TestTPMAttestationNoEKCertificate: a TPM without an EK certificate says
+// so.
+func TestTPMAttestationNoEKCertificate(t *testing.T) {
+	sw := testkit.StartSWTPM(t)
+	ks := hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), filepath.Join(t.TempDir(), "tpm"))
+	if _, err := ks.EndorsementCertificate(t.Context()); !errors.Is(err, hw.ErrNotFound) {
+		t.Fatalf("EndorsementCertificate: %v, want ErrNotFound", err)
+	}
+}

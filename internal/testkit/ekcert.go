@@ -1,0 +1,146 @@
+package testkit
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// EKCertIndexECC is the NV index of the ECC P-256 EK certificate (TCG EK
+// Credential Profile).
+const EKCertIndexECC = 0x01c0000a
+
+// TPMManufacturer is a test TPM manufacturer: a root CA that certifies
+// endorsement keys, as a TPM vendor's does.
+type TPMManufacturer struct {
+	Root *x509.Certificate
+	Key  *ecdsa.PrivateKey
+}
+
+// NewTPMManufacturer makes a manufacturer CA named name, valid for a day
+// around now.
+func NewTPMManufacturer(t testing.TB, name string) *TPMManufacturer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{Organization: []string{name}, CommonName: name + " EK Root CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &TPMManufacturer{Root: root, Key: key}
+}
+
+var (
+	oidTCGKPEKCertificate = asn1.ObjectIdentifier{2, 23, 133, 8, 1}
+	oidSubjectAltName     = asn1.ObjectIdentifier{2, 5, 29, 17}
+	oidTPMManufacturer    = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
+	oidTPMModel           = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
+	oidTPMVersion         = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
+)
+
+// ProvisionEKCertificate does what a TPM maker does at the end of the
+// line: it creates the ECC P-256 endorsement key from the TCG template,
+// has m certify it (an EK certificate as the TCG profile shapes it: empty
+// subject, the TPM's maker, model and version in a critical
+// subjectAltName directoryName, the tcg-kp-EKCertificate usage) and
+// writes the certificate (DER) to NV EKCertIndexECC under platform
+// authorization. It returns the certificate.
+func (s *SWTPM) ProvisionEKCertificate(t testing.TB, m *TPMManufacturer) *x509.Certificate {
+	t.Helper()
+	conn, err := s.Dial()
+	if err != nil {
+		t.Fatalf("connect to swtpm: %v", err)
+	}
+	defer conn.Close()
+	tpm := transport.FromReadWriter(conn)
+	ek, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHEndorsement, InPublic: tpm2.New2B(tpm2.ECCEKTemplate)}.Execute(tpm)
+	if err != nil {
+		t.Fatalf("create the EK: %v", err)
+	}
+	defer tpm2.FlushContext{FlushHandle: ek.ObjectHandle}.Execute(tpm)
+	pub, err := ek.OutPublic.Contents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekKey, err := tpm2.Pub(*pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirName, err := asn1.Marshal(pkix.RDNSequence{
+		{{Type: oidTPMManufacturer, Value: "id:00001014"}},
+		{{Type: oidTPMModel, Value: "swtpm"}},
+		{{Type: oidTPMVersion, Value: "id:20191023"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	san, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: dirName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, NotBefore: m.Root.NotBefore, NotAfter: m.Root.NotAfter,
+		KeyUsage:              x509.KeyUsageKeyAgreement,
+		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{oidTCGKPEKCertificate},
+		BasicConstraintsValid: true,
+		ExtraExtensions:       []pkix.Extension{{Id: oidSubjectAltName, Critical: true, Value: san}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.Root, ekKey, m.Key)
+	if err != nil {
+		t.Fatalf("issue the EK certificate: %v", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("parse the EK certificate: %v", err)
+	}
+	nvPub := tpm2.TPMSNVPublic{
+		NVIndex: EKCertIndexECC,
+		NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{
+			PPWrite: true, WriteDefine: true, PPRead: true, OwnerRead: true, AuthRead: true,
+			NoDA: true, PlatformCreate: true, NT: tpm2.TPMNTOrdinary,
+		},
+		DataSize: uint16(len(der)),
+	}
+	if _, err := (tpm2.NVDefineSpace{AuthHandle: tpm2.TPMRHPlatform, PublicInfo: tpm2.New2B(nvPub)}).Execute(tpm); err != nil {
+		t.Fatalf("define NV %#x: %v", EKCertIndexECC, err)
+	}
+	rp, err := tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(EKCertIndexECC)}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(der); off += 512 {
+		end := min(off+512, len(der))
+		_, err := tpm2.NVWrite{
+			AuthHandle: tpm2.TPMRHPlatform,
+			NVIndex:    tpm2.NamedHandle{Handle: EKCertIndexECC, Name: rp.NVName},
+			Data:       tpm2.TPM2BMaxNVBuffer{Buffer: der[off:end]},
+			Offset:     uint16(off),
+		}.Execute(tpm)
+		if err != nil {
+			t.Fatalf("write NV %#x at %d: %v", EKCertIndexECC, off, err)
+		}
+	}
+	return cert
+}
