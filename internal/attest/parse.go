@@ -2,6 +2,7 @@ package attest
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -31,6 +32,9 @@ func ParseAttest(b []byte) (*tpm2.TPMSAttest, error) {
 	if len(b) >= 4 && !bytes.Equal(b[:4], []byte{0xff, 0x54, 0x43, 0x47}) {
 		return nil, fmt.Errorf("TPMS_ATTEST magic %x is not TPM_GENERATED_VALUE (ff544347): not made by a TPM", b[:4])
 	}
+	if len(b) >= 6 && tpm2.TPMST(binary.BigEndian.Uint16(b[4:6])) != tpm2.TPMSTAttestCertify {
+		return nil, fmt.Errorf("TPMS_ATTEST of type %#x, not TPM_ST_ATTEST_CERTIFY (0x8017): send what TPM2_Certify returned", b[4:6])
+	}
 	a, err := unmarshalWhole[tpm2.TPMSAttest](b, "TPMS_ATTEST")
 	if err != nil {
 		return nil, err
@@ -44,8 +48,16 @@ func ParseAttest(b []byte) (*tpm2.TPMSAttest, error) {
 	return a, nil
 }
 
-// ParseSignature parses a marshalled TPMT_SIGNATURE.
+// ParseSignature parses a marshalled TPMT_SIGNATURE by an asymmetric
+// key: ECDSA, RSASSA or RSAPSS.
 func ParseSignature(b []byte) (*tpm2.TPMTSignature, error) {
+	if len(b) >= 2 {
+		switch tpm2.TPMAlgID(binary.BigEndian.Uint16(b)) {
+		case tpm2.TPMAlgECDSA, tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
+		default:
+			return nil, fmt.Errorf("TPMT_SIGNATURE of algorithm %#x: an AK signs with ECDSA, RSASSA or RSAPSS", b[:2])
+		}
+	}
 	return unmarshalWhole[tpm2.TPMTSignature](b, "TPMT_SIGNATURE")
 }
 

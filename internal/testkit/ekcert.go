@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -58,11 +59,46 @@ var (
 	oidTPMVersion         = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
 )
 
+// IssueEK issues an EK certificate for pub as the TCG EK Credential
+// Profile shapes it: empty subject, the TPM's maker, model and version in
+// a critical subjectAltName directoryName, the tcg-kp-EKCertificate
+// usage.
+func (m *TPMManufacturer) IssueEK(t testing.TB, pub crypto.PublicKey) *x509.Certificate {
+	t.Helper()
+	dirName, err := asn1.Marshal(pkix.RDNSequence{
+		{{Type: oidTPMManufacturer, Value: "id:00001014"}},
+		{{Type: oidTPMModel, Value: "swtpm"}},
+		{{Type: oidTPMVersion, Value: "id:20191023"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	san, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: dirName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, NotBefore: m.Root.NotBefore, NotAfter: m.Root.NotAfter,
+		KeyUsage:              x509.KeyUsageKeyAgreement,
+		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{oidTCGKPEKCertificate},
+		BasicConstraintsValid: true,
+		ExtraExtensions:       []pkix.Extension{{Id: oidSubjectAltName, Critical: true, Value: san}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.Root, pub, m.Key)
+	if err != nil {
+		t.Fatalf("issue the EK certificate: %v", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("parse the EK certificate: %v", err)
+	}
+	return cert
+}
+
 // ProvisionEKCertificate does what a TPM maker does at the end of the
 // line: it creates the ECC P-256 endorsement key from the TCG template,
-// has m certify it (an EK certificate as the TCG profile shapes it: empty
-// subject, the TPM's maker, model and version in a critical
-// subjectAltName directoryName, the tcg-kp-EKCertificate usage) and
+// has m certify it (IssueEK) and
 // writes the certificate (DER) to NV EKCertIndexECC under platform
 // authorization. It returns the certificate.
 func (s *SWTPM) ProvisionEKCertificate(t testing.TB, m *TPMManufacturer) *x509.Certificate {
@@ -86,34 +122,8 @@ func (s *SWTPM) ProvisionEKCertificate(t testing.TB, m *TPMManufacturer) *x509.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	dirName, err := asn1.Marshal(pkix.RDNSequence{
-		{{Type: oidTPMManufacturer, Value: "id:00001014"}},
-		{{Type: oidTPMModel, Value: "swtpm"}},
-		{{Type: oidTPMVersion, Value: "id:20191023"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	san, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: dirName}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, NotBefore: m.Root.NotBefore, NotAfter: m.Root.NotAfter,
-		KeyUsage:              x509.KeyUsageKeyAgreement,
-		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{oidTCGKPEKCertificate},
-		BasicConstraintsValid: true,
-		ExtraExtensions:       []pkix.Extension{{Id: oidSubjectAltName, Critical: true, Value: san}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.Root, ekKey, m.Key)
-	if err != nil {
-		t.Fatalf("issue the EK certificate: %v", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("parse the EK certificate: %v", err)
-	}
+	cert := m.IssueEK(t, ekKey)
+	der := cert.Raw
 	nvPub := tpm2.TPMSNVPublic{
 		NVIndex: EKCertIndexECC,
 		NameAlg: tpm2.TPMAlgSHA256,
