@@ -2,7 +2,6 @@ package attest_test
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -208,7 +207,9 @@ func TestFinishRefusals(t *testing.T) {
 	}{
 		{"wrong secret", func(*testing.T, *attest.Challenge, *attest.FinishRequest) {},
 			cradle.EFORBIDDEN, "the activated credential is wrong"},
-		{"tampered certify", func(_ *testing.T, _ *attest.Challenge, r *attest.FinishRequest) { r.CertifyInfo[len(r.CertifyInfo)-1] ^= 1 },
+		{"tampered certify", func(_ *testing.T, _ *attest.Challenge, r *attest.FinishRequest) {
+			r.CertifyInfo[len(r.CertifyInfo)-1] ^= 1
+		},
 			cradle.EFORBIDDEN, "does not verify with the AK"},
 		{"signed by another key", func(t *testing.T, _ *attest.Challenge, r *attest.FinishRequest) {
 			r.Signature = f.sign(t, newKey(t), r.CertifyInfo)
@@ -295,4 +296,3 @@ func TestStartChallenge(t *testing.T) {
 	}
 }
 
-var _ crypto.PublicKey = (*ecdsa.PublicKey)(nil)
