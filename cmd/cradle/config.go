@@ -47,6 +47,7 @@ type DeviceConfig struct {
 	URLHost        string        // host[:port] in the AIA/CRL URLs of issued certificates; "" means the server certificate's first name and Listen's port
 	LDevIDLifetime time.Duration // lifetime of issued LDevIDs
 	MQTTListen     string        // host:port of the embedded MQTT broker (TLS, client certificates); "" turns it off
+	TPMEKRoots     string        // PEM file of the TPM manufacturers' root certificates that attestation trusts; "" accepts no attestation
 }
 
 // PKIConfig says how the server opens the PKI's keys.
@@ -248,6 +249,15 @@ var configFields = []configField{
 			return nil
 		},
 		get: func(c *Config) string { return c.Device.MQTTListen },
+	},
+	{
+		key: "device.tpm_ek_roots", env: "CRADLE_DEVICE_TPM_EK_ROOTS", flag: "tpm-ek-roots",
+		usage: "PEM file of the TPM manufacturers' root certificates that TPM attestation trusts for EK certificates (empty: every attestation is refused)",
+		set: func(c *Config, v string) error {
+			c.Device.TPMEKRoots = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.TPMEKRoots },
 	},
 	{
 		key: "pki.passphrase_file", env: "CRADLE_PKI_PASSPHRASE_FILE", flag: "pki-passphrase-file",

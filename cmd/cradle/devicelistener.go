@@ -133,6 +133,9 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	listener.Handle("/pki/ocsp", responder, true)
 	listener.Handle("/pki/ocsp/", responder, true)
 	listener.Handle("/pki/", d.authority.PublicHandler(), true)
+	if err := mountAttestation(cfg, listener, sqlstore.NewDeviceService(db), audit.RecordRefusal, logger); err != nil {
+		return nil, err
+	}
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), metrics, logger); err != nil {

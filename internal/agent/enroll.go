@@ -282,6 +282,17 @@ func (id *Identity) readFactory(ctx context.Context) (*factory, error) {
 // only the factory root, verifying at now, and a function that closes its
 // connections.
 func (id *Identity) client(f *factory, chain [][]byte, key crypto.Signer, now time.Time) (*est.Client, func(), error) {
+	hc, tr := id.httpClient(f, chain, key, now)
+	c, err := est.NewClient(id.opts.ServerURL, nil, hc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: %w", err)
+	}
+	return c, tr.CloseIdleConnections, nil
+}
+
+// httpClient is the HTTP client of client: mTLS with chain and key to the
+// server, trusting only the factory root, verifying at now.
+func (id *Identity) httpClient(f *factory, chain [][]byte, key crypto.Signer, now time.Time) (*http.Client, *http.Transport) {
 	cfg := &tls.Config{
 		RootCAs:    f.roots,
 		MinVersion: tls.VersionTLS12,
@@ -292,11 +303,7 @@ func (id *Identity) client(f *factory, chain [][]byte, key crypto.Signer, now ti
 	}
 	tr := &http.Transport{TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true,
 		TLSHandshakeTimeout: id.opts.RequestTimeout, MaxIdleConnsPerHost: 1}
-	c, err := est.NewClient(id.opts.ServerURL, nil, &http.Client{Transport: tr, Timeout: id.opts.RequestTimeout})
-	if err != nil {
-		return nil, nil, fmt.Errorf("agent: %w", err)
-	}
-	return c, tr.CloseIdleConnections, nil
+	return &http.Client{Transport: tr, Timeout: id.opts.RequestTimeout}, tr
 }
 
 // obtain gets a new LDevID: by simplereenroll with the current one when
@@ -322,6 +329,11 @@ func (id *Identity) obtain(ctx context.Context, now time.Time, renew bool) error
 			return fmt.Errorf("agent: the IDevID key %q: %v: %w", id.opts.IDevIDKey, err, ErrNotProvisioned)
 		}
 		authChain = f.idevid
+		// A TPM proves to the server that the IDevID's key is in it before
+		// the first enrollment; a failure is retried like one of EST.
+		if err := id.attest(ctx, f, authChain, authKey, now); err != nil {
+			return err
+		}
 	}
 	c, closeConns, err := id.client(f, authChain, authKey, now)
 	if err != nil {

@@ -83,6 +83,22 @@ type State struct {
 	// HoldUntil is set when the restart guard tripped: the agent does
 	// nothing before it.
 	HoldUntil time.Time `json:"hold_until,omitzero"`
+	// Attestation is the server's verdict on the unit's last TPM
+	// attestation; nil while not attested (a key store without a TPM
+	// never is).
+	Attestation *Attestation `json:"attestation,omitempty"`
+}
+
+// Attestation records a TPM attestation the server verified.
+type Attestation struct {
+	// Method is "tpm".
+	Method string `json:"method"`
+	// EKCertificate is the SHA-256 (hex) of the EK certificate attested
+	// with, AKName the attestation key's TPM Name (hex).
+	EKCertificate string `json:"ek_certificate_sha256"`
+	AKName        string `json:"ak_name"`
+	// At is when the server verified it.
+	At time.Time `json:"at"`
 }
 
 // NewState returns the state of a unit that has never run the agent.
