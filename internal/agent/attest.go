@@ -137,4 +137,3 @@ func (id *Identity) postJSON(ctx context.Context, hc *http.Client, step, path st
 	}
 	return nil
 }
-

@@ -295,4 +295,3 @@ func TestStartChallenge(t *testing.T) {
 		t.Errorf("no credential challenge: %+v", a)
 	}
 }
-
