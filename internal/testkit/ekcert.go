@@ -8,7 +8,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/pem"
+	"fmt"
 	"math/big"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -153,4 +157,66 @@ func (s *SWTPM) ProvisionEKCertificate(t testing.TB, m *TPMManufacturer) *x509.C
 		}
 	}
 	return cert
+}
+
+// ManufacturedSWTPM is a swtpm whose state swtpm_setup made as a TPM
+// vendor would, certificates by swtpm-localca (swtpm-tools).
+type ManufacturedSWTPM struct {
+	*SWTPM
+	// Root is swtpm-localca's root CA, Issuer the local CA under it that
+	// signed the EK certificates.
+	Root, Issuer *x509.Certificate
+}
+
+// StartManufacturedSWTPM runs swtpm_setup --tpm2 --create-ek-cert
+// --create-platform-cert on a fresh state directory, with swtpm-localca's
+// CA in a directory of the test's (not the system's
+// /var/lib/swtpm-localca), then starts swtpm on that state. The TPM has
+// an RSA-2048 EK certificate at NV 0x01c00002 and an ECC P-384 one at
+// 0x01c00016, and persistent EKs at 0x81010001 and 0x81010016.
+func StartManufacturedSWTPM(t testing.TB) *ManufacturedSWTPM {
+	t.Helper()
+	setup := NeedProgram(t, "swtpm_setup")
+	localca := NeedProgram(t, "swtpm_localca")
+	dir := t.TempDir()
+	state, ca := filepath.Join(dir, "state"), filepath.Join(dir, "localca")
+	for _, d := range []string{state, ca} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		"swtpm-localca.conf": fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", ca),
+		"swtpm-localca.options": "--platform-manufacturer Cradle\n--platform-version 2.1\n--platform-model test\n",
+	}
+	files["swtpm_setup.conf"] = fmt.Sprintf("create_certs_tool = %s\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\nactive_pcr_banks = sha256\n",
+		localca, filepath.Join(dir, "swtpm-localca.conf"), filepath.Join(dir, "swtpm-localca.options"))
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	Run(t, setup, "--tpm2", "--tpmstate", state, "--config", filepath.Join(dir, "swtpm_setup.conf"),
+		"--create-ek-cert", "--create-platform-cert", "--overwrite")
+	m := &ManufacturedSWTPM{SWTPM: startSWTPM(t, state)}
+	m.Root = readPEMCert(t, filepath.Join(ca, "swtpm-localca-rootca-cert.pem"))
+	m.Issuer = readPEMCert(t, filepath.Join(ca, "issuercert.pem"))
+	return m
+}
+
+func readPEMCert(t testing.TB, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("swtpm-localca: %v", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatalf("swtpm-localca: %s holds no PEM", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatalf("swtpm-localca: %s: %v", path, err)
+	}
+	return c
 }

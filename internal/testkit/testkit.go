@@ -151,8 +151,13 @@ func (s *SWTPM) Dial() (net.Conn, error) {
 // the end of the test.
 func StartSWTPM(t testing.TB) *SWTPM {
 	t.Helper()
+	return startSWTPM(t, t.TempDir())
+}
+
+// startSWTPM starts swtpm on the state directory state.
+func startSWTPM(t testing.TB, state string) *SWTPM {
+	t.Helper()
 	bin := NeedProgram(t, "swtpm")
-	state := t.TempDir()
 	var lastErr error
 	for attempt := 0; attempt < 10; attempt++ {
 		port, err := freePortPair()

@@ -2,6 +2,7 @@ package hw_test
 
 import (
 	"bytes"
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"path/filepath"
@@ -112,5 +113,54 @@ func TestTPMAttestationNoEKCertificate(t *testing.T) {
 	ks := hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), filepath.Join(t.TempDir(), "tpm"))
 	if _, err := ks.EndorsementCertificate(t.Context()); !errors.Is(err, hw.ErrNotFound) {
 		t.Fatalf("EndorsementCertificate: %v, want ErrNotFound", err)
+	}
+}
+
+// TestTPMAttestationSWTPMSetup: a TPM manufactured by swtpm_setup, its EK
+// certificates issued by swtpm-localca (an RSA-2048 EK at 0x01c00002,
+// no ECC P-256 one), attests to a verifier trusting swtpm-localca's root:
+// the RSA EK path, with a third party's EK certificate.
+func TestTPMAttestationSWTPMSetup(t *testing.T) {
+	ctx := t.Context()
+	sw := testkit.StartManufacturedSWTPM(t)
+	ks := hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), filepath.Join(t.TempDir(), "tpm"))
+	dev, err := ks.CreateKey(ctx, "idevid", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekDER, err := ks.EndorsementCertificate(ctx)
+	if err != nil {
+		t.Fatalf("EndorsementCertificate: %v", err)
+	}
+	ek, err := x509.ParseCertificate(ekDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ek.PublicKey.(*rsa.PublicKey); !ok || ek.Issuer.String() != sw.Issuer.Subject.String() {
+		t.Fatalf("EK certificate: a %T key from %s; want swtpm-localca's RSA EK certificate", ek.PublicKey, ek.Issuer)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(sw.Root)
+	inter.AddCert(sw.Issuer)
+	v := &attest.Verifier{Roots: roots, Intermediates: inter}
+	ak, err := ks.CreateAttestationKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := v.Start("SN-1", attest.StartRequest{EKCertificate: ekDER, AKPublic: ak.Public})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	c, err := ks.Certify(ctx, ak, "idevid", ch.Nonce)
+	if err != nil {
+		t.Fatalf("Certify: %v", err)
+	}
+	secret, err := ks.ActivateCredential(ctx, ak, ekDER, ch.CredentialBlob, ch.EncryptedSecret)
+	if err != nil {
+		t.Fatalf("ActivateCredential with the RSA EK: %v", err)
+	}
+	if _, err := v.Finish("SN-1", dev.Public(), attest.FinishRequest{Session: ch.Session, KeyPublic: c.KeyPublic,
+		CertifyInfo: c.Info, Signature: c.Signature, Secret: secret}); err != nil {
+		t.Fatalf("Finish: %v", err)
 	}
 }
