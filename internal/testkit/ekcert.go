@@ -186,7 +186,7 @@ func StartManufacturedSWTPM(t testing.TB) *ManufacturedSWTPM {
 		}
 	}
 	files := map[string]string{
-		"swtpm-localca.conf": fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", ca),
+		"swtpm-localca.conf":    fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", ca),
 		"swtpm-localca.options": "--platform-manufacturer Cradle\n--platform-version 2.1\n--platform-model test\n",
 	}
 	files["swtpm_setup.conf"] = fmt.Sprintf("create_certs_tool = %s\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\nactive_pcr_banks = sha256\n",
