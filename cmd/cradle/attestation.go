@@ -34,7 +34,8 @@ const maxAttestationBody = 32 << 10
 // /finish on the device listener (see internal/attest). A verified
 // attestation sets the device's attested labels as the system actor
 // "attestation", audited as device.update; every refusal is audited as
-// device.attestation.refused.
+// device.attestation.refused. Without device.tpm_ek_roots, start answers
+// 501 (not_implemented) and the agent enrolls unattested.
 type attestationHandler struct {
 	verifier *attest.Verifier
 	devices  cradle.DeviceService
@@ -101,6 +102,12 @@ func sessionKey(d *cradle.Device) string { return strconv.FormatInt(d.TenantID, 
 
 func (h *attestationHandler) start(w http.ResponseWriter, r *http.Request) {
 	dev, _, _ := deviceapi.DeviceFromContext(r.Context())
+	if h.verifier.Roots == nil {
+		// Not a refusal of the device: this server attests nothing, and the
+		// agent enrolls unattested.
+		writeAttestationError(w, cradle.Errorf(cradle.ENOTIMPLEMENTED, "TPM attestation is not configured on this server (device.tpm_ek_roots is empty)"))
+		return
+	}
 	var req attest.StartRequest
 	if err := decodeAttestation(w, r, &req); err != nil {
 		h.refuse(w, r, dev, "start", err)
@@ -173,6 +180,8 @@ func writeAttestationError(w http.ResponseWriter, err error) {
 		status = http.StatusForbidden
 	case cradle.ETOOLARGE:
 		status = http.StatusRequestEntityTooLarge
+	case cradle.ENOTIMPLEMENTED:
+		status = http.StatusNotImplemented
 	}
 	writeAttestationJSON(w, status, map[string]string{"code": cradle.ErrorCode(err), "message": cradle.ErrorMessage(err)})
 }

@@ -229,6 +229,26 @@ func TestTPMAttestationEndToEnd(t *testing.T) {
 		t.Fatalf("after a refused attestation: status %s, failures %d, next %v (now %v), attested %v", st.Status, st.Failures, next, now, id.Attested())
 	}
 
+	// A server that attests nothing (501) lets the unit go on to EST
+	// unattested: here the next thing it asks for, /cacerts, fails.
+	notImpl := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/device/v1/attestation/start" {
+			writeAttestationError(w, cradle.Errorf(cradle.ENOTIMPLEMENTED, "TPM attestation is not configured"))
+			return
+		}
+		http.Error(w, "no EST here", http.StatusServiceUnavailable)
+	}))
+	notImpl.TLS = refusing.TLS
+	notImpl.StartTLS()
+	defer notImpl.Close()
+	plain, err := agent.OpenIdentity(agent.IdentityOptions{Device: dev, StateDir: t.TempDir(), ServerURL: notImpl.URL}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plain.Step(ctx, now); err == nil || errors.As(err, &ae) || !strings.Contains(err.Error(), "cacerts") || plain.Attested() {
+		t.Fatalf("step against a server without attestation: %v (attested %v); want a cacerts failure", err, plain.Attested())
+	}
+
 	// Then against the real server, at the retry time.
 	id, err = agent.OpenIdentity(agent.IdentityOptions{Device: dev, StateDir: state, ServerURL: m.device.Addr()}, next)
 	if err != nil {
@@ -264,5 +284,24 @@ func TestTPMAttestationEndToEnd(t *testing.T) {
 	ak, _ := tpmKeys.CreateAttestationKey(ctx)
 	if _, err := v.Start(serial, attest.StartRequest{EKCertificate: ek, AKPublic: ak.Public}); cradle.ErrorCode(err) != cradle.EFORBIDDEN {
 		t.Errorf("a verifier trusting another maker: %v", err)
+	}
+}
+
+// TestAttestationNotConfigured: without device.tpm_ek_roots, start
+// answers 501 not_implemented before reading anything.
+func TestAttestationNotConfigured(t *testing.T) {
+	h := &attestationHandler{verifier: &attest.Verifier{}}
+	rec := httptest.NewRecorder()
+	h.start(rec, httptest.NewRequest(http.MethodPost, "/device/v1/attestation/start", strings.NewReader("{}")))
+	if rec.Code != http.StatusNotImplemented || !strings.Contains(rec.Body.String(), `"code":"not_implemented"`) {
+		t.Errorf("start without roots answered %d %s", rec.Code, rec.Body)
+	}
+	if _, _, err := loadEKRoots(""); err != nil {
+		t.Errorf("loadEKRoots(\"\"): %v", err)
+	}
+	bad := filepath.Join(t.TempDir(), "leaf.pem")
+	os.WriteFile(bad, []byte("not pem"), 0o600)
+	if _, _, err := loadEKRoots(bad); err == nil || !strings.Contains(err.Error(), "no self-signed CA certificate") {
+		t.Errorf("loadEKRoots of a file without a root: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -55,13 +56,22 @@ func (id *Identity) Attested() bool { return id.state.Attestation != nil }
 // unit is not attested yet: EK certificate and a new AK to the server
 // (start), then TPM2_Certify of the IDevID's key with the server's nonce
 // and TPM2_ActivateCredential of its challenge (finish). The verdict is
-// stored in the state (saved with the enrollment that follows).
+// stored in the state (saved with the enrollment that follows). A TPM
+// without an EK certificate, or a server that attests nothing (501),
+// lets the unit enroll unattested, as it could never be otherwise; any
+// other failure (a refusal, the network, the TPM) is returned, and the
+// enrollment waits and retries.
 func (id *Identity) attest(ctx context.Context, f *factory, chain [][]byte, key crypto.Signer, now time.Time) error {
 	a, ok := id.opts.Device.Keys.(Attester)
 	if !ok || id.state.Attestation != nil {
 		return nil
 	}
 	ek, err := a.EndorsementCertificate(ctx)
+	if errors.Is(err, hw.ErrNotFound) {
+		// Nothing to attest with, now or later: enroll unattested.
+		id.opts.Logger.Warn("the TPM holds no EK certificate: enrolling without attestation", "err", err)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("agent: attestation: %w", err)
 	}
@@ -79,7 +89,13 @@ func (id *Identity) attest(ctx context.Context, f *factory, chain [][]byte, key 
 		EncryptedSecret []byte `json:"encrypted_secret"`
 	}
 	start := map[string][]byte{"ek_certificate": ek, "ak_public": ak.Public}
-	if err := id.postJSON(ctx, hc, "start", attestStartPath, start, &ch); err != nil {
+	err = id.postJSON(ctx, hc, "start", attestStartPath, start, &ch)
+	var ae *AttestationError
+	if errors.As(err, &ae) && ae.StatusCode == http.StatusNotImplemented {
+		id.opts.Logger.Warn("the server does not attest TPMs: enrolling without attestation", "err", err)
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	cert, err := a.Certify(ctx, ak, id.opts.IDevIDKey, ch.Nonce)
