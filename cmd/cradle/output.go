@@ -99,11 +99,11 @@ func writeDevice(w io.Writer, d *cradle.Device) error {
 	t.row("hardware uid:", orDash(d.HardwareUID))
 	t.row("macs:", orDash(strings.Join(d.MACs, ",")))
 	t.row("labels:", formatLabels(d.Labels))
-	t.row("attestation:", attestationState(d.Labels))
 	t.row("state:", string(d.State))
 	t.row("state changed:", formatTime(d.StateChangedAt))
 	t.row("created:", formatTime(d.CreatedAt))
 	t.row("updated:", formatTime(d.UpdatedAt))
+	t.row("attestation:", attestationState(d.Labels))
 	return t.flush()
 }
 
