@@ -269,7 +269,7 @@ func (r *Runtime) collectLoop(ctx context.Context) {
 		} else if err := r.opts.Spool.Append(b); err != nil {
 			r.opts.Logger.Error("telemetry not spooled", "err", err)
 		} else {
-			r.opts.Logger.Debug("telemetry collected", "time", now.UTC().Format(time.RFC3339Nano), "bytes", len(b), "spooled", r.opts.Spool.Stats().Records)
+			r.opts.Logger.Debug("telemetry collected", "at", now.UTC().Format(time.RFC3339Nano), "bytes", len(b), "spooled", r.opts.Spool.Stats().Records)
 			select {
 			case r.collected <- struct{}{}:
 			default:
