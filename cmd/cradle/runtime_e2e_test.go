@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -20,7 +22,10 @@ import (
 	"time"
 
 	"cradle"
+	"cradle/internal/agent"
+	"cradle/internal/agent/hw"
 	"cradle/internal/agent/spool"
+	"cradle/internal/mqttapi"
 	"cradle/internal/sqlstore"
 )
 
@@ -293,29 +298,134 @@ log: {level: debug, format: json}
 	// The HTTPS route refuses what the server would refuse over MQTT,
 	// with the reason.
 	checkTelemetryRoute(t, l, specs[0], state)
+
+	// The runtime in process, with twin and command functions plugged in.
+	checkRuntimeDispatch(ctx, t, l, specs[0], state, serial)
 }
 
-// checkTelemetryRoute posts to /device/v1/telemetry with the agent's
-// LDevID: 204 for a good payload, 400 and 413 with the reason otherwise.
-func checkTelemetryRoute(t *testing.T, l *factoryLine, unit, state string) {
+// agentCerts returns the unit's LDevID (from the agent's state) and
+// IDevID (from its factory data) as TLS certificates.
+func agentCerts(t *testing.T, unit, state string) (ldevid, idevid tls.Certificate) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(state, "state.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var st struct {
 		Current struct {
 			KeyName string `json:"key_name"`
 			Chain   string `json:"chain"`
 		} `json:"current"`
 	}
-	if err := json.Unmarshal(b, &st); err != nil {
+	if err := json.Unmarshal(mustRead(t, filepath.Join(state, "state.json")), &st); err != nil {
 		t.Fatal(err)
 	}
-	cert, err := tls.X509KeyPair([]byte(st.Current.Chain), mustRead(t, filepath.Join(unit, "keys", st.Current.KeyName+".key")))
+	ldevid, err := tls.X509KeyPair([]byte(st.Current.Chain), mustRead(t, filepath.Join(unit, "keys", st.Current.KeyName+".key")))
 	if err != nil {
 		t.Fatal(err)
 	}
+	dev, err := hw.OpenSimDevice(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _, err := dev.FactoryData.Read(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	idevid, err = tls.X509KeyPair(files[agent.FactoryFileIDevID], mustRead(t, filepath.Join(unit, "keys", agent.DefaultKeyName+".key")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ldevid, idevid
+}
+
+// checkRuntimeDispatch: desired documents and commands the server sends
+// reach the plugged-in functions, and their replies reach the server; a
+// new certificate closes the connection and connects with it (an IDevID,
+// which the broker refuses: the runtime falls back to HTTPS; the LDevID
+// again: MQTT, one reconnection counted).
+func checkRuntimeDispatch(ctx context.Context, t *testing.T, l *factoryLine, unit, state, serial string) {
+	ldevid, idevid := agentCerts(t, unit, state)
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(mustRead(t, filepath.Join(pkiDirOf(l.dataDir), "root.crt"))) {
+		t.Fatal("no root certificate")
+	}
+	got := make(chan string, 10)
+	rt, err := agent.NewRuntime(agent.RuntimeOptions{
+		Serial: serial, ServerURL: l.m.device.Addr(), MQTTAddr: l.m.device.mqtt.Addr().String(), Roots: roots,
+		Twin: func(ctx context.Context, desired []byte) []byte {
+			got <- "desired " + string(desired)
+			return []byte(`{"version":1,"status":"applied","config":{}}`)
+		},
+		TwinReported: func() []byte { return []byte(`{"version":0,"status":"applied","config":{}}`) },
+		Command: func(ctx context.Context, env []byte) []byte {
+			got <- "command " + string(env)
+			return []byte(`{"ok":true}`)
+		},
+		Backoff: agent.Backoff{Base: 100 * time.Millisecond, Max: 300 * time.Millisecond},
+		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broker := l.m.device.mqtt
+	messages := broker.Stats().Messages
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(rctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waited 20 s for %s", what)
+			}
+		}
+	}
+	rt.SetCertificate(ldevid)
+	// Connected, subscribed, the reported document sent.
+	wait("the runtime on MQTT", func() bool { return rt.Channel() == agent.ChannelMQTT && broker.Stats().Messages == messages+1 })
+	for _, tc := range []struct{ topic, payload, want string }{
+		{mqttapi.TopicTwinDesired, `{"version":1,"config":{"led":"on"}}`, `desired {"version":1,"config":{"led":"on"}}`},
+		{mqttapi.TopicCommands, `{"envelope":1}`, `command {"envelope":1}`},
+	} {
+		// The subscription may be granted just after the reported document.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if err := broker.Publish(mqttapi.DeviceTopic(serial, tc.topic), []byte(tc.payload), 1); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case s := <-got:
+				if s != tc.want {
+					t.Errorf("handled %q, want %q", s, tc.want)
+				}
+			case <-time.After(200 * time.Millisecond):
+				if time.Now().Before(deadline) {
+					continue
+				}
+				t.Fatalf("%s not handled", tc.topic)
+			}
+			break
+		}
+	}
+	wait("the replies", func() bool { return broker.Stats().Messages == messages+3 })
+
+	rt.SetCertificate(idevid)
+	wait("the IDevID refused on MQTT, HTTPS meanwhile", func() bool { return broker.Sessions(serial) == 0 && rt.Channel() == agent.ChannelHTTPS })
+	rt.SetCertificate(ldevid)
+	wait("MQTT with the LDevID again", func() bool { return rt.Channel() == agent.ChannelMQTT && broker.Sessions(serial) == 1 })
+	if n := rt.Reconnects(); n != 1 {
+		t.Errorf("%d reconnections counted, want 1", n)
+	}
+}
+
+// checkTelemetryRoute posts to /device/v1/telemetry with the agent's
+// LDevID: 204 for a good payload, 400 and 413 with the reason otherwise.
+func checkTelemetryRoute(t *testing.T, l *factoryLine, unit, state string) {
+	t.Helper()
+	cert, _ := agentCerts(t, unit, state)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}}}
 	for _, tc := range []struct {
 		name, body string
