@@ -284,15 +284,30 @@ log: {level: debug, format: json}
 		t.Logf("agent log:\n%s", logs.String())
 	}
 
-	// MQTT 3.1.1.
+	// MQTT 3.1.1, with a malformed payload waiting in the spool before a
+	// good one: the bad one is dropped, the good one delivered.
+	sp, err := spool.Open(spoolDir, spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	earlier := time.Now().Add(-time.Hour).Truncate(time.Millisecond).UTC()
+	sp.Append([]byte(`{"metrics":{"battery.pct":101}}`))
+	sp.Append(fmt.Appendf(nil, `{"time":%q,"metrics":{"link.reconnects":0}}`, earlier.Format(time.RFC3339Nano)))
+	sp.Close()
 	before, messages := len(stored()), broker.Stats().Messages
 	cmd = start("3.1.1")
 	waitFor("telemetry over MQTT 3.1.1", func() bool {
-		return broker.Sessions(serial) == 1 && broker.Stats().Messages >= messages+2 && len(stored()) >= before+2
+		return broker.Sessions(serial) == 1 && broker.Stats().Messages >= messages+2 && len(stored()) >= before+3
 	})
 	stop(cmd)
 	if !strings.Contains(logs.String(), `"version":"3.1.1"`) {
 		t.Errorf("the agent did not log an MQTT 3.1.1 connection")
+	}
+	if !stored()[earlier] {
+		t.Errorf("the good payload spooled behind a malformed one was not stored")
+	}
+	if !strings.Contains(logs.String(), "spooled telemetry is malformed; dropped") {
+		t.Errorf("the malformed payload was not reported dropped")
 	}
 
 	// The HTTPS route refuses what the server would refuse over MQTT,

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cradle"
 	"cradle/internal/agent/mqtt"
 	"cradle/internal/agent/spool"
 )
@@ -305,9 +306,23 @@ func (r *Runtime) drain(ctx context.Context, send func(ctx context.Context, payl
 		if err != nil || len(recs) == 0 {
 			return err
 		}
-		ids := make([]uint64, len(recs))
-		for i, rec := range recs {
-			ids[i] = rec.ID
+		// A payload the server would refuse would take its whole batch
+		// down with it (over MQTT, silently): drop it here.
+		ids := make([]uint64, 0, len(recs))
+		good := recs[:0]
+		for _, rec := range recs {
+			if _, err := cradle.ParseTelemetry(bytes.NewReader(rec.Data), maxBatch); err != nil {
+				r.opts.Logger.Error("spooled telemetry is malformed; dropped", "err", err)
+				if err := sp.Ack(rec.ID); err != nil {
+					return err
+				}
+				continue
+			}
+			good = append(good, rec)
+			ids = append(ids, rec.ID)
+		}
+		if recs = good; len(recs) == 0 {
+			continue
 		}
 		err = send(ctx, batch(recs))
 		var refused errRefused
