@@ -136,6 +136,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	if err := mountAttestation(cfg, listener, sqlstore.NewDeviceService(db), audit.RecordRefusal, logger); err != nil {
 		return nil, err
 	}
+	listener.Handle("POST /device/v1/telemetry", telemetryHandler(sqlstore.NewTelemetryService(db), logger), false)
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), metrics, logger); err != nil {
