@@ -64,6 +64,7 @@ const (
 	MetricSecureBoot  = "security.secure_boot"
 	MetricDebugLocked = "security.debug_locked"
 	MetricCertExpiryS = "security.cert_expiry_s"
+	MetricAttested    = "security.attested"
 )
 
 // Telemetry limits.

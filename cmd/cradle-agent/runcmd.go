@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -257,8 +258,9 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func()
 		log.Info("telemetry spool", "waiting", st.Records, "damaged_skipped", st.Damaged, "torn_bytes_cut", st.CutBytes)
 	}
 	var rt *agent.Runtime
+	var attested atomic.Bool // the identity's verdict, kept by stepIdentity
 	collector := agent.NewCollector(agent.CollectorOptions{DataDir: cfg.StateDir, Device: dev, Power: hw.SimPower{Dir: cfg.Device},
-		CertNotAfter: func() time.Time { return rt.CertNotAfter() }, Reconnects: func() int64 { return rt.Reconnects() }, Logger: log})
+		CertNotAfter: func() time.Time { return rt.CertNotAfter() }, Attested: attested.Load, Reconnects: func() int64 { return rt.Reconnects() }, Logger: log})
 	rt, err = agent.NewRuntime(agent.RuntimeOptions{Serial: serial, ServerURL: cfg.Server, MQTTAddr: cfg.mqttAddr, MQTTVersion: cfg.mqttVersion,
 		Roots: roots, Interval: cfg.Telemetry.Interval,
 		Backoff: agent.Backoff{Base: cfg.MQTT.RetryBase, Max: cfg.MQTT.RetryMax}, Collect: collector.Collect, Spool: sp, Now: now, Logger: log})
@@ -271,12 +273,12 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func()
 	defer cancel()
 	wg.Go(func() { rt.Run(ctx) })
 	log.Info("cradle-agent running", "device", cfg.Device, "server", cfg.Server, "mqtt", cfg.mqttAddr, "status", id.State().Status)
-	return stepIdentity(ctx, id, rt, log, now)
+	return stepIdentity(ctx, id, rt, &attested, log, now)
 }
 
 // stepIdentity steps the identity until ctx is done, giving the runtime
 // each new LDevID.
-func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, log *slog.Logger, now func() time.Time) error {
+func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, attested *atomic.Bool, log *slog.Logger, now func() time.Time) error {
 	var given []byte // the certificate the runtime has
 	for {
 		next, err := id.Step(ctx, now())
@@ -289,6 +291,7 @@ func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, lo
 		case err != nil:
 			log.Warn("identity", "err", err, "retry_at", next.UTC().Format(time.RFC3339))
 		}
+		attested.Store(id.Attested())
 		if cur := id.State().Current; cur != nil && cur.Chain != string(given) {
 			if c, err := id.Certificate(ctx); err != nil {
 				log.Warn("LDevID not usable for the channel", "err", err)

@@ -50,6 +50,9 @@ type CollectorOptions struct {
 	// CertNotAfter returns the LDevID's expiry (zero while there is none)
 	// for security.cert_expiry_s; nil leaves it out.
 	CertNotAfter func() time.Time
+	// Attested reports whether the server verified the unit's TPM
+	// attestation, for security.attested; nil leaves it out.
+	Attested func() bool
 	// Reconnects returns the channel's reconnection count for
 	// link.reconnects; nil leaves it out.
 	Reconnects func() int64
@@ -351,6 +354,9 @@ func (c *Collector) security(ctx context.Context, m map[string]float64, now time
 		if na := c.opts.CertNotAfter(); !na.IsZero() {
 			m[cradle.MetricCertExpiryS] = math.Floor(na.Sub(now).Seconds())
 		}
+	}
+	if c.opts.Attested != nil {
+		m[cradle.MetricAttested] = bit(c.opts.Attested())
 	}
 }
 

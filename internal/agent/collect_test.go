@@ -70,6 +70,7 @@ func TestCollectorFixtures(t *testing.T) {
 		Root: root, DataDir: t.TempDir(), Device: dev,
 		CertNotAfter: func() time.Time { return now.Add(90 * 24 * time.Hour) },
 		Reconnects:   func() int64 { return reconnects },
+		Attested:     func() bool { return true },
 	})
 	first := collect(t, c, now)
 	storage := first["health.storage_pct"]
@@ -91,6 +92,7 @@ func TestCollectorFixtures(t *testing.T) {
 		"security.debug_locked":     0,
 		"security.rollback_version": 3,
 		"security.cert_expiry_s":    90 * 24 * 3600,
+		"security.attested":         1,
 	}
 	if diff := cmp.Diff(want, first); diff != "" {
 		t.Errorf("first collection (-want +got):\n%s", diff)
@@ -111,7 +113,7 @@ func TestCollectorFixtures(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, second[name], v)
 		}
 	}
-	for _, name := range []string{"link.rssi_dbm", "security.secure_boot", "link.reconnects"} {
+	for _, name := range []string{"link.rssi_dbm", "security.secure_boot", "link.reconnects", "security.attested"} {
 		if _, ok := second[name]; ok {
 			t.Errorf("%s reported without its source", name)
 		}
