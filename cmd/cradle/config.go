@@ -549,7 +549,10 @@ func loadConfig(path string, lookupEnv func(string) (string, bool), flags map[st
 			}
 		}
 	}
-	if t := c.Telemetry; t.RollupRetention != 0 && (t.RawRetention == 0 || t.RollupRetention < t.RawRetention) {
+	if t := c.Telemetry; t.RollupRetention != 0 && t.RawRetention == 0 {
+		return c, fmt.Errorf("config: telemetry.rollup_retention: %s, but telemetry.raw_retention 0 keeps raw points forever, so there are no rollups to keep; set both to 0, or raw_retention to a span", formatRetention(t.RollupRetention))
+	}
+	if t := c.Telemetry; t.RollupRetention != 0 && t.RollupRetention < t.RawRetention {
 		return c, fmt.Errorf("config: telemetry.rollup_retention: %s is shorter than telemetry.raw_retention (%s); keep rollups at least as long as raw points",
 			formatRetention(t.RollupRetention), formatRetention(t.RawRetention))
 	}
