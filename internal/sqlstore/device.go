@@ -18,7 +18,8 @@ type DeviceService struct {
 	db *DB
 	// OnTransition, when set, is called after TransitionDevice committed
 	// a move of d from state from (the wiring closes a suspended
-	// device's live sessions with it). It must not block.
+	// device's live sessions with it). It runs in the caller's request,
+	// so it must return promptly.
 	OnTransition func(d *cradle.Device, from cradle.State)
 }
 
