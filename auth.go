@@ -60,6 +60,8 @@ const (
 	PermFactoryProvision Permission = "factory.provision" // allocate units, upload trace records
 	PermTelemetryRead    Permission = "telemetry.read"    // query time series, latest values, status
 	PermTelemetryWrite   Permission = "telemetry.write"   // a device for itself; the system also prunes
+	PermDeviceClaim      Permission = "device.claim"      // bind a device to a site or owner with its claim code
+	PermPolicyWrite      Permission = "policy.write"      // change the tenant's policy (quarantine of unclaimed devices)
 )
 
 // Permissions lists every permission, in a stable order.
@@ -67,7 +69,7 @@ var Permissions = []Permission{
 	PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 	PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 	PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
-	PermTelemetryRead, PermTelemetryWrite,
+	PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -76,16 +78,16 @@ var Permissions = []Permission{
 var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
-		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead},
+		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead, PermDeviceClaim, PermPolicyWrite},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
-		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead},
+		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead, PermDeviceClaim},
 	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
 		PermFactoryRead, PermFactoryProvision, PermTelemetryRead},
 	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
-		PermTelemetryRead, PermTelemetryWrite},
+		PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite},
 	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite},
 }
 
@@ -158,6 +160,8 @@ var permissionVerbs = map[Permission]string{
 	PermFactoryProvision: "allocate units or upload trace records",
 	PermTelemetryRead:    "read telemetry",
 	PermTelemetryWrite:   "record or prune telemetry",
+	PermDeviceClaim:      "claim devices",
+	PermPolicyWrite:      "change the tenant policy",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to

@@ -15,7 +15,7 @@ var allPermissions = []cradle.Permission{
 	"device.read", "device.create", "device.update", "device.transition",
 	"audit.read", "token.read", "token.write", "certificate.read", "certificate.issue", "certificate.revoke",
 	"factory.read", "factory.batch", "factory.station", "factory.provision",
-	"telemetry.read", "telemetry.write",
+	"telemetry.read", "telemetry.write", "device.claim", "policy.write",
 }
 
 // wantPermissions is the authorization table as the role comments in
@@ -24,11 +24,12 @@ var wantPermissions = map[cradle.Role][]cradle.Permission{
 	// Everything in its tenant, tokens included.
 	// Issuing is for devices and the factory, not for people.
 	"admin": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
-		"certificate.read", "certificate.revoke", "factory.read", "factory.batch", "factory.station", "telemetry.read"},
+		"certificate.read", "certificate.revoke", "factory.read", "factory.batch", "factory.station", "telemetry.read",
+		"device.claim", "policy.write"},
 	// Runs the fleet: devices, transitions, imports; reads the audit log;
 	// revokes certificates (quarantine); no tokens.
 	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "certificate.read", "certificate.revoke",
-		"factory.read", "factory.batch", "telemetry.read"},
+		"factory.read", "factory.batch", "telemetry.read", "device.claim"},
 	// The factory line: creates and provisions units, records their IDevIDs.
 	"factory": {"device.read", "device.create", "device.transition", "certificate.issue",
 		"factory.read", "factory.provision", "telemetry.read"},
@@ -41,7 +42,7 @@ var wantPermissions = map[cradle.Role][]cradle.Permission{
 	"system": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
 		"certificate.read", "certificate.issue", "certificate.revoke",
 		"factory.read", "factory.batch", "factory.station", "factory.provision",
-		"telemetry.read", "telemetry.write"},
+		"telemetry.read", "telemetry.write", "device.claim", "policy.write"},
 }
 
 // TestPermissionsListed fails when a permission is added to the code and

@@ -288,6 +288,10 @@ type TraceRecord struct {
 	IDevID            []byte            `json:"idevid,omitempty"` // DER
 	Fuses             map[string]string `json:"fuses,omitempty"`  // field → hex, as read back
 	Tests             []TestResult      `json:"tests,omitempty"`
+	// ClaimCodeHash is ClaimCodeHash of the claim code printed on the
+	// unit's label (the code itself is not recorded); "" when the
+	// station printed none.
+	ClaimCodeHash string `json:"claim_code_hash,omitempty"`
 }
 
 // Validate checks a record's fields; the error is EINVALID and names the
@@ -332,6 +336,9 @@ func (r *TraceRecord) Validate() error {
 		}
 	default:
 		return Errorf(EINVALID, "record %s: status %q must be provisioned or failed", r.ID, truncate(string(r.Status), 20))
+	}
+	if err := validateClaimHash(r.ClaimCodeHash); err != nil {
+		return Errorf(EINVALID, "record %s: %s", r.ID, ErrorMessage(err))
 	}
 	if len(r.Reason) > 2048 {
 		return Errorf(EINVALID, "record %s: reason is longer than 2048 bytes", r.ID)

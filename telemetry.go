@@ -426,6 +426,7 @@ type DeviceStatus struct {
 	BatteryLow   bool      `json:"battery_low"`
 	CertExpiring bool      `json:"cert_expiring"` // expiring or expired
 	Insecure     bool      `json:"insecure"`
+	Attested     *bool     `json:"attested,omitempty"` // the last TPM attestation verified; nil: never reported
 	Reasons      []string  `json:"reasons,omitempty"`
 }
 
@@ -437,7 +438,8 @@ type DeviceStatus struct {
 //   - battery low when battery.pct is below BatteryLowPct (15 %);
 //   - certificate expiring when security.cert_expiry_s, counted down from
 //     its point's time to now, leaves less than CertExpiryWarning (14 days);
-//   - insecure when security.secure_boot or security.debug_locked is 0.
+//   - insecure when security.secure_boot or security.debug_locked is 0;
+//   - attested set from security.attested, when the device reported it.
 //
 // A metric the device never reported sets no flag.
 func DeriveStatus(latest map[string]TelemetryPoint, lastSeen, now time.Time, policy StatusPolicy) DeviceStatus {
@@ -482,6 +484,13 @@ func DeriveStatus(latest map[string]TelemetryPoint, lastSeen, now time.Time, pol
 	if d, ok := latest[MetricDebugLocked]; ok && d.Value == 0 {
 		s.Insecure = true
 		s.Reasons = append(s.Reasons, "debug ports are not locked")
+	}
+	if a, ok := latest[MetricAttested]; ok {
+		att := a.Value == 1
+		s.Attested = &att
+		if !att {
+			s.Reasons = append(s.Reasons, "the last TPM attestation was not verified")
+		}
 	}
 	return s
 }

@@ -32,6 +32,16 @@ type Config struct {
 	Device  DeviceConfig  // device.*
 	PKI     PKIConfig     // pki.*
 	Factory FactoryConfig // factory.*
+	// Telemetry is telemetry.*: retention of the time series.
+	Telemetry TelemetryConfig
+}
+
+// TelemetryConfig is the retention of device telemetry, applied by a job
+// in cradle serve to every tenant.
+type TelemetryConfig struct {
+	RawRetention    time.Duration // raw points older than this are folded into hourly rollups; 0 keeps them
+	RollupRetention time.Duration // hourly rollups older than this are deleted; 0 keeps them
+	PruneInterval   time.Duration // how often the job runs
 }
 
 // FactoryConfig is the delivery of factory provisioning events to an MES.
@@ -80,7 +90,8 @@ func DefaultConfig() Config {
 			MaxImportBytes:  1 << 30,
 			ShutdownTimeout: 30 * time.Second,
 		},
-		Device: DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883"},
+		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883"},
+		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
 	}
 }
 
@@ -291,10 +302,76 @@ var configFields = []configField{
 		},
 		get: func(c *Config) string { return c.Factory.WebhookSecretFile },
 	},
+	{
+		key: "telemetry.raw_retention", env: "CRADLE_TELEMETRY_RAW_RETENTION", flag: "telemetry-raw-retention",
+		usage: "how long raw telemetry points are kept before they are folded into hourly rollups (such as 7d or 36h; 0 keeps them)",
+		set: func(c *Config, v string) (err error) {
+			c.Telemetry.RawRetention, err = parseRetention(v)
+			return err
+		},
+		get: func(c *Config) string { return formatRetention(c.Telemetry.RawRetention) },
+	},
+	{
+		key: "telemetry.rollup_retention", env: "CRADLE_TELEMETRY_ROLLUP_RETENTION", flag: "telemetry-rollup-retention",
+		usage: "how long hourly telemetry rollups are kept (such as 400d; 0 keeps them); at least telemetry.raw_retention",
+		set: func(c *Config, v string) (err error) {
+			c.Telemetry.RollupRetention, err = parseRetention(v)
+			return err
+		},
+		get: func(c *Config) string { return formatRetention(c.Telemetry.RollupRetention) },
+	},
+	{
+		key: "telemetry.prune_interval", env: "CRADLE_TELEMETRY_PRUNE_INTERVAL", flag: "telemetry-prune-interval",
+		usage: "how often the retention job runs, such as 1h or 15m",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("%q is not a positive duration such as 1h or 15m", v)
+			}
+			c.Telemetry.PruneInterval = d
+			return nil
+		},
+		get: func(c *Config) string { return c.Telemetry.PruneInterval.String() },
+	},
 }
 
 // configGroups are the YAML keys that hold nested keys.
-var configGroups = []string{"log", "http", "device", "pki", "factory"}
+var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetry"}
+
+const day = 24 * time.Hour
+
+// parseRetention reads a retention span: 0 (keep), or a duration such as
+// 36h or a number of days such as 7d.
+func parseRetention(v string) (time.Duration, error) {
+	bad := fmt.Errorf("%q is not a span such as 7d, 400d or 36h (0 keeps everything)", v)
+	if v == "0" {
+		return 0, nil
+	}
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days <= 0 || days > 100*365 {
+			return 0, bad
+		}
+		return time.Duration(days) * day, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > 100*365*day {
+		return 0, bad
+	}
+	return d, nil
+}
+
+// formatRetention writes a span as parseRetention reads it, in days when
+// it is whole days.
+func formatRetention(d time.Duration) string {
+	if d == 0 {
+		return "0"
+	}
+	if d%day == 0 {
+		return strconv.FormatInt(int64(d/day), 10) + "d"
+	}
+	return d.String()
+}
 
 func checkListen(v string) error {
 	host, port, err := net.SplitHostPort(v)
@@ -481,6 +558,13 @@ func loadConfig(path string, lookupEnv func(string) (string, bool), flags map[st
 				return c, fmt.Errorf("config: %s: %v (from --%s)", f.key, err, f.flag)
 			}
 		}
+	}
+	if t := c.Telemetry; t.RollupRetention != 0 && t.RawRetention == 0 {
+		return c, fmt.Errorf("config: telemetry.rollup_retention: %s, but telemetry.raw_retention 0 keeps raw points forever, so there are no rollups to keep; set both to 0, or raw_retention to a span", formatRetention(t.RollupRetention))
+	}
+	if t := c.Telemetry; t.RollupRetention != 0 && t.RollupRetention < t.RawRetention {
+		return c, fmt.Errorf("config: telemetry.rollup_retention: %s is shorter than telemetry.raw_retention (%s); keep rollups at least as long as raw points",
+			formatRetention(t.RollupRetention), formatRetention(t.RawRetention))
 	}
 	return c, nil
 }

@@ -230,6 +230,11 @@ that fails is recorded as failed with the step and the reason, and its key is
 destroyed. Every record is signed by the station key, journaled, and uploaded;
 with the server unreachable it stays in the journal (see cradle factory sync).
 
+Each provisioned unit gets a random claim code for its label (XXXX-XXXX-XXX);
+the record keeps only its hash, and an operator claims the device with it
+(cradle device claim). The code is printed once, on the unit's line (with --json
+as "claim_code", for the label printer): it cannot be recovered later.
+
 On a terminal a progress bar shows the run; --json prints one JSON line per unit
 and a summary line.`,
 		Args: cobra.NoArgs,

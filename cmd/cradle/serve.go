@@ -40,6 +40,8 @@ type Main struct {
 	device   *deviceListener // nil without a PKI
 	keys     func() error    // closes the PKI's keys
 	webhook  *webhookRunner  // nil without factory.webhook_url
+	// retention prunes telemetry; nil until Run has started serving.
+	retention *retention
 }
 
 // Run prepares the data directory and the audit key, opens the store,
@@ -117,8 +119,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.Logger.Info("no PKI in the data directory: the device listener is off until cradle pki init")
 	}
 
+	devices := sqlstore.NewDeviceService(m.db)
+	if m.device != nil && m.device.mqtt != nil {
+		devices.OnTransition = disconnectOnTransition(m.device.mqtt, m.Logger)
+	}
 	m.api = &httpapi.Server{
-		Devices:        sqlstore.NewDeviceService(m.db),
+		Devices:        devices,
+		Claims:         sqlstore.NewClaimService(m.db),
+		Telemetry:      sqlstore.NewTelemetryService(m.db),
 		Tokens:         tokens,
 		Audit:          sqlstore.NewAuditService(m.db),
 		Certificates:   certs,
@@ -158,6 +166,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 		m.serveErr <- err
 	}()
+	m.retention = startRetention(cfg.Telemetry, m.db, time.Now, m.Logger)
 	m.Logger.Info("listening", "addr", m.Addr())
 	if m.device != nil {
 		m.device.start()
@@ -232,6 +241,10 @@ func (m *Main) Close() error {
 
 func (m *Main) closeResources() error {
 	var err error
+	if m.retention != nil {
+		m.retention.close()
+		m.retention = nil
+	}
 	if m.device != nil {
 		m.device.srv.Close()
 		m.device.ln.Close()

@@ -36,6 +36,9 @@ const DeviceKeyName = "idevid"
 type Result struct {
 	Record *cradle.TraceRecord
 	Signed cradle.SignedTrace
+	// ClaimCode is the claim code of a provisioned unit, for its label
+	// (the record carries only its hash); "" for a failed unit.
+	ClaimCode string
 	// Err is the unit's failure (nil when provisioned). Provision returns
 	// it as well.
 	Err error
@@ -254,8 +257,15 @@ func (s *Station) Provision(ctx context.Context, b *cradle.Batch, rel *Release, 
 		return fail("lock", err)
 	}
 
-	// record
+	// record: with the hash of the claim code printed on the unit's label
+	code, err := cradle.NewClaimCode()
+	if err != nil {
+		fail("record", err)
+		res.Err = &errStation{fmt.Errorf("unit %s: draw its claim code (is the system's random source working?): %w", unit.Serial, err)}
+		return res
+	}
 	fp := sha256.Sum256(idevid.Raw)
+	rec.ClaimCodeHash = cradle.ClaimCodeHash(unit.Serial, code)
 	rec.Status = cradle.UnitProvisioned
 	rec.IDevID, rec.IDevIDSerial, rec.IDevIDFingerprint = idevid.Raw, cradle.SerialHex(idevid.SerialNumber), hex.EncodeToString(fp[:])
 	rec.FirmwareDigest, rec.BootloaderDigest = hex.EncodeToString(rel.ImageDigest[:]), hex.EncodeToString(rel.BootloaderDigest[:])
@@ -266,7 +276,9 @@ func (s *Station) Provision(ctx context.Context, b *cradle.Batch, rel *Release, 
 	}
 	if err := s.finish(rec, res); err != nil {
 		res.Err = &errStation{fmt.Errorf("unit %s is provisioned but its record could not be journaled: %w", unit.Serial, err)}
+		return res
 	}
+	res.ClaimCode = code
 	return res
 }
 

@@ -14,23 +14,26 @@ import (
 // Event is one line of `cradle factory provision --json`: a unit's
 // outcome ("unit"), or the run's summary ("summary").
 type Event struct {
-	Event    string            `json:"event"`
-	Unit     string            `json:"unit,omitempty"` // the unit's spec
-	Serial   string            `json:"serial,omitempty"`
-	MAC      string            `json:"mac,omitempty"`
-	Status   cradle.UnitStatus `json:"status,omitempty"`
-	Step     string            `json:"step,omitempty"`
-	Error    string            `json:"error,omitempty"`
-	Record   string            `json:"record,omitempty"`
-	Millis   float64           `json:"ms,omitempty"`
-	Done     int               `json:"done"`
-	Total    int               `json:"total"`
-	OK       int               `json:"ok"`
-	Failed   int               `json:"failed"`
-	Skipped  int               `json:"skipped"` // refused before allocation: untouched
-	PerMin   float64           `json:"units_per_minute,omitempty"`
-	HSMShare float64           `json:"hsm_share,omitempty"` // of the total time
-	Synced   *SyncReport       `json:"sync,omitempty"`
+	Event  string            `json:"event"`
+	Unit   string            `json:"unit,omitempty"` // the unit's spec
+	Serial string            `json:"serial,omitempty"`
+	MAC    string            `json:"mac,omitempty"`
+	Status cradle.UnitStatus `json:"status,omitempty"`
+	Step   string            `json:"step,omitempty"`
+	Error  string            `json:"error,omitempty"`
+	Record string            `json:"record,omitempty"`
+	// ClaimCode is the claim code of a provisioned unit, for its label
+	// printer; the server knows only its hash.
+	ClaimCode string      `json:"claim_code,omitempty"`
+	Millis    float64     `json:"ms,omitempty"`
+	Done      int         `json:"done"`
+	Total     int         `json:"total"`
+	OK        int         `json:"ok"`
+	Failed    int         `json:"failed"`
+	Skipped   int         `json:"skipped"` // refused before allocation: untouched
+	PerMin    float64     `json:"units_per_minute,omitempty"`
+	HSMShare  float64     `json:"hsm_share,omitempty"` // of the total time
+	Synced    *SyncReport `json:"sync,omitempty"`
 }
 
 // Progress shows a run: a bar redrawn in place on a terminal, or JSON
@@ -50,13 +53,14 @@ func (p *Progress) Unit(spec string, r *Result) {
 	}
 	e := &p.last
 	e.Event, e.Total, e.Done = "unit", p.Total, e.Done+1
-	e.Unit, e.Serial, e.MAC, e.Status, e.Step, e.Error, e.Record = spec, "", "", "", "", "", ""
+	e.Unit, e.Serial, e.MAC, e.Status, e.Step, e.Error, e.Record, e.ClaimCode = spec, "", "", "", "", "", "", ""
 	if r.Record != nil {
 		e.Serial, e.MAC, e.Status, e.Record = r.Record.Serial, r.Record.MAC, r.Record.Status, r.Record.ID
 	}
 	switch {
 	case r.Err == nil:
 		e.OK++
+		e.ClaimCode = r.ClaimCode
 	case r.Record == nil:
 		e.Skipped++
 		e.Step, e.Error = FailedStep(r.Err), r.Err.Error()
@@ -73,6 +77,9 @@ func (p *Progress) Unit(spec string, r *Result) {
 	}
 	if r.Err != nil {
 		fmt.Fprintf(p.W, "\r\033[K%s: %s\n", unitName(e), r.Err)
+	}
+	if e.ClaimCode != "" {
+		fmt.Fprintf(p.W, "\r\033[K%s: claim code %s\n", unitName(e), e.ClaimCode)
 	}
 	fmt.Fprintf(p.W, "\r\033[K%s %d/%d  ok %d  failed %d  skipped %d  %.1f units/min%s", bar(e.Done, p.Total, 24), e.Done, p.Total, e.OK, e.Failed, e.Skipped, e.PerMin, eta(p.start, e.Done, p.Total))
 }

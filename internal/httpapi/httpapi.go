@@ -57,6 +57,17 @@ type Server struct {
 	// Factory serves the factory routes: batches, MAC ranges, stations,
 	// unit allocations and trace records.
 	Factory cradle.FactoryService
+	// Claims serves claiming and the tenant policy; nil answers those
+	// routes with not_implemented.
+	Claims cradle.ClaimService
+	// Telemetry serves the telemetry and status routes; nil answers them
+	// with not_implemented.
+	Telemetry cradle.TelemetryService
+	// StatusPolicy holds the thresholds of the status routes; the zero
+	// value means cradle.DefaultStatusPolicy.
+	StatusPolicy cradle.StatusPolicy
+	// Now is the clock of the status routes; nil means time.Now.
+	Now func() time.Time
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.

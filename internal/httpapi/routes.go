@@ -81,6 +81,13 @@ func (s *Server) routes() []route {
 		{method: "POST", pattern: "/api/v1/factory/rma/{serial}", handle: s.reprovisionUnit},
 		{method: "POST", pattern: "/api/v1/factory/traces", handle: s.uploadTrace},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/trace", handle: s.unitTrace},
+
+		{method: "POST", pattern: "/api/v1/devices/{serial}/claim", handle: s.claimDevice},
+		{method: "GET", pattern: "/api/v1/policy", handle: s.getPolicy},
+		{method: "PUT", pattern: "/api/v1/policy", handle: s.putPolicy},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/telemetry", handle: s.deviceTelemetry},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/status", handle: s.deviceStatus},
+		{method: "GET", pattern: "/api/v1/device-status", handle: s.fleetStatus},
 	}
 }
 

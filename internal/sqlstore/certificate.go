@@ -147,7 +147,10 @@ func (s *CertificateService) IssueCertificate(ctx context.Context, req cradle.Ce
 			if refused = cradle.CheckTransition(d.Serial, d.State, t.To, a.Role); refused != nil {
 				return refused
 			}
-			return tx.transition(ctx, a, d, t)
+			if err := tx.transition(ctx, a, d, t); err != nil {
+				return err
+			}
+			return tx.quarantineUnclaimed(ctx, a, d)
 		}
 		return nil
 	})

@@ -14,7 +14,14 @@ import (
 )
 
 // DeviceService implements cradle.DeviceService.
-type DeviceService struct{ db *DB }
+type DeviceService struct {
+	db *DB
+	// OnTransition, when set, is called after TransitionDevice committed
+	// a move of d from state from (the wiring closes a suspended
+	// device's live sessions with it). It runs in the caller's request,
+	// so it must return promptly.
+	OnTransition func(d *cradle.Device, from cradle.State)
+}
 
 var _ cradle.DeviceService = (*DeviceService)(nil)
 
@@ -326,6 +333,9 @@ func (s *DeviceService) TransitionDevice(ctx context.Context, serial string, t c
 	}
 	if err != nil {
 		return nil, err
+	}
+	if s.OnTransition != nil {
+		s.OnTransition(d, from)
 	}
 	return d, nil
 }

@@ -228,6 +228,9 @@ func (tx *Tx) applyTrace(ctx context.Context, a cradle.Actor, d *cradle.Device, 
 		if err := tx.insertCert(ctx, certRecord(a.TenantID, d.Serial, cradle.CertIDevID, cert, tx.now), d.ID, a.String()); err != nil {
 			return err
 		}
+		if err := tx.recordClaimHash(ctx, a.TenantID, d.ID, r.ClaimCodeHash); err != nil {
+			return err
+		}
 		if _, err := tx.exec(ctx, `UPDATE factory_units SET status = ?, updated_at = ? WHERE tenant_id = ? AND serial = ?`,
 			string(cradle.UnitProvisioned), now, a.TenantID, d.Serial); err != nil {
 			return fmt.Errorf("sqlstore: record trace: %w", err)

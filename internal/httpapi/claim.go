@@ -1,0 +1,337 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"cradle"
+)
+
+// The claim, policy, telemetry and status routes.
+
+// TelemetrySeries is one metric of one device over a range: raw points
+// (step 0) or buckets of step.
+type TelemetrySeries struct {
+	Serial  string                   `json:"serial"`
+	Metric  string                   `json:"metric"`
+	From    *time.Time               `json:"from,omitempty"`
+	To      *time.Time               `json:"to,omitempty"`
+	Step    string                   `json:"step,omitempty"` // a Go duration such as 5m0s; "" for raw points
+	Samples []cradle.TelemetrySample `json:"samples"`
+}
+
+// DeviceStatusReport is what the server concludes about one device.
+type DeviceStatusReport struct {
+	Serial string              `json:"serial"`
+	State  cradle.State        `json:"state"`
+	Labels map[string]string   `json:"labels"`
+	Status cradle.DeviceStatus `json:"status"`
+	// Latest holds the newest point of each metric the device reported.
+	Latest map[string]cradle.TelemetryPoint `json:"latest"`
+}
+
+// DeviceStatusList is a page of device status reports.
+type DeviceStatusList struct {
+	Devices    []*DeviceStatusReport `json:"devices"`
+	NextCursor string                `json:"next_cursor,omitempty"`
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func notConfigured(what string) error {
+	return cradle.Errorf(cradle.ENOTIMPLEMENTED, "%s is not available on this server", what)
+}
+
+func (s *Server) claimDevice(w http.ResponseWriter, r *http.Request) {
+	if s.Claims == nil {
+		s.writeError(w, r, notConfigured("claiming"))
+		return
+	}
+	var c cradle.DeviceClaim
+	if err := s.decode(w, r, &c); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d, err := s.Claims.ClaimDevice(r.Context(), r.PathValue("serial"), c)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, d)
+}
+
+func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
+	if err := noQuery(r); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if s.Claims == nil {
+		s.writeError(w, r, notConfigured("the tenant policy"))
+		return
+	}
+	p, err := s.Claims.FindPolicy(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, p)
+}
+
+func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) {
+	if s.Claims == nil {
+		s.writeError(w, r, notConfigured("the tenant policy"))
+		return
+	}
+	var p cradle.TenantPolicy
+	if err := s.decode(w, r, &p); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out, err := s.Claims.UpdatePolicy(r.Context(), p)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+// timeParam reads an optional RFC 3339 query parameter.
+func timeParam(q url.Values, name string) (*time.Time, error) {
+	v, ok := q[name]
+	if !ok {
+		return nil, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v[0])
+	if err != nil {
+		return nil, cradle.Errorf(cradle.EINVALID, "query parameter %s=%q is not an RFC 3339 time such as 2026-03-01T09:00:00Z", name, truncate(v[0], 40))
+	}
+	return &t, nil
+}
+
+func (s *Server) deviceTelemetry(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "metric", "from", "to", "step")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if s.Telemetry == nil {
+		s.writeError(w, r, notConfigured("telemetry"))
+		return
+	}
+	tq := cradle.TelemetryQuery{Serial: r.PathValue("serial"), Metric: q.Get("metric")}
+	if tq.Metric == "" {
+		s.writeError(w, r, cradle.Errorf(cradle.EINVALID, "query parameter metric is required, such as metric=health.cpu_pct"))
+		return
+	}
+	series := TelemetrySeries{Serial: tq.Serial, Metric: tq.Metric}
+	if series.From, err = timeParam(q, "from"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if series.To, err = timeParam(q, "to"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if series.From != nil {
+		tq.From = *series.From
+	}
+	if series.To != nil {
+		tq.To = *series.To
+	}
+	if v, ok := q["step"]; ok {
+		if tq.Step, err = time.ParseDuration(v[0]); err != nil || tq.Step <= 0 {
+			s.writeError(w, r, cradle.Errorf(cradle.EINVALID, "query parameter step=%q is not a positive duration such as 5m or 1h", truncate(v[0], 40)))
+			return
+		}
+		series.Step = tq.Step.String()
+	}
+	if series.Samples, err = s.Telemetry.QueryTelemetry(r.Context(), tq); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if series.Samples == nil {
+		series.Samples = []cradle.TelemetrySample{}
+	}
+	s.writeJSON(w, r, http.StatusOK, series)
+}
+
+// statusOf derives the status of a device from its latest points.
+func (s *Server) statusOf(ctx context.Context, d *cradle.Device) (*DeviceStatusReport, error) {
+	latest, err := s.Telemetry.LatestTelemetry(ctx, d.Serial)
+	if err != nil {
+		return nil, err
+	}
+	if latest == nil {
+		latest = map[string]cradle.TelemetryPoint{}
+	}
+	// Last seen is the newest point the device reported.
+	return &DeviceStatusReport{Serial: d.Serial, State: d.State, Labels: d.Labels, Latest: latest,
+		Status: cradle.DeriveStatus(latest, time.Time{}, s.now(), s.StatusPolicy)}, nil
+}
+
+func (s *Server) deviceStatus(w http.ResponseWriter, r *http.Request) {
+	if err := noQuery(r); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if s.Telemetry == nil {
+		s.writeError(w, r, notConfigured("device status"))
+		return
+	}
+	d, err := s.Devices.FindDeviceBySerial(r.Context(), r.PathValue("serial"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	rep, err := s.statusOf(r.Context(), d)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, rep)
+}
+
+// maxStatusPage bounds a page of the fleet status view: each device costs
+// a query of its latest points.
+const maxStatusPage = 200
+
+func (s *Server) fleetStatus(w http.ResponseWriter, r *http.Request) {
+	q, err := query(r, "state", "selector", "cursor", "limit")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if s.Telemetry == nil {
+		s.writeError(w, r, notConfigured("device status"))
+		return
+	}
+	f := cradle.DeviceFilter{Cursor: q.Get("cursor")}
+	if v, ok := q["state"]; ok {
+		st, err := cradle.ParseState(v[0])
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		f.State = &st
+	}
+	if v, ok := q["selector"]; ok {
+		if f.Selector, err = cradle.ParseLabelSelector(v[0]); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	if f.Limit, err = intParam(q, "limit"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if f.Limit == 0 {
+		f.Limit = 50
+	}
+	if f.Limit > maxStatusPage {
+		s.writeError(w, r, cradle.Errorf(cradle.EINVALID, "invalid limit %d: the status view takes at most %d devices per page", f.Limit, maxStatusPage))
+		return
+	}
+	devices, next, err := s.Devices.FindDevices(r.Context(), f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := DeviceStatusList{Devices: make([]*DeviceStatusReport, 0, len(devices)), NextCursor: next}
+	for _, d := range devices {
+		rep, err := s.statusOf(r.Context(), d)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		out.Devices = append(out.Devices, rep)
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+}
+
+// ClaimDevice implements cradle.ClaimService.
+func (c *Client) ClaimDevice(ctx context.Context, serial string, dc cradle.DeviceClaim) (*cradle.Device, error) {
+	var d cradle.Device
+	if err := c.doJSON(ctx, http.MethodPost, devicePath(serial)+"/claim", dc, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// FindPolicy implements cradle.ClaimService.
+func (c *Client) FindPolicy(ctx context.Context) (*cradle.TenantPolicy, error) {
+	var p cradle.TenantPolicy
+	if err := c.do(ctx, http.MethodGet, "/api/v1/policy", nil, nil, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// UpdatePolicy implements cradle.ClaimService.
+func (c *Client) UpdatePolicy(ctx context.Context, p cradle.TenantPolicy) (*cradle.TenantPolicy, error) {
+	var out cradle.TenantPolicy
+	if err := c.doJSON(ctx, http.MethodPut, "/api/v1/policy", p, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+var _ cradle.ClaimService = (*Client)(nil)
+
+// DeviceTelemetry returns the samples of a query.
+func (c *Client) DeviceTelemetry(ctx context.Context, tq cradle.TelemetryQuery) (*TelemetrySeries, error) {
+	q := url.Values{"metric": {tq.Metric}}
+	if !tq.From.IsZero() {
+		q.Set("from", tq.From.UTC().Format(time.RFC3339Nano))
+	}
+	if !tq.To.IsZero() {
+		q.Set("to", tq.To.UTC().Format(time.RFC3339Nano))
+	}
+	if tq.Step != 0 {
+		q.Set("step", tq.Step.String())
+	}
+	var out TelemetrySeries
+	if err := c.do(ctx, http.MethodGet, withQuery(devicePath(tq.Serial)+"/telemetry", q), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeviceStatus returns the status report of a device.
+func (c *Client) DeviceStatus(ctx context.Context, serial string) (*DeviceStatusReport, error) {
+	var out DeviceStatusReport
+	if err := c.do(ctx, http.MethodGet, devicePath(serial)+"/status", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// FleetStatus returns a page of status reports of the devices f selects
+// (State, Selector, Cursor and Limit are used).
+func (c *Client) FleetStatus(ctx context.Context, f cradle.DeviceFilter) (*DeviceStatusList, error) {
+	q := url.Values{}
+	if f.State != nil {
+		q.Set("state", string(*f.State))
+	}
+	if f.Selector != nil {
+		q.Set("selector", f.Selector.String())
+	}
+	if f.Cursor != "" {
+		q.Set("cursor", f.Cursor)
+	}
+	if f.Limit != 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var out DeviceStatusList
+	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/device-status", q), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
