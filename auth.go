@@ -60,6 +60,9 @@ const (
 	PermFactoryProvision Permission = "factory.provision" // allocate units, upload trace records
 	PermTelemetryRead    Permission = "telemetry.read"    // query time series, latest values, status
 	PermTelemetryWrite   Permission = "telemetry.write"   // a device for itself; the system also prunes
+	PermCommandRead      Permission = "command.read"      // a device's commands and their results
+	PermCommandIssue     Permission = "command.issue"     // send signed commands to devices
+	PermCommandDevice    Permission = "command.device"    // a device for itself: pending commands, results, logs
 )
 
 // Permissions lists every permission, in a stable order.
@@ -68,6 +71,7 @@ var Permissions = []Permission{
 	PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 	PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
 	PermTelemetryRead, PermTelemetryWrite,
+	PermCommandRead, PermCommandIssue, PermCommandDevice,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -76,17 +80,19 @@ var Permissions = []Permission{
 var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
-		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead},
+		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead,
+		PermCommandRead, PermCommandIssue},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
-		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead},
+		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead,
+		PermCommandRead, PermCommandIssue},
 	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
 		PermFactoryRead, PermFactoryProvision, PermTelemetryRead},
-	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead},
+	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead, PermCommandRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
-		PermTelemetryRead, PermTelemetryWrite},
-	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite},
+		PermTelemetryRead, PermTelemetryWrite, PermCommandRead, PermCommandIssue, PermCommandDevice},
+	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite, PermCommandDevice},
 }
 
 // Allowed reports whether role r holds permission p.
@@ -158,6 +164,9 @@ var permissionVerbs = map[Permission]string{
 	PermFactoryProvision: "allocate units or upload trace records",
 	PermTelemetryRead:    "read telemetry",
 	PermTelemetryWrite:   "record or prune telemetry",
+	PermCommandRead:      "read device commands",
+	PermCommandIssue:     "send commands to devices",
+	PermCommandDevice:    "fetch commands or report their results as a device",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to
