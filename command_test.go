@@ -46,4 +46,3 @@ func TestCommandRequestNormalize(t *testing.T) {
 		})
 	}
 }
-
