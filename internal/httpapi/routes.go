@@ -81,6 +81,11 @@ func (s *Server) routes() []route {
 		{method: "POST", pattern: "/api/v1/factory/rma/{serial}", handle: s.reprovisionUnit},
 		{method: "POST", pattern: "/api/v1/factory/traces", handle: s.uploadTrace},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/trace", handle: s.unitTrace},
+
+		{method: "POST", pattern: "/api/v1/devices/{serial}/commands", handle: s.issueCommand},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/commands", handle: s.listCommands},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/commands/{id}", handle: s.getCommand},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/commands/{id}/logs", handle: s.getCommandLogs},
 	}
 }
 
