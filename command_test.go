@@ -1,6 +1,7 @@
 package cradle_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -45,4 +46,33 @@ func TestCommandRequestNormalize(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzCommandRequestNormalize: whatever an operator sends, Normalize
+// either refuses it with EINVALID or leaves a request in bounds whose args
+// are a compact JSON object.
+func FuzzCommandRequestNormalize(f *testing.F) {
+	f.Add("ping", []byte(nil), int64(0))
+	f.Add("set-config", []byte(`{"a":{"b":[1,2]}}`), int64(600))
+	f.Add("reboot", []byte(`[]`), int64(-1))
+	f.Add("wipe", []byte(`{}`), int64(2592001))
+	f.Add("upload-logs", []byte(` null `), int64(60))
+	f.Fuzz(func(t *testing.T, kind string, args []byte, ttl int64) {
+		r := cradle.CommandRequest{Kind: cradle.CommandKind(kind), Args: args, TTLSeconds: ttl}
+		if err := r.Normalize(); err != nil {
+			if cradle.ErrorCode(err) != cradle.EINVALID {
+				t.Fatalf("error %v is not EINVALID", err)
+			}
+			return
+		}
+		if r.TTLSeconds < 60 || r.TTLSeconds > 30*24*3600 {
+			t.Fatalf("ttl %d out of bounds", r.TTLSeconds)
+		}
+		if len(r.Args) > 0 {
+			var obj map[string]any
+			if r.Args[0] != '{' || json.Unmarshal(r.Args, &obj) != nil {
+				t.Fatalf("args %q are not a JSON object", r.Args)
+			}
+		}
+	})
 }
