@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"cradle"
@@ -66,10 +67,11 @@ type ExecutorOptions struct {
 }
 
 // Executor verifies command envelopes from the server and carries them
-// out. It is safe for concurrent use: envelopes are verified one at a
-// time, and a replayed, expired, foreign or forged one is refused before
-// anything runs.
+// out. It is safe for concurrent use: envelopes are handled one at a time
+// (a rekey never overlaps a reboot), and a replayed, expired, foreign or
+// forged one is refused before anything runs.
 type Executor struct {
+	mu      sync.Mutex
 	v       *command.Verifier
 	actions CommandActions
 	now     func() time.Time
@@ -117,7 +119,9 @@ const maxResultError = 4 << 10
 // /device/v1/commands/result (HTTPS). A refused envelope is reported as
 // refused and does nothing; a command whose action fails as failed.
 func (e *Executor) Handle(ctx context.Context, envelope []byte) []byte {
+	e.mu.Lock()
 	res := e.handle(ctx, envelope)
+	e.mu.Unlock()
 	if len(res.Error) > maxResultError {
 		res.Error = res.Error[:maxResultError] + "…"
 	}
