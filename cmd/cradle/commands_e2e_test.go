@@ -70,11 +70,6 @@ func TestCommandsEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex, err := agent.NewExecutor(agent.ExecutorOptions{Root: root, Serial: serial, Sequence: seq,
-		Actions: agent.CommandActions{Reboot: agent.SimulatedReboot(dev.BootEnv)}})
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// MQTT and HTTPS clients with the LDevID.
 	tc, err := id.Certificate(ctx)
@@ -92,6 +87,17 @@ func TestCommandsEndToEnd(t *testing.T) {
 	roots.AddCert(root)
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{tc}}}}
 	devURL := l.m.device.Addr()
+	ex, err := agent.NewExecutor(agent.ExecutorOptions{Root: root, Serial: serial, Sequence: seq,
+		Actions: agent.CommandActions{
+			Reboot:      agent.SimulatedReboot(dev.BootEnv),
+			CollectLogs: func(context.Context) ([]byte, error) { return []byte("boot ok\nlink up\n"), nil },
+			UploadLogs: func(ctx context.Context, id string, logs []byte) error {
+				return agent.PostCommandLogs(ctx, hc, devURL, id, logs)
+			},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// receive subscribes to the unit's commands topic and returns the
 	// first n envelopes the server sends; started is closed once the
@@ -243,6 +249,26 @@ func TestCommandsEndToEnd(t *testing.T) {
 		t.Errorf("device commands table:\n%s", table)
 	}
 
+	// Upload-logs over HTTPS: the logs are stored with the command.
+	up := decodeJSON[cradle.DeviceCommand](t, ok(t, append([]string{"device", "command", serial, "upload-logs", "--json"}, srv...)...))
+	resp, err := hc.Get(devURL + "/device/v1/commands")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending.Commands = nil
+	json.NewDecoder(resp.Body).Decode(&pending)
+	resp.Body.Close()
+	if len(pending.Commands) != 1 {
+		t.Fatalf("pending over HTTPS: %d commands, want the upload-logs", len(pending.Commands))
+	}
+	if st := postResult(ex.Handle(ctx, pending.Commands[0])); st != http.StatusNoContent {
+		t.Fatalf("POST the upload-logs result: %d", st)
+	}
+	if logs := ok(t, append([]string{"device", "commands", serial, "--logs", up.ID}, srv...)...); logs != "boot ok\nlink up\n" {
+		t.Fatalf("uploaded logs: %q", logs)
+	}
+	waitState(up.ID, cradle.CommandDone, 1)
+
 	// Bad input from the unit: malformed results are refused and counted,
 	// the MQTT connection kept; over HTTPS they get a clear 400.
 	report([]byte("not a result"))
@@ -252,7 +278,7 @@ func TestCommandsEndToEnd(t *testing.T) {
 	if st := postResult([]byte(`{"status":"maybe"}`)); st != http.StatusBadRequest {
 		t.Errorf("malformed result: %d, want 400", st)
 	}
-	resp, err := http.Get(l.m.Addr() + "/metrics")
+	resp, err = http.Get(l.m.Addr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
