@@ -62,6 +62,9 @@ const (
 	PermTelemetryWrite   Permission = "telemetry.write"   // a device for itself; the system also prunes
 	PermDeviceClaim      Permission = "device.claim"      // bind a device to a site or owner with its claim code
 	PermPolicyWrite      Permission = "policy.write"      // change the tenant's policy (quarantine of unclaimed devices)
+	PermCommandRead      Permission = "command.read"      // a device's commands and their results
+	PermCommandIssue     Permission = "command.issue"     // send signed commands to devices
+	PermCommandDevice    Permission = "command.device"    // a device for itself: pending commands, results, logs
 )
 
 // Permissions lists every permission, in a stable order.
@@ -70,6 +73,7 @@ var Permissions = []Permission{
 	PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 	PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
 	PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite,
+	PermCommandRead, PermCommandIssue, PermCommandDevice,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -78,17 +82,19 @@ var Permissions = []Permission{
 var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
-		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead, PermDeviceClaim, PermPolicyWrite},
+		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead, PermDeviceClaim, PermPolicyWrite,
+		PermCommandRead, PermCommandIssue},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
-		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead, PermDeviceClaim},
+		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead, PermDeviceClaim,
+		PermCommandRead, PermCommandIssue},
 	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
 		PermFactoryRead, PermFactoryProvision, PermTelemetryRead},
-	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead},
+	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead, PermCommandRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
-		PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite},
-	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite},
+		PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite, PermCommandRead, PermCommandIssue, PermCommandDevice},
+	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite, PermCommandDevice},
 }
 
 // Allowed reports whether role r holds permission p.
@@ -162,6 +168,9 @@ var permissionVerbs = map[Permission]string{
 	PermTelemetryWrite:   "record or prune telemetry",
 	PermDeviceClaim:      "claim devices",
 	PermPolicyWrite:      "change the tenant policy",
+	PermCommandRead:      "read device commands",
+	PermCommandIssue:     "send commands to devices",
+	PermCommandDevice:    "fetch commands or report their results as a device",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to

@@ -15,7 +15,7 @@ var allPermissions = []cradle.Permission{
 	"device.read", "device.create", "device.update", "device.transition",
 	"audit.read", "token.read", "token.write", "certificate.read", "certificate.issue", "certificate.revoke",
 	"factory.read", "factory.batch", "factory.station", "factory.provision",
-	"telemetry.read", "telemetry.write", "device.claim", "policy.write",
+	"telemetry.read", "telemetry.write", "device.claim", "policy.write", "command.read", "command.issue", "command.device",
 }
 
 // wantPermissions is the authorization table as the role comments in
@@ -25,24 +25,24 @@ var wantPermissions = map[cradle.Role][]cradle.Permission{
 	// Issuing is for devices and the factory, not for people.
 	"admin": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
 		"certificate.read", "certificate.revoke", "factory.read", "factory.batch", "factory.station", "telemetry.read",
-		"device.claim", "policy.write"},
+		"device.claim", "policy.write", "command.read", "command.issue"},
 	// Runs the fleet: devices, transitions, imports; reads the audit log;
 	// revokes certificates (quarantine); no tokens.
 	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "certificate.read", "certificate.revoke",
-		"factory.read", "factory.batch", "telemetry.read", "device.claim"},
+		"factory.read", "factory.batch", "telemetry.read", "device.claim", "command.read", "command.issue"},
 	// The factory line: creates and provisions units, records their IDevIDs.
 	"factory": {"device.read", "device.create", "device.transition", "certificate.issue",
 		"factory.read", "factory.provision", "telemetry.read"},
 	// Reads everything, changes nothing.
-	"auditor": {"device.read", "audit.read", "token.read", "certificate.read", "factory.read", "telemetry.read"},
+	"auditor": {"device.read", "audit.read", "token.read", "certificate.read", "factory.read", "telemetry.read", "command.read"},
 	// A device acting on itself: it may only ask to move, to be issued
 	// a certificate (enrollment) and report its telemetry.
-	"device": {"device.transition", "certificate.issue", "telemetry.write"},
+	"device": {"device.transition", "certificate.issue", "telemetry.write", "command.device"},
 	// The server itself.
 	"system": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
 		"certificate.read", "certificate.issue", "certificate.revoke",
 		"factory.read", "factory.batch", "factory.station", "factory.provision",
-		"telemetry.read", "telemetry.write", "device.claim", "policy.write"},
+		"telemetry.read", "telemetry.write", "device.claim", "policy.write", "command.read", "command.issue", "command.device"},
 }
 
 // TestPermissionsListed fails when a permission is added to the code and

@@ -24,7 +24,7 @@ func (a *app) deviceCmd() *cobra.Command {
 	a.addClientFlags(cmd)
 	cmd.AddCommand(a.deviceCreateCmd(), a.deviceListCmd(), a.deviceShowCmd(), a.deviceLabelCmd(),
 		a.deviceTransitionCmd(), a.deviceImportCmd(), a.deviceTraceCmd(),
-		a.deviceClaimCmd(), a.deviceTelemetryCmd(), a.deviceStatusCmd())
+		a.deviceClaimCmd(), a.deviceTelemetryCmd(), a.deviceStatusCmd(), a.deviceCommandCmd(), a.deviceCommandsCmd())
 	return cmd
 }
 

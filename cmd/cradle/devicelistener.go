@@ -37,12 +37,14 @@ type deviceListener struct {
 	refreshed chan struct{}
 	logger    *slog.Logger
 	mqtt      *mqttapi.Broker // nil when device.mqtt_listen is empty
+	commands  *commandRelay
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
-// device CA's, each issuing CA's OCSP signer's, and the listener's own.
+// device CA's, each issuing CA's OCSP signer's, the listener's own and
+// the command signer's.
 func deviceKeyNames(h *pki.Hierarchy) []string {
-	names := []string{pki.NameServer}
+	names := []string{pki.NameServer, pki.NameCommandSigner}
 	for i := range h.DeviceCAs {
 		names = append(names, pki.DeviceCAName(i))
 	}
@@ -137,11 +139,16 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 		return nil, err
 	}
 	listener.Handle("POST /device/v1/telemetry", telemetryHandler(sqlstore.NewTelemetryService(db), logger), false)
+	if d.commands, err = newCommandRelay(db, h, keys, metrics, logger); err != nil {
+		return nil, err
+	}
+	d.commands.mount(listener)
 
 	if cfg.Device.MQTTListen != "" {
-		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), metrics, logger); err != nil {
+		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), d.commands, metrics, logger); err != nil {
 			return nil, err
 		}
+		d.commands.mqtt = d.mqtt
 	}
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
 	if err != nil {

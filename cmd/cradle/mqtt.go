@@ -21,9 +21,10 @@ import (
 // newBroker makes the embedded MQTT broker of the device listener: the
 // same server certificate, devices authenticated by their LDevID with the
 // device listener's checks (chain, profile, revocation, device state),
-// refusals audited, telemetry stored. It is opened by the caller (Open) and listens on
+// refusals audited, telemetry stored, commands and their results relayed
+// through cmds. It is opened by the caller (Open) and listens on
 // device.mqtt_listen.
-func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, metrics prometheus.Registerer, logger *slog.Logger) (*mqttapi.Broker, error) {
+func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, cmds *commandRelay, metrics prometheus.Registerer, logger *slog.Logger) (*mqttapi.Broker, error) {
 	// Telemetry refused (malformed, oversize, an unknown device) is
 	// counted and logged; the connection is kept.
 	telemetryRefused := prometheus.NewCounter(prometheus.CounterOpts{Name: "cradle_mqtt_telemetry_refused_total",
@@ -59,7 +60,15 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 			audit.RecordRefusal(context.Background(), id, "device:"+serial, cradle.AuditEvent{Action: "mqtt." + action + ".refused",
 				Subject: "device:" + serial, Details: map[string]any{"topic": topic}})
 		},
+		OnSubscribe: func(serial, filter string) {
+			tenant, _ := tenants.Load(serial)
+			id, _ := tenant.(int64)
+			cmds.onSubscribe(id, serial, filter)
+		},
 		OnMessage: func(serial, topic string, payload []byte) {
+			if tenant, _ := tenants.Load(serial); cmds.onMessage(tenantOf(tenant), serial, topic, payload) {
+				return
+			}
 			if topic != mqttapi.DeviceTopic(serial, mqttapi.TopicTelemetry) {
 				logger.Debug("MQTT message", "device", serial, "topic", topic, "bytes", len(payload))
 				return
@@ -85,6 +94,11 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 	}
 	logger.Info("MQTT broker", "addr", b.Addr().String())
 	return b, nil
+}
+
+func tenantOf(v any) int64 {
+	id, _ := v.(int64)
+	return id
 }
 
 // disconnect closes the live MQTT sessions of the device whose

@@ -142,6 +142,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		// CA; batches and stations must be of the PKI's profile.
 		m.api.StationIssuer = m.device.issueStation
 		m.api.Profile = cradle.Profile(m.device.authority.Hierarchy.Profile())
+		m.api.Commands = pushingCommands{CommandService: m.device.commands.store, relay: m.device.commands}
 	}
 	if cfg.Factory.WebhookURL != "" {
 		if m.webhook, err = startWebhook(ctx, cfg.Factory, m.db, m.Logger); err != nil {

@@ -68,6 +68,9 @@ type Server struct {
 	StatusPolicy cradle.StatusPolicy
 	// Now is the clock of the status routes; nil means time.Now.
 	Now func() time.Time
+	// Commands serves the device command routes; nil when the server has
+	// no command signer (the routes answer not_implemented).
+	Commands cradle.CommandService
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.

@@ -85,7 +85,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
 		Registerer:   prometheus.NewRegistry(),
 		MaxBodyBytes: 64 << 10,
 	}
-	for _, c := range append([]func(*httpapi.Server){withFactory(e), withClaims(e)}, configure...) {
+	for _, c := range append([]func(*httpapi.Server){withFactory(e), withClaims(e), withCommands(e)}, configure...) {
 		c(e.api)
 	}
 	srv := httptest.NewServer(e.api.Handler())
@@ -279,7 +279,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 
 	// Every route that needs a token has a row; a new route without one
 	// fails here.
-	rows := append(append(slices.Clip(matrix), factoryMatrix...), claimMatrix...)
+	rows := append(append(append(slices.Clip(matrix), factoryMatrix...), claimMatrix...), commandMatrix...)
 	covered := map[string]bool{}
 	for _, c := range rows {
 		covered[c.method+" "+c.pattern] = true

@@ -175,6 +175,10 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"CertificateList":   httpapi.CertificateList{},
 		"Revocation":        httpapi.Revocation{},
 		"CertificateRecord": httpapi.CertificateRecord{},
+		"CommandRequest":    cradle.CommandRequest{},
+		"CommandResult":     cradle.CommandResult{},
+		"DeviceCommand":     cradle.DeviceCommand{},
+		"CommandList":       httpapi.CommandList{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

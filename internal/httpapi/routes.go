@@ -88,6 +88,10 @@ func (s *Server) routes() []route {
 		{method: "GET", pattern: "/api/v1/devices/{serial}/telemetry", handle: s.deviceTelemetry},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/status", handle: s.deviceStatus},
 		{method: "GET", pattern: "/api/v1/device-status", handle: s.fleetStatus},
+		{method: "POST", pattern: "/api/v1/devices/{serial}/commands", handle: s.issueCommand},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/commands", handle: s.listCommands},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/commands/{id}", handle: s.getCommand},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/commands/{id}/logs", handle: s.getCommandLogs},
 	}
 }
 

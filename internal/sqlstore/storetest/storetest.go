@@ -156,6 +156,7 @@ func Run(t *testing.T, b Backend) {
 		{"FactoryBatches", testFactoryBatches}, {"FactoryMACRanges", testFactoryMACRanges}, {"FactoryStations", testFactoryStations}, {"FactoryPermissions", testFactoryPermissions}, {"FactoryAllocate", testFactoryAllocate}, {"FactoryTraces", testFactoryTraces}, {"FactoryRMA", testFactoryRMA}, {"FactoryConcurrentAllocation", testFactoryConcurrentAllocation}, {"FactoryOutbox", testFactoryOutbox},
 		{"TelemetryRecordQuery", testTelemetryRecordQuery}, {"TelemetryRefusals", testTelemetryRefusals}, {"TelemetryRetention", testTelemetryRetention},
 		{"Claims", testClaims},
+		{"CommandsIssueDeliverResult", testCommandsIssueDeliverResult}, {"CommandsRefusals", testCommandsRefusals}, {"CommandsExpiry", testCommandsExpiry}, {"CommandsLogs", testCommandsLogs}, {"CommandsConcurrentSequence", testCommandsConcurrentSequence},
 		{"ConcurrentWrites", testConcurrentWrites},
 	}
 	for _, tt := range tests {
