@@ -80,7 +80,6 @@ type DB struct {
 	background sync.WaitGroup // writes started off the request path
 	stmts      sync.Map       // query text → *sql.Stmt on rdb, for the hot reads
 	onTwin     func([]cradle.TwinChange)
-
 }
 
 // Open opens (creating if needed) the database and runs the embedded
