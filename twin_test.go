@@ -105,12 +105,12 @@ func TestParseReported(t *testing.T) {
 		t.Errorf("parsed = %+v", r)
 	}
 	for doc, msg := range map[string]string{
-		`{"version":2,"status":"applied","config":{}}`:                                       "at (an RFC 3339 time) is missing",
+		`{"version":2,"status":"applied","config":{}}`:                                         "at (an RFC 3339 time) is missing",
 		`{"version":2,"status":"applied","error":"x","config":{},"at":"2026-03-01T09:00:00Z"}`: "status applied with an error",
-		`{"version":2,"status":"rejected","config":{},"at":"2026-03-01T09:00:00Z"}`:           "needs an error",
-		`{"version":-1,"status":"applied","config":{},"at":"2026-03-01T09:00:00Z"}`:           "negative",
-		`{"version":1,"status":"applied","at":"2026-03-01T09:00:00Z"}`:                        "config is missing",
-		`{"version":1,"status":"applied","config":{},"at":"2026-03-01T09:00:00Z","x":1}`:      "unknown field",
+		`{"version":2,"status":"rejected","config":{},"at":"2026-03-01T09:00:00Z"}`:            "needs an error",
+		`{"version":-1,"status":"applied","config":{},"at":"2026-03-01T09:00:00Z"}`:            "negative",
+		`{"version":1,"status":"applied","at":"2026-03-01T09:00:00Z"}`:                         "config is missing",
+		`{"version":1,"status":"applied","config":{},"at":"2026-03-01T09:00:00Z","x":1}`:       "unknown field",
 	} {
 		_, err := cradle.ParseReported([]byte(doc))
 		if cradle.ErrorCode(err) != cradle.EINVALID || !strings.Contains(cradle.ErrorMessage(err), msg) {
