@@ -98,8 +98,8 @@ func TestTwinRoutes(t *testing.T) {
 		t.Errorf("schema refusal: %d %s", resp.status, resp.body)
 	}
 	for body, status := range map[string]int{
-		`[1]`:                   http.StatusBadRequest,
-		`{"a":1,"a":2}`:         http.StatusBadRequest,
+		`[1]`:           http.StatusBadRequest,
+		`{"a":1,"a":2}`: http.StatusBadRequest,
 		`{"a":"` + strings.Repeat("x", cradle.MaxConfigBytes) + `"}`: http.StatusRequestEntityTooLarge,
 	} {
 		resp := e.doJSON("PUT", "/api/v1/devices/SN-1/twin/desired", e.tokens[cradle.RoleOperator], body)
