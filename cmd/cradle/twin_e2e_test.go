@@ -79,7 +79,9 @@ func TestTwinEndToEnd(t *testing.T) {
 		}
 		return p
 	}
-	certPEM := func(c *x509.Certificate) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}) }
+	certPEM := func(c *x509.Certificate) []byte {
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
 	ok(t, append([]string{"pki", "record", "--device", serial, file("idevid.crt", certPEM(idevid))}, line...)...)
 	ok(t, append([]string{"device", "transition", serial, "provisioned"}, line...)...)
 	pool := x509.NewCertPool()
