@@ -65,6 +65,9 @@ const (
 	PermCommandRead      Permission = "command.read"      // a device's commands and their results
 	PermCommandIssue     Permission = "command.issue"     // send signed commands to devices
 	PermCommandDevice    Permission = "command.device"    // a device for itself: pending commands, results, logs
+	PermTwinRead         Permission = "twin.read"         // twins, config groups, config schemas; a device its own desired document
+	PermTwinWrite        Permission = "twin.write"        // device configs, config groups, config schemas
+	PermTwinReport       Permission = "twin.report"       // a device reports its own configuration
 )
 
 // Permissions lists every permission, in a stable order.
@@ -74,6 +77,7 @@ var Permissions = []Permission{
 	PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
 	PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite,
 	PermCommandRead, PermCommandIssue, PermCommandDevice,
+	PermTwinRead, PermTwinWrite, PermTwinReport,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -83,18 +87,20 @@ var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead, PermDeviceClaim, PermPolicyWrite,
-		PermCommandRead, PermCommandIssue},
+		PermCommandRead, PermCommandIssue, PermTwinRead, PermTwinWrite},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
 		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead, PermDeviceClaim,
-		PermCommandRead, PermCommandIssue},
+		PermCommandRead, PermCommandIssue, PermTwinRead, PermTwinWrite},
 	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
 		PermFactoryRead, PermFactoryProvision, PermTelemetryRead},
-	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead, PermCommandRead},
+	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead, PermCommandRead,
+		PermTwinRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
-		PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite, PermCommandRead, PermCommandIssue, PermCommandDevice},
-	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite, PermCommandDevice},
+		PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite, PermCommandRead, PermCommandIssue, PermCommandDevice,
+		PermTwinRead, PermTwinWrite, PermTwinReport},
+	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite, PermCommandDevice, PermTwinRead, PermTwinReport},
 }
 
 // Allowed reports whether role r holds permission p.
@@ -171,6 +177,9 @@ var permissionVerbs = map[Permission]string{
 	PermCommandRead:      "read device commands",
 	PermCommandIssue:     "send commands to devices",
 	PermCommandDevice:    "fetch commands or report their results as a device",
+	PermTwinRead:         "read configuration twins",
+	PermTwinWrite:        "change desired configurations, config groups or config schemas",
+	PermTwinReport:       "report a device's configuration",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to

@@ -143,12 +143,19 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 		return nil, err
 	}
 	d.commands.mount(listener)
+	twin, err := newDeviceTwin(db, metrics, logger)
+	if err != nil {
+		return nil, err
+	}
+	twin.routes(listener)
 
 	if cfg.Device.MQTTListen != "" {
-		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), d.commands, metrics, logger); err != nil {
+		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, metrics, logger); err != nil {
 			return nil, err
 		}
 		d.commands.mqtt = d.mqtt
+		twin.broker = d.mqtt
+		db.SetTwinNotifier(twin.notify)
 	}
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
 	if err != nil {

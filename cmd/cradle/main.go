@@ -83,7 +83,8 @@ Then "cradle login --server URL --token TOKEN" and use the commands below.`,
 		c.GroupID = "server"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{a.loginCmd(), a.deviceCmd(), a.auditCmd(), a.tokenCmd(), a.pkiCmd(), a.factoryCmd(), a.policyCmd()} {
+	for _, c := range []*cobra.Command{a.loginCmd(), a.deviceCmd(), a.auditCmd(), a.tokenCmd(), a.pkiCmd(), a.factoryCmd(), a.policyCmd(),
+		a.configGroupCmd(), a.configSchemaCmd()} {
 		c.GroupID = "fleet"
 		root.AddCommand(c)
 	}

@@ -71,6 +71,9 @@ type Server struct {
 	// Commands serves the device command routes; nil when the server has
 	// no command signer (the routes answer not_implemented).
 	Commands cradle.CommandService
+	// Twins serves the configuration twin routes: device twins, config
+	// groups, config schemas and the drift listing.
+	Twins cradle.TwinService
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.

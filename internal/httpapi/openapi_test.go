@@ -179,6 +179,14 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"CommandResult":     cradle.CommandResult{},
 		"DeviceCommand":     cradle.DeviceCommand{},
 		"CommandList":       httpapi.CommandList{},
+		"Twin":              cradle.Twin{},
+		"TwinDesired":       cradle.TwinDesired{},
+		"TwinReported":      cradle.TwinReported{},
+		"TwinStatus":        cradle.TwinStatus{},
+		"TwinList":          httpapi.TwinList{},
+		"ConfigGroup":       cradle.ConfigGroup{},
+		"ConfigGroupList":   httpapi.ConfigGroupList{},
+		"ConfigSchema":      cradle.ConfigSchema{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

@@ -24,7 +24,7 @@ type route struct {
 
 // Route names one route of the API, for tests and documentation.
 type Route struct {
-	Method  string // GET, POST, PATCH, DELETE
+	Method  string // GET, POST, PUT, PATCH, DELETE
 	Pattern string // a ServeMux path pattern, e.g. /api/v1/devices/{serial}
 	Public  bool   // served without a token
 }
@@ -92,6 +92,16 @@ func (s *Server) routes() []route {
 		{method: "GET", pattern: "/api/v1/devices/{serial}/commands", handle: s.listCommands},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/commands/{id}", handle: s.getCommand},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/commands/{id}/logs", handle: s.getCommandLogs},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/twin", handle: s.getTwin},
+		{method: "PUT", pattern: "/api/v1/devices/{serial}/twin/desired", handle: s.setDeviceConfig},
+		{method: "DELETE", pattern: "/api/v1/devices/{serial}/twin/desired", handle: s.deleteDeviceConfig},
+		{method: "GET", pattern: "/api/v1/twins", handle: s.listTwins},
+		{method: "GET", pattern: "/api/v1/config-groups", handle: s.listConfigGroups},
+		{method: "GET", pattern: "/api/v1/config-groups/{name}", handle: s.getConfigGroup},
+		{method: "PUT", pattern: "/api/v1/config-groups/{name}", handle: s.putConfigGroup},
+		{method: "DELETE", pattern: "/api/v1/config-groups/{name}", handle: s.deleteConfigGroup},
+		{method: "GET", pattern: "/api/v1/config-schemas/{model}", handle: s.getConfigSchema},
+		{method: "PUT", pattern: "/api/v1/config-schemas/{model}", handle: s.putConfigSchema},
 	}
 }
 

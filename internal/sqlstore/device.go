@@ -242,6 +242,10 @@ func (s *DeviceService) CreateDevice(ctx context.Context, c cradle.DeviceCreate)
 		}
 		d = &cradle.Device{ID: id, TenantID: a.TenantID, Serial: c.Serial, HardwareUID: c.HardwareUID, MACs: c.MACs, Model: c.Model,
 			HardwareRevision: c.HardwareRevision, Labels: c.Labels, State: c.State, CreatedAt: tx.now, UpdatedAt: tx.now, StateChangedAt: tx.now}
+		// Config groups whose selector matches its labels reach it now.
+		if err := tx.twinsForNewDevices(ctx, a.TenantID, c.Serial); err != nil {
+			return err
+		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.create", Subject: "device:" + c.Serial, Details: c})
 	})
 	if err != nil {
@@ -292,6 +296,10 @@ func (s *DeviceService) UpdateDevice(ctx context.Context, serial string, u cradl
 		d.UpdatedAt = tx.now
 		if _, err := tx.exec(ctx, `UPDATE devices SET labels = ?, updated_at = ? WHERE id = ?`, string(labels), micros(tx.now), d.ID); err != nil {
 			return fmt.Errorf("sqlstore: update device: %w", err)
+		}
+		// Labels choose config groups: the effective desired document may change.
+		if err := tx.recomputeDevice(ctx, a.TenantID, serial); err != nil {
+			return err
 		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.update", Subject: "device:" + serial, Details: u})
 	})
