@@ -96,6 +96,13 @@ func (r *CommandRequest) Normalize() error {
 		}
 		r.Args = buf.Bytes()
 	}
+	if r.Kind == CommandSetConfig {
+		// The device applies it as a desired document, with the twin's
+		// checks, handlers and versions.
+		if _, _, err := ParseDesired(r.Args); err != nil {
+			return Errorf(EINVALID, `set-config args must be a desired document {"version": N, "config": {…}}: %s`, ErrorMessage(err))
+		}
+	}
 	if r.TTLSeconds == 0 {
 		r.TTLSeconds = int64(DefaultCommandTTL / time.Second)
 	}

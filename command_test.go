@@ -17,7 +17,9 @@ func TestCommandRequestNormalize(t *testing.T) {
 		wantArgs string
 	}{
 		{"ping default ttl", cradle.CommandRequest{Kind: "ping"}, "", 3600, ""},
-		{"args compacted", cradle.CommandRequest{Kind: "set-config", Args: []byte(` { "a" : 1 } `), TTLSeconds: 60}, "", 60, `{"a":1}`},
+		{"args compacted", cradle.CommandRequest{Kind: "reboot", Args: []byte(` { "a" : 1 } `), TTLSeconds: 60}, "", 60, `{"a":1}`},
+		{"set-config desired", cradle.CommandRequest{Kind: "set-config", Args: []byte(`{"version": 3, "config": {"a": 1}}`)}, "", 3600, `{"version":3,"config":{"a":1}}`},
+		{"set-config not a desired document", cradle.CommandRequest{Kind: "set-config", Args: []byte(`{"a":1}`)}, "set-config args must be a desired document", 0, ""},
 		{"null args", cradle.CommandRequest{Kind: "reboot", Args: []byte("null")}, "", 3600, ""},
 		{"max ttl", cradle.CommandRequest{Kind: "ping", TTLSeconds: 30 * 24 * 3600}, "", 30 * 24 * 3600, ""},
 		{"unknown kind", cradle.CommandRequest{Kind: "format"}, `unknown command kind "format"`, 0, ""},

@@ -41,6 +41,14 @@ cannot be reached it uses the HTTPS device API, and tries MQTT again with
 backoff. Telemetry waits in an on-disk spool (bounded; the oldest is dropped
 first when full) until the server has it.
 
+Desired configuration documents are checked against the model's JSON Schema
+and applied by the handlers in order; the agent reports the version it
+applied, or why it rejected the document (the running configuration is
+kept) or why a handler failed (the handlers that ran are rolled back).
+Commands (ping, reboot, upload-logs, rekey, set-config) run only when their
+signature chains to the factory root, they name this unit, have not expired
+and carry a sequence above the last one accepted; each gets a result.
+
 Usage:
   cradle-agent run --config FILE
 
@@ -67,6 +75,17 @@ The configuration is YAML (see agent.example.yaml):
     dir: ""                           # "" = state_dir/spool
     max_bytes: 4194304
     max_records: 10000
+  config:                             # desired configuration (the twin)
+    schema: ""                        # the model's JSON Schema; "" checks the form only
+    handlers:                         # run in order; a failure rolls back those that ran
+      - file: /etc/app/config.json    # the config (or one top-level key) as JSON
+        key: ""
+        mode: "0644"
+      - hook: /usr/libexec/app-reload # the config on stdin, CRADLE_CONFIG_VERSION set
+        args: []
+        timeout: 30s
+  commands:
+    reboot: []                        # e.g. [systemctl, reboot]; [] on a simulated unit counts a boot
   log:
     level: info                       # debug, info, warn, error
     format: text                      # text or json
@@ -101,7 +120,9 @@ type agentConfig struct {
 		MaxBytes   int64  `yaml:"max_bytes"`
 		MaxRecords int    `yaml:"max_records"`
 	} `yaml:"spool"`
-	Log struct {
+	Config   configSection   `yaml:"config"`
+	Commands commandsSection `yaml:"commands"`
+	Log      struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"`
 	} `yaml:"log"`
@@ -166,6 +187,9 @@ func parseAgentConfig(b []byte) (*agentConfig, error) {
 	if c.KeyStore.Kind == "" {
 		c.KeyStore.Kind = hw.KeyStoreFile
 	}
+	if err := c.checkFeatures(); err != nil {
+		return nil, err
+	}
 	switch c.Log.Level {
 	case "", "debug", "info", "warn", "error":
 	default:
@@ -216,7 +240,8 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := runUnit(ctx, cfg, cfg.logger(stderr), time.Now); err != nil {
+	ring := &logRing{} // the agent's own log, for upload-logs commands
+	if err := runUnit(ctx, cfg, cfg.logger(io.MultiWriter(stderr, ring)), ring, time.Now); err != nil {
 		fmt.Fprintf(stderr, "error: %v\n", err)
 		return 1
 	}
@@ -228,7 +253,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 // LDevID. It returns an error only for what the unit cannot mend by
 // waiting (not provisioned, no such device, a bad key store, an unusable
 // spool).
-func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func() time.Time) error {
+func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logRing, now func() time.Time) error {
 	dev, err := hw.OpenSimDevice(cfg.Device)
 	if err != nil {
 		return err
@@ -259,11 +284,17 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func()
 	}
 	var rt *agent.Runtime
 	var attested atomic.Bool // the identity's verdict, kept by stepIdentity
+	rekeys := make(chan rekeyRequest)
+	applier, executor, err := features(ctx, cfg, dev, id, func() *agent.Runtime { return rt }, ring, rekeys, log, now)
+	if err != nil {
+		return err
+	}
 	collector := agent.NewCollector(agent.CollectorOptions{DataDir: cfg.StateDir, Device: dev, Power: hw.SimPower{Dir: cfg.Device},
 		CertNotAfter: func() time.Time { return rt.CertNotAfter() }, Attested: attested.Load, Reconnects: func() int64 { return rt.Reconnects() }, Logger: log})
 	rt, err = agent.NewRuntime(agent.RuntimeOptions{Serial: serial, ServerURL: cfg.Server, MQTTAddr: cfg.mqttAddr, MQTTVersion: cfg.mqttVersion,
 		Roots: roots, Interval: cfg.Telemetry.Interval,
-		Backoff: agent.Backoff{Base: cfg.MQTT.RetryBase, Max: cfg.MQTT.RetryMax}, Collect: collector.Collect, Spool: sp, Now: now, Logger: log})
+		Backoff: agent.Backoff{Base: cfg.MQTT.RetryBase, Max: cfg.MQTT.RetryMax}, Collect: collector.Collect, Spool: sp,
+		Twin: applier.Apply, TwinReported: applier.Reported, Command: executor.Handle, Now: now, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -273,12 +304,12 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func()
 	defer cancel()
 	wg.Go(func() { rt.Run(ctx) })
 	log.Info("cradle-agent running", "device", cfg.Device, "server", cfg.Server, "mqtt", cfg.mqttAddr, "status", id.State().Status)
-	return stepIdentity(ctx, id, rt, &attested, log, now)
+	return stepIdentity(ctx, id, rt, &attested, rekeys, log, now)
 }
 
 // stepIdentity steps the identity until ctx is done, giving the runtime
 // each new LDevID.
-func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, attested *atomic.Bool, log *slog.Logger, now func() time.Time) error {
+func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, attested *atomic.Bool, rekeys <-chan rekeyRequest, log *slog.Logger, now func() time.Time) error {
 	var given []byte // the certificate the runtime has
 	for {
 		next, err := id.Step(ctx, now())
@@ -311,6 +342,16 @@ func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, at
 			log.Info("cradle-agent stopping")
 			return nil
 		case <-t.C:
+		case done := <-rekeys:
+			// A rekey command: a new key and certificate now, on this
+			// goroutine (the identity is stepped by one goroutine only);
+			// the loop then hands the new certificate to the runtime.
+			t.Stop()
+			err := id.Rekey(ctx, now())
+			if err != nil {
+				log.Warn("rekey", "err", err)
+			}
+			done <- err
 		}
 	}
 }

@@ -33,10 +33,7 @@ func TestAgentRunEnrolls(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	bin := filepath.Join(t.TempDir(), "cradle-agent")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "../cradle-agent").CombinedOutput(); err != nil {
-		t.Fatalf("go build cradle-agent: %v\n%s", err, out)
-	}
+	bin := buildAgent(t, ctx)
 	state := t.TempDir()
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("device: %s\nstate_dir: %s\nserver: %s\n", specs[0], state, l.m.device.Addr())), 0o600)
@@ -62,6 +59,12 @@ func TestAgentRunEnrolls(t *testing.T) {
 	if !strings.Contains(certs, serial) {
 		t.Errorf("no LDevID for %s:\n%s", serial, certs)
 	}
+	// The server deploys the device before the agent confirms its
+	// LDevID and saves "enrolled": wait for that before stopping it.
+	waitUntil(t, 30*time.Second, "the agent's state enrolled", func() bool {
+		b, _ := os.ReadFile(filepath.Join(state, "state.json"))
+		return strings.Contains(string(b), `"enrolled"`)
+	})
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("cradle-agent after SIGTERM: %v", err)

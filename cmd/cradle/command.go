@@ -58,7 +58,7 @@ default 1h); the device checks the signature chain to its factory root, its own
 serial, the expiry and the sequence, and reports done, refused or failed.
 With --wait the command waits until the device reports or the command expires.`,
 		Example: `  cradle device command SN-0001 ping --wait
-  cradle device command SN-0001 set-config --arg interval=30 --arg mode=eco --ttl 10m
+  cradle device command SN-0001 set-config --args '{"version":7,"config":{"interval":30}}' --ttl 10m
   cradle device command SN-0001 upload-logs --wait && cradle device commands SN-0001 --logs cmd_…`,
 		Args: cobra.ExactArgs(2),
 		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -190,6 +191,13 @@ func (r *Runtime) Reconnects() int64 { return max(r.connects.Load()-1, 0) }
 // Channel returns the channel in use: ChannelMQTT, ChannelHTTPS or
 // ChannelNone.
 func (r *Runtime) Channel() string { return r.channel.Load().(string) }
+
+// Transport returns an HTTP transport to the device listener that
+// presents the current LDevID, for exchanges outside the channel (such as
+// uploading logs).
+func (r *Runtime) Transport() *http.Transport {
+	return &http.Transport{TLSClientConfig: r.tlsConfig(), ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second}
+}
 
 func (r *Runtime) certificate() *tls.Certificate {
 	r.mu.Lock()

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"cradle/internal/agent"
+	"cradle/internal/agent/hw"
+	"cradle/internal/agent/twin"
+)
+
+// configSection is the `config:` part of agent.yaml: how desired
+// configuration documents are checked and applied.
+type configSection struct {
+	// Schema is the model's JSON Schema file; "" checks only the form.
+	Schema   string          `yaml:"schema"`
+	Handlers []handlerConfig `yaml:"handlers"`
+}
+
+// handlerConfig is one handler: exactly one of File and Hook.
+type handlerConfig struct {
+	File    string        `yaml:"file"`    // write the config (or Key's value) as JSON here
+	Key     string        `yaml:"key"`     // file: one top-level key only
+	Mode    string        `yaml:"mode"`    // file: octal, default 0600
+	Hook    string        `yaml:"hook"`    // run this program with the config on stdin
+	Args    []string      `yaml:"args"`    // hook: its arguments
+	Timeout time.Duration `yaml:"timeout"` // hook: default 30s
+}
+
+// commandsSection is the `commands:` part of agent.yaml.
+type commandsSection struct {
+	// Reboot is the program a reboot command runs (after its result is
+	// sent), e.g. [systemctl, reboot]. Empty on a simulated unit counts a
+	// boot in its boot environment instead.
+	Reboot []string `yaml:"reboot"`
+}
+
+// checkFeatures validates the config and commands sections.
+func (c *agentConfig) checkFeatures() error {
+	for i, h := range c.Config.Handlers {
+		where := fmt.Sprintf("config.handlers[%d]", i)
+		switch {
+		case (h.File == "") == (h.Hook == ""):
+			return fmt.Errorf("config: %s: give exactly one of file and hook", where)
+		case h.File != "" && (len(h.Args) > 0 || h.Timeout != 0):
+			return fmt.Errorf("config: %s: args and timeout belong to a hook, not a file", where)
+		case h.Hook != "" && (h.Key != "" || h.Mode != ""):
+			return fmt.Errorf("config: %s: key and mode belong to a file, not a hook", where)
+		case h.Timeout < 0:
+			return fmt.Errorf("config: %s: timeout %s is negative", where, h.Timeout)
+		}
+		if h.Mode != "" {
+			if m, err := strconv.ParseUint(h.Mode, 8, 32); err != nil || m > 0o777 {
+				return fmt.Errorf("config: %s: mode %q is not an octal file mode such as 0644", where, h.Mode)
+			}
+		}
+	}
+	return nil
+}
+
+// handlers builds the twin handlers the configuration names.
+func (c *agentConfig) handlers() []twin.Handler {
+	var hs []twin.Handler
+	for _, h := range c.Config.Handlers {
+		if h.File != "" {
+			m, _ := strconv.ParseUint(h.Mode, 8, 32) // checked; "" gives 0, the handler's default
+			hs = append(hs, &twin.File{Path: h.File, Key: h.Key, Mode: os.FileMode(m)})
+			continue
+		}
+		hs = append(hs, &twin.Hook{Path: h.Hook, Args: h.Args, Timeout: h.Timeout})
+	}
+	return hs
+}
+
+// maxLogRing is how much of its own log the agent keeps for upload-logs
+// commands.
+const maxLogRing = 256 << 10
+
+// logRing keeps the newest maxLogRing bytes written to it.
+type logRing struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (r *logRing) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.buf = append(r.buf, p...)
+	if over := len(r.buf) - maxLogRing; over > 0 {
+		r.buf = append(r.buf[:0], r.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+// Bytes returns a copy of what the ring holds.
+func (r *logRing) Bytes() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]byte(nil), r.buf...)
+}
+
+// rekeyRequest asks the identity loop, the only goroutine that may step
+// the identity, to replace the device key now.
+type rekeyRequest chan error
+
+// features builds the twin applier and the command executor of a unit.
+// Rekey requests go to rekeys, served by stepIdentity.
+func features(ctx context.Context, cfg *agentConfig, dev *hw.Device, id *agent.Identity, rt func() *agent.Runtime, ring *logRing,
+	rekeys chan<- rekeyRequest, log *slog.Logger, now func() time.Time) (*twin.Applier, *agent.Executor, error) {
+	applier, err := twin.New(twin.Options{StateDir: filepath.Join(cfg.StateDir, "twin"), SchemaFile: cfg.Config.Schema,
+		Handlers: cfg.handlers(), Now: now, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	root, serial, err := id.CommandTrust(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	seq, err := agent.OpenCommandSequence(cfg.StateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	reboot := agent.SimulatedReboot(dev.BootEnv)
+	if len(cfg.Commands.Reboot) > 0 {
+		reboot = agent.RebootAfter(cfg.Commands.Reboot, 2*time.Second, log)
+	}
+	actions := agent.CommandActions{
+		Reboot:      reboot,
+		CollectLogs: func(context.Context) ([]byte, error) { return ring.Bytes(), nil },
+		UploadLogs: func(ctx context.Context, commandID string, logs []byte) error {
+			return agent.PostCommandLogs(ctx, &http.Client{Transport: rt().Transport(), Timeout: 30 * time.Second}, cfg.Server, commandID, logs)
+		},
+		Rekey: func(ctx context.Context) error {
+			done := make(rekeyRequest, 1)
+			select {
+			case rekeys <- done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			select {
+			case err := <-done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+		// set-config carries a desired document ({"version", "config"},
+		// the JSON of twin/desired), applied with the same checks, handlers
+		// and versions as one pushed on the twin.
+		SetConfig: func(ctx context.Context, args json.RawMessage) error {
+			var rep struct {
+				Status string `json:"status"`
+				Error  string `json:"error"`
+			}
+			if err := json.Unmarshal(applier.Apply(ctx, args), &rep); err != nil {
+				return fmt.Errorf("agent: set-config: the applier's report: %w", err)
+			}
+			if rep.Status != "applied" {
+				return fmt.Errorf("agent: set-config %s: %s", rep.Status, rep.Error)
+			}
+			return nil
+		},
+	}
+	ex, err := agent.NewExecutor(agent.ExecutorOptions{Root: root, Serial: serial, Sequence: seq, Actions: actions, Now: now, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	return applier, ex, nil
+}
