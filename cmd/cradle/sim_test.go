@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +58,10 @@ func (s *simServer) options() sim.Options {
 // TestSimProvisionEnroll: a simulated fleet provisioned by a real station
 // line and enrolled over EST against a real server.
 func TestSimProvisionEnroll(t *testing.T) {
-	const n = 20
+	n := 20
+	if v := os.Getenv("SIM_N"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
 	s := newSimServer(t, n)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -66,7 +71,7 @@ func TestSimProvisionEnroll(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer line.Close()
-	rep, err := sim.Provision(ctx, line.Station, line.Batch, line.Release, filepath.Join(dir, "fleet"), n, nil)
+	rep, err := sim.Provision(ctx, line, filepath.Join(dir, "fleet"), nil)
 	if err != nil || rep.OK != n || rep.Uploaded != n {
 		t.Fatalf("provision: %+v, %v", rep, err)
 	}

@@ -116,22 +116,23 @@ type Fleet struct {
 type ProvisionReport struct {
 	Units, OK, Failed int
 	Elapsed           time.Duration
+	// Device is the time spent in the units' simulated hardware (key
+	// generation, flash, fuses, each write synced); HSM the time signing.
+	Device, HSM time.Duration
 	// Uploaded is the trace records the server stored; Pending those it
 	// did not get (the station keeps them in its journal).
 	Uploaded, Pending int
 }
 
-// Provision creates n simulated units in dir (created if missing; the
-// units are numbered after those already there) and runs them through the
-// station's line for batch with release rel. p, when not nil, shows the
-// station's progress. It returns when every unit is provisioned and its
-// record uploaded, or with the first station error; failed units are
-// counted and their directories removed, so that Open never sees them.
-func Provision(ctx context.Context, st *factory.Station, batch string, rel *factory.Release, dir string, n int, p *factory.Progress) (ProvisionReport, error) {
+// Provision creates simulated units in dir (created if missing; the units
+// are numbered after those already there), as many as the line's batches
+// hold, and runs them through the line's stations, in parallel. progress,
+// when not nil, is called as units are taken by a station. It returns when
+// every unit is provisioned and its record uploaded, or with the first
+// station error; failed units are counted and their directories removed,
+// so that Open never sees them.
+func Provision(ctx context.Context, line *Line, dir string, progress func(done, total int)) (ProvisionReport, error) {
 	var rep ProvisionReport
-	if n <= 0 {
-		return rep, fmt.Errorf("sim: provision %d units: give a positive number", n)
-	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return rep, fmt.Errorf("sim: %w", err)
 	}
@@ -144,34 +145,68 @@ func Provision(ctx context.Context, st *factory.Station, batch string, rel *fact
 	tag := make([]byte, 4)
 	rand.Read(tag)
 	uidPrefix := "SIM-" + strings.ToUpper(hex.EncodeToString(tag))
-	i := first
-	next := func() (factory.Unit, bool, error) {
-		if i >= first+n {
-			return factory.Unit{}, false, nil
-		}
-		unitDir := filepath.Join(unitName(dir, i), "unit")
-		uid := fmt.Sprintf("%s-%05d", uidPrefix, i)
-		i++
-		dev, err := hw.CreateSimDevice(unitDir, uid)
-		if err != nil {
-			return factory.Unit{Spec: unitDir}, true, err
-		}
-		return factory.Unit{Spec: unitDir, Device: dev}, true, nil
+	total := 0
+	for _, n := range line.Units {
+		total += n
 	}
-	start := time.Now()
-	stats, sync, err := st.Run(ctx, batch, rel, next, p)
-	rep.Units, rep.OK, rep.Failed, rep.Elapsed = stats.Units, stats.OK, stats.Failed+stats.Skipped, time.Since(start)
-	if sync != nil {
-		rep.Uploaded, rep.Pending = sync.Uploaded+sync.Known, sync.Pending
+	var (
+		mu    sync.Mutex
+		next  = first
+		done  int
+		errs  []error
+		start = time.Now()
+		wg    sync.WaitGroup
+	)
+	for k, st := range line.Stations {
+		left := line.Units[k]
+		units := func() (factory.Unit, bool, error) {
+			if left == 0 {
+				return factory.Unit{}, false, nil
+			}
+			left--
+			mu.Lock()
+			i := next
+			next++
+			done++
+			if progress != nil {
+				progress(done, total)
+			}
+			mu.Unlock()
+			unitDir := filepath.Join(unitName(dir, i), "unit")
+			dev, err := hw.CreateSimDevice(unitDir, fmt.Sprintf("%s-%05d", uidPrefix, i))
+			if err != nil {
+				return factory.Unit{Spec: unitDir}, true, err
+			}
+			return factory.Unit{Spec: unitDir, Device: dev}, true, nil
+		}
+		wg.Go(func() {
+			stats, sync, err := st.Run(ctx, line.Batches[k], line.Release, units, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			rep.Units += stats.Units
+			rep.OK += stats.OK
+			rep.Failed += stats.Failed + stats.Skipped
+			rep.Device += stats.Device
+			rep.HSM += stats.HSM
+			if sync != nil {
+				rep.Uploaded += sync.Uploaded + sync.Known
+				rep.Pending += sync.Pending
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("station %s: %w", st.Name(), err))
+			}
+		})
 	}
+	wg.Wait()
+	rep.Elapsed = time.Since(start)
 	// A unit that failed has no identity; drop it from the fleet.
-	for j := first; j < i; j++ {
+	for j := first; j < next; j++ {
 		d := unitName(dir, j)
 		if _, ferr := provisionedSerial(ctx, filepath.Join(d, "unit")); ferr != nil {
 			os.RemoveAll(d)
 		}
 	}
-	return rep, err
+	return rep, errors.Join(errs...)
 }
 
 func unitName(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("unit-%05d", i)) }

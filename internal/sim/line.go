@@ -42,18 +42,31 @@ type LineConfig struct {
 	Units int
 	// Org is the O of the IDevIDs; "" leaves it out.
 	Org string
+	// Stations is how many stations work in parallel (a unit's time is
+	// mostly its simulated hardware's synced writes, which overlap); 0
+	// means 4. There are never more stations than units.
+	Stations int
 }
 
-// Line is a factory line set up for a simulated fleet: an enrolled
-// station, a batch and a firmware release. Close releases the station.
+// Line is the factory lines set up for a simulated fleet: stations
+// working in parallel, each on its own batch, and a firmware release.
+// Close releases the stations.
 type Line struct {
-	Station *factory.Station
-	Batch   string
+	Stations []*factory.Station
+	// Batches[i] is the batch of Stations[i]; Units[i] its quantity.
+	Batches []string
+	Units   []int
 	Release *factory.Release
 }
 
-// Close closes the station (its journal).
-func (l *Line) Close() error { return l.Station.Close() }
+// Close closes the stations (their journals).
+func (l *Line) Close() error {
+	var errs []error
+	for _, st := range l.Stations {
+		errs = append(errs, st.Close())
+	}
+	return errors.Join(errs...)
+}
 
 // Sim units are of this model and hardware revision, with this firmware.
 const (
@@ -62,15 +75,16 @@ const (
 	SimFirmware = "1.0.0"
 )
 
-// SetUpLine sets up a factory line for simulated units in dir/line, as an
-// operator sets up a real one, through the operator API: a station
-// "sim-<tag>" enrolled with a new station key (kept in dir/line, mode
-// 0600), its API token, a batch "SIM-<tag>" of cfg.Units units with serials
-// SIM-<tag>-NNNNN, a range of locally administered MAC addresses when the
-// server has too few free, and a small firmware release. <tag> is random,
-// so that fleets never share serials. The station is a test station: a
-// production PKI is refused, since simulated units must never carry
-// production identities.
+// SetUpLine sets up factory lines for cfg.Units simulated units in
+// dir/line, as an operator sets up real ones, through the operator API: a
+// range of locally administered MAC addresses when the server has too few
+// free, a small firmware release, and cfg.Stations stations "sim-<tag>-<k>",
+// each enrolled with a new station key (kept in dir/line, mode 0600) and
+// given its API token and its own batch "SIM-<tag>-<k>" (serials
+// SIM-<tag>-<k>-NNNNNN) of its share of the units. <tag> is random, so that
+// fleets never share serials. The stations are test stations: a production
+// PKI is refused, since simulated units must never carry production
+// identities.
 func SetUpLine(ctx context.Context, dir string, cfg LineConfig) (*Line, error) {
 	switch {
 	case cfg.Root == nil || cfg.ManufacturingCA == nil || cfg.ManufacturingKey == nil:
@@ -97,53 +111,79 @@ func SetUpLine(ctx context.Context, dir string, cfg LineConfig) (*Line, error) {
 	if err := ensureMACs(ctx, admin, cfg.Units); err != nil {
 		return nil, err
 	}
-	batch, err := admin.CreateBatch(ctx, cradle.BatchCreate{ID: "SIM-" + tag, Model: SimModel, HardwareRevision: SimRevision,
-		Quantity: cfg.Units, FirmwareVersion: SimFirmware, Profile: cradle.ProfileTest, SerialPattern: "SIM-" + tag + "-{seq:05}"})
-	if err != nil {
-		return nil, fmt.Errorf("sim: create the batch: %w", err)
-	}
-
-	// The station key: a file key in the line directory, as a simulated
-	// station has no HSM.
-	sk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(sk)
-	if err != nil {
-		return nil, err
-	}
-	if err := atomicfile.WriteFile(filepath.Join(lineDir, "station-"+tag+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return nil, fmt.Errorf("sim: %w", err)
-	}
-	name := "sim-" + strings.ToLower(tag)
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, sk)
-	if err != nil {
-		return nil, err
-	}
-	enrolled, err := admin.EnrollStation(ctx, name, cradle.ProfileTest, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
-	if err != nil {
-		return nil, fmt.Errorf("sim: enroll the station: %w", err)
-	}
-	blk, _ := pem.Decode([]byte(enrolled.Certificate))
-	if blk == nil {
-		return nil, errors.New("sim: the server's station certificate is not PEM")
-	}
-	stationCert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("sim: the server's station certificate: %w", err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(lineDir, "station-"+tag+".token"), []byte(enrolled.Token+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("sim: %w", err)
-	}
-
 	rel, err := writeRelease(filepath.Join(lineDir, "release-"+tag))
 	if err != nil {
 		return nil, err
 	}
-	j, err := factory.OpenJournal(filepath.Join(lineDir, "journal-"+tag+".jsonl"), func(s cradle.SignedTrace) error { return s.Verify(stationCert) })
+	k := cfg.Stations
+	if k <= 0 {
+		k = 4
+	}
+	k = min(k, cfg.Units)
+	l := &Line{Release: rel}
+	for i := range k {
+		units := cfg.Units/k + btoi(i < cfg.Units%k)
+		st, batch, err := setUpStation(ctx, admin, api, hc, lineDir, fmt.Sprintf("%s-%d", tag, i+1), units, cfg)
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.Stations, l.Batches, l.Units = append(l.Stations, st), append(l.Batches, batch), append(l.Units, units)
+	}
+	return l, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// setUpStation enrolls station sim-<id> and creates its batch SIM-<id>
+// of units units.
+func setUpStation(ctx context.Context, admin *httpapi.Client, api string, hc *http.Client, lineDir, id string, units int, cfg LineConfig) (*factory.Station, string, error) {
+	batch, err := admin.CreateBatch(ctx, cradle.BatchCreate{ID: "SIM-" + id, Model: SimModel, HardwareRevision: SimRevision,
+		Quantity: units, FirmwareVersion: SimFirmware, Profile: cradle.ProfileTest, SerialPattern: "SIM-" + id + "-{seq:06}"})
 	if err != nil {
-		return nil, err
+		return nil, "", fmt.Errorf("sim: create the batch: %w", err)
+	}
+	// The station key: a file key in the line directory, as a simulated
+	// station has no HSM.
+	sk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(sk)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := atomicfile.WriteFile(filepath.Join(lineDir, "station-"+id+".key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, "", fmt.Errorf("sim: %w", err)
+	}
+	name := "sim-" + strings.ToLower(id)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, sk)
+	if err != nil {
+		return nil, "", err
+	}
+	enrolled, err := admin.EnrollStation(ctx, name, cradle.ProfileTest, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))
+	if err != nil {
+		return nil, "", fmt.Errorf("sim: enroll the station: %w", err)
+	}
+	blk, _ := pem.Decode([]byte(enrolled.Certificate))
+	if blk == nil {
+		return nil, "", errors.New("sim: the server's station certificate is not PEM")
+	}
+	stationCert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil, "", fmt.Errorf("sim: the server's station certificate: %w", err)
+	}
+	if err := atomicfile.WriteFile(filepath.Join(lineDir, "station-"+id+".token"), []byte(enrolled.Token+"\n"), 0o600); err != nil {
+		return nil, "", fmt.Errorf("sim: %w", err)
+	}
+	j, err := factory.OpenJournal(filepath.Join(lineDir, "journal-"+id+".jsonl"), func(s cradle.SignedTrace) error { return s.Verify(stationCert) })
+	if err != nil {
+		return nil, "", err
 	}
 	var signer []*x509.Certificate
 	if cfg.CommandSigner != nil {
@@ -155,13 +195,13 @@ func SetUpLine(ctx context.Context, dir string, cfg LineConfig) (*Line, error) {
 		ManufacturingCA: cfg.ManufacturingCA, ManufacturingKey: cfg.ManufacturingKey, Root: cfg.Root,
 		CommandSigner: signer, Journal: j,
 		Server:  httpapi.NewClient(api, enrolled.Token, hc),
-		Reserve: min(cfg.Units, 256),
+		Reserve: min(units, cradle.MaxAllocation),
 	})
 	if err != nil {
 		j.Close()
-		return nil, err
+		return nil, "", err
 	}
-	return &Line{Station: st, Batch: batch.ID, Release: rel}, nil
+	return st, batch.ID, nil
 }
 
 // ensureMACs adds a range of locally administered addresses (02:5c:…)
