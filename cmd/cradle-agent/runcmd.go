@@ -8,9 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -18,6 +22,8 @@ import (
 
 	"cradle/internal/agent"
 	"cradle/internal/agent/hw"
+	"cradle/internal/agent/mqtt"
+	"cradle/internal/agent/spool"
 )
 
 const runUsage = `cradle-agent run keeps the unit's operational identity: it enrolls with the
@@ -26,6 +32,13 @@ thirds of its lifetime (simplereenroll, a new key each time), retries with
 exponential backoff and jitter, and never drops a working identity for a
 failed renewal. Its state is in state_dir, written atomically; a guard holds it
 back when it restarts in a loop. It stops on SIGINT or SIGTERM.
+
+With its LDevID it connects to the server's MQTT broker (MQTT 5 or 3.1.1 over
+TLS), sends telemetry (health, battery, link, energy, security state) every
+telemetry.interval, and takes twin and command messages. While the broker
+cannot be reached it uses the HTTPS device API, and tries MQTT again with
+backoff. Telemetry waits in an on-disk spool (bounded; the oldest is dropped
+first when full) until the server has it.
 
 Usage:
   cradle-agent run --config FILE
@@ -42,6 +55,15 @@ The configuration is YAML (see agent.example.yaml):
     pkcs11_module: ""                 # pkcs11: module, token, pin source
     pkcs11_token: ""
     pkcs11_pin_source: ""
+  mqtt:
+    url: ""                           # mqtts://host:8883; "" = the server's host, port 8883; "off" = HTTPS only
+    version: "5"                      # 5 or 3.1.1
+  telemetry:
+    interval: 60s
+  spool:
+    dir: ""                           # "" = state_dir/spool
+    max_bytes: 4194304
+    max_records: 10000
   log:
     level: info                       # debug, info, warn, error
     format: text                      # text or json
@@ -62,10 +84,25 @@ type agentConfig struct {
 		PKCS11Token     string `yaml:"pkcs11_token"`
 		PKCS11PINSource string `yaml:"pkcs11_pin_source"`
 	} `yaml:"key_store"`
+	MQTT struct {
+		URL     string `yaml:"url"`
+		Version string `yaml:"version"`
+	} `yaml:"mqtt"`
+	Telemetry struct {
+		Interval time.Duration `yaml:"interval"`
+	} `yaml:"telemetry"`
+	Spool struct {
+		Dir        string `yaml:"dir"`
+		MaxBytes   int64  `yaml:"max_bytes"`
+		MaxRecords int    `yaml:"max_records"`
+	} `yaml:"spool"`
 	Log struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"`
 	} `yaml:"log"`
+
+	mqttAddr    string       // host:port, "" for HTTPS only
+	mqttVersion mqtt.Version // from MQTT.Version
 }
 
 // parseAgentConfig reads and checks the configuration; unknown keys are
@@ -84,6 +121,39 @@ func parseAgentConfig(b []byte) (*agentConfig, error) {
 		return nil, errors.New("config: state_dir is required")
 	case !strings.HasPrefix(c.Server, "https://"):
 		return nil, fmt.Errorf("config: server %q must be the device listener's https:// URL", c.Server)
+	}
+	u, err := url.Parse(c.Server)
+	if err != nil || u.Hostname() == "" {
+		return nil, fmt.Errorf("config: server %q is not a URL with a host", c.Server)
+	}
+	switch c.MQTT.URL {
+	case "off":
+	case "":
+		c.mqttAddr = net.JoinHostPort(u.Hostname(), "8883")
+	default:
+		m, err := url.Parse(c.MQTT.URL)
+		if err != nil || (m.Scheme != "mqtts" && m.Scheme != "ssl" && m.Scheme != "tls") || m.Hostname() == "" || m.Path != "" {
+			return nil, fmt.Errorf("config: mqtt.url %q: use mqtts://host:port (TLS only), or off", c.MQTT.URL)
+		}
+		c.mqttAddr = m.Host
+		if m.Port() == "" {
+			c.mqttAddr = net.JoinHostPort(m.Hostname(), "8883")
+		}
+	}
+	if c.mqttVersion, err = mqtt.ParseVersion(c.MQTT.Version); err != nil {
+		return nil, fmt.Errorf("config: mqtt.version %q: use 5 or 3.1.1", c.MQTT.Version)
+	}
+	switch {
+	case c.Telemetry.Interval == 0:
+		c.Telemetry.Interval = time.Minute
+	case c.Telemetry.Interval < 100*time.Millisecond:
+		return nil, fmt.Errorf("config: telemetry.interval %s is shorter than 100ms", c.Telemetry.Interval)
+	}
+	if c.Spool.Dir == "" {
+		c.Spool.Dir = filepath.Join(c.StateDir, "spool")
+	}
+	if c.Spool.MaxBytes < 0 || c.Spool.MaxRecords < 0 {
+		return nil, errors.New("config: spool.max_bytes and spool.max_records must not be negative (0 takes the default)")
 	}
 	if c.KeyStore.Kind == "" {
 		c.KeyStore.Kind = hw.KeyStoreFile
@@ -138,17 +208,19 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := runIdentity(ctx, cfg, cfg.logger(stderr), time.Now); err != nil {
+	if err := runUnit(ctx, cfg, cfg.logger(stderr), time.Now); err != nil {
 		fmt.Fprintf(stderr, "error: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-// runIdentity opens the unit and steps its identity until ctx is done. It
-// returns an error only for what the unit cannot mend by waiting (not
-// provisioned, no such device, a bad key store).
-func runIdentity(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func() time.Time) error {
+// runUnit opens the unit and steps its identity until ctx is done, with
+// the channel (telemetry, twin, commands) beside it once the unit has an
+// LDevID. It returns an error only for what the unit cannot mend by
+// waiting (not provisioned, no such device, a bad key store, an unusable
+// spool).
+func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func() time.Time) error {
 	dev, err := hw.OpenSimDevice(cfg.Device)
 	if err != nil {
 		return err
@@ -165,7 +237,39 @@ func runIdentity(ctx context.Context, cfg *agentConfig, log *slog.Logger, now fu
 	if err != nil {
 		return err
 	}
-	log.Info("cradle-agent running", "device", cfg.Device, "server", cfg.Server, "status", id.State().Status)
+	serial, roots, err := id.ChannelParams(ctx)
+	if err != nil {
+		return err
+	}
+	sp, err := spool.Open(cfg.Spool.Dir, spool.Options{MaxBytes: cfg.Spool.MaxBytes, MaxRecords: cfg.Spool.MaxRecords})
+	if err != nil {
+		return err
+	}
+	defer sp.Close()
+	if st := sp.Stats(); st.Records > 0 || st.Damaged > 0 || st.CutBytes > 0 {
+		log.Info("telemetry spool", "waiting", st.Records, "damaged_skipped", st.Damaged, "torn_bytes_cut", st.CutBytes)
+	}
+	var rt *agent.Runtime
+	collector := agent.NewCollector(agent.CollectorOptions{DataDir: cfg.StateDir, Device: dev, Power: hw.SimPower{Dir: cfg.Device},
+		CertNotAfter: func() time.Time { return rt.CertNotAfter() }, Reconnects: func() int64 { return rt.Reconnects() }, Logger: log})
+	rt, err = agent.NewRuntime(agent.RuntimeOptions{Serial: serial, ServerURL: cfg.Server, MQTTAddr: cfg.mqttAddr, MQTTVersion: cfg.mqttVersion,
+		Roots: roots, Interval: cfg.Telemetry.Interval, Collect: collector.Collect, Spool: sp, Now: now, Logger: log})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { rt.Run(ctx) })
+	log.Info("cradle-agent running", "device", cfg.Device, "server", cfg.Server, "mqtt", cfg.mqttAddr, "status", id.State().Status)
+	return stepIdentity(ctx, id, rt, log, now)
+}
+
+// stepIdentity steps the identity until ctx is done, giving the runtime
+// each new LDevID.
+func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, log *slog.Logger, now func() time.Time) error {
+	var given []byte // the certificate the runtime has
 	for {
 		next, err := id.Step(ctx, now())
 		switch {
@@ -176,6 +280,14 @@ func runIdentity(ctx context.Context, cfg *agentConfig, log *slog.Logger, now fu
 			return nil
 		case err != nil:
 			log.Warn("identity", "err", err, "retry_at", next.UTC().Format(time.RFC3339))
+		}
+		if cur := id.State().Current; cur != nil && cur.Chain != string(given) {
+			if c, err := id.Certificate(ctx); err != nil {
+				log.Warn("LDevID not usable for the channel", "err", err)
+			} else {
+				rt.SetCertificate(c)
+				given = []byte(cur.Chain)
+			}
 		}
 		wait := time.Until(next)
 		if wait < time.Second {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAgentConfig: the example parses; bad configurations are refused by
@@ -24,10 +25,39 @@ func TestAgentConfig(t *testing.T) {
 		{"device: d\nserver: https://x\n", "state_dir"},
 		{"device: d\nstate_dir: s\nserver: http://x\n", "https://"},
 		{"device: d\nstate_dir: s\nserver: https://x\nlog: {level: loud}\n", "log.level"},
+		{"device: d\nstate_dir: s\nserver: https://x\nmqtt: {url: \"mqtt://x:1883\"}\n", "mqtt.url"},
+		{"device: d\nstate_dir: s\nserver: https://x\nmqtt: {version: \"3\"}\n", "mqtt.version"},
+		{"device: d\nstate_dir: s\nserver: https://x\ntelemetry: {interval: 1ms}\n", "telemetry.interval"},
+		{"device: d\nstate_dir: s\nserver: https://x\ntelemetry: {interval: soon}\n", "time.Duration"},
+		{"device: d\nstate_dir: s\nserver: https://x\nspool: {max_bytes: -1}\n", "spool.max_bytes"},
 	} {
 		if _, err := parseAgentConfig([]byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
 		}
+	}
+}
+
+// TestAgentConfigChannel: the MQTT address follows the server's host
+// unless set; the spool lives in the state directory by default.
+func TestAgentConfigChannel(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, addr string
+		version          string
+	}{
+		{"derived", "", "devices.example.com:8883", "5"},
+		{"explicit", "mqtt: {url: \"mqtts://broker.example.com:9883\", version: \"3.1.1\"}\n", "broker.example.com:9883", "3.1.1"},
+		{"no port", "mqtt: {url: \"mqtts://broker.example.com\"}\n", "broker.example.com:8883", "5"},
+		{"off", "mqtt: {url: \"off\"}\n", "", "5"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseAgentConfig([]byte("device: d\nstate_dir: /s\nserver: https://devices.example.com:8443\n" + tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.mqttAddr != tc.addr || c.mqttVersion.String() != tc.version || c.Spool.Dir != "/s/spool" || c.Telemetry.Interval != time.Minute {
+				t.Errorf("mqtt %q %s, spool %q, interval %s", c.mqttAddr, c.mqttVersion, c.Spool.Dir, c.Telemetry.Interval)
+			}
+		})
 	}
 }
 
