@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,41 +53,108 @@ func (s *simServer) options() sim.Options {
 	return sim.Options{ServerURL: s.m.device.Addr(), MQTTAddr: s.m.device.mqtt.Addr().String()}
 }
 
-// TestSimProvisionEnroll: a simulated fleet provisioned by a real station
-// line and enrolled over EST against a real server.
-func TestSimProvisionEnroll(t *testing.T) {
-	n := 20
-	if v := os.Getenv("SIM_N"); v != "" {
-		n, _ = strconv.Atoi(v)
-	}
-	s := newSimServer(t, n)
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
+// newSimFleet provisions n units through the simulator's line on s and
+// enrolls them.
+func newSimFleet(t *testing.T, ctx context.Context, s *simServer, n int) (*sim.Fleet, sim.ProvisionReport, sim.EnrollReport) {
+	t.Helper()
 	dir := t.TempDir()
 	line, err := sim.SetUpLine(ctx, dir, s.line)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer line.Close()
-	rep, err := sim.Provision(ctx, line, filepath.Join(dir, "fleet"), nil)
-	if err != nil || rep.OK != n || rep.Uploaded != n {
-		t.Fatalf("provision: %+v, %v", rep, err)
+	prov, err := sim.Provision(ctx, line, filepath.Join(dir, "fleet"), nil)
+	if err != nil || prov.OK != n || prov.Uploaded != n {
+		t.Fatalf("provision: %+v, %v", prov, err)
 	}
 	f, err := sim.Open(ctx, filepath.Join(dir, "fleet"), s.options())
 	if err != nil {
 		t.Fatal(err)
 	}
-	er := f.Enroll(ctx, nil)
-	if er.Enrolled != n {
-		t.Fatalf("enroll: %+v", er)
+	if len(f.Devices) != n {
+		t.Fatalf("the fleet has %d devices, want %d", len(f.Devices), n)
 	}
+	enr := f.Enroll(ctx, nil)
+	if enr.Enrolled != n {
+		t.Fatalf("enroll: %+v", enr)
+	}
+	return f, prov, enr
+}
+
+// storedTelemetry returns how many telemetry messages of each device the
+// server stored: its points of battery.pct, which every simulated
+// device's messages carry (one point per message; the store keeps a
+// point once per time).
+func storedTelemetry(t *testing.T, ctx context.Context, s *simServer, f *sim.Fleet) map[string]int64 {
+	t.Helper()
+	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
+	svc := sqlstore.NewTelemetryService(s.m.db)
+	out := map[string]int64{}
+	for _, d := range f.Devices {
+		samples, err := svc.QueryTelemetry(sys, cradle.TelemetryQuery{Serial: d.Serial, Metric: cradle.MetricBatteryPct})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range samples {
+			out[d.Serial] += x.Count
+		}
+	}
+	return out
+}
+
+// checkDelivered checks that the server stored what the devices say it
+// acknowledged: at least TelemetrySent messages, at most those plus the
+// ones still spooled (sent but unacknowledged when the run ended).
+func checkDelivered(t *testing.T, rep sim.RunReport, stored map[string]int64) int64 {
+	t.Helper()
+	var total int64
+	for _, n := range stored {
+		total += n
+	}
+	if total < rep.TelemetrySent || total > rep.TelemetrySent+rep.Unsent {
+		t.Errorf("the server stored %d telemetry messages; the devices had %d acknowledged and %d still spooled", total, rep.TelemetrySent, rep.Unsent)
+	}
+	return total
+}
+
+// TestSimFleet: 1,000 simulated devices (100 with -short), provisioned by
+// real stations, enroll over EST, connect over MQTT with their LDevIDs
+// and report telemetry that the server stores.
+func TestSimFleet(t *testing.T) {
+	n := 1000
+	if testing.Short() {
+		n = 100
+	}
+	began := time.Now()
+	s := newSimServer(t, n)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	f, prov, enr := newSimFleet(t, ctx, s, n)
+
 	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
 	devs := sqlstore.NewDeviceService(s.m.db)
 	for _, d := range f.Devices {
 		got, err := devs.FindDeviceBySerial(sys, d.Serial)
 		if err != nil || got.State != cradle.StateDeployed {
-			t.Errorf("%s on the server: %v, %v", d.Serial, got, err)
+			t.Fatalf("%s on the server: %v, %v", d.Serial, got, err)
 		}
 	}
-	t.Logf("provision %+v; enroll %+v", rep, er)
+
+	rep, err := f.Run(ctx, sim.RunConfig{Scenario: sim.Steady, Duration: 8 * time.Second, Interval: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Connected != n || len(rep.Errors) > 0 {
+		t.Errorf("%d of %d devices connected at the end; errors: %v", rep.Connected, n, rep.Errors)
+	}
+	stored := storedTelemetry(t, ctx, s, f)
+	for _, d := range f.Devices {
+		if stored[d.Serial] == 0 {
+			t.Errorf("no telemetry stored for %s", d.Serial)
+		}
+	}
+	total := checkDelivered(t, rep, stored)
+	t.Logf("%d devices: provisioned in %s, enrolled in %s (p50 %s, p99 %s); steady run %s: %d connections, %d messages acknowledged, %d stored; whole test %s",
+		n, prov.Elapsed.Round(time.Millisecond), enr.Elapsed.Round(time.Millisecond), enr.P50.Round(time.Millisecond), enr.P99.Round(time.Millisecond),
+		rep.Elapsed.Round(time.Millisecond), rep.Connections, rep.TelemetrySent, total, time.Since(began).Round(time.Millisecond))
 }

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -57,6 +58,18 @@ type RunConfig struct {
 	Seed uint64
 	// Progress receives a line redrawn every second; nil discards it.
 	Progress io.Writer
+	// Twin, when not nil, gives each device the twin functions its
+	// runtime calls (the contract's: apply a desired document and return
+	// the reported one; the current reported document); nil leaves
+	// desired documents unhandled.
+	Twin func(d *Device) (apply func(ctx context.Context, desired []byte) []byte, reported func() []byte)
+}
+
+func (c RunConfig) twinFuncs(d *Device) (func(context.Context, []byte) []byte, func() []byte) {
+	if c.Twin == nil {
+		return nil, nil
+	}
+	return c.Twin(d)
 }
 
 func (c RunConfig) withDefaults() (RunConfig, error) {
