@@ -26,12 +26,12 @@ type simSummary struct {
 
 func (a *app) simCmd() *cobra.Command {
 	var (
-		devices, concurrency                 int
-		dir, dataDir, passFile, deviceURL    string
-		mqttAddr, scenario                   string
-		duration, interval, offlineFor       time.Duration
-		churnRate, offlineShare              float64
-		jsonOut, noRun                       bool
+		devices, concurrency              int
+		dir, dataDir, passFile, deviceURL string
+		mqttAddr, scenario                string
+		duration, interval, offlineFor    time.Duration
+		churnRate, offlineShare           float64
+		jsonOut, noRun                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "sim --devices N --data-dir DIR [--scenario steady|churn|offline --duration D]",
