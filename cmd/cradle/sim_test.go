@@ -158,3 +158,74 @@ func TestSimFleet(t *testing.T) {
 		n, prov.Elapsed.Round(time.Millisecond), enr.Elapsed.Round(time.Millisecond), enr.P50.Round(time.Millisecond), enr.P99.Round(time.Millisecond),
 		rep.Elapsed.Round(time.Millisecond), rep.Connections, rep.TelemetrySent, total, time.Since(began).Round(time.Millisecond))
 }
+
+// TestSimScenarios: churn and offline on a small fleet. Devices whose
+// link is pulled keep collecting into their spool and flush it when they
+// are back: the server's series of every device has no hole.
+func TestSimScenarios(t *testing.T) {
+	const n = 30
+	s := newSimServer(t, n)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	f, _, _ := newSimFleet(t, ctx, s, n)
+	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
+	svc := sqlstore.NewTelemetryService(s.m.db)
+	const interval = 500 * time.Millisecond
+
+	tests := []struct {
+		name  string
+		cfg   sim.RunConfig
+		check func(t *testing.T, rep sim.RunReport)
+	}{
+		{"offline", sim.RunConfig{Scenario: sim.Offline, Duration: 9 * time.Second, OfflineShare: 0.5, OfflineFor: 3 * time.Second}, func(t *testing.T, rep sim.RunReport) {
+			if rep.LinkDowns != n/2 {
+				t.Errorf("%d devices went offline, want %d", rep.LinkDowns, n/2)
+			}
+			// Three seconds offline at two messages a second.
+			if rep.Spooled < int64(n/2*5) {
+				t.Errorf("%d messages spooled while offline, want at least %d", rep.Spooled, n/2*5)
+			}
+		}},
+		{"churn", sim.RunConfig{Scenario: sim.Churn, Duration: 20 * time.Second, ChurnRate: 1}, func(t *testing.T, rep sim.RunReport) {
+			if rep.LinkDowns == 0 || rep.Connections <= int64(n) {
+				t.Errorf("churn: %d link cuts, %d connections for %d devices: nobody reconnected", rep.LinkDowns, rep.Connections, n)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.Interval, tt.cfg.Seed = interval, 7
+			before := storedTelemetry(t, ctx, s, f)
+			start := time.Now()
+			rep, err := f.Run(ctx, tt.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Connected != n || len(rep.Errors) > 0 {
+				t.Errorf("%d of %d devices connected at the end; errors: %v", rep.Connected, n, rep.Errors)
+			}
+			after := storedTelemetry(t, ctx, s, f)
+			for serial, c := range before {
+				after[serial] -= c
+			}
+			checkDelivered(t, rep, after)
+			tt.check(t, rep)
+			// No hole in any device's series: what was collected offline
+			// reached the server afterwards.
+			for _, d := range f.Devices {
+				samples, err := svc.QueryTelemetry(sys, cradle.TelemetryQuery{Serial: d.Serial, Metric: cradle.MetricBatteryPct, From: start})
+				if err != nil {
+					t.Fatal(err)
+				}
+				prev := start
+				for _, x := range samples {
+					if gap := x.Time.Sub(prev); gap > 4*interval {
+						t.Errorf("%s: no telemetry stored from %s to %s (%s)", d.Serial, prev.Format(time.StampMilli), x.Time.Format(time.StampMilli), gap)
+					}
+					prev = x.Time
+				}
+			}
+			t.Logf("%+v", rep)
+		})
+	}
+}

@@ -18,7 +18,8 @@ const (
 	Steady Scenario = "steady"
 	// Churn: as Steady, and every minute a share of the devices
 	// (RunConfig.ChurnRate) loses its connection at a random moment of the
-	// minute and gets it back a few seconds later.
+	// minute and gets it back one to five seconds later (and at least
+	// five seconds before the end of the run).
 	Churn Scenario = "churn"
 	// Offline: as Steady, and a share of the devices
 	// (RunConfig.OfflineShare) is offline for RunConfig.OfflineFor from a
@@ -115,6 +116,10 @@ func (c RunConfig) withDefaults() (RunConfig, error) {
 	return c, nil
 }
 
+// churnMargin is how long before the end of a run a churned device is
+// back at the latest.
+const churnMargin = 5 * time.Second
+
 // window is a period, from the start of the run, when a device's link is
 // down.
 type window struct{ from, to time.Duration }
@@ -133,8 +138,9 @@ func plan(c RunConfig, n int) [][]window {
 				}
 				from := m + time.Duration(r.Int64N(int64(time.Minute)))
 				to := from + time.Second + time.Duration(r.Int64N(int64(4*time.Second)))
-				// Every device is back before the end of the run.
-				if to >= c.Duration || (len(out[i]) > 0 && from <= out[i][len(out[i])-1].to) {
+				// Every device is back in time to reconnect before the
+				// end of the run.
+				if to+churnMargin > c.Duration || (len(out[i]) > 0 && from <= out[i][len(out[i])-1].to) {
 					continue
 				}
 				out[i] = append(out[i], window{from, to})

@@ -27,7 +27,7 @@ func TestPlan(t *testing.T) {
 			total := 0
 			for i, ws := range p {
 				for j, w := range ws {
-					if w.from < 0 || w.to > 10*time.Minute || w.to-w.from < time.Second || w.to-w.from > 5*time.Second {
+					if w.from < 0 || w.to > 10*time.Minute-churnMargin || w.to-w.from < time.Second || w.to-w.from > 5*time.Second {
 						t.Fatalf("device %d: window %v", i, w)
 					}
 					if j > 0 && w.from <= ws[j-1].to {
