@@ -229,3 +229,42 @@ func TestSimScenarios(t *testing.T) {
 		})
 	}
 }
+
+// TestSimCommand: cradle sim against a running server, as the help says:
+// provision, enroll, a steady run, the JSON summary; a second run on the
+// same directory provisions nothing and enrolls nobody again.
+func TestSimCommand(t *testing.T) {
+	s := newSimServer(t, 0)
+	dir := filepath.Join(t.TempDir(), "fleet")
+	args := []string{"sim", "--devices", "6", "--data-dir", s.dataDir, "--dir", dir, "--device-url", s.m.device.Addr(),
+		"--mqtt", s.m.device.mqtt.Addr().String(), "--duration", "3s", "--interval", "500ms", "--json", "--server", s.m.Addr(), "--token", s.admin}
+	first := decodeJSON[simSummary](t, ok(t, args...))
+	if p := first.Provisioned; p == nil || p.OK != 6 || p.Uploaded != 6 {
+		t.Errorf("provisioned: %+v", p)
+	}
+	if e := first.Enrolled; e.Enrolled != 6 || e.P50 <= 0 || e.P99 < e.P50 {
+		t.Errorf("enrolled: %+v", e)
+	}
+	if r := first.Run; r == nil || r.Connected != 6 || r.TelemetrySent < 6 || len(r.Errors) > 0 {
+		t.Errorf("run: %+v", r)
+	}
+	second := decodeJSON[simSummary](t, ok(t, append(args, "--scenario", "offline")...))
+	if second.Provisioned != nil || second.Enrolled.Enrolled != 6 || second.Enrolled.P50 != 0 {
+		t.Errorf("a second run provisioned or enrolled again: %+v", second)
+	}
+	if r := second.Run; r == nil || r.Scenario != "offline" || r.LinkDowns != 1 || r.Connected != 6 {
+		t.Errorf("offline run: %+v", r)
+	}
+
+	for _, tt := range []struct {
+		name, want string
+		args       []string
+	}{
+		{"no devices", "--devices N is required", []string{"sim"}},
+		{"scenario", `unknown scenario "storm"`, []string{"sim", "--devices", "1", "--scenario", "storm"}},
+		{"device url", "invalid --device-url", []string{"sim", "--devices", "1", "--device-url", "http://x"}},
+		{"no data dir", "--data-dir is required to provision 1 devices", []string{"sim", "--devices", "1", "--dir", t.TempDir()}},
+	} {
+		t.Run(tt.name, func(t *testing.T) { fails(t, tt.want, tt.args...) })
+	}
+}

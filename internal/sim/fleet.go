@@ -114,14 +114,19 @@ type Fleet struct {
 
 // ProvisionReport sums a provisioning run.
 type ProvisionReport struct {
-	Units, OK, Failed int
-	Elapsed           time.Duration
+	Units   int           `json:"units"`
+	OK      int           `json:"ok"`
+	Failed  int           `json:"failed"`
+	Elapsed time.Duration `json:"elapsed_ns"`
 	// Device is the time spent in the units' simulated hardware (key
-	// generation, flash, fuses, each write synced); HSM the time signing.
-	Device, HSM time.Duration
+	// generation, flash, fuses, each write synced), summed over the
+	// stations; HSM the time signing.
+	Device time.Duration `json:"device_ns"`
+	HSM    time.Duration `json:"hsm_ns"`
 	// Uploaded is the trace records the server stored; Pending those it
 	// did not get (the station keeps them in its journal).
-	Uploaded, Pending int
+	Uploaded int `json:"uploaded"`
+	Pending  int `json:"pending"`
 }
 
 // Provision creates simulated units in dir (created if missing; the units
@@ -410,13 +415,18 @@ func nextDue(st agent.State) time.Time {
 
 // EnrollReport sums Enroll.
 type EnrollReport struct {
-	Units, Enrolled, Failed int
-	Elapsed                 time.Duration
+	Units    int           `json:"units"`
+	Enrolled int           `json:"enrolled"`
+	Failed   int           `json:"failed"`
+	Elapsed  time.Duration `json:"elapsed_ns"`
 	// P50 and P99 are the percentiles of the enrollment latency of the
 	// units enrolled by this call (a unit's enrollment: the EST exchange,
 	// the new key, the state written, the confirmation).
-	P50, P99 time.Duration
-	Errors   []string
+	P50 time.Duration `json:"p50_ns"`
+	P99 time.Duration `json:"p99_ns"`
+	// Errors are the failed attempts, "serial: error" (retried ones
+	// included).
+	Errors []string `json:"errors,omitempty"`
 }
 
 // Enroll enrolls every unit not enrolled yet, Options.Concurrency at a
