@@ -58,6 +58,8 @@ The configuration is YAML (see agent.example.yaml):
   mqtt:
     url: ""                           # mqtts://host:8883; "" = the server's host, port 8883; "off" = HTTPS only
     version: "5"                      # 5 or 3.1.1
+    retry_base: 5s                    # reconnection backoff (full jitter), doubling
+    retry_max: 5m                     # up to this
   telemetry:
     interval: 60s
   spool:
@@ -85,8 +87,10 @@ type agentConfig struct {
 		PKCS11PINSource string `yaml:"pkcs11_pin_source"`
 	} `yaml:"key_store"`
 	MQTT struct {
-		URL     string `yaml:"url"`
-		Version string `yaml:"version"`
+		URL       string        `yaml:"url"`
+		Version   string        `yaml:"version"`
+		RetryBase time.Duration `yaml:"retry_base"`
+		RetryMax  time.Duration `yaml:"retry_max"`
 	} `yaml:"mqtt"`
 	Telemetry struct {
 		Interval time.Duration `yaml:"interval"`
@@ -142,6 +146,9 @@ func parseAgentConfig(b []byte) (*agentConfig, error) {
 	}
 	if c.mqttVersion, err = mqtt.ParseVersion(c.MQTT.Version); err != nil {
 		return nil, fmt.Errorf("config: mqtt.version %q: use 5 or 3.1.1", c.MQTT.Version)
+	}
+	if c.MQTT.RetryBase < 0 || c.MQTT.RetryMax < 0 || (c.MQTT.RetryMax > 0 && c.MQTT.RetryMax < c.MQTT.RetryBase) {
+		return nil, fmt.Errorf("config: mqtt.retry_base %s and mqtt.retry_max %s: use positive durations, base up to max (0 takes 5s and 5m)", c.MQTT.RetryBase, c.MQTT.RetryMax)
 	}
 	switch {
 	case c.Telemetry.Interval == 0:
@@ -253,7 +260,8 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, now func()
 	collector := agent.NewCollector(agent.CollectorOptions{DataDir: cfg.StateDir, Device: dev, Power: hw.SimPower{Dir: cfg.Device},
 		CertNotAfter: func() time.Time { return rt.CertNotAfter() }, Reconnects: func() int64 { return rt.Reconnects() }, Logger: log})
 	rt, err = agent.NewRuntime(agent.RuntimeOptions{Serial: serial, ServerURL: cfg.Server, MQTTAddr: cfg.mqttAddr, MQTTVersion: cfg.mqttVersion,
-		Roots: roots, Interval: cfg.Telemetry.Interval, Collect: collector.Collect, Spool: sp, Now: now, Logger: log})
+		Roots: roots, Interval: cfg.Telemetry.Interval,
+		Backoff: agent.Backoff{Base: cfg.MQTT.RetryBase, Max: cfg.MQTT.RetryMax}, Collect: collector.Collect, Spool: sp, Now: now, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ func TestAgentConfig(t *testing.T) {
 		{"device: d\nstate_dir: s\nserver: https://x\ntelemetry: {interval: 1ms}\n", "telemetry.interval"},
 		{"device: d\nstate_dir: s\nserver: https://x\ntelemetry: {interval: soon}\n", "time.Duration"},
 		{"device: d\nstate_dir: s\nserver: https://x\nspool: {max_bytes: -1}\n", "spool.max_bytes"},
+		{"device: d\nstate_dir: s\nserver: https://x\nmqtt: {retry_base: 1m, retry_max: 1s}\n", "mqtt.retry_base"},
 	} {
 		if _, err := parseAgentConfig([]byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)

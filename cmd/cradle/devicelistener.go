@@ -133,6 +133,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	listener.Handle("/pki/ocsp", responder, true)
 	listener.Handle("/pki/ocsp/", responder, true)
 	listener.Handle("/pki/", d.authority.PublicHandler(), true)
+	listener.Handle("POST /device/v1/telemetry", telemetryHandler(sqlstore.NewTelemetryService(db), logger), false)
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), metrics, logger); err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cradle"
 	"cradle/internal/agent/mqtt"
 	"cradle/internal/agent/spool"
 )
@@ -274,7 +275,7 @@ func (r *Runtime) collectLoop(ctx context.Context) {
 		} else if err := r.opts.Spool.Append(b); err != nil {
 			r.opts.Logger.Error("telemetry not spooled", "err", err)
 		} else {
-			r.opts.Logger.Debug("telemetry collected", "time", now.UTC().Format(time.RFC3339Nano), "bytes", len(b), "spooled", r.opts.Spool.Stats().Records)
+			r.opts.Logger.Debug("telemetry collected", "at", now.UTC().Format(time.RFC3339Nano), "bytes", len(b), "spooled", r.opts.Spool.Stats().Records)
 			select {
 			case r.collected <- struct{}{}:
 			default:
@@ -310,9 +311,23 @@ func (r *Runtime) drain(ctx context.Context, send func(ctx context.Context, payl
 		if err != nil || len(recs) == 0 {
 			return err
 		}
-		ids := make([]uint64, len(recs))
-		for i, rec := range recs {
-			ids[i] = rec.ID
+		// A payload the server would refuse would take its whole batch
+		// down with it (over MQTT, silently): drop it here.
+		ids := make([]uint64, 0, len(recs))
+		good := recs[:0]
+		for _, rec := range recs {
+			if _, err := cradle.ParseTelemetry(bytes.NewReader(rec.Data), maxBatch); err != nil {
+				r.opts.Logger.Error("spooled telemetry is malformed; dropped", "err", err)
+				if err := sp.Ack(rec.ID); err != nil {
+					return err
+				}
+				continue
+			}
+			good = append(good, rec)
+			ids = append(ids, rec.ID)
+		}
+		if recs = good; len(recs) == 0 {
+			continue
 		}
 		err = send(ctx, batch(recs))
 		var refused errRefused

@@ -99,8 +99,9 @@ func (h *httpsChannel) run(ctx context.Context, until time.Time) {
 	defer poll.Stop()
 	if r.opts.Twin != nil && r.opts.TwinReported != nil {
 		if rep := r.opts.TwinReported(); rep != nil {
-			_, _, err := h.do(ctx, http.MethodPut, pathTwinReported, rep)
-			h.report("send the reported twin", err)
+			if _, _, err := h.do(ctx, http.MethodPut, pathTwinReported, rep); !notServed(err) {
+				h.report("send the reported twin", err)
+			}
 		}
 	}
 	h.poll(ctx)
@@ -132,12 +133,12 @@ func (h *httpsChannel) report(what string, err error) {
 	switch {
 	case err != nil && !h.failing:
 		h.failing = true
-		h.r.opts.Logger.Warn("HTTPS device API unreachable; telemetry stays in the spool", "op", what, "err", err)
+		h.r.opts.Logger.Warn("HTTPS device API failing; telemetry stays in the spool meanwhile", "op", what, "err", err)
 	case err != nil:
 		h.r.opts.Logger.Debug("HTTPS device API", "op", what, "err", err)
 	case h.failing:
 		h.failing = false
-		h.r.opts.Logger.Info("HTTPS device API reachable again")
+		h.r.opts.Logger.Info("HTTPS device API working again", "op", what)
 	}
 }
 

@@ -139,7 +139,7 @@ type ReasonError struct {
 }
 
 func (e *ReasonError) Error() string {
-	s := fmt.Sprintf("mqtt: %s reason code 0x%02x (%s)", e.Packet, e.Code, codeName(e.Code))
+	s := fmt.Sprintf("%s reason code 0x%02x (%s)", e.Packet, e.Code, codeName(e.Code))
 	if e.Reason != "" {
 		s += ": " + e.Reason
 	}
@@ -359,7 +359,7 @@ func (c *Conn) Publish(ctx context.Context, topic string, payload []byte) error 
 		return err
 	}
 	if a.codes[0] >= 0x80 {
-		return &ReasonError{Packet: "PUBACK", Code: a.codes[0], Reason: a.reason}
+		return fmt.Errorf("mqtt: publish to %s: %w", topic, &ReasonError{Packet: "PUBACK", Code: a.codes[0], Reason: a.reason})
 	}
 	return nil
 }
