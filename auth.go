@@ -60,6 +60,9 @@ const (
 	PermFactoryProvision Permission = "factory.provision" // allocate units, upload trace records
 	PermTelemetryRead    Permission = "telemetry.read"    // query time series, latest values, status
 	PermTelemetryWrite   Permission = "telemetry.write"   // a device for itself; the system also prunes
+	PermTwinRead         Permission = "twin.read"         // twins, config groups, config schemas; a device its own desired document
+	PermTwinWrite        Permission = "twin.write"        // device configs, config groups, config schemas
+	PermTwinReport       Permission = "twin.report"       // a device reports its own configuration
 )
 
 // Permissions lists every permission, in a stable order.
@@ -68,6 +71,7 @@ var Permissions = []Permission{
 	PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 	PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
 	PermTelemetryRead, PermTelemetryWrite,
+	PermTwinRead, PermTwinWrite, PermTwinReport,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -76,17 +80,20 @@ var Permissions = []Permission{
 var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
-		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead},
+		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead,
+		PermTwinRead, PermTwinWrite},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
-		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead},
+		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead,
+		PermTwinRead, PermTwinWrite},
 	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
 		PermFactoryRead, PermFactoryProvision, PermTelemetryRead},
-	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead},
+	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead,
+		PermTwinRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
-		PermTelemetryRead, PermTelemetryWrite},
-	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite},
+		PermTelemetryRead, PermTelemetryWrite, PermTwinRead, PermTwinWrite, PermTwinReport},
+	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite, PermTwinRead, PermTwinReport},
 }
 
 // Allowed reports whether role r holds permission p.
@@ -158,6 +165,9 @@ var permissionVerbs = map[Permission]string{
 	PermFactoryProvision: "allocate units or upload trace records",
 	PermTelemetryRead:    "read telemetry",
 	PermTelemetryWrite:   "record or prune telemetry",
+	PermTwinRead:         "read configuration twins",
+	PermTwinWrite:        "change desired configurations, config groups or config schemas",
+	PermTwinReport:       "report a device's configuration",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to

@@ -16,6 +16,7 @@ var allPermissions = []cradle.Permission{
 	"audit.read", "token.read", "token.write", "certificate.read", "certificate.issue", "certificate.revoke",
 	"factory.read", "factory.batch", "factory.station", "factory.provision",
 	"telemetry.read", "telemetry.write",
+	"twin.read", "twin.write", "twin.report",
 }
 
 // wantPermissions is the authorization table as the role comments in
@@ -24,24 +25,26 @@ var wantPermissions = map[cradle.Role][]cradle.Permission{
 	// Everything in its tenant, tokens included.
 	// Issuing is for devices and the factory, not for people.
 	"admin": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
-		"certificate.read", "certificate.revoke", "factory.read", "factory.batch", "factory.station", "telemetry.read"},
+		"certificate.read", "certificate.revoke", "factory.read", "factory.batch", "factory.station", "telemetry.read",
+		"twin.read", "twin.write"},
 	// Runs the fleet: devices, transitions, imports; reads the audit log;
 	// revokes certificates (quarantine); no tokens.
 	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "certificate.read", "certificate.revoke",
-		"factory.read", "factory.batch", "telemetry.read"},
+		"factory.read", "factory.batch", "telemetry.read", "twin.read", "twin.write"},
 	// The factory line: creates and provisions units, records their IDevIDs.
 	"factory": {"device.read", "device.create", "device.transition", "certificate.issue",
 		"factory.read", "factory.provision", "telemetry.read"},
 	// Reads everything, changes nothing.
-	"auditor": {"device.read", "audit.read", "token.read", "certificate.read", "factory.read", "telemetry.read"},
+	"auditor": {"device.read", "audit.read", "token.read", "certificate.read", "factory.read", "telemetry.read", "twin.read"},
 	// A device acting on itself: it may only ask to move, to be issued
-	// a certificate (enrollment) and report its telemetry.
-	"device": {"device.transition", "certificate.issue", "telemetry.write"},
+	// a certificate (enrollment), report its telemetry, read its desired
+	// configuration and report its running one.
+	"device": {"device.transition", "certificate.issue", "telemetry.write", "twin.read", "twin.report"},
 	// The server itself.
 	"system": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
 		"certificate.read", "certificate.issue", "certificate.revoke",
 		"factory.read", "factory.batch", "factory.station", "factory.provision",
-		"telemetry.read", "telemetry.write"},
+		"telemetry.read", "telemetry.write", "twin.read", "twin.write", "twin.report"},
 }
 
 // TestPermissionsListed fails when a permission is added to the code and

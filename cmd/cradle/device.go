@@ -23,7 +23,7 @@ func (a *app) deviceCmd() *cobra.Command {
 	}
 	a.addClientFlags(cmd)
 	cmd.AddCommand(a.deviceCreateCmd(), a.deviceListCmd(), a.deviceShowCmd(), a.deviceLabelCmd(),
-		a.deviceTransitionCmd(), a.deviceImportCmd(), a.deviceTraceCmd())
+		a.deviceTransitionCmd(), a.deviceImportCmd(), a.deviceTraceCmd(), a.deviceConfigCmd())
 	return cmd
 }
 

@@ -134,11 +134,18 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 	listener.Handle("/pki/ocsp/", responder, true)
 	listener.Handle("/pki/", d.authority.PublicHandler(), true)
 	listener.Handle("POST /device/v1/telemetry", telemetryHandler(sqlstore.NewTelemetryService(db), logger), false)
+	twin, err := newDeviceTwin(db, metrics, logger)
+	if err != nil {
+		return nil, err
+	}
+	twin.routes(listener)
 
 	if cfg.Device.MQTTListen != "" {
-		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), metrics, logger); err != nil {
+		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, metrics, logger); err != nil {
 			return nil, err
 		}
+		twin.broker = d.mqtt
+		db.SetTwinNotifier(twin.notify)
 	}
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
 	if err != nil {

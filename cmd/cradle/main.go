@@ -83,7 +83,8 @@ Then "cradle login --server URL --token TOKEN" and use the commands below.`,
 		c.GroupID = "server"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{a.loginCmd(), a.deviceCmd(), a.auditCmd(), a.tokenCmd(), a.pkiCmd(), a.factoryCmd(), a.simCmd()} {
+	for _, c := range []*cobra.Command{a.loginCmd(), a.deviceCmd(), a.auditCmd(), a.tokenCmd(), a.pkiCmd(), a.factoryCmd(),
+		a.configGroupCmd(), a.configSchemaCmd(), a.simCmd()} {
 		c.GroupID = "fleet"
 		root.AddCommand(c)
 	}

@@ -21,9 +21,10 @@ import (
 // newBroker makes the embedded MQTT broker of the device listener: the
 // same server certificate, devices authenticated by their LDevID with the
 // device listener's checks (chain, profile, revocation, device state),
-// refusals audited, telemetry stored. It is opened by the caller (Open) and listens on
+// refusals audited, telemetry and twin reports stored, desired twin
+// documents sent on subscription. It is opened by the caller (Open) and listens on
 // device.mqtt_listen.
-func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, metrics prometheus.Registerer, logger *slog.Logger) (*mqttapi.Broker, error) {
+func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, twin *deviceTwin, metrics prometheus.Registerer, logger *slog.Logger) (*mqttapi.Broker, error) {
 	// Telemetry refused (malformed, oversize, an unknown device) is
 	// counted and logged; the connection is kept.
 	telemetryRefused := prometheus.NewCounter(prometheus.CounterOpts{Name: "cradle_mqtt_telemetry_refused_total",
@@ -59,14 +60,23 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 			audit.RecordRefusal(context.Background(), id, "device:"+serial, cradle.AuditEvent{Action: "mqtt." + action + ".refused",
 				Subject: "device:" + serial, Details: map[string]any{"topic": topic}})
 		},
+		OnSubscribe: func(serial, filter string) {
+			tenant, _ := tenants.Load(serial)
+			id, _ := tenant.(int64)
+			twin.onSubscribe(cradle.NewContextWithActor(context.Background(), cradle.Actor{TenantID: id, Role: cradle.RoleDevice, Kind: "device", ID: serial}), serial, filter)
+		},
 		OnMessage: func(serial, topic string, payload []byte) {
+			tenant, _ := tenants.Load(serial)
+			id, _ := tenant.(int64)
+			ctx := cradle.NewContextWithActor(context.Background(), cradle.Actor{TenantID: id, Role: cradle.RoleDevice, Kind: "device", ID: serial})
+			if topic == mqttapi.DeviceTopic(serial, mqttapi.TopicTwinReported) {
+				twin.report(ctx, serial, payload) // refusals counted and logged; the connection is kept
+				return
+			}
 			if topic != mqttapi.DeviceTopic(serial, mqttapi.TopicTelemetry) {
 				logger.Debug("MQTT message", "device", serial, "topic", topic, "bytes", len(payload))
 				return
 			}
-			tenant, _ := tenants.Load(serial)
-			id, _ := tenant.(int64)
-			ctx := cradle.NewContextWithActor(context.Background(), cradle.Actor{TenantID: id, Role: cradle.RoleDevice, Kind: "device", ID: serial})
 			pts, err := cradle.ParseTelemetry(bytes.NewReader(payload), mqttapi.DefaultMaxPayload)
 			if err == nil {
 				err = telemetry.RecordTelemetry(ctx, serial, pts)

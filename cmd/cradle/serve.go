@@ -123,6 +123,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Audit:          sqlstore.NewAuditService(m.db),
 		Certificates:   certs,
 		Factory:        sqlstore.NewFactoryService(m.db),
+		Twins:          sqlstore.NewTwinService(m.db),
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,

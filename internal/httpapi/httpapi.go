@@ -57,6 +57,9 @@ type Server struct {
 	// Factory serves the factory routes: batches, MAC ranges, stations,
 	// unit allocations and trace records.
 	Factory cradle.FactoryService
+	// Twins serves the configuration twin routes: device twins, config
+	// groups, config schemas and the drift listing.
+	Twins cradle.TwinService
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.

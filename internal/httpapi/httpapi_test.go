@@ -81,6 +81,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
 		Tokens:       tokens,
 		Audit:        sqlstore.NewAuditService(e.db),
 		Certificates: sqlstore.NewCertificateService(e.db),
+		Twins:        sqlstore.NewTwinService(e.db),
 		Ready:        e.db.Ping,
 		Registerer:   prometheus.NewRegistry(),
 		MaxBodyBytes: 64 << 10,
@@ -280,6 +281,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	// Every route that needs a token has a row; a new route without one
 	// fails here.
 	rows := append(slices.Clip(matrix), factoryMatrix...)
+	rows = append(rows, twinMatrix...)
 	covered := map[string]bool{}
 	for _, c := range rows {
 		covered[c.method+" "+c.pattern] = true

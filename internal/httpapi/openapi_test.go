@@ -175,6 +175,14 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"CertificateList":   httpapi.CertificateList{},
 		"Revocation":        httpapi.Revocation{},
 		"CertificateRecord": httpapi.CertificateRecord{},
+		"Twin":              cradle.Twin{},
+		"TwinDesired":       cradle.TwinDesired{},
+		"TwinReported":      cradle.TwinReported{},
+		"TwinStatus":        cradle.TwinStatus{},
+		"TwinList":          httpapi.TwinList{},
+		"ConfigGroup":       cradle.ConfigGroup{},
+		"ConfigGroupList":   httpapi.ConfigGroupList{},
+		"ConfigSchema":      cradle.ConfigSchema{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

@@ -24,7 +24,7 @@ type route struct {
 
 // Route names one route of the API, for tests and documentation.
 type Route struct {
-	Method  string // GET, POST, PATCH, DELETE
+	Method  string // GET, POST, PUT, PATCH, DELETE
 	Pattern string // a ServeMux path pattern, e.g. /api/v1/devices/{serial}
 	Public  bool   // served without a token
 }
@@ -81,6 +81,17 @@ func (s *Server) routes() []route {
 		{method: "POST", pattern: "/api/v1/factory/rma/{serial}", handle: s.reprovisionUnit},
 		{method: "POST", pattern: "/api/v1/factory/traces", handle: s.uploadTrace},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/trace", handle: s.unitTrace},
+
+		{method: "GET", pattern: "/api/v1/devices/{serial}/twin", handle: s.getTwin},
+		{method: "PUT", pattern: "/api/v1/devices/{serial}/twin/desired", handle: s.setDeviceConfig},
+		{method: "DELETE", pattern: "/api/v1/devices/{serial}/twin/desired", handle: s.deleteDeviceConfig},
+		{method: "GET", pattern: "/api/v1/twins", handle: s.listTwins},
+		{method: "GET", pattern: "/api/v1/config-groups", handle: s.listConfigGroups},
+		{method: "GET", pattern: "/api/v1/config-groups/{name}", handle: s.getConfigGroup},
+		{method: "PUT", pattern: "/api/v1/config-groups/{name}", handle: s.putConfigGroup},
+		{method: "DELETE", pattern: "/api/v1/config-groups/{name}", handle: s.deleteConfigGroup},
+		{method: "GET", pattern: "/api/v1/config-schemas/{model}", handle: s.getConfigSchema},
+		{method: "PUT", pattern: "/api/v1/config-schemas/{model}", handle: s.putConfigSchema},
 	}
 }
 

@@ -286,6 +286,10 @@ func (s *DeviceService) UpdateDevice(ctx context.Context, serial string, u cradl
 		if _, err := tx.exec(ctx, `UPDATE devices SET labels = ?, updated_at = ? WHERE id = ?`, string(labels), micros(tx.now), d.ID); err != nil {
 			return fmt.Errorf("sqlstore: update device: %w", err)
 		}
+		// Labels choose config groups: the effective desired document may change.
+		if err := tx.recomputeDevice(ctx, a.TenantID, serial); err != nil {
+			return err
+		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.update", Subject: "device:" + serial, Details: u})
 	})
 	if err != nil {

@@ -79,7 +79,7 @@ type DB struct {
 	tokens     tokenCache
 	background sync.WaitGroup // writes started off the request path
 	stmts      sync.Map       // query text → *sql.Stmt on rdb, for the hot reads
-
+	onTwin     func([]cradle.TwinChange)
 }
 
 // Open opens (creating if needed) the database and runs the embedded
@@ -385,6 +385,7 @@ type Tx struct {
 	db    *DB
 	now   time.Time
 	heads map[int64]cradle.AuditCheckpoint
+	twins []cradle.TwinChange // effective desired documents changed in the transaction
 }
 
 func (tx *Tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
@@ -424,6 +425,9 @@ func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
 		}
 		db.dirty = true
 		db.mu.Unlock()
+	}
+	if len(tx.twins) > 0 && db.onTwin != nil {
+		db.onTwin(tx.twins)
 	}
 	return nil
 }

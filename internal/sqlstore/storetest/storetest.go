@@ -155,6 +155,7 @@ func Run(t *testing.T, b Backend) {
 		{"Certificates", testCertificates},
 		{"FactoryBatches", testFactoryBatches}, {"FactoryMACRanges", testFactoryMACRanges}, {"FactoryStations", testFactoryStations}, {"FactoryPermissions", testFactoryPermissions}, {"FactoryAllocate", testFactoryAllocate}, {"FactoryTraces", testFactoryTraces}, {"FactoryRMA", testFactoryRMA}, {"FactoryConcurrentAllocation", testFactoryConcurrentAllocation}, {"FactoryOutbox", testFactoryOutbox},
 		{"TelemetryRecordQuery", testTelemetryRecordQuery}, {"TelemetryRefusals", testTelemetryRefusals}, {"TelemetryRetention", testTelemetryRetention},
+		{"TwinPrecedence", testTwinPrecedence}, {"TwinInvalid", testTwinInvalid}, {"TwinDrift", testTwinDrift}, {"TwinPermissions", testTwinPermissions},
 		{"ConcurrentWrites", testConcurrentWrites},
 	}
 	for _, tt := range tests {

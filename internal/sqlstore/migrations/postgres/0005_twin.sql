@@ -1,0 +1,42 @@
+-- Configuration twins. Times are microseconds since the Unix epoch (UTC).
+-- JSON documents are stored canonical (sorted keys, no spaces).
+
+-- Configuration shared by the devices a label selector matches.
+CREATE TABLE config_groups (
+	tenant_id  BIGINT  NOT NULL REFERENCES tenants (id),
+	name       TEXT    NOT NULL,
+	selector   TEXT    NOT NULL,
+	priority   BIGINT  NOT NULL,
+	config     TEXT    NOT NULL,
+	created_at BIGINT  NOT NULL,
+	updated_at BIGINT  NOT NULL,
+	updated_by TEXT    NOT NULL,
+	PRIMARY KEY (tenant_id, name)
+);
+
+-- The JSON Schema a model's configuration must satisfy.
+CREATE TABLE config_schemas (
+	tenant_id  BIGINT  NOT NULL REFERENCES tenants (id),
+	model      TEXT    NOT NULL,
+	schema     TEXT    NOT NULL,
+	updated_at BIGINT  NOT NULL,
+	updated_by TEXT    NOT NULL,
+	PRIMARY KEY (tenant_id, model)
+);
+
+-- One row per device that has a twin: its own document, the effective
+-- desired document and its version, the last report and the drift state
+-- derived from both.
+CREATE TABLE twins (
+	device_id        BIGINT  PRIMARY KEY REFERENCES devices (id),
+	tenant_id        BIGINT  NOT NULL,
+	device_config    TEXT,             -- NULL: the device has no document of its own
+	device_config_at BIGINT ,
+	version          BIGINT  NOT NULL, -- 0 while there is no effective document
+	effective        TEXT,
+	effective_at     BIGINT ,
+	reported         TEXT,             -- the reported document as received (canonical config)
+	reported_at      BIGINT ,
+	drift            TEXT    NOT NULL
+);
+CREATE INDEX twins_drift ON twins (tenant_id, drift);
