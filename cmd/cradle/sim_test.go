@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"cradle"
+	"cradle/internal/httpapi"
 	"cradle/internal/pki"
 	"cradle/internal/sim"
 	"cradle/internal/sqlstore"
@@ -55,7 +59,7 @@ func (s *simServer) options() sim.Options {
 
 // newSimFleet provisions n units through the simulator's line on s and
 // enrolls them.
-func newSimFleet(t *testing.T, ctx context.Context, s *simServer, n int) (*sim.Fleet, sim.ProvisionReport, sim.EnrollReport) {
+func newSimFleet(t *testing.T, ctx context.Context, s *simServer, n int) (*sim.Fleet, []string, sim.ProvisionReport, sim.EnrollReport) {
 	t.Helper()
 	dir := t.TempDir()
 	line, err := sim.SetUpLine(ctx, dir, s.line)
@@ -78,7 +82,7 @@ func newSimFleet(t *testing.T, ctx context.Context, s *simServer, n int) (*sim.F
 	if enr.Enrolled != n {
 		t.Fatalf("enroll: %+v", enr)
 	}
-	return f, prov, enr
+	return f, line.Batches, prov, enr
 }
 
 // storedTelemetry returns how many telemetry messages of each device the
@@ -118,8 +122,10 @@ func checkDelivered(t *testing.T, rep sim.RunReport, stored map[string]int64) in
 }
 
 // TestSimFleet: 1,000 simulated devices (100 with -short), provisioned by
-// real stations, enroll over EST, connect over MQTT with their LDevIDs
-// and report telemetry that the server stores.
+// real stations, enroll over EST, connect over MQTT with their LDevIDs,
+// report telemetry that the server stores, and apply a configuration
+// change: an operator sets a group config for their batches, and every
+// device applies it and reports it (the server sees every twin in sync).
 func TestSimFleet(t *testing.T) {
 	n := 1000
 	if testing.Short() {
@@ -129,7 +135,7 @@ func TestSimFleet(t *testing.T) {
 	s := newSimServer(t, n)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	f, prov, enr := newSimFleet(t, ctx, s, n)
+	f, batches, prov, enr := newSimFleet(t, ctx, s, n)
 
 	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
 	devs := sqlstore.NewDeviceService(s.m.db)
@@ -140,9 +146,50 @@ func TestSimFleet(t *testing.T) {
 		}
 	}
 
-	rep, err := f.Run(ctx, sim.RunConfig{Scenario: sim.Steady, Duration: 8 * time.Second, Interval: 2 * time.Second})
-	if err != nil {
+	// The run lasts until every device has applied the configuration (a
+	// minute at most).
+	done := make(chan struct{})
+	type result struct {
+		rep sim.RunReport
+		err error
+	}
+	ran := make(chan result, 1)
+	runStart := time.Now()
+	go func() {
+		rep, err := f.Run(ctx, sim.RunConfig{Scenario: sim.Steady, Duration: time.Minute, Interval: 2 * time.Second, Done: done})
+		ran <- result{rep, err}
+	}()
+	// Devices connecting after the change get it when they subscribe,
+	// those connected before get it pushed.
+	time.Sleep(time.Second)
+	api := httpapi.NewClient(s.m.Addr(), s.admin, &http.Client{})
+	config := `{"mode":"eco","telemetry":{"interval_s":30}}`
+	if _, err := api.PutConfigGroup(ctx, "sim-fleet", cradle.ConfigGroupPut{Selector: "batch in (" + strings.Join(batches, ",") + ")", Config: json.RawMessage(config)}); err != nil {
 		t.Fatal(err)
+	}
+	changed := time.Now()
+	inSync := 0
+	for deadline := time.Now().Add(50 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if inSync = countTwins(t, ctx, api, cradle.DriftInSync); inSync == n {
+			break
+		}
+	}
+	applied := time.Since(changed)
+	time.Sleep(2 * time.Second) // one more telemetry round with everyone connected
+	close(done)
+	r := <-ran
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	rep := r.rep
+	if inSync != n {
+		t.Errorf("%d of %d devices in sync with the group config; drift: %v", inSync, n, driftCounts(t, ctx, api))
+	}
+	for _, d := range f.Devices {
+		if b, err := os.ReadFile(d.ConfigFile()); err != nil || strings.TrimSpace(string(b)) != config {
+			t.Errorf("%s runs %q (%v), want %s", d.Serial, b, err, config)
+			break
+		}
 	}
 	if rep.Connected != n || len(rep.Errors) > 0 {
 		t.Errorf("%d of %d devices connected at the end; errors: %v", rep.Connected, n, rep.Errors)
@@ -154,9 +201,39 @@ func TestSimFleet(t *testing.T) {
 		}
 	}
 	total := checkDelivered(t, rep, stored)
-	t.Logf("%d devices: provisioned in %s, enrolled in %s (p50 %s, p99 %s); steady run %s: %d connections, %d messages acknowledged, %d stored; whole test %s",
+	t.Logf("%d devices: provisioned in %s, enrolled in %s (p50 %s, p99 %s); run %s: %d connections, config change applied by all in %s (run started %s before it), %d telemetry messages acknowledged, %d stored; whole test %s",
 		n, prov.Elapsed.Round(time.Millisecond), enr.Elapsed.Round(time.Millisecond), enr.P50.Round(time.Millisecond), enr.P99.Round(time.Millisecond),
-		rep.Elapsed.Round(time.Millisecond), rep.Connections, rep.TelemetrySent, total, time.Since(began).Round(time.Millisecond))
+		rep.Elapsed.Round(time.Millisecond), rep.Connections, applied.Round(time.Millisecond), changed.Sub(runStart).Round(time.Millisecond),
+		rep.TelemetrySent, total, time.Since(began).Round(time.Millisecond))
+}
+
+// driftCounts counts the twins per drift state.
+func driftCounts(t *testing.T, ctx context.Context, api *httpapi.Client) map[cradle.DriftState]int {
+	t.Helper()
+	out := map[cradle.DriftState]int{}
+	for _, st := range cradle.DriftStates {
+		if n := countTwins(t, ctx, api, st); n > 0 {
+			out[st] = n
+		}
+	}
+	return out
+}
+
+// countTwins counts the twins in drift state st, through the API.
+func countTwins(t *testing.T, ctx context.Context, api *httpapi.Client, st cradle.DriftState) int {
+	t.Helper()
+	n, cursor := 0, ""
+	for {
+		page, next, err := api.FindTwins(ctx, cradle.TwinFilter{Drift: &st, Cursor: cursor, Limit: cradle.MaxPageSize})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(page)
+		if next == "" {
+			return n
+		}
+		cursor = next
+	}
 }
 
 // TestSimScenarios: churn and offline on a small fleet. Devices whose
@@ -167,7 +244,7 @@ func TestSimScenarios(t *testing.T) {
 	s := newSimServer(t, n)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	f, _, _ := newSimFleet(t, ctx, s, n)
+	f, _, _, _ := newSimFleet(t, ctx, s, n)
 	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
 	svc := sqlstore.NewTelemetryService(s.m.db)
 	const interval = 500 * time.Millisecond

@@ -14,6 +14,7 @@ import (
 	"cradle/internal/agent"
 	"cradle/internal/agent/hw"
 	"cradle/internal/agent/spool"
+	"cradle/internal/agent/twin"
 	"cradle/internal/atomicfile"
 )
 
@@ -46,8 +47,12 @@ func (f *Fleet) startDevice(ctx context.Context, d *Device, l *link, c *counters
 	case st.Status != agent.StatusEnrolled || certErr != nil:
 		return nil, fmt.Errorf("sim: not enrolled (%s): enroll the fleet first", st.Status)
 	}
-	apply, reported := cfg.twinFuncs(d)
 	if err := simPower(d); err != nil {
+		return nil, err
+	}
+	tw, err := twin.New(twin.Options{StateDir: filepath.Join(d.StateDir(), "twin"), Now: f.opts.Now,
+		Handlers: []twin.Handler{&twin.File{Path: d.ConfigFile(), Mode: 0o644}}, Logger: f.opts.Logger.With("serial", serial)})
+	if err != nil {
 		return nil, err
 	}
 	sp, err := spool.Open(filepath.Join(d.StateDir(), "spool"), spool.Options{})
@@ -70,7 +75,7 @@ func (f *Fleet) startDevice(ctx context.Context, d *Device, l *link, c *counters
 	r.rt, err = agent.NewRuntime(agent.RuntimeOptions{
 		Serial: serial, ServerURL: f.opts.ServerURL, MQTTAddr: f.opts.MQTTAddr, Roots: roots,
 		Interval: cfg.Interval, Collect: collect, Spool: sp,
-		Twin: apply, TwinReported: reported,
+		Twin: tw.Apply, TwinReported: tw.Reported,
 		// A pulled link is back within seconds in a simulation: retry
 		// soon, not after the field's minutes.
 		Backoff: agent.Backoff{Base: 200 * time.Millisecond, Max: 2 * time.Second},

@@ -101,6 +101,10 @@ type Device struct {
 func (d *Device) UnitDir() string  { return filepath.Join(d.Dir, "unit") }
 func (d *Device) StateDir() string { return filepath.Join(d.Dir, "state") }
 
+// ConfigFile is where the unit's twin applier writes its running
+// configuration (JSON) during Fleet.Run.
+func (d *Device) ConfigFile() string { return filepath.Join(d.Dir, "unit", "config.json") }
+
 // Identity returns the unit's agent identity. Callers other than the
 // fleet must not use it while the fleet steps identities.
 func (d *Device) Identity() *agent.Identity { return d.identity }

@@ -41,7 +41,10 @@ type counters struct {
 
 // Run connects every enrolled device's agent runtime (MQTT with its
 // LDevID, HTTPS as the fallback) and runs the scenario for cfg.Duration,
-// then disconnects them. Devices start Options.Concurrency at a time. It
+// then disconnects them. Each device applies the desired configuration
+// documents the server sends with the agent's twin applier (its running
+// config is written to config.json in its unit directory) and reports
+// them. Devices start Options.Concurrency at a time. It
 // fails when cfg is invalid or a device is not enrolled; the devices'
 // own failures are in the report.
 func (f *Fleet) Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
@@ -136,6 +139,7 @@ func (f *Fleet) Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 	}
 	select {
 	case <-end.C:
+	case <-cfg.Done:
 	case <-ctx.Done():
 	}
 	rep.Connected = connected()

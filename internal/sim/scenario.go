@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -59,18 +58,8 @@ type RunConfig struct {
 	Seed uint64
 	// Progress receives a line redrawn every second; nil discards it.
 	Progress io.Writer
-	// Twin, when not nil, gives each device the twin functions its
-	// runtime calls (the contract's: apply a desired document and return
-	// the reported one; the current reported document); nil leaves
-	// desired documents unhandled.
-	Twin func(d *Device) (apply func(ctx context.Context, desired []byte) []byte, reported func() []byte)
-}
-
-func (c RunConfig) twinFuncs(d *Device) (func(context.Context, []byte) []byte, func() []byte) {
-	if c.Twin == nil {
-		return nil, nil
-	}
-	return c.Twin(d)
+	// Done, when not nil, ends the run before Duration when it is closed.
+	Done <-chan struct{}
 }
 
 func (c RunConfig) withDefaults() (RunConfig, error) {
