@@ -61,9 +61,14 @@ and runs the scenario for --duration:
            --offline-for in the middle of the run: their telemetry is spooled
            on disk and flushed when they are back
 
+Every device runs the agent's twin applier: a desired configuration set for
+it (cradle device config set, or a config group, e.g. with the selector
+"batch in (SIM-<tag>-1,…)") is applied to config.json in its directory and
+reported; the server shows the drift.
+
 Progress goes to stderr on a terminal; the summary (enrolled, connected,
-telemetry sent, errors, p50/p99 enrollment latency) to stdout, as JSON with
---json.
+telemetry sent, configuration applied, errors, p50/p99 enrollment latency)
+to stdout, as JSON with --json.
 
 Against a local server:
 
@@ -203,8 +208,9 @@ func (a *app) printSim(s simSummary, jsonOut bool) {
 	fmt.Fprintf(a.stdout, "enrolled:    %d of %d in %s, latency p50 %s p99 %s, %d errors\n", e.Enrolled, e.Units, e.Elapsed.Round(time.Millisecond),
 		e.P50.Round(time.Millisecond), e.P99.Round(time.Millisecond), len(e.Errors))
 	if r := s.Run; r != nil {
-		fmt.Fprintf(a.stdout, "%s for %s: %d connected (%d connections), telemetry sent %d (spooled %d), %d errors\n",
-			r.Scenario, r.Elapsed.Round(time.Second), r.Connected, r.Connections, r.TelemetrySent, r.Spooled, len(r.Errors))
+		fmt.Fprintf(a.stdout, "%s for %s: %d connected (%d connections, %d link cuts), telemetry sent %d (spooled %d, unsent %d), config applied on %d (not applied on %d), %d errors\n",
+			r.Scenario, r.Elapsed.Round(time.Second), r.Connected, r.Connections, r.LinkDowns, r.TelemetrySent, r.Spooled, r.Unsent,
+			r.ConfigApplied, r.ConfigNotApplied, len(r.Errors))
 		for _, e := range r.Errors {
 			fmt.Fprintf(a.stdout, "  error: %s\n", e)
 		}

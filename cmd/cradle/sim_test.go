@@ -194,6 +194,9 @@ func TestSimFleet(t *testing.T) {
 	if rep.Connected != n || len(rep.Errors) > 0 {
 		t.Errorf("%d of %d devices connected at the end; errors: %v", rep.Connected, n, rep.Errors)
 	}
+	if rep.ConfigApplied != n || rep.ConfigNotApplied != 0 {
+		t.Errorf("the devices say the config is applied on %d and not on %d, want %d and 0", rep.ConfigApplied, rep.ConfigNotApplied, n)
+	}
 	stored := storedTelemetry(t, ctx, s, f)
 	for _, d := range f.Devices {
 		if stored[d.Serial] == 0 {

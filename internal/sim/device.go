@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cradle"
 	"cradle/internal/agent"
 	"cradle/internal/agent/hw"
 	"cradle/internal/agent/spool"
@@ -27,6 +28,7 @@ type running struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	twin      *twin.Applier
 	initial   int   // records in the spool when it started
 	collected int64 // telemetry payloads spooled
 	seenMQTT  atomic.Bool
@@ -59,7 +61,7 @@ func (f *Fleet) startDevice(ctx context.Context, d *Device, l *link, c *counters
 	if err != nil {
 		return nil, err
 	}
-	r := &running{d: d, sp: sp, link: l, done: make(chan struct{}), initial: sp.Stats().Records}
+	r := &running{d: d, sp: sp, link: l, twin: tw, done: make(chan struct{}), initial: sp.Stats().Records}
 	collector := agent.NewCollector(agent.CollectorOptions{DataDir: d.StateDir(), Device: d.HW, Power: hw.SimPower{Dir: d.UnitDir()},
 		CertNotAfter: func() time.Time { return r.rt.CertNotAfter() }, Reconnects: func() int64 { return r.rt.Reconnects() }})
 	collect := func(ctx context.Context, now time.Time) ([]byte, error) {
@@ -127,6 +129,15 @@ func (r *running) stop() (sent, unsent int64, err error) {
 	unsent = int64(st.Records)
 	sent = int64(r.initial) + atomic.LoadInt64(&r.collected) - unsent - st.Dropped
 	return sent, unsent, r.sp.Close()
+}
+
+// config returns the version and status of the device's last report.
+func (r *running) config() (int64, cradle.ReportStatus) {
+	rep, err := cradle.ParseReported(r.twin.Reported())
+	if err != nil {
+		return 0, ""
+	}
+	return rep.Version, rep.Status
 }
 
 // simPower gives a unit a power monitor reading (battery and energy

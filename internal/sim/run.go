@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cradle"
 	"cradle/internal/agent"
 )
 
@@ -29,6 +30,11 @@ type RunReport struct {
 	// Unsent counts telemetry messages still in the devices' spools at
 	// the end.
 	Unsent int64 `json:"unsent"`
+	// ConfigApplied counts the devices whose last desired configuration
+	// document (version ≥ 1) is applied at the end; ConfigNotApplied those
+	// whose last one was rejected or failed.
+	ConfigApplied    int `json:"config_applied"`
+	ConfigNotApplied int `json:"config_not_applied"`
 	// Errors are the devices' failures, "serial: error", at most one per
 	// device.
 	Errors []string `json:"errors,omitempty"`
@@ -102,7 +108,7 @@ func (f *Fleet) Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 
 	sem := make(chan struct{}, f.opts.Concurrency)
 	var wg sync.WaitGroup
-	var linkDowns, sent, unsent, connections atomic.Int64
+	var linkDowns, sent, unsent, connections, applied, notApplied atomic.Int64
 	for i, d := range f.Devices {
 		wg.Go(func() {
 			l := newLink()
@@ -132,6 +138,12 @@ func (f *Fleet) Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 			s, u, err := r.stop()
 			sent.Add(s)
 			unsent.Add(u)
+			switch v, status := r.config(); {
+			case v >= 1 && status == cradle.ReportApplied:
+				applied.Add(1)
+			case v >= 1:
+				notApplied.Add(1)
+			}
 			if err != nil {
 				fail(d, err)
 			}
@@ -150,6 +162,7 @@ func (f *Fleet) Run(ctx context.Context, cfg RunConfig) (RunReport, error) {
 	rep.Elapsed = time.Since(start)
 	rep.Connections, rep.TelemetrySent, rep.Spooled, rep.Unsent = connections.Load(), sent.Load(), c.spooled.Load(), unsent.Load()
 	rep.LinkDowns = int(linkDowns.Load())
+	rep.ConfigApplied, rep.ConfigNotApplied = int(applied.Load()), int(notApplied.Load())
 	return rep, ctx.Err()
 }
 
