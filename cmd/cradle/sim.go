@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ func (a *app) simCmd() *cobra.Command {
 		dir, dataDir, passFile, deviceURL string
 		mqttAddr, scenario                string
 		duration, interval, offlineFor    time.Duration
+		enrollTimeout                     time.Duration
 		churnRate, offlineShare           float64
 		jsonOut, noRun                    bool
 	)
@@ -147,7 +149,9 @@ Against a local server:
 			if err != nil {
 				return err
 			}
-			out.Enrolled = fleet.Enroll(ctx, sim.Progress(progress, "enrolled"))
+			ectx, cancel := context.WithTimeout(ctx, enrollTimeout)
+			out.Enrolled = fleet.Enroll(ectx, sim.Progress(progress, "enrolled"))
+			cancel()
 			if out.Enrolled.Failed > 0 {
 				a.printSim(out, jsonOut)
 				return fmt.Errorf("%d of %d devices did not enroll: %s", out.Enrolled.Failed, out.Enrolled.Units, firstOf(out.Enrolled.Errors))
@@ -173,6 +177,7 @@ Against a local server:
 	f.StringVar(&deviceURL, "device-url", "https://127.0.0.1:8443", "the device listener (EST, device API)")
 	f.StringVar(&mqttAddr, "mqtt", "", "the MQTT broker's host:port (default: --device-url's host, port 8883)")
 	f.IntVar(&concurrency, "concurrency", 32, "devices enrolling or connecting at once")
+	f.DurationVar(&enrollTimeout, "enroll-timeout", 5*time.Minute, "give up enrolling the devices not enrolled after this long")
 	f.StringVar(&scenario, "scenario", "steady", "steady, churn or offline")
 	f.DurationVar(&duration, "duration", time.Minute, "how long the scenario runs")
 	f.DurationVar(&interval, "interval", 10*time.Second, "telemetry interval of each device")

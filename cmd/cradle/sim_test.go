@@ -348,3 +348,40 @@ func TestSimCommand(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) { fails(t, tt.want, tt.args...) })
 	}
 }
+
+// TestSimEnrollUnreachable: against a closed port every unit fails, says
+// why, and Enroll gives up at its deadline; the same units enroll once
+// the fleet is opened with the right address.
+func TestSimEnrollUnreachable(t *testing.T) {
+	const n = 3
+	s := newSimServer(t, n)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	line, err := sim.SetUpLine(ctx, dir, s.line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer line.Close()
+	fleet := filepath.Join(dir, "fleet")
+	if rep, err := sim.Provision(ctx, line, fleet, nil); err != nil || rep.OK != n {
+		t.Fatalf("provision: %+v, %v", rep, err)
+	}
+	down, err := sim.Open(ctx, fleet, sim.Options{ServerURL: "https://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	er := down.Enroll(dctx, nil)
+	dcancel()
+	if er.Enrolled != 0 || er.Failed != n || len(er.Errors) != n || !strings.Contains(er.Errors[0], "connection refused") || er.P50 != 0 {
+		t.Errorf("enrolling against a closed port: %+v", er)
+	}
+	f, err := sim.Open(ctx, fleet, s.options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if er := f.Enroll(ctx, nil); er.Enrolled != n || er.P50 <= 0 {
+		t.Errorf("enrolling against the server afterwards: %+v", er)
+	}
+}

@@ -314,7 +314,8 @@ type StepReport struct {
 	// enrolled afterwards (whether due or not); Failed the due ones whose
 	// step failed.
 	Stepped, Enrolled, Failed int
-	// Latencies are the due units' step durations, in fleet order.
+	// Latencies are the durations of the due units' successful steps, in
+	// fleet order.
 	Latencies []time.Duration
 	// Errors are the failures, at most one per unit, "serial: error".
 	Errors []string
@@ -370,7 +371,9 @@ func (f *Fleet) StepIdentities(ctx context.Context, now time.Time) StepReport {
 	lat := map[int]time.Duration{}
 	for r := range results {
 		rep.Stepped++
-		lat[r.i] = r.took
+		if r.err == nil {
+			lat[r.i] = r.took
+		}
 		if r.err != nil {
 			rep.Failed++
 			rep.Errors = append(rep.Errors, f.Devices[r.i].Serial+": "+r.err.Error())
@@ -428,25 +431,30 @@ type EnrollReport struct {
 	// the new key, the state written, the confirmation).
 	P50 time.Duration `json:"p50_ns"`
 	P99 time.Duration `json:"p99_ns"`
-	// Errors are the failed attempts, "serial: error" (retried ones
-	// included).
+	// Errors are the units' last failed attempts, "serial: error" (a
+	// unit enrolled at a retry keeps its earlier error here).
 	Errors []string `json:"errors,omitempty"`
 }
 
 // Enroll enrolls every unit not enrolled yet, Options.Concurrency at a
 // time, retrying a failed unit (after the agent's backoff, on the fleet's
-// clock) until all are enrolled or ctx is done. Progress, when not nil, is
+// clock) until all are enrolled or ctx is done (give it a deadline: a
+// server that refuses a unit for good is retried until then). Progress, when not nil, is
 // called after each round with the units enrolled so far.
 func (f *Fleet) Enroll(ctx context.Context, progress func(enrolled, total int)) EnrollReport {
 	start := time.Now()
 	rep := EnrollReport{Units: len(f.Devices)}
 	var lats []time.Duration
+	last := map[string]string{} // serial → its last error
 	for {
 		now := f.opts.Now()
 		r := f.StepIdentities(ctx, now)
 		lats = append(lats, r.Latencies...)
 		rep.Enrolled = r.Enrolled
-		rep.Errors = append(rep.Errors, r.Errors...)
+		for _, e := range r.Errors {
+			serial, _, _ := strings.Cut(e, ": ")
+			last[serial] = e
+		}
 		if progress != nil {
 			progress(r.Enrolled, len(f.Devices))
 		}
@@ -465,6 +473,10 @@ func (f *Fleet) Enroll(ctx context.Context, progress func(enrolled, total int)) 
 	}
 	rep.Failed = len(f.Devices) - rep.Enrolled
 	rep.Elapsed = time.Since(start)
+	for _, e := range last {
+		rep.Errors = append(rep.Errors, e)
+	}
+	slices.Sort(rep.Errors)
 	rep.P50, rep.P99 = Percentile(lats, 50), Percentile(lats, 99)
 	return rep
 }
