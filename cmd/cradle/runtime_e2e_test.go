@@ -236,6 +236,13 @@ log: {level: debug, format: json}
 		latest, err := store.LatestTelemetry(sys, serial)
 		return err == nil && latest["link.reconnects"].Value >= 1
 	})
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)); err == nil {
+		for _, l := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") || strings.HasPrefix(l, "VmHWM:") {
+				t.Logf("cradle-agent (not stripped, debug logging) %s", strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
 	stop(cmd)
 
 	// No point lost: every collection the agent logged is stored or still
