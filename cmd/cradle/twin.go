@@ -88,8 +88,14 @@ func (t *deviceTwin) getDesired(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	// The same bytes as over MQTT.
+	doc, err := json.Marshal(d)
+	if err != nil {
+		t.fail(w, dev.Serial, err)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(d)
+	w.Write(doc)
 }
 
 // maxReportedBytes bounds a reported document on either transport.

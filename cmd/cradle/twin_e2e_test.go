@@ -146,7 +146,7 @@ func TestTwinEndToEnd(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != wantDoc {
+	if resp.StatusCode != 200 || string(body) != wantDoc {
 		t.Fatalf("GET /device/v1/twin = %d %s, want %s", resp.StatusCode, body, wantDoc)
 	}
 
@@ -277,4 +277,28 @@ func TestTwinEndToEnd(t *testing.T) {
 		t.Errorf("a bad report over HTTPS: %d %s", resp.StatusCode, body)
 	}
 	waitDrift(cradle.DriftDrifted)
+
+	// The rest of the CLI: groups and schemas read back, a group deleted.
+	groups := decodeJSON[struct {
+		Groups []cradle.ConfigGroup `json:"groups"`
+	}](t, cli("", "config-group", "list", "--json"))
+	if len(groups.Groups) != 1 || groups.Groups[0].Name != "prod" || groups.Groups[0].Priority != 10 {
+		t.Errorf("config-group list = %+v", groups.Groups)
+	}
+	g := decodeJSON[cradle.ConfigGroup](t, cli("", "config-group", "show", "prod", "--json"))
+	var compact bytes.Buffer
+	json.Compact(&compact, g.Config)
+	if g.Selector != "env=prod" || compact.String() != `{"log":{"format":"json","level":"info"},"mtu":1400}` {
+		t.Errorf("config-group show = %+v", g)
+	}
+	if got := cli("", "config-schema", "show", "gw-100"); !strings.Contains(got, `"maximum": 1500`) {
+		t.Errorf("config-schema show = %s", got)
+	}
+	cli("", "config-group", "delete", "prod")
+	if tw := decodeJSON[cradle.Twin](t, cli("", "device", "config", "show", "SN-T2", "--json")); tw.Desired == nil || tw.Desired.Version != 3 || strings.TrimSpace(string(tw.Desired.Config)) != `{}` {
+		t.Errorf("SN-T2 after its only group was deleted: %+v", tw.Desired)
+	}
+	if got := cli("", "device", "config", "show", serial); !strings.Contains(got, "Drift:      pending") || !strings.Contains(got, "version 4") {
+		t.Errorf("device config show after the group was deleted:\n%s", got)
+	}
 }

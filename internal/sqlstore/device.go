@@ -235,6 +235,10 @@ func (s *DeviceService) CreateDevice(ctx context.Context, c cradle.DeviceCreate)
 		}
 		d = &cradle.Device{ID: id, TenantID: a.TenantID, Serial: c.Serial, HardwareUID: c.HardwareUID, MACs: c.MACs, Model: c.Model,
 			HardwareRevision: c.HardwareRevision, Labels: c.Labels, State: c.State, CreatedAt: tx.now, UpdatedAt: tx.now, StateChangedAt: tx.now}
+		// Config groups whose selector matches its labels reach it now.
+		if err := tx.twinsForNewDevices(ctx, a.TenantID, c.Serial); err != nil {
+			return err
+		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.create", Subject: "device:" + c.Serial, Details: c})
 	})
 	if err != nil {

@@ -117,6 +117,10 @@ func (s *DeviceService) ImportDevices(ctx context.Context, format cradle.ImportF
 		if rep.RejectedCount > 0 {
 			return rollback
 		}
+		// Config groups whose selector matches the new devices reach them now.
+		if err := tx.twinsForNewDevices(ctx, a.TenantID, ""); err != nil {
+			return err
+		}
 		rep.Committed = true
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.import", Subject: "devices",
 			Details: map[string]any{"format": format, "accepted": rep.Accepted, "serials_sha256": hex.EncodeToString(digest.Sum(nil))}})

@@ -104,11 +104,20 @@ func (r *twinRow) report() (*cradle.TwinReported, error) {
 // lockTwinRows loads (and on PostgreSQL locks) the devices of the tenant,
 // or the one named serial, with their twins, in id order.
 func (tx *Tx) lockTwinRows(ctx context.Context, tenantID int64, serial string) ([]*twinRow, error) {
+	return tx.lockTwinRowsWhere(ctx, tenantID, serial, false)
+}
+
+// lockTwinRowsWhere is lockTwinRows, limited to devices without a twin
+// row when onlyNew.
+func (tx *Tx) lockTwinRowsWhere(ctx context.Context, tenantID int64, serial string, onlyNew bool) ([]*twinRow, error) {
 	q := `SELECT ` + twinRowCols + ` FROM devices d LEFT JOIN twins t ON t.device_id = d.id WHERE d.tenant_id = ?`
 	args := []any{tenantID}
 	if serial != "" {
 		q += ` AND d.serial = ?`
 		args = append(args, serial)
+	}
+	if onlyNew {
+		q += ` AND t.device_id IS NULL`
 	}
 	q += ` ORDER BY d.id`
 	if tx.db.dialect.forUpdate != "" {
@@ -310,6 +319,23 @@ func (tx *Tx) recomputeDevice(ctx context.Context, tenantID int64, serial string
 		return err
 	}
 	groups, err := tx.configGroups(ctx, tenantID)
+	if err != nil {
+		return err
+	}
+	_, err = tx.recompute(ctx, tenantID, rows, groups, &schemas{tx: tx, tenantID: tenantID}, nil)
+	return err
+}
+
+// twinsForNewDevices gives devices created in tx (those without a twin
+// row; serial "" means every such device of the tenant) the effective
+// document of the groups that match them. Without groups it costs one
+// query.
+func (tx *Tx) twinsForNewDevices(ctx context.Context, tenantID int64, serial string) error {
+	groups, err := tx.configGroups(ctx, tenantID)
+	if err != nil || len(groups) == 0 {
+		return err
+	}
+	rows, err := tx.lockTwinRowsWhere(ctx, tenantID, serial, true)
 	if err != nil {
 		return err
 	}

@@ -179,6 +179,25 @@ func testTwinPrecedence(t *testing.T, e *Env) {
 	_, err = k.svc.FindConfigGroup(k.op, "prod")
 	wantCode(t, err, cradle.ENOTFOUND)
 
+	// Devices created or imported later get the groups that match them.
+	k.took()
+	must[*cradle.Device](t)(e.Devices.CreateDevice(k.op, cradle.DeviceCreate{Serial: "SN-4", Model: "gw-1", Labels: map[string]string{"site": "north"}}))
+	rep := must[*cradle.ImportReport](t)(e.Devices.ImportDevices(k.op, cradle.ImportJSONL, strings.NewReader(`{"serial":"SN-5","model":"gw-1","labels":{"site":"north"}}`+"\n"+`{"serial":"SN-6","model":"gw-1"}`+"\n")))
+	if !rep.Committed {
+		t.Fatalf("import: %+v", rep)
+	}
+	for _, s := range []string{"SN-4", "SN-5"} {
+		if got := k.desired(s); got != `{"version":1,"config":{"log":{"level":"debug"},"mtu":1400,"ntp":["c"]}}` {
+			t.Errorf("desired of %s, created after its groups = %s", s, got)
+		}
+	}
+	if got := k.desired("SN-6"); got != "none" {
+		t.Errorf("desired of SN-6, which no group matches = %s", got)
+	}
+	if diff := cmp.Diff(map[string]int64{"SN-4": 1, "SN-5": 1}, k.took()); diff != "" {
+		t.Errorf("notified for new devices (-want +got):\n%s", diff)
+	}
+
 	// Another tenant's groups never reach this tenant's devices.
 	_, other := e.Tenant("globex", cradle.RoleOperator)
 	if _, err := k.svc.PutConfigGroup(other, "all", cradle.ConfigGroupPut{Selector: "env", Config: json.RawMessage(`{"x":1}`)}); err != nil {
