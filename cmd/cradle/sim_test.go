@@ -328,7 +328,8 @@ func TestSimCommand(t *testing.T) {
 	if r := first.Run; r == nil || r.Connected != 6 || r.TelemetrySent < 6 || len(r.Errors) > 0 {
 		t.Errorf("run: %+v", r)
 	}
-	second := decodeJSON[simSummary](t, ok(t, append(args, "--scenario", "offline")...))
+	// Offline from 2 s to 3 s of 6 s: back well before the end.
+	second := decodeJSON[simSummary](t, ok(t, append(args, "--scenario", "offline", "--duration", "6s", "--offline-for", "1s")...))
 	if second.Provisioned != nil || second.Enrolled.Enrolled != 6 || second.Enrolled.P50 != 0 {
 		t.Errorf("a second run provisioned or enrolled again: %+v", second)
 	}

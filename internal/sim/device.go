@@ -80,7 +80,7 @@ func (f *Fleet) startDevice(ctx context.Context, d *Device, l *link, c *counters
 		Twin: tw.Apply, TwinReported: tw.Reported,
 		// A pulled link is back within seconds in a simulation: retry
 		// soon, not after the field's minutes.
-		Backoff: agent.Backoff{Base: 200 * time.Millisecond, Max: 2 * time.Second},
+		Backoff: agent.Backoff{Base: 200 * time.Millisecond, Max: time.Second},
 		Rand:    rand.New(rand.NewPCG(cfg.Seed, uint64(len(d.Serial))<<32|uint64(crc(d.Serial)))),
 		Now:     f.opts.Now, Logger: f.opts.Logger.With("serial", serial),
 		Dial: l.DialContext,
