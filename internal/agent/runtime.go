@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -86,6 +87,10 @@ type RuntimeOptions struct {
 	RequestTimeout time.Duration
 	// Logger receives connection changes and failures; nil discards.
 	Logger *slog.Logger
+	// Dial makes the TCP connections to the broker and the device API;
+	// nil means a net.Dialer. The simulator dials through a link it can
+	// pull to take a unit offline.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Runtime keeps a unit's channel to the server once it has an LDevID:
@@ -196,7 +201,7 @@ func (r *Runtime) Channel() string { return r.channel.Load().(string) }
 // presents the current LDevID, for exchanges outside the channel (such as
 // uploading logs).
 func (r *Runtime) Transport() *http.Transport {
-	return &http.Transport{TLSClientConfig: r.tlsConfig(), ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second}
+	return &http.Transport{TLSClientConfig: r.tlsConfig(), ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second, DialContext: r.opts.Dial}
 }
 
 func (r *Runtime) certificate() *tls.Certificate {
@@ -382,7 +387,7 @@ func batch(recs []spool.Record) []byte {
 // whether the connection was made.
 func (r *Runtime) runMQTT(ctx context.Context) (connected bool, err error) {
 	dctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
-	conn, err := mqtt.Dial(dctx, mqtt.Options{Addr: r.opts.MQTTAddr, TLS: r.tlsConfig(), Version: r.opts.MQTTVersion, ClientID: "agent"})
+	conn, err := mqtt.Dial(dctx, mqtt.Options{Addr: r.opts.MQTTAddr, TLS: r.tlsConfig(), Version: r.opts.MQTTVersion, ClientID: "agent", Dial: r.opts.Dial})
 	cancel()
 	if err != nil {
 		return false, err

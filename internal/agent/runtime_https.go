@@ -36,7 +36,7 @@ type httpsChannel struct {
 
 func newHTTPSChannel(r *Runtime, base *url.URL) *httpsChannel {
 	tr := &http.Transport{TLSClientConfig: r.tlsConfig(), ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second,
-		TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: r.opts.RequestTimeout}
+		TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: r.opts.RequestTimeout, DialContext: r.opts.Dial}
 	return &httpsChannel{r: r, base: base, tr: tr, client: &http.Client{Transport: tr, Timeout: r.opts.RequestTimeout}}
 }
 

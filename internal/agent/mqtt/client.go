@@ -69,6 +69,33 @@ type Options struct {
 	KeepAlive time.Duration
 	// MaxPacket bounds inbound packets; zero means 1 MiB.
 	MaxPacket int
+	// Dial makes the TCP connection; nil means a net.Dialer. The
+	// simulator (internal/sim) dials through a link it can pull.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// dialTLS dials opts.Addr (through opts.Dial when set) and completes the
+// TLS handshake.
+func dialTLS(ctx context.Context, opts Options) (net.Conn, error) {
+	if opts.Dial == nil {
+		d := tls.Dialer{Config: opts.TLS}
+		return d.DialContext(ctx, "tcp", opts.Addr)
+	}
+	raw, err := opts.Dial(ctx, "tcp", opts.Addr)
+	if err != nil {
+		return nil, err
+	}
+	cfg := opts.TLS
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		cfg.ServerName, _, _ = net.SplitHostPort(opts.Addr)
+	}
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // Message is a PUBLISH received from the broker.
@@ -165,8 +192,7 @@ func Dial(ctx context.Context, opts Options) (*Conn, error) {
 	if opts.MaxPacket <= 0 {
 		opts.MaxPacket = 1 << 20
 	}
-	d := tls.Dialer{Config: opts.TLS}
-	nc, err := d.DialContext(ctx, "tcp", opts.Addr)
+	nc, err := dialTLS(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
