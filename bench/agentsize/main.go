@@ -209,14 +209,19 @@ func breakdown(bin, tags string, top int) error {
 // net/http; symbols of no package (go:…, runtime tables) are "(runtime
 // tables)".
 func symbolPackage(s string) string {
-	for _, p := range []string{"type:", "go:itab.", "go:info.", ".eq.", "*"} {
+	for _, p := range []string{"go:itab.", "type:", ".eq.", ".hash.", "*"} {
 		s = strings.TrimPrefix(s, p)
 	}
-	if i := strings.IndexByte(s, '['); i >= 0 {
-		s = s[:i] // a generic instantiation: the package of the function
+	if i := strings.IndexAny(s, "[,"); i >= 0 {
+		s = s[:i] // a generic instantiation or an itab's interface: the first type's package
 	}
-	if strings.HasPrefix(s, "go:") || strings.HasPrefix(s, "type:") || s == "" {
+	if s == "" || strings.HasPrefix(s, "go:") || strings.HasPrefix(s, "go.shape") {
 		return "(runtime tables)"
+	}
+	for _, p := range []string{"struct {", "interface {", "func(", "map[", "chan ", "<-chan", "noalg."} {
+		if strings.HasPrefix(s, p) {
+			return "(runtime tables)"
+		}
 	}
 	slash := strings.LastIndex(s, "/")
 	dot := strings.Index(s[slash+1:], ".")
