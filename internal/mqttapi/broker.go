@@ -136,6 +136,9 @@ type Broker struct {
 	log    *slog.Logger
 	server *mqtt.Server
 	ln     net.Listener
+	// listen replaces net.Listen when set (tests: connections without
+	// file descriptors).
+	listen func(network, addr string) (net.Listener, error)
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -216,7 +219,11 @@ func (b *Broker) Open() error {
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
 		return fmt.Errorf("mqttapi: add hook: %w", err)
 	}
-	ln, err := net.Listen("tcp", b.cfg.Addr)
+	listen := b.listen
+	if listen == nil {
+		listen = net.Listen
+	}
+	ln, err := listen("tcp", b.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("mqttapi: listen on %s: %w", b.cfg.Addr, err)
 	}

@@ -1,7 +1,15 @@
 package mqttapi
 
+import "net"
+
 // SubscriberCount returns how many clients are subscribed to filters
 // matching topic, so tests can wait for a subscription to be in place.
 func SubscriberCount(b *Broker, topic string) int {
 	return len(b.server.Topics.Subscribers(topic).Subscriptions)
+}
+
+// UseListener makes b serve ln instead of listening on Config.Addr; call it
+// before Open.
+func UseListener(b *Broker, ln net.Listener) {
+	b.listen = func(string, string) (net.Listener, error) { return ln, nil }
 }

@@ -8,12 +8,16 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -49,24 +53,37 @@ func loadgen(spec string) error {
 	roots := x509.NewCertPool()
 	roots.AddCert(caCert)
 	ca := &testCA{cert: caCert, key: caKey, dir: dir, name: "ca"}
-	conns := make([]*tls.Conn, 0, n)
+	// Source addresses 127.0.0.2, .3, … each hold perAddr connections, so
+	// tens of thousands of them do not run out of ephemeral ports.
+	const perAddr = 20000
+	conns := make([]*tls.Conn, n)
+	errs := make(chan error, loadWorkers)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range loadWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				c, err := loadConn(addr, ca, roots, i, net.IPv4(127, 0, 0, byte(2+i/perAddr)))
+				if err != nil {
+					errs <- err
+					for range next {
+					}
+					return
+				}
+				conns[i] = c
+			}
+		}()
+	}
 	for i := range n {
-		cert, _, err := ca.leaf("load", fmt.Sprintf("LOAD-%d", i), false)
-		if err != nil {
-			return err
-		}
-		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"})
-		if err != nil {
-			return fmt.Errorf("connection %d: %w", i, err)
-		}
-		if _, err := c.Write(connectPacket(fmt.Sprintf("load-%d", i))); err != nil {
-			return fmt.Errorf("connection %d: CONNECT: %w", i, err)
-		}
-		ack := make([]byte, 4)
-		if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
-			return fmt.Errorf("connection %d: CONNACK % x: %v", i, ack, err)
-		}
-		conns = append(conns, c)
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
 	}
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
@@ -74,6 +91,35 @@ func loadgen(spec string) error {
 		c.Close()
 	}
 	return nil
+}
+
+// loadWorkers is how many connections the load generator opens at once.
+const loadWorkers = 8
+
+// loadConn opens connection i from local address src: a TLS handshake
+// with a fresh device certificate, CONNECT, and CONNACK checked.
+func loadConn(addr string, ca *testCA, roots *x509.CertPool, i int, src net.IP) (*tls.Conn, error) {
+	cert, _, err := ca.leaf("load", fmt.Sprintf("LOAD-%d", i), false)
+	if err != nil {
+		return nil, err
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: time.Minute},
+		Config: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, ServerName: "127.0.0.1"}}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connection %d from %s: %w", i, src, err)
+	}
+	c := nc.(*tls.Conn)
+	if _, err := c.Write(connectPacket(fmt.Sprintf("load-%d", i))); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connection %d: CONNECT: %w", i, err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+		c.Close()
+		return nil, fmt.Errorf("connection %d: CONNACK % x: %v", i, ack, err)
+	}
+	return c, nil
 }
 
 // connectPacket is an MQTT 3.1.1 CONNECT with clean session, keepalive 0
@@ -119,11 +165,20 @@ func loadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 }
 
 // BenchmarkConnectionMemory measures the broker's memory per connected TLS
-// MQTT device: heap in use and goroutine stacks after a GC, before and
-// after N idle devices connect from a separate process (N from
-// CRADLE_MQTTAPI_CONNS, 500 by default; the file descriptor limit bounds
-// it); CRADLE_MQTTAPI_HEAPPROFILE names a file for a heap profile taken
-// while they are connected. Run it with -benchtime 1x. It reports B/conn for heap, stacks and both; b.N is not used.
+// MQTT device: heap in use and goroutine stacks after a GC, and this
+// process's VmRSS, before and after N idle devices connect from a separate
+// process (so the clients' memory is not counted). N comes from
+// CRADLE_MQTTAPI_CONNS, 500 by default; the benchmark raises RLIMIT_NOFILE
+// to N plus some, which needs N below the hard limit or CAP_SYS_RESOURCE.
+// The devices connect from 127.0.0.2, 127.0.0.3, … (20,000 each) so
+// ephemeral ports do not run out. CRADLE_MQTTAPI_HEAPPROFILE names a file
+// for a heap profile taken while they are connected. Run it with
+// -benchtime 1x; b.N is not used. It reports B/conn for heap, stacks,
+// both, and VmRSS, and objects-B/conn, the bytes in live objects alone
+// (from the heap profile, sampled every 4 KiB; heap-B/conn counts the
+// spans that hold them, fragmentation included):
+//
+//	CRADLE_MQTTAPI_CONNS=18500 go test -run '^$' -bench ConnectionMemory -benchtime 1x ./internal/mqttapi
 func BenchmarkConnectionMemory(b *testing.B) {
 	n := 500
 	if s := os.Getenv("CRADLE_MQTTAPI_CONNS"); s != "" {
@@ -132,6 +187,13 @@ func BenchmarkConnectionMemory(b *testing.B) {
 			b.Fatalf("CRADLE_MQTTAPI_CONNS=%q: %v", s, err)
 		}
 	}
+	// Each connection is a descriptor here and one in the load generator,
+	// which inherits the limit.
+	if err := raiseFileLimit(uint64(n) + 1024); err != nil {
+		b.Fatalf("%d connections: %v", n, err)
+	}
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = profileRate
 	e := newEnv(b, nil)
 	der, err := x509.MarshalECPrivateKey(e.ca.key)
 	if err != nil {
@@ -140,6 +202,7 @@ func BenchmarkConnectionMemory(b *testing.B) {
 	writePEM(b, filepath.Join(e.dir, "ca.key"), "EC PRIVATE KEY", der)
 
 	before := memNow()
+	_, objBefore := clientInUse()
 	goroutines := runtime.NumGoroutine()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %d", loadgenEnv, e.broker.Addr(), e.dir, n))
@@ -161,12 +224,17 @@ func BenchmarkConnectionMemory(b *testing.B) {
 	connectTime := time.Since(start)
 	waitFor(b, 30*time.Second, "sessions", func() bool { return e.broker.Stats().Sessions == n })
 	after := memNow()
+	_, objAfter := clientInUse()
+	objects := float64(objAfter-objBefore) / float64(n)
+	b.ReportMetric(objects, "objects-B/conn")
 
 	heap := float64(after.heap-before.heap) / float64(n)
 	stack := float64(after.stack-before.stack) / float64(n)
 	b.ReportMetric(heap, "heap-B/conn")
 	b.ReportMetric(stack, "stack-B/conn")
 	b.ReportMetric(heap+stack, "B/conn")
+	rss := (float64(after.rss) - float64(before.rss)) / float64(n)
+	b.ReportMetric(rss, "rss-B/conn")
 	b.ReportMetric(float64(runtime.NumGoroutine()-goroutines)/float64(n), "goroutines/conn")
 	b.ReportMetric(float64(connectTime.Microseconds())/float64(n), "µs/connect")
 	if p := os.Getenv("CRADLE_MQTTAPI_HEAPPROFILE"); p != "" {
@@ -179,15 +247,49 @@ func BenchmarkConnectionMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.Logf("%d connections: heap %.0f B/conn, stacks %.0f B/conn, total %.1f KiB/conn", n, heap, stack, (heap+stack)/1024)
+	b.Logf("%d connections: heap %.0f B/conn (objects %.0f), stacks %.0f B/conn, total %.1f KiB/conn; VmRSS %.1f KiB/conn", n, heap, objects, stack, (heap+stack)/1024, rss/1024)
 }
 
-type mem struct{ heap, stack uint64 }
+// raiseFileLimit raises RLIMIT_NOFILE to at least want, the hard limit
+// too when the process may (root).
+func raiseFileLimit(want uint64) error {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return err
+	}
+	if l.Cur >= want {
+		return nil
+	}
+	hard := l.Max
+	l.Cur, l.Max = want, max(l.Max, want)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return fmt.Errorf("raise the open file limit to %d (hard limit %d; raising it needs CAP_SYS_RESOURCE): %w", want, hard, err)
+	}
+	return nil
+}
+
+type mem struct{ heap, stack, rss uint64 }
 
 func memNow() mem {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return mem{heap: ms.HeapInuse, stack: ms.StackInuse}
+	return mem{heap: ms.HeapInuse, stack: ms.StackInuse, rss: vmRSS()}
+}
+
+// vmRSS returns this process's resident set size in bytes from
+// /proc/self/status, or 0 where there is none.
+func vmRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
