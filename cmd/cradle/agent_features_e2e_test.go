@@ -28,18 +28,28 @@ func buildAgent(t *testing.T, ctx context.Context) string {
 // operator sets (checked against the model's schema on the device, applied
 // by a file handler and a hook), rejects an invalid one while keeping the
 // running one, and carries out signed commands (ping, set-config, reboot)
-// sent with the CLI, each reported done.
+// sent with the CLI, each reported done: once over MQTT, once with MQTT
+// off, over the HTTPS device API alone.
 func TestAgentRunAppliesConfigAndObeysCommands(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs cradle-agent")
 	}
 	l := newFactoryLine(t, 2, 2)
-	specs := makeUnits(t, t.TempDir(), 1)
-	ok(t, "factory", "provision", "--dir", l.stationDir, "--batch", "B-2648", "--firmware", l.release, "--operator", "ada", "--device", specs[0], "--json")
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	specs := makeUnits(t, t.TempDir(), 2)
+	ok(t, "factory", "provision", "--dir", l.stationDir, "--batch", "B-2648", "--firmware", l.release, "--operator", "ada",
+		"--device", specs[0], "--device", specs[1], "--json")
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	bin := buildAgent(t, ctx)
+	t.Run("mqtt", func(t *testing.T) {
+		agentConfigAndCommands(t, ctx, l, bin, specs[0], "SX-2648-00001", "mqtts://"+l.m.device.mqtt.Addr().String())
+	})
+	t.Run("https", func(t *testing.T) {
+		agentConfigAndCommands(t, ctx, l, bin, specs[1], "SX-2648-00002", "off")
+	})
+}
 
+func agentConfigAndCommands(t *testing.T, ctx context.Context, l *factoryLine, bin, unit, serial, mqttURL string) {
 	dir := t.TempDir()
 	schema := filepath.Join(dir, "schema.json")
 	os.WriteFile(schema, []byte(`{"type":"object","properties":{"interval":{"type":"integer","minimum":1,"maximum":3600}},"required":["interval"]}`), 0o644)
@@ -52,7 +62,7 @@ func TestAgentRunAppliesConfigAndObeysCommands(t *testing.T) {
 state_dir: %s
 server: %s
 mqtt:
-  url: mqtts://%s
+  url: %s
   retry_base: 100ms
   retry_max: 1s
 telemetry:
@@ -64,7 +74,7 @@ config:
       mode: "0644"
     - hook: %s
       timeout: 10s
-`, specs[0], t.TempDir(), l.m.device.Addr(), l.m.device.mqtt.Addr(), schema, appConfig, hook)), 0o600)
+`, unit, t.TempDir(), l.m.device.Addr(), mqttURL, schema, appConfig, hook)), 0o600)
 	cmd := exec.CommandContext(ctx, bin, "run", "--config", cfg)
 	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
 	if err := cmd.Start(); err != nil {
@@ -75,10 +85,9 @@ config:
 		cmd.Wait()
 	}()
 	srv := []string{"--server", l.m.Addr(), "--token", l.admin}
-	serial := "SX-2648-00001"
-	waitUntil(t, 30*time.Second, "the agent is deployed and connected", func() bool {
+	waitUntil(t, 30*time.Second, "the agent is deployed", func() bool {
 		d := decodeJSON[deviceDetail](t, ok(t, append([]string{"device", "show", serial, "--json"}, srv...)...))
-		return d.Device.State == cradle.StateDeployed && l.m.device.mqtt.Sessions(serial) > 0
+		return d.Device.State == cradle.StateDeployed && (mqttURL == "off" || l.m.device.mqtt.Sessions(serial) > 0)
 	})
 	twinOf := func() cradle.Twin {
 		return decodeJSON[cradle.Twin](t, ok(t, append([]string{"device", "config", "show", serial, "--json"}, srv...)...))
@@ -128,6 +137,9 @@ config:
 	out := ok(t, append([]string{"device", "commands", serial, "--json"}, srv...)...)
 	if n := strings.Count(out, `"state": "done"`) + strings.Count(out, `"state":"done"`); n != 3 {
 		t.Errorf("want 3 commands done:\n%s", out)
+	}
+	if mqttURL == "off" && l.m.device.mqtt.Sessions(serial) != 0 {
+		t.Errorf("the unit with MQTT off has an MQTT session")
 	}
 }
 
