@@ -84,11 +84,11 @@ func TestCommands(t *testing.T) {
 	op := e.client(cradle.RoleOperator)
 	ctx := t.Context()
 
-	c, err := op.IssueCommand(ctx, "GW-1", cradle.CommandRequest{Kind: cradle.CommandSetConfig, Args: json.RawMessage(`{"interval": 30}`), TTLSeconds: 120})
+	c, err := op.IssueCommand(ctx, "GW-1", cradle.CommandRequest{Kind: cradle.CommandSetConfig, Args: json.RawMessage(`{"version": 2, "config": {"interval": 30}}`), TTLSeconds: 120})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Sequence != 1 || c.State != cradle.CommandPending || string(c.Args) != `{"interval":30}` || c.ExpiresAt.Sub(c.IssuedAt).Seconds() != 120 {
+	if c.Sequence != 1 || c.State != cradle.CommandPending || string(c.Args) != `{"version":2,"config":{"interval":30}}` || c.ExpiresAt.Sub(c.IssuedAt).Seconds() != 120 {
 		t.Fatalf("issued %+v", c)
 	}
 	got, err := op.FindDeviceCommand(ctx, "GW-1", c.ID)

@@ -95,7 +95,7 @@ func testCommandsIssueDeliverResult(t *testing.T, e *Env) {
 	if ping.Sequence != 1 || ping.State != cradle.CommandPending || !ping.ExpiresAt.Equal(ping.IssuedAt.Add(time.Hour)) {
 		t.Fatalf("issued %+v; want sequence 1, pending, 1 h TTL", ping)
 	}
-	cfg := k.issue("GW-1", cradle.CommandRequest{Kind: cradle.CommandSetConfig, Args: []byte(`{"log_level": "debug"}`), TTLSeconds: 600})
+	cfg := k.issue("GW-1", cradle.CommandRequest{Kind: cradle.CommandSetConfig, Args: []byte(`{"version": 4, "config": {"log_level": "debug"}}`), TTLSeconds: 600})
 	other := k.issue("GW-2", cradle.CommandRequest{Kind: cradle.CommandReboot})
 	if cfg.Sequence != 2 || other.Sequence != 1 {
 		t.Fatalf("sequences %d (GW-1) and %d (GW-2); want 2 and 1: per device", cfg.Sequence, other.Sequence)
@@ -116,7 +116,7 @@ func testCommandsIssueDeliverResult(t *testing.T, e *Env) {
 			t.Fatalf("signed %+v; stored %+v", got, c)
 		}
 	}
-	if string(cfg.Args) != `{"log_level":"debug"}` {
+	if string(cfg.Args) != `{"version":4,"config":{"log_level":"debug"}}` {
 		t.Fatalf("args = %s", cfg.Args)
 	}
 
