@@ -213,22 +213,8 @@ func (s *Server) fleetStatus(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, notConfigured("device status"))
 		return
 	}
-	f := cradle.DeviceFilter{Cursor: q.Get("cursor")}
-	if v, ok := q["state"]; ok {
-		st, err := cradle.ParseState(v[0])
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		f.State = &st
-	}
-	if v, ok := q["selector"]; ok {
-		if f.Selector, err = cradle.ParseLabelSelector(v[0]); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-	}
-	if f.Limit, err = intParam(q, "limit"); err != nil {
+	f, err := deviceFilter(q)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -258,29 +244,17 @@ func (s *Server) fleetStatus(w http.ResponseWriter, r *http.Request) {
 
 // ClaimDevice implements cradle.ClaimService.
 func (c *Client) ClaimDevice(ctx context.Context, serial string, dc cradle.DeviceClaim) (*cradle.Device, error) {
-	var d cradle.Device
-	if err := c.doJSON(ctx, http.MethodPost, devicePath(serial)+"/claim", dc, &d); err != nil {
-		return nil, err
-	}
-	return &d, nil
+	return sendJSON[cradle.Device](ctx, c, http.MethodPost, devicePath(serial)+"/claim", dc)
 }
 
 // FindPolicy implements cradle.ClaimService.
 func (c *Client) FindPolicy(ctx context.Context) (*cradle.TenantPolicy, error) {
-	var p cradle.TenantPolicy
-	if err := c.do(ctx, http.MethodGet, "/api/v1/policy", nil, nil, &p); err != nil {
-		return nil, err
-	}
-	return &p, nil
+	return getJSON[cradle.TenantPolicy](ctx, c, "/api/v1/policy")
 }
 
 // UpdatePolicy implements cradle.ClaimService.
 func (c *Client) UpdatePolicy(ctx context.Context, p cradle.TenantPolicy) (*cradle.TenantPolicy, error) {
-	var out cradle.TenantPolicy
-	if err := c.doJSON(ctx, http.MethodPut, "/api/v1/policy", p, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return sendJSON[cradle.TenantPolicy](ctx, c, http.MethodPut, "/api/v1/policy", p)
 }
 
 var _ cradle.ClaimService = (*Client)(nil)
@@ -297,20 +271,12 @@ func (c *Client) DeviceTelemetry(ctx context.Context, tq cradle.TelemetryQuery) 
 	if tq.Step != 0 {
 		q.Set("step", tq.Step.String())
 	}
-	var out TelemetrySeries
-	if err := c.do(ctx, http.MethodGet, withQuery(devicePath(tq.Serial)+"/telemetry", q), nil, nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return getJSON[TelemetrySeries](ctx, c, withQuery(devicePath(tq.Serial)+"/telemetry", q))
 }
 
 // DeviceStatus returns the status report of a device.
 func (c *Client) DeviceStatus(ctx context.Context, serial string) (*DeviceStatusReport, error) {
-	var out DeviceStatusReport
-	if err := c.do(ctx, http.MethodGet, devicePath(serial)+"/status", nil, nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return getJSON[DeviceStatusReport](ctx, c, devicePath(serial)+"/status")
 }
 
 // FleetStatus returns a page of status reports of the devices f selects
@@ -329,9 +295,5 @@ func (c *Client) FleetStatus(ctx context.Context, f cradle.DeviceFilter) (*Devic
 	if f.Limit != 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}
-	var out DeviceStatusList
-	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/device-status", q), nil, nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return getJSON[DeviceStatusList](ctx, c, withQuery("/api/v1/device-status", q))
 }

@@ -51,11 +51,7 @@ func (c *Client) WhoAmI(ctx context.Context) (*Identity, error) {
 
 // FindDeviceBySerial implements cradle.DeviceService.
 func (c *Client) FindDeviceBySerial(ctx context.Context, serial string) (*cradle.Device, error) {
-	var d cradle.Device
-	if err := c.do(ctx, http.MethodGet, devicePath(serial), nil, nil, &d); err != nil {
-		return nil, err
-	}
-	return &d, nil
+	return getJSON[cradle.Device](ctx, c, devicePath(serial))
 }
 
 // FindDevices implements cradle.DeviceService.
@@ -88,29 +84,17 @@ func (c *Client) FindDevices(ctx context.Context, f cradle.DeviceFilter) ([]*cra
 
 // CreateDevice implements cradle.DeviceService.
 func (c *Client) CreateDevice(ctx context.Context, dc cradle.DeviceCreate) (*cradle.Device, error) {
-	var d cradle.Device
-	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/devices", dc, &d); err != nil {
-		return nil, err
-	}
-	return &d, nil
+	return sendJSON[cradle.Device](ctx, c, http.MethodPost, "/api/v1/devices", dc)
 }
 
 // UpdateDevice implements cradle.DeviceService.
 func (c *Client) UpdateDevice(ctx context.Context, serial string, u cradle.DeviceUpdate) (*cradle.Device, error) {
-	var d cradle.Device
-	if err := c.doJSON(ctx, http.MethodPatch, devicePath(serial), u, &d); err != nil {
-		return nil, err
-	}
-	return &d, nil
+	return sendJSON[cradle.Device](ctx, c, http.MethodPatch, devicePath(serial), u)
 }
 
 // TransitionDevice implements cradle.DeviceService.
 func (c *Client) TransitionDevice(ctx context.Context, serial string, t cradle.DeviceTransition) (*cradle.Device, error) {
-	var d cradle.Device
-	if err := c.doJSON(ctx, http.MethodPost, devicePath(serial)+"/transitions", t, &d); err != nil {
-		return nil, err
-	}
-	return &d, nil
+	return sendJSON[cradle.Device](ctx, c, http.MethodPost, devicePath(serial)+"/transitions", t)
 }
 
 // FindDeviceHistory implements cradle.DeviceService.
@@ -172,11 +156,7 @@ func (c *Client) FindAuditEntries(ctx context.Context, f cradle.AuditFilter) ([]
 
 // VerifyAudit implements cradle.AuditService.
 func (c *Client) VerifyAudit(ctx context.Context) (*cradle.AuditVerification, error) {
-	var v cradle.AuditVerification
-	if err := c.do(ctx, http.MethodGet, "/api/v1/audit/verify", nil, nil, &v); err != nil {
-		return nil, err
-	}
-	return &v, nil
+	return getJSON[cradle.AuditVerification](ctx, c, "/api/v1/audit/verify")
 }
 
 // CreateToken creates an API token in the caller's tenant and returns it
@@ -219,6 +199,24 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) e
 		return fmt.Errorf("httpapi: encoding the request: %w", err)
 	}
 	return c.do(ctx, method, path, http.Header{"Content-Type": {"application/json"}}, io.NopCloser(bytes.NewReader(b)), out)
+}
+
+// sendJSON sends in as JSON and returns the answer decoded as a T.
+func sendJSON[T any](ctx context.Context, c *Client, method, path string, in any) (*T, error) {
+	var out T
+	if err := c.doJSON(ctx, method, path, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// getJSON gets path and returns the answer decoded as a T.
+func getJSON[T any](ctx context.Context, c *Client, path string) (*T, error) {
+	var out T
+	if err := c.do(ctx, http.MethodGet, path, nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // responseError is a response with an error status. Its *cradle.Error is
@@ -360,11 +358,7 @@ func (c *Client) FindCertificateBySerial(ctx context.Context, serial string) (*c
 
 // RevokeCertificate revokes one certificate of the caller's tenant.
 func (c *Client) RevokeCertificate(ctx context.Context, serial string, reason cradle.RevocationReason) (*cradle.Certificate, error) {
-	var out cradle.Certificate
-	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/certificates/"+url.PathEscape(serial)+"/revoke", Revocation{Reason: reason.String()}, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return sendJSON[cradle.Certificate](ctx, c, http.MethodPost, "/api/v1/certificates/"+url.PathEscape(serial)+"/revoke", Revocation{Reason: reason.String()})
 }
 
 // RevokeDeviceCertificates revokes every unexpired, unrevoked certificate
@@ -380,30 +374,18 @@ func (c *Client) RevokeDeviceCertificates(ctx context.Context, deviceSerial stri
 // RecordCertificate hands the server a certificate issued elsewhere (the
 // IDevID the factory gave a device).
 func (c *Client) RecordCertificate(ctx context.Context, deviceSerial string, kind cradle.CertKind, cert *x509.Certificate) (*cradle.Certificate, error) {
-	var out cradle.Certificate
 	body := CertificateRecord{Kind: kind, PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))}
-	if err := c.doJSON(ctx, http.MethodPost, devicePath(deviceSerial)+"/certificates", body, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return sendJSON[cradle.Certificate](ctx, c, http.MethodPost, devicePath(deviceSerial)+"/certificates", body)
 }
 
 // CreateBatch creates a production batch.
 func (c *Client) CreateBatch(ctx context.Context, bc cradle.BatchCreate) (*cradle.Batch, error) {
-	var b cradle.Batch
-	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/batches", bc, &b); err != nil {
-		return nil, err
-	}
-	return &b, nil
+	return sendJSON[cradle.Batch](ctx, c, http.MethodPost, "/api/v1/factory/batches", bc)
 }
 
 // Batch returns one batch with its counts.
 func (c *Client) Batch(ctx context.Context, id string) (*cradle.Batch, error) {
-	var b cradle.Batch
-	if err := c.do(ctx, http.MethodGet, batchPath(id), nil, nil, &b); err != nil {
-		return nil, err
-	}
-	return &b, nil
+	return getJSON[cradle.Batch](ctx, c, batchPath(id))
 }
 
 // Batches lists batches, newest first, a page of at most limit (0: the
@@ -433,11 +415,7 @@ func (c *Client) ExportBatch(ctx context.Context, id, format string, w io.Writer
 // AddMACRange adds the block of MAC addresses first to last to the
 // tenant's pool.
 func (c *Client) AddMACRange(ctx context.Context, first, last string) (*cradle.MACRange, error) {
-	var m cradle.MACRange
-	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/mac-ranges", MACRangeCreate{First: first, Last: last}, &m); err != nil {
-		return nil, err
-	}
-	return &m, nil
+	return sendJSON[cradle.MACRange](ctx, c, http.MethodPost, "/api/v1/factory/mac-ranges", MACRangeCreate{First: first, Last: last})
 }
 
 // MACRanges lists the tenant's MAC address blocks.
@@ -452,11 +430,7 @@ func (c *Client) MACRanges(ctx context.Context) ([]*cradle.MACRange, error) {
 // EnrollStation enrolls a factory station with a PEM CSR for its
 // signing key, and returns its certificate, chain and API token.
 func (c *Client) EnrollStation(ctx context.Context, name string, profile cradle.Profile, csrPEM []byte) (*StationEnrolled, error) {
-	var out StationEnrolled
-	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/stations", StationEnrollment{Name: name, Profile: profile, CSR: string(csrPEM)}, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return sendJSON[StationEnrolled](ctx, c, http.MethodPost, "/api/v1/factory/stations", StationEnrollment{Name: name, Profile: profile, CSR: string(csrPEM)})
 }
 
 // Stations lists the tenant's factory stations.
@@ -470,11 +444,7 @@ func (c *Client) Stations(ctx context.Context) ([]*cradle.Station, error) {
 
 // Station returns one factory station.
 func (c *Client) Station(ctx context.Context, name string) (*cradle.Station, error) {
-	var s cradle.Station
-	if err := c.do(ctx, http.MethodGet, "/api/v1/factory/stations/"+url.PathEscape(name), nil, nil, &s); err != nil {
-		return nil, err
-	}
-	return &s, nil
+	return getJSON[cradle.Station](ctx, c, "/api/v1/factory/stations/"+url.PathEscape(name))
 }
 
 // AllocateUnits asks for count new units (serial and MAC each) of a
@@ -489,11 +459,7 @@ func (c *Client) AllocateUnits(ctx context.Context, batch, station string, count
 
 // ReprovisionUnit hands a station the serial and MAC of a unit in rma.
 func (c *Client) ReprovisionUnit(ctx context.Context, serial, station string) (*cradle.UnitAllocation, error) {
-	var u cradle.UnitAllocation
-	if err := c.doJSON(ctx, http.MethodPost, "/api/v1/factory/rma/"+url.PathEscape(serial), ReprovisionRequest{Station: station}, &u); err != nil {
-		return nil, err
-	}
-	return &u, nil
+	return sendJSON[cradle.UnitAllocation](ctx, c, http.MethodPost, "/api/v1/factory/rma/"+url.PathEscape(serial), ReprovisionRequest{Station: station})
 }
 
 // UploadTrace uploads a signed trace record. created is false when the
@@ -510,9 +476,5 @@ func (c *Client) UploadTrace(ctx context.Context, signed cradle.SignedTrace) (cr
 
 // UnitTrace returns the chain of a unit from its batch to today.
 func (c *Client) UnitTrace(ctx context.Context, serial string) (*cradle.UnitTrace, error) {
-	var t cradle.UnitTrace
-	if err := c.do(ctx, http.MethodGet, devicePath(serial)+"/trace", nil, nil, &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
+	return getJSON[cradle.UnitTrace](ctx, c, devicePath(serial)+"/trace")
 }

@@ -22,6 +22,20 @@ func (s *Server) commands() (cradle.CommandService, error) {
 	return s.Commands, nil
 }
 
+// commandsNoQuery is s.commands for a route that takes no query
+// parameters; on either refusal it answers the request itself.
+func (s *Server) commandsNoQuery(w http.ResponseWriter, r *http.Request) (cradle.CommandService, bool) {
+	svc, err := s.commands()
+	if err == nil {
+		err = noQuery(r)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return nil, false
+	}
+	return svc, true
+}
+
 func (s *Server) issueCommand(w http.ResponseWriter, r *http.Request) {
 	svc, err := s.commands()
 	if err != nil {
@@ -79,12 +93,8 @@ func (s *Server) listCommands(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getCommand(w http.ResponseWriter, r *http.Request) {
-	svc, err := s.commands()
-	if err == nil {
-		err = noQuery(r)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
+	svc, ok := s.commandsNoQuery(w, r)
+	if !ok {
 		return
 	}
 	c, err := svc.FindDeviceCommand(r.Context(), r.PathValue("serial"), r.PathValue("id"))
@@ -96,12 +106,8 @@ func (s *Server) getCommand(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getCommandLogs(w http.ResponseWriter, r *http.Request) {
-	svc, err := s.commands()
-	if err == nil {
-		err = noQuery(r)
-	}
-	if err != nil {
-		s.writeError(w, r, err)
+	svc, ok := s.commandsNoQuery(w, r)
+	if !ok {
 		return
 	}
 	logs, err := svc.FindCommandLogs(r.Context(), r.PathValue("serial"), r.PathValue("id"))
@@ -120,20 +126,12 @@ func (s *Server) getCommandLogs(w http.ResponseWriter, r *http.Request) {
 
 // IssueCommand implements cradle.CommandService.
 func (c *Client) IssueCommand(ctx context.Context, serial string, req cradle.CommandRequest) (*cradle.DeviceCommand, error) {
-	var out cradle.DeviceCommand
-	if err := c.doJSON(ctx, http.MethodPost, devicePath(serial)+"/commands", req, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return sendJSON[cradle.DeviceCommand](ctx, c, http.MethodPost, devicePath(serial)+"/commands", req)
 }
 
 // FindDeviceCommand implements cradle.CommandService.
 func (c *Client) FindDeviceCommand(ctx context.Context, serial, id string) (*cradle.DeviceCommand, error) {
-	var out cradle.DeviceCommand
-	if err := c.do(ctx, http.MethodGet, devicePath(serial)+"/commands/"+url.PathEscape(id), nil, nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return getJSON[cradle.DeviceCommand](ctx, c, devicePath(serial)+"/commands/"+url.PathEscape(id))
 }
 
 // FindDeviceCommands implements cradle.CommandService.

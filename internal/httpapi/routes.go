@@ -169,30 +169,8 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	f := cradle.DeviceFilter{Cursor: q.Get("cursor")}
-	if v, ok := q["state"]; ok {
-		st, err := cradle.ParseState(v[0])
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		f.State = &st
-	}
-	if v, ok := q["model"]; ok {
-		f.Model = &v[0]
-	}
-	if v, ok := q["serial_prefix"]; ok {
-		f.SerialPrefix = &v[0]
-	}
-	if v, ok := q["selector"]; ok {
-		sel, err := cradle.ParseLabelSelector(v[0])
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		f.Selector = sel
-	}
-	if f.Limit, err = intParam(q, "limit"); err != nil {
+	f, err := deviceFilter(q)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -205,6 +183,35 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 		devices = []*cradle.Device{}
 	}
 	s.writeJSON(w, r, http.StatusOK, DeviceList{Devices: devices, NextCursor: next})
+}
+
+// deviceFilter reads the device list parameters of q: state, model,
+// serial_prefix, selector, cursor and limit, each optional.
+func deviceFilter(q url.Values) (cradle.DeviceFilter, error) {
+	f := cradle.DeviceFilter{Cursor: q.Get("cursor")}
+	if v, ok := q["state"]; ok {
+		st, err := cradle.ParseState(v[0])
+		if err != nil {
+			return f, err
+		}
+		f.State = &st
+	}
+	if v, ok := q["model"]; ok {
+		f.Model = &v[0]
+	}
+	if v, ok := q["serial_prefix"]; ok {
+		f.SerialPrefix = &v[0]
+	}
+	if v, ok := q["selector"]; ok {
+		sel, err := cradle.ParseLabelSelector(v[0])
+		if err != nil {
+			return f, err
+		}
+		f.Selector = sel
+	}
+	var err error
+	f.Limit, err = intParam(q, "limit")
+	return f, err
 }
 
 func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {

@@ -214,21 +214,13 @@ func twinPath(serial string) string { return devicePath(serial) + "/twin" }
 
 // FindTwin returns a device's configuration twin.
 func (c *Client) FindTwin(ctx context.Context, serial string) (*cradle.Twin, error) {
-	var t cradle.Twin
-	if err := c.do(ctx, http.MethodGet, twinPath(serial), nil, nil, &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
+	return getJSON[cradle.Twin](ctx, c, twinPath(serial))
 }
 
 // SetDeviceConfig replaces a device's own configuration document (a JSON
 // object, sent as it is).
 func (c *Client) SetDeviceConfig(ctx context.Context, serial string, config []byte) (*cradle.Twin, error) {
-	var t cradle.Twin
-	if err := c.doJSON(ctx, http.MethodPut, twinPath(serial)+"/desired", json.RawMessage(config), &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
+	return sendJSON[cradle.Twin](ctx, c, http.MethodPut, twinPath(serial)+"/desired", json.RawMessage(config))
 }
 
 // DeleteDeviceConfig removes a device's own configuration document.
@@ -263,11 +255,7 @@ func groupPath(name string) string { return "/api/v1/config-groups/" + url.PathE
 
 // PutConfigGroup creates or replaces a config group.
 func (c *Client) PutConfigGroup(ctx context.Context, name string, p cradle.ConfigGroupPut) (*cradle.ConfigGroup, error) {
-	var g cradle.ConfigGroup
-	if err := c.doJSON(ctx, http.MethodPut, groupPath(name), p, &g); err != nil {
-		return nil, err
-	}
-	return &g, nil
+	return sendJSON[cradle.ConfigGroup](ctx, c, http.MethodPut, groupPath(name), p)
 }
 
 // FindConfigGroups lists config groups in merge order.
@@ -281,11 +269,7 @@ func (c *Client) FindConfigGroups(ctx context.Context) ([]*cradle.ConfigGroup, e
 
 // FindConfigGroup returns a config group.
 func (c *Client) FindConfigGroup(ctx context.Context, name string) (*cradle.ConfigGroup, error) {
-	var g cradle.ConfigGroup
-	if err := c.do(ctx, http.MethodGet, groupPath(name), nil, nil, &g); err != nil {
-		return nil, err
-	}
-	return &g, nil
+	return getJSON[cradle.ConfigGroup](ctx, c, groupPath(name))
 }
 
 // DeleteConfigGroup deletes a config group.
@@ -297,18 +281,10 @@ func schemaPath(model string) string { return "/api/v1/config-schemas/" + url.Pa
 
 // PutConfigSchema registers a model's JSON Schema (sent as it is).
 func (c *Client) PutConfigSchema(ctx context.Context, model string, schema []byte) (*cradle.ConfigSchema, error) {
-	var cs cradle.ConfigSchema
-	if err := c.doJSON(ctx, http.MethodPut, schemaPath(model), json.RawMessage(schema), &cs); err != nil {
-		return nil, err
-	}
-	return &cs, nil
+	return sendJSON[cradle.ConfigSchema](ctx, c, http.MethodPut, schemaPath(model), json.RawMessage(schema))
 }
 
 // FindConfigSchema returns a model's JSON Schema.
 func (c *Client) FindConfigSchema(ctx context.Context, model string) (*cradle.ConfigSchema, error) {
-	var cs cradle.ConfigSchema
-	if err := c.do(ctx, http.MethodGet, schemaPath(model), nil, nil, &cs); err != nil {
-		return nil, err
-	}
-	return &cs, nil
+	return getJSON[cradle.ConfigSchema](ctx, c, schemaPath(model))
 }
