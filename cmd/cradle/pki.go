@@ -87,17 +87,12 @@ belongs to a device that has not renewed.`,
 			}
 			before := time.Now().Add(d)
 			f := cradle.CertificateFilter{ExpiringBefore: &before, Limit: cradle.MaxPageSize}
-			var all []*cradle.Certificate
-			for {
-				page, next, err := cl.FindCertificates(cmd.Context(), f)
-				if err != nil {
-					return err
-				}
-				all = append(all, page...)
-				if next == "" {
-					break
-				}
-				f.Cursor = next
+			all, err := allPages(func(cursor string) ([]*cradle.Certificate, string, error) {
+				f.Cursor = cursor
+				return cl.FindCertificates(cmd.Context(), f)
+			})
+			if err != nil {
+				return err
 			}
 			return a.writeCertificates(all, jsonFlag)
 		},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,7 +12,45 @@ import (
 	"github.com/spf13/cobra"
 
 	"cradle"
+	"cradle/internal/httpapi"
 )
+
+// runPrint returns a RunE that calls the server once with the logged-in
+// client and prints its answer: as JSON with --json, else with text.
+func runPrint[T any](a *app, jsonFlag *bool, call func(ctx context.Context, cl *httpapi.Client, args []string) (T, error), text func(T) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cl, err := a.client()
+		if err != nil {
+			return err
+		}
+		v, err := call(cmd.Context(), cl, args)
+		if err != nil {
+			return err
+		}
+		if *jsonFlag {
+			return writeJSON(a.stdout, v)
+		}
+		return text(v)
+	}
+}
+
+// allPages joins the pages find returns, from the first page to the one
+// with no next cursor.
+func allPages[T any](find func(cursor string) ([]T, string, error)) ([]T, error) {
+	all := []T{}
+	cursor := ""
+	for {
+		page, next, err := find(cursor)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if next == "" {
+			return all, nil
+		}
+		cursor = next
+	}
+}
 
 // readDoc reads a JSON document from a file, or from stdin for "-".
 func (a *app) readDoc(name string, limit int64) ([]byte, error) {
@@ -71,20 +110,9 @@ func (a *app) deviceConfigShowCmd() *cobra.Command {
 		Use:   "show SERIAL",
 		Short: "Show a device's configuration twin: own document, groups, desired, reported, drift",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			tw, err := cl.FindTwin(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, tw)
-			}
-			return a.writeTwin(tw)
-		},
+		RunE: runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.Twin, error) {
+			return cl.FindTwin(ctx, args[0])
+		}, a.writeTwin),
 	}
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print the twin as JSON")
 	return cmd
@@ -104,18 +132,9 @@ func (a *app) deviceConfigSetCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			tw, err := cl.SetDeviceConfig(cmd.Context(), args[0], doc)
-			if err != nil {
-				return err
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, tw)
-			}
-			return a.writeTwin(tw)
+			return runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.Twin, error) {
+				return cl.SetDeviceConfig(ctx, args[0], doc)
+			}, a.writeTwin)(cmd, args)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "-", "the JSON document; - reads stdin")
@@ -129,20 +148,9 @@ func (a *app) deviceConfigUnsetCmd() *cobra.Command {
 		Use:   "unset SERIAL",
 		Short: "Remove a device's own configuration document; its config groups still apply",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			tw, err := cl.DeleteDeviceConfig(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, tw)
-			}
-			return a.writeTwin(tw)
-		},
+		RunE: runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.Twin, error) {
+			return cl.DeleteDeviceConfig(ctx, args[0])
+		}, a.writeTwin),
 	}
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print the twin as JSON")
 	return cmd
@@ -168,17 +176,12 @@ func (a *app) deviceConfigListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			all := []*cradle.TwinStatus{}
-			for {
-				page, next, err := cl.FindTwins(cmd.Context(), f)
-				if err != nil {
-					return err
-				}
-				all = append(all, page...)
-				if next == "" {
-					break
-				}
-				f.Cursor = next
+			all, err := allPages(func(cursor string) ([]*cradle.TwinStatus, string, error) {
+				f.Cursor = cursor
+				return cl.FindTwins(cmd.Context(), f)
+			})
+			if err != nil {
+				return err
 			}
 			if jsonFlag {
 				return writeJSON(a.stdout, map[string]any{"twins": all})
@@ -211,8 +214,9 @@ device's own document (cradle device config set) on top.`,
 	return cmd
 }
 
-func (a *app) writeGroup(g *cradle.ConfigGroup) {
-	fmt.Fprintf(a.stdout, "Name:       %s\nSelector:   %s\nPriority:   %d\nUpdated:    %s by %s\nConfig:     %s\n", g.Name, g.Selector, g.Priority, formatTime(g.UpdatedAt), g.UpdatedBy, g.Config)
+func (a *app) writeGroup(g *cradle.ConfigGroup) error {
+	_, err := fmt.Fprintf(a.stdout, "Name:       %s\nSelector:   %s\nPriority:   %d\nUpdated:    %s by %s\nConfig:     %s\n", g.Name, g.Selector, g.Priority, formatTime(g.UpdatedAt), g.UpdatedBy, g.Config)
+	return err
 }
 
 func (a *app) configGroupSetCmd() *cobra.Command {
@@ -229,19 +233,9 @@ func (a *app) configGroupSetCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			g, err := cl.PutConfigGroup(cmd.Context(), args[0], cradle.ConfigGroupPut{Selector: selector, Priority: priority, Config: json.RawMessage(doc)})
-			if err != nil {
-				return err
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, g)
-			}
-			a.writeGroup(g)
-			return nil
+			return runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.ConfigGroup, error) {
+				return cl.PutConfigGroup(ctx, args[0], cradle.ConfigGroupPut{Selector: selector, Priority: priority, Config: json.RawMessage(doc)})
+			}, a.writeGroup)(cmd, args)
 		},
 	}
 	cmd.Flags().StringVar(&selector, "selector", "", "label selector of the devices it reaches, e.g. 'env=prod,site in (a,b)'")
@@ -290,21 +284,9 @@ func (a *app) configGroupShowCmd() *cobra.Command {
 		Use:   "show NAME",
 		Short: "Show a config group",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			g, err := cl.FindConfigGroup(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, g)
-			}
-			a.writeGroup(g)
-			return nil
-		},
+		RunE: runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.ConfigGroup, error) {
+			return cl.FindConfigGroup(ctx, args[0])
+		}, a.writeGroup),
 	}
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print the group as JSON")
 	return cmd
@@ -346,19 +328,12 @@ func (a *app) configSchemaCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cl, err := a.client()
-			if err != nil {
+			return runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.ConfigSchema, error) {
+				return cl.PutConfigSchema(ctx, args[0], doc)
+			}, func(cs *cradle.ConfigSchema) error {
+				_, err := fmt.Fprintf(a.stdout, "config schema of model %s set\n", cs.Model)
 				return err
-			}
-			cs, err := cl.PutConfigSchema(cmd.Context(), args[0], doc)
-			if err != nil {
-				return err
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, cs)
-			}
-			fmt.Fprintf(a.stdout, "config schema of model %s set\n", cs.Model)
-			return nil
+			})(cmd, args)
 		},
 	}
 	set.Flags().BoolVar(&jsonFlag, "json", false, "print the stored schema record as JSON")
@@ -366,20 +341,9 @@ func (a *app) configSchemaCmd() *cobra.Command {
 		Use:   "show MODEL",
 		Short: "Print a model's JSON Schema",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			cs, err := cl.FindConfigSchema(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, cs)
-			}
-			return writeJSON(a.stdout, cs.Schema)
-		},
+		RunE: runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.ConfigSchema, error) {
+			return cl.FindConfigSchema(ctx, args[0])
+		}, func(cs *cradle.ConfigSchema) error { return writeJSON(a.stdout, cs.Schema) }),
 	}
 	show.Flags().BoolVar(&jsonFlag, "json", false, "print the schema record (model, schema, updated_at, updated_by)")
 	cmd.AddCommand(set, show)
