@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,15 +27,14 @@ func TestAgentRunEnrolls(t *testing.T) {
 		t.Skip("builds and runs cradle-agent")
 	}
 	l := newFactoryLine(t, 2, 2)
-	specs := makeUnits(t, t.TempDir(), 1)
-	ok(t, "factory", "provision", "--dir", l.stationDir, "--batch", "B-2648", "--firmware", l.release, "--operator", "ada", "--device", specs[0], "--json")
+	unit := provisionUnit(t, l)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	bin := buildAgent(t, ctx)
 	state := t.TempDir()
 	cfg := filepath.Join(t.TempDir(), "agent.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("device: %s\nstate_dir: %s\nserver: %s\n", specs[0], state, l.m.device.Addr())), 0o600)
+	os.WriteFile(cfg, []byte(fmt.Sprintf("device: %s\nstate_dir: %s\nserver: %s\n", unit, state, l.m.device.Addr())), 0o600)
 	cmd := exec.CommandContext(ctx, bin, "run", "--config", cfg)
 	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
 	if err := cmd.Start(); err != nil {
@@ -90,12 +88,8 @@ func TestAgentRunEnrolls(t *testing.T) {
 	dir := t.TempDir()
 	certFile := filepath.Join(dir, "ldevid.pem")
 	os.WriteFile(certFile, []byte(st.Current.Chain), 0o600)
-	keyFile := filepath.Join(specs[0], "keys", st.Current.KeyName+".key")
-	host, port, _ := net.SplitHostPort(l.m.device.mqtt.Addr().String())
-	if host == "" || host == "::" || host == "0.0.0.0" {
-		host = "127.0.0.1"
-	}
-	tlsArgs := []string{"-h", host, "-p", port, "--cafile", filepath.Join(pkiDirOf(l.dataDir), "root.crt"), "--cert", certFile, "--key", keyFile, "-V", "mqttv5"}
+	keyFile := filepath.Join(unit, "keys", st.Current.KeyName+".key")
+	tlsArgs := mosquittoArgs(l.m, l.dataDir, certFile, keyFile)
 	topic := "cradle/devices/" + serial
 	if out, err := exec.CommandContext(ctx, pub, append(tlsArgs, "-t", topic+"/telemetry", "-m", `{"metrics":{"health.cpu_pct":3}}`, "-q", "1")...).CombinedOutput(); err != nil {
 		t.Fatalf("mosquitto_pub to its own topic: %v\n%s", err, out)
@@ -126,29 +120,7 @@ func TestAgentRunEnrolls(t *testing.T) {
 	if audit := ok(t, append([]string{"audit", "list", "--json"}, srv...)...); !strings.Contains(audit, "mqtt.publish.refused") {
 		t.Errorf("the refused publish is not in the audit log")
 	}
-	live := exec.CommandContext(ctx, sub, append(tlsArgs, "-t", topic+"/commands", "-q", "1")...)
-	live.Stderr = testWriter{t}
-	if err := live.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan time.Time, 1)
-	go func() { live.Wait(); exited <- time.Now() }()
-	for l.m.device.mqtt.Sessions(serial) == 0 {
-		select {
-		case <-exited:
-			t.Fatal("mosquitto_sub exited before the revocation")
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	revoked := time.Now()
-	ok(t, append([]string{"pki", "revoke", "--device", serial, "--reason", "keyCompromise"}, srv...)...)
-	select {
-	case at := <-exited:
-		t.Logf("revocation to MQTT disconnection: %v (including the CLI's request)", at.Sub(revoked))
-		if at.Sub(revoked) > time.Second {
-			t.Errorf("the live MQTT session closed %v after the revocation, more than a second", at.Sub(revoked))
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the live MQTT session outlived the revocation by 5 s")
-	}
+	checkSessionClosed(ctx, t, l, sub, serial, append(tlsArgs, "-t", topic+"/commands", "-q", "1"), "revocation", func() {
+		ok(t, append([]string{"pki", "revoke", "--device", serial, "--reason", "keyCompromise"}, srv...)...)
+	})
 }

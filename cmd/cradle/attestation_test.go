@@ -36,26 +36,13 @@ func TestTPMAttestationEndToEnd(t *testing.T) {
 	sw := testkit.StartSWTPM(t)
 	maker := testkit.NewTPMManufacturer(t, "Test TPM Maker")
 	sw.ProvisionEKCertificate(t, maker)
-	isolateCLI(t)
-	setPassphrase(t, pkiTestPassphrase)
-	dataDir := t.TempDir()
-	ok(t, "pki", "init", "--data-dir", dataDir, "--profile", "test", "--org", "Acme", "--hostname", "127.0.0.1")
 	rootsFile := filepath.Join(t.TempDir(), "ek-roots.pem")
 	os.WriteFile(rootsFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: maker.Root.Raw}), 0o600)
-
-	cfg := DefaultConfig()
-	cfg.DataDir, cfg.Listen, cfg.Device.Listen, cfg.Device.MQTTListen = dataDir, "127.0.0.1:0", "127.0.0.1:0", ""
-	cfg.Device.TPMEKRoots = rootsFile
-	var stdout strings.Builder
-	m := &Main{Config: cfg, Stdout: &stdout}
-	if err := m.Run(t.Context()); err != nil {
-		t.Fatalf("serve: %v", err)
-	}
-	t.Cleanup(func() { m.Close() })
-	admin := regexp.MustCompile(`export CRADLE_TOKEN=(\S+)`).FindStringSubmatch(stdout.String())[1]
-	api := []string{"--server", m.Addr(), "--token", admin}
-	factory := decodeJSON[tokenCreated](t, ok(t, append([]string{"token", "create", "--name", "line-1", "--role", "factory", "--json"}, api...)...)).Secret
-	line := []string{"--server", m.Addr(), "--token", factory}
+	s := startPKIServer(t, func(cfg *Config) {
+		cfg.Device.MQTTListen = ""
+		cfg.Device.TPMEKRoots = rootsFile
+	})
+	m, dataDir, api, line := s.m, s.dataDir, s.api, s.line
 
 	// The unit: IDevID key in the TPM, IDevID from the manufacturing CA,
 	// factory data and lifecycle fuse as the station leaves them.
@@ -82,15 +69,8 @@ func TestTPMAttestationEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM := func(cs ...*x509.Certificate) []byte {
-		var b []byte
-		for _, c := range cs {
-			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-		}
-		return b
-	}
 	if err := dev.FactoryData.Write(ctx, map[string][]byte{
-		agent.FactoryFileIDevID: certPEM(idevid, h.ManufacturingCA), agent.FactoryFileRoot: certPEM(h.Root),
+		agent.FactoryFileIDevID: certsPEM(idevid, h.ManufacturingCA), agent.FactoryFileRoot: certsPEM(h.Root),
 		agent.FactoryFileDeviceInfo: []byte(`{"serial":"` + serial + `"}`),
 	}); err != nil {
 		t.Fatal(err)
@@ -100,7 +80,7 @@ func TestTPMAttestationEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	idevFile := filepath.Join(t.TempDir(), "idevid.pem")
-	os.WriteFile(idevFile, certPEM(idevid), 0o600)
+	os.WriteFile(idevFile, certsPEM(idevid), 0o600)
 	ok(t, append([]string{"device", "create", "--serial", serial, "--model", "gw-100"}, line...)...)
 	ok(t, append([]string{"pki", "record", "--device", serial, idevFile}, line...)...)
 	ok(t, append([]string{"device", "transition", serial, "provisioned"}, line...)...)

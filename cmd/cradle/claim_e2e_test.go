@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -145,36 +143,10 @@ func TestClaimEndToEnd(t *testing.T) {
 	certFile := filepath.Join(t.TempDir(), "ldevid.pem")
 	os.WriteFile(certFile, []byte(st.Current.Chain), 0o600)
 	keyFile := filepath.Join(specs[0], "keys", st.Current.KeyName+".key")
-	host, port, _ := net.SplitHostPort(l.m.device.mqtt.Addr().String())
-	if host == "" || host == "::" || host == "0.0.0.0" {
-		host = "127.0.0.1"
-	}
-	live := exec.CommandContext(ctx, sub, "-h", host, "-p", port, "--cafile", filepath.Join(pkiDirOf(l.dataDir), "root.crt"), "--cert", certFile, "--key", keyFile,
-		"-V", "mqttv5", "-t", "cradle/devices/"+serial+"/commands", "-q", "1")
-	live.Stderr = testWriter{t}
-	if err := live.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan time.Time, 1)
-	go func() { live.Wait(); exited <- time.Now() }()
-	for l.m.device.mqtt.Sessions(serial) == 0 {
-		select {
-		case <-exited:
-			t.Fatal("mosquitto_sub exited before the suspension")
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	suspended := time.Now()
-	cli("device", "transition", serial, "suspended", "--reason", "stolen")
-	select {
-	case at := <-exited:
-		t.Logf("suspension to MQTT disconnection: %v (including the CLI's request)", at.Sub(suspended))
-		if at.Sub(suspended) > time.Second {
-			t.Errorf("the live MQTT session closed %v after the suspension, more than a second", at.Sub(suspended))
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the live MQTT session outlived the suspension by 5 s")
-	}
+	args := append(mosquittoArgs(l.m, l.dataDir, certFile, keyFile), "-t", "cradle/devices/"+serial+"/commands", "-q", "1")
+	checkSessionClosed(ctx, t, l, sub, serial, args, "suspension", func() {
+		cli("device", "transition", serial, "suspended", "--reason", "stolen")
+	})
 	if n := l.m.device.mqtt.Sessions(serial); n != 0 {
 		t.Errorf("%d sessions of %s after the suspension", n, serial)
 	}

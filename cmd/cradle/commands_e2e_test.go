@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,15 +35,14 @@ func TestCommandsEndToEnd(t *testing.T) {
 	sub := testkit.NeedProgram(t, "mosquitto_sub")
 	pub := testkit.NeedProgram(t, "mosquitto_pub")
 	l := newFactoryLine(t, 2, 2)
-	specs := makeUnits(t, t.TempDir(), 1)
-	ok(t, "factory", "provision", "--dir", l.stationDir, "--batch", "B-2648", "--firmware", l.release, "--operator", "ada", "--device", specs[0], "--json")
+	unit := provisionUnit(t, l)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	srv := []string{"--server", l.m.Addr(), "--token", l.admin}
 	serial := "SX-2648-00001"
 
 	// The unit enrolls with the agent's identity code.
-	dev, err := hw.OpenSimDevice(specs[0])
+	dev, err := hw.OpenSimDevice(unit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +75,9 @@ func TestCommandsEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "ldevid.pem"), filepath.Join(specs[0], "keys", id.State().Current.KeyName+".key")
+	certFile, keyFile := filepath.Join(dir, "ldevid.pem"), filepath.Join(unit, "keys", id.State().Current.KeyName+".key")
 	os.WriteFile(certFile, []byte(id.State().Current.Chain), 0o600)
-	host, port, _ := net.SplitHostPort(l.m.device.mqtt.Addr().String())
-	rootFile := filepath.Join(pkiDirOf(l.dataDir), "root.crt")
-	tlsArgs := []string{"-h", host, "-p", port, "--cafile", rootFile, "--cert", certFile, "--key", keyFile, "-V", "mqttv5", "-q", "1"}
+	tlsArgs := append(mosquittoArgs(l.m, l.dataDir, certFile, keyFile), "-q", "1")
 	topic := "cradle/devices/" + serial
 	roots := x509.NewCertPool()
 	roots.AddCert(root)

@@ -12,14 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"cradle"
 	"cradle/internal/est"
-	"cradle/internal/pki"
 	"cradle/internal/testkit"
 )
 
@@ -31,58 +28,23 @@ import (
 func TestEnrollmentEndToEnd(t *testing.T) {
 	openssl := testkit.NeedProgram(t, "openssl")
 	curl := testkit.NeedProgram(t, "curl")
-	isolateCLI(t)
-	setPassphrase(t, pkiTestPassphrase)
-	dataDir := t.TempDir()
-	ok(t, "pki", "init", "--data-dir", dataDir, "--profile", "test", "--org", "Acme", "--hostname", "127.0.0.1")
-
-	cfg := DefaultConfig()
-	cfg.DataDir, cfg.Listen, cfg.Device.Listen = dataDir, "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Device.MQTTListen = "127.0.0.1:0"
-	var stdout strings.Builder
-	m := &Main{Config: cfg, Stdout: &stdout}
-	if err := m.Run(t.Context()); err != nil {
-		t.Fatalf("serve: %v", err)
-	}
-	t.Cleanup(func() { m.Close() })
+	s := startPKIServer(t, nil)
+	m, dataDir, api, line := s.m, s.dataDir, s.api, s.line
 	if m.device == nil {
 		t.Fatal("the device listener did not start on a data directory with a PKI")
 	}
-	admin := regexp.MustCompile(`export CRADLE_TOKEN=(\S+)`).FindStringSubmatch(stdout.String())[1]
-	api := []string{"--server", m.Addr(), "--token", admin}
-	factory := decodeJSON[tokenCreated](t, ok(t, append([]string{"token", "create", "--name", "line-1", "--role", "factory", "--json"}, api...)...)).Secret
-	line := []string{"--server", m.Addr(), "--token", factory}
 
 	// The factory: the device, its IDevID (signed with the manufacturing CA
 	// key, as the station will), recorded, and the unit provisioned.
 	ok(t, append([]string{"device", "create", "--serial", "SN-0001", "--model", "gw-100"}, line...)...)
-	h, keys, closeKeys, err := openPKI(t.Context(), dataDir, noPrompt(), pki.NameManufacturingCA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeKeys()
-	devKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	idevid, err := pki.Issue(t.Context(), h.ManufacturingCA, keys[pki.NameManufacturingCA], devKey.Public(), &x509.Certificate{},
-		pki.IDevID(pki.IDevIDConfig{Organization: "Acme"}, "SN-0001", nil, time.Now())...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, devKey, idevid := newIDevID(t, dataDir, "SN-0001")
 	dir := t.TempDir()
-	file := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	certPEM := func(c *x509.Certificate) []byte {
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	idevFile := file("idevid.crt", certPEM(idevid))
+	file := func(name string, data []byte) string { return writeFile(t, dir, name, string(data)) }
+	idevFile := file("idevid.crt", certsPEM(idevid))
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(devKey)
 	idevKey := file("idevid.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
-	root := file("root.crt", certPEM(h.Root))
-	deviceCA := file("device-ca.crt", certPEM(h.DeviceCA()))
+	root := file("root.crt", certsPEM(h.Root))
+	deviceCA := file("device-ca.crt", certsPEM(h.DeviceCA()))
 	ok(t, append([]string{"pki", "record", "--device", "SN-0001", idevFile}, line...)...)
 	ok(t, append([]string{"device", "transition", "SN-0001", "provisioned"}, line...)...)
 
@@ -112,7 +74,7 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 		t.Fatalf("simpleenroll's certs-only: %v, %v", issued, err)
 	}
 	ldevid := issued[0]
-	ldevFile := file("ldevid.crt", certPEM(ldevid))
+	ldevFile := file("ldevid.crt", certsPEM(ldevid))
 	if out := run(openssl, "verify", "-CAfile", root, "-untrusted", deviceCA, "-purpose", "sslclient", ldevFile); !strings.Contains(out, ": OK") {
 		t.Errorf("openssl verify of the LDevID:\n%s", out)
 	}
@@ -123,7 +85,7 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 
 	// Re-enrollment by the Go client, with the LDevID and a new key.
 	ldevKeyPEM, _ := os.ReadFile(filepath.Join(dir, "ldevid.key"))
-	pair, err := tls.X509KeyPair(certPEM(ldevid), ldevKeyPEM)
+	pair, err := tls.X509KeyPair(certsPEM(ldevid), ldevKeyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +107,7 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("re-enroll: %v", err)
 	}
-	renewedFile := file("renewed.crt", certPEM(renewed))
+	renewedFile := file("renewed.crt", certsPEM(renewed))
 	if old := decodeJSON[cradle.Certificate](t, ok(t, append([]string{"pki", "show", cradle.SerialHex(ldevid.SerialNumber), "--json"}, api...)...)); old.Status != cradle.CertSuperseded {
 		t.Errorf("the renewed LDevID is %s, want superseded", old.Status)
 	}

@@ -131,8 +131,7 @@ func TestAgentRuntimeChannels(t *testing.T) {
 		t.Skip("builds and runs cradle-agent")
 	}
 	l := newFactoryLine(t, 1, 1)
-	specs := makeUnits(t, t.TempDir(), 1)
-	ok(t, "factory", "provision", "--dir", l.stationDir, "--batch", "B-2648", "--firmware", l.release, "--operator", "ada", "--device", specs[0], "--json")
+	unit := provisionUnit(t, l)
 	serial := "SX-2648-00001"
 
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -153,7 +152,7 @@ server: https://%s
 mqtt: {url: "mqtts://%s", version: "%s", retry_base: 200ms, retry_max: 1s}
 telemetry: {interval: 250ms}
 log: {level: debug, format: json}
-`, specs[0], state, httpsProxy.addr(), mqttProxy.addr(), version), 0o600)
+`, unit, state, httpsProxy.addr(), mqttProxy.addr(), version), 0o600)
 		return cfg
 	}
 	var logs lockedBuffer
@@ -319,10 +318,10 @@ log: {level: debug, format: json}
 
 	// The HTTPS route refuses what the server would refuse over MQTT,
 	// with the reason.
-	checkTelemetryRoute(t, l, specs[0], state)
+	checkTelemetryRoute(t, l, unit, state)
 
 	// The runtime in process, with twin and command functions plugged in.
-	checkRuntimeDispatch(ctx, t, l, specs[0], state, serial)
+	checkRuntimeDispatch(ctx, t, l, unit, state, serial)
 }
 
 // agentCerts returns the unit's LDevID (from the agent's state) and

@@ -12,12 +12,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +23,6 @@ import (
 	"cradle"
 	"cradle/internal/agent/twin"
 	"cradle/internal/est"
-	"cradle/internal/pki"
 	"cradle/internal/testkit"
 )
 
@@ -39,50 +36,17 @@ import (
 func TestTwinEndToEnd(t *testing.T) {
 	sub := testkit.NeedProgram(t, "mosquitto_sub")
 	pub := testkit.NeedProgram(t, "mosquitto_pub")
-	isolateCLI(t)
-	setPassphrase(t, pkiTestPassphrase)
-	dataDir := t.TempDir()
-	ok(t, "pki", "init", "--data-dir", dataDir, "--profile", "test", "--org", "Acme", "--hostname", "127.0.0.1")
-	cfg := DefaultConfig()
-	cfg.DataDir, cfg.Listen, cfg.Device.Listen, cfg.Device.MQTTListen = dataDir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	var stdout strings.Builder
-	m := &Main{Config: cfg, Stdout: &stdout}
-	if err := m.Run(t.Context()); err != nil {
-		t.Fatalf("serve: %v", err)
-	}
-	t.Cleanup(func() { m.Close() })
-	admin := regexp.MustCompile(`export CRADLE_TOKEN=(\S+)`).FindStringSubmatch(stdout.String())[1]
-	api := []string{"--server", m.Addr(), "--token", admin}
-	factory := decodeJSON[tokenCreated](t, ok(t, append([]string{"token", "create", "--name", "line-1", "--role", "factory", "--json"}, api...)...)).Secret
-	line := []string{"--server", m.Addr(), "--token", factory}
+	s := startPKIServer(t, nil)
+	m, dataDir, api, line := s.m, s.dataDir, s.api, s.line
 	const serial = "SN-T1"
 	ok(t, append([]string{"device", "create", "--serial", serial, "--model", "gw-100", "--label", "env=prod"}, line...)...)
 	ok(t, append([]string{"device", "create", "--serial", "SN-T2", "--model", "gw-100", "--label", "env=prod"}, line...)...)
 
 	// The device's IDevID, recorded; then EST enrollment gives it its LDevID.
-	h, keys, closeKeys, err := openPKI(t.Context(), dataDir, noPrompt(), pki.NameManufacturingCA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeKeys()
-	devKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	idevid, err := pki.Issue(t.Context(), h.ManufacturingCA, keys[pki.NameManufacturingCA], devKey.Public(), &x509.Certificate{},
-		pki.IDevID(pki.IDevIDConfig{Organization: "Acme"}, serial, nil, time.Now())...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, devKey, idevid := newIDevID(t, dataDir, serial)
 	dir := t.TempDir()
-	file := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	certPEM := func(c *x509.Certificate) []byte {
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	ok(t, append([]string{"pki", "record", "--device", serial, file("idevid.crt", certPEM(idevid))}, line...)...)
+	file := func(name string, data []byte) string { return writeFile(t, dir, name, string(data)) }
+	ok(t, append([]string{"pki", "record", "--device", serial, file("idevid.crt", certsPEM(idevid))}, line...)...)
 	ok(t, append([]string{"device", "transition", serial, "provisioned"}, line...)...)
 	pool := x509.NewCertPool()
 	pool.AddCert(h.Root)
@@ -97,7 +61,7 @@ func TestTwinEndToEnd(t *testing.T) {
 		t.Fatalf("enroll: %v", err)
 	}
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(opKey)
-	chainFile := file("ldevid.crt", append(certPEM(ldevid), certPEM(h.DeviceCA())...))
+	chainFile := file("ldevid.crt", append(certsPEM(ldevid), certsPEM(h.DeviceCA())...))
 	keyFile := file("ldevid.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
 	device := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
 		Certificates: []tls.Certificate{{Certificate: [][]byte{ldevid.Raw, h.DeviceCA().Raw}, PrivateKey: opKey}}}}}
@@ -152,8 +116,7 @@ func TestTwinEndToEnd(t *testing.T) {
 
 	// MQTT: subscribing brings the current document; an operator change
 	// is pushed.
-	host, port, _ := net.SplitHostPort(m.device.mqtt.Addr().String())
-	tlsArgs := []string{"-h", host, "-p", port, "--cafile", filepath.Join(pkiDirOf(dataDir), "root.crt"), "--cert", chainFile, "--key", keyFile, "-V", "mqttv5", "-q", "1"}
+	tlsArgs := append(mosquittoArgs(m, dataDir, chainFile, keyFile), "-q", "1")
 	topic := "cradle/devices/" + serial + "/twin/"
 	subCmd := exec.CommandContext(t.Context(), sub, append(tlsArgs, "-t", topic+"desired", "-C", "2", "-W", "30")...)
 	subOut, _ := subCmd.StdoutPipe()
