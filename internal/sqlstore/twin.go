@@ -392,16 +392,23 @@ func (s *TwinService) own(ctx context.Context, a cradle.Actor, action, serial st
 	return nil
 }
 
-// FindTwin returns a device's twin.
-func (s *TwinService) FindTwin(ctx context.Context, serial string) (*cradle.Twin, error) {
+// readOwnTwin authorizes reading serial's twin (a device only its own)
+// and reads it.
+func (s *TwinService) readOwnTwin(ctx context.Context, serial string) (cradle.Actor, *twinRow, error) {
 	a, err := s.db.authorize(ctx, cradle.PermTwinRead, "twin.read", "device:"+serial)
 	if err != nil {
-		return nil, err
+		return a, nil, err
 	}
 	if err := s.own(ctx, a, "read", serial); err != nil {
-		return nil, err
+		return a, nil, err
 	}
 	r, err := s.readTwin(ctx, a.TenantID, serial)
+	return a, r, err
+}
+
+// FindTwin returns a device's twin.
+func (s *TwinService) FindTwin(ctx context.Context, serial string) (*cradle.Twin, error) {
+	a, r, err := s.readOwnTwin(ctx, serial)
 	if err != nil {
 		return nil, err
 	}
@@ -414,14 +421,7 @@ func (s *TwinService) FindTwin(ctx context.Context, serial string) (*cradle.Twin
 
 // FindDesired returns a device's effective desired document, or nil.
 func (s *TwinService) FindDesired(ctx context.Context, serial string) (*cradle.TwinDesired, error) {
-	a, err := s.db.authorize(ctx, cradle.PermTwinRead, "twin.read", "device:"+serial)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.own(ctx, a, "read", serial); err != nil {
-		return nil, err
-	}
-	r, err := s.readTwin(ctx, a.TenantID, serial)
+	_, r, err := s.readOwnTwin(ctx, serial)
 	if err != nil {
 		return nil, err
 	}
