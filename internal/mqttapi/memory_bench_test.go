@@ -57,32 +57,9 @@ func loadgen(spec string) error {
 	// tens of thousands of them do not run out of ephemeral ports.
 	const perAddr = 20000
 	conns := make([]*tls.Conn, n)
-	errs := make(chan error, loadWorkers)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range loadWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				c, err := loadConn(addr, ca, roots, i, net.IPv4(127, 0, 0, byte(2+i/perAddr)))
-				if err != nil {
-					errs <- err
-					for range next {
-					}
-					return
-				}
-				conns[i] = c
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := openConns(conns, func(i int) (*tls.Conn, error) {
+		return loadConn(addr, ca, roots, i, net.IPv4(127, 0, 0, byte(2+i/perAddr)))
+	}); err != nil {
 		return err
 	}
 	fmt.Println("ready")
@@ -95,6 +72,37 @@ func loadgen(spec string) error {
 
 // loadWorkers is how many connections the load generator opens at once.
 const loadWorkers = 8
+
+// openConns fills conns with open(i) for each index, loadWorkers at a
+// time, and returns the first error; after one, the workers stop opening.
+func openConns(conns []*tls.Conn, open func(i int) (*tls.Conn, error)) error {
+	errs := make(chan error, loadWorkers)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range loadWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				c, err := open(i)
+				if err != nil {
+					errs <- err
+					for range next {
+					}
+					return
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	for i := range conns {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
 
 // loadConn opens connection i from local address src: a TLS handshake
 // with a fresh device certificate, CONNECT, and CONNACK checked.
@@ -230,11 +238,21 @@ func BenchmarkConnectionMemory(b *testing.B) {
 
 	heap := float64(after.heap-before.heap) / float64(n)
 	stack := float64(after.stack-before.stack) / float64(n)
+	reportPerConn(b, n, heap, stack, goroutines, connectTime)
+	rss := (float64(after.rss) - float64(before.rss)) / float64(n)
+	b.ReportMetric(rss, "rss-B/conn")
+	b.Logf("%d connections: heap %.0f B/conn (objects %.0f), stacks %.0f B/conn, total %.1f KiB/conn; VmRSS %.1f KiB/conn", n, heap, objects, stack, (heap+stack)/1024, rss/1024)
+}
+
+// reportPerConn reports what both memory benchmarks measure of n
+// connections: heap and stack bytes per connection and their sum, the
+// goroutines started since there were goroutines, and the connect time;
+// then it writes a heap profile to CRADLE_MQTTAPI_HEAPPROFILE when set.
+func reportPerConn(b *testing.B, n int, heap, stack float64, goroutines int, connectTime time.Duration) {
+	b.Helper()
 	b.ReportMetric(heap, "heap-B/conn")
 	b.ReportMetric(stack, "stack-B/conn")
 	b.ReportMetric(heap+stack, "B/conn")
-	rss := (float64(after.rss) - float64(before.rss)) / float64(n)
-	b.ReportMetric(rss, "rss-B/conn")
 	b.ReportMetric(float64(runtime.NumGoroutine()-goroutines)/float64(n), "goroutines/conn")
 	b.ReportMetric(float64(connectTime.Microseconds())/float64(n), "µs/connect")
 	if p := os.Getenv("CRADLE_MQTTAPI_HEAPPROFILE"); p != "" {
@@ -247,7 +265,6 @@ func BenchmarkConnectionMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.Logf("%d connections: heap %.0f B/conn (objects %.0f), stacks %.0f B/conn, total %.1f KiB/conn; VmRSS %.1f KiB/conn", n, heap, objects, stack, (heap+stack)/1024, rss/1024)
 }
 
 // raiseFileLimit raises RLIMIT_NOFILE to at least want, the hard limit

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,32 +90,7 @@ func BenchmarkConnectionMemoryInProcess(b *testing.B) {
 	goroutines := runtime.NumGoroutine()
 	roots := ca.pool()
 	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, loadWorkers)
-	next := make(chan int)
-	for range loadWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				c, err := pipeClient(pl, ca, roots, i)
-				if err != nil {
-					errs <- err
-					for range next {
-					}
-					return
-				}
-				conns[i] = c
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := openConns(conns, func(i int) (*tls.Conn, error) { return pipeClient(pl, ca, roots, i) }); err != nil {
 		b.Fatal(err)
 	}
 	connectTime := time.Since(start)
@@ -128,23 +102,9 @@ func BenchmarkConnectionMemoryInProcess(b *testing.B) {
 
 	heap := (float64(after.heap) - float64(before.heap) - float64(client)) / float64(n)
 	stack := (float64(after.stack) - float64(before.stack)) / float64(n)
-	b.ReportMetric(heap, "heap-B/conn")
-	b.ReportMetric(stack, "stack-B/conn")
-	b.ReportMetric(heap+stack, "B/conn")
+	reportPerConn(b, n, heap, stack, goroutines, connectTime)
 	b.ReportMetric(objects, "objects-B/conn")
 	b.ReportMetric(float64(client)/float64(n), "client-B/conn")
-	b.ReportMetric(float64(runtime.NumGoroutine()-goroutines)/float64(n), "goroutines/conn")
-	b.ReportMetric(float64(connectTime.Microseconds())/float64(n), "µs/connect")
-	if p := os.Getenv("CRADLE_MQTTAPI_HEAPPROFILE"); p != "" {
-		f, err := os.Create(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
-		if err := pprof.WriteHeapProfile(f); err != nil {
-			b.Fatal(err)
-		}
-	}
 	b.Logf("%d connections: broker heap %.0f B/conn (objects %.0f), stacks %.0f B/conn, total %.1f KiB/conn (clients' %.0f B/conn taken out)",
 		n, heap, objects, stack, (heap+stack)/1024, float64(client)/float64(n))
 	runtime.KeepAlive(conns)
