@@ -4,17 +4,22 @@
 //
 //	go run ./bench/agentsize
 //
-// It builds cmd/cradle-agent twice with the toolchain in PATH, stripped
-// (-trimpath -ldflags='-s -w', what a device gets) and with symbols (for
-// the per-module breakdown), and reports their sizes next to -mender's
+// It builds cmd/cradle-agent twice with the toolchain in PATH: as released,
+// what a device gets (go build -trimpath -tags=nethttpomithttp2
+// -ldflags='-s -w'; -tags changes the tags), and with symbols (for the
+// per-module breakdown), and reports their sizes next to -mender's
 // (/usr/bin/mender by default, Debian's mender-client 3.4) and that
 // binary stripped with strip(1). The breakdown sums the sizes of the
 // symbols each Go module puts in the binary (go tool nm, text, read-only
 // data and data; not bss), so the figures can be re-measured after a
 // dependency is added.
 //
-// Then it starts each program idle and reads VmRSS and VmHWM from
-// /proc/PID/status after -settle: cradle-agent run on a simulated unit
+// Then it starts each program idle -runs times and reads VmRSS, VmHWM and
+// the anonymous and file-backed parts of VmRSS from /proc/PID/status after
+// -settle. The file-backed part is the mapped binary and its shared
+// libraries: on a kernel that caches files in large folios (Linux 6.18 on
+// ext4 here) a mapped file is resident whole once touched, so every byte
+// of the binary is a byte of RSS. The programs: cradle-agent run on a simulated unit
 // provisioned here as the factory leaves it (IDevID key, IDevID from a
 // throwaway manufacturing CA, factory data locked, lifecycle fuse at
 // provisioned), and mender daemon with a minimal configuration; both point
@@ -58,15 +63,26 @@ func main() {
 	mender := flag.String("mender", "/usr/bin/mender", "the mender client to compare with (empty: none)")
 	settle := flag.Duration("settle", 15*time.Second, "how long each program runs before its memory is read")
 	top := flag.Int("top", 25, "modules and packages to list in the size breakdown")
-	tags := flag.String("tags", "", "build tags for cradle-agent (to see what a tag saves)")
+	runs := flag.Int("runs", 3, "how many times each program is started and measured (the figures vary from run to run)")
+	tags := flag.String("tags", releaseTags, "build tags for cradle-agent: the release build's by default (-tags= shows what they save)")
 	flag.Parse()
-	if err := run(*mender, *settle, *top, *tags); err != nil {
+	if *runs < 1 {
+		fmt.Fprintln(os.Stderr, "agentsize: -runs must be at least 1")
+		os.Exit(2)
+	}
+	if err := run(*mender, *settle, *runs, *top, *tags); err != nil {
 		fmt.Fprintln(os.Stderr, "agentsize:", err)
 		os.Exit(1)
 	}
 }
 
-func run(mender string, settle time.Duration, top int, tags string) error {
+// releaseTags are the build tags of the release build of cradle-agent.
+// nethttpomithttp2 leaves HTTP/2 out of net/http (383 KB of the stripped
+// binary): the agent's HTTPS requests (EST, the device API) are few and
+// short, and HTTP/1.1 serves them.
+const releaseTags = "nethttpomithttp2"
+
+func run(mender string, settle time.Duration, runs, top int, tags string) error {
 	dir, err := os.MkdirTemp("", "agentsize-*")
 	if err != nil {
 		return err
@@ -80,8 +96,8 @@ func run(mender string, settle time.Duration, top int, tags string) error {
 	if err := goBuild(full, tags, ""); err != nil {
 		return err
 	}
-	fmt.Println("binary sizes (bytes)")
-	fmt.Printf("  %-44s %10d  (%.2f MiB)\n", "cradle-agent stripped (-trimpath -s -w)", fileSize(stripped), mib(fileSize(stripped)))
+	fmt.Printf("binary sizes (bytes); cradle-agent built with go build -trimpath -tags=%q -ldflags='-s -w' (the release build: -tags=%s)\n", tags, releaseTags)
+	fmt.Printf("  %-44s %10d  (%.2f MiB)\n", "cradle-agent stripped", fileSize(stripped), mib(fileSize(stripped)))
 	fmt.Printf("  %-44s %10d\n", "cradle-agent with symbols", fileSize(full))
 	if mender != "" {
 		ms := filepath.Join(dir, "mender.stripped")
@@ -102,22 +118,37 @@ func run(mender string, settle time.Duration, top int, tags string) error {
 	defer srv.Close()
 	addr := srv.Addr().String()
 
-	fmt.Printf("\nidle resident memory after %s (kB, from /proc/PID/status)\n", settle)
-	cmd, err := agentCommand(dir, stripped, addr)
-	if err != nil {
-		return err
-	}
-	if err := measure("cradle-agent run", cmd, settle); err != nil {
-		return err
-	}
-	if mender != "" {
-		cmd, cleanup, err := menderCommand(dir, mender, addr)
+	fmt.Printf("\nidle resident memory after %s, %d runs each (kB, from /proc/PID/status)\n", settle, runs)
+	for i := range runs {
+		// A fresh unit and state each run: a restarted agent's state
+		// (failure count, restart guard) would change what it does.
+		d := filepath.Join(dir, fmt.Sprintf("run%d", i))
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return err
+		}
+		cmd, err := agentCommand(d, stripped, addr)
 		if err != nil {
 			return err
 		}
-		defer cleanup()
-		if err := measure("mender daemon", cmd, settle); err != nil {
+		if err := measure("cradle-agent run", cmd, settle); err != nil {
 			return err
+		}
+	}
+	if mender != "" {
+		for i := range runs {
+			d := filepath.Join(dir, fmt.Sprintf("mender%d", i))
+			if err := os.Mkdir(d, 0o700); err != nil {
+				return err
+			}
+			cmd, cleanup, err := menderCommand(d, mender, addr)
+			if err != nil {
+				return err
+			}
+			err = measure("mender daemon", cmd, settle)
+			cleanup()
+			if err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -412,7 +443,8 @@ func measure(name string, cmd *exec.Cmd, settle time.Duration) error {
 			fields[k] = strings.TrimSpace(v)
 		}
 	}
-	fmt.Printf("  %-20s VmRSS %10s  VmHWM %10s  threads %s\n", name, fields["VmRSS"], fields["VmHWM"], fields["Threads"])
+	fmt.Printf("  %-20s VmRSS %10s  VmHWM %10s  (anonymous %s, file %s)  threads %s\n", name, fields["VmRSS"], fields["VmHWM"],
+		strings.TrimSuffix(fields["RssAnon"], " kB"), strings.TrimSuffix(fields["RssFile"], " kB"), fields["Threads"])
 	if os.Getenv("AGENTSIZE_LOG") != "" {
 		fmt.Printf("%s output:\n%s\n", name, out.Bytes())
 	}

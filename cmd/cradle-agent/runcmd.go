@@ -86,6 +86,8 @@ The configuration is YAML (see agent.example.yaml):
         timeout: 30s
   commands:
     reboot: []                        # e.g. [systemctl, reboot]; [] on a simulated unit counts a boot
+  memory:
+    limit: 0                          # soft limit in bytes, at least 8388608; 0 = none (GOMEMLIMIT applies)
   log:
     level: info                       # debug, info, warn, error
     format: text                      # text or json
@@ -122,6 +124,7 @@ type agentConfig struct {
 	} `yaml:"spool"`
 	Config   configSection   `yaml:"config"`
 	Commands commandsSection `yaml:"commands"`
+	Memory   memorySection   `yaml:"memory"`
 	Log      struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"`
@@ -190,6 +193,9 @@ func parseAgentConfig(b []byte) (*agentConfig, error) {
 	if err := c.checkFeatures(); err != nil {
 		return nil, err
 	}
+	if err := c.Memory.check(); err != nil {
+		return nil, err
+	}
 	switch c.Log.Level {
 	case "", "debug", "info", "warn", "error":
 	default:
@@ -238,6 +244,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "error: %s: %v\n", *cfgPath, err)
 		return 1
 	}
+	cfg.Memory.apply()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ring := &logRing{} // the agent's own log, for upload-logs commands
