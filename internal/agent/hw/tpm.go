@@ -329,20 +329,30 @@ func publicKey(b tpm2.TPM2BPublic) (*ecdsa.PublicKey, error) {
 	return ek, nil
 }
 
-// Key looks name up in the index and checks the TPM still holds it.
-func (s *TPMKeyStore) Key(ctx context.Context, name string) (crypto.Signer, error) {
+// entry looks name up in the index; op names the operation in the error
+// that wraps ErrNotFound when the store has no such key.
+func (s *TPMKeyStore) entry(op, name string) (tpmIndexEntry, error) {
 	if err := checkKeyName(name); err != nil {
-		return nil, err
+		return tpmIndexEntry{}, err
 	}
 	s.mu.Lock()
 	idx, err := s.readIndex()
 	s.mu.Unlock()
 	if err != nil {
-		return nil, err
+		return tpmIndexEntry{}, err
 	}
 	e, ok := idx.Keys[name]
 	if !ok {
-		return nil, fmt.Errorf("hw: key %s: not in the TPM key store %s: %w", name, s.stateDir, ErrNotFound)
+		return e, fmt.Errorf("hw: %s %s: not in the TPM key store %s: %w", op, name, s.stateDir, ErrNotFound)
+	}
+	return e, nil
+}
+
+// Key looks name up in the index and checks the TPM still holds it.
+func (s *TPMKeyStore) Key(ctx context.Context, name string) (crypto.Signer, error) {
+	e, err := s.entry("key", name)
+	if err != nil {
+		return nil, err
 	}
 	var sg *tpmSigner
 	err = s.withTPM(ctx, func(t transport.TPM) error {

@@ -192,18 +192,9 @@ type Certification struct {
 // as the qualifying data. A key that is not in the store wraps
 // ErrNotFound.
 func (s *TPMKeyStore) Certify(ctx context.Context, ak *AttestationKey, name string, nonce []byte) (*Certification, error) {
-	if err := checkKeyName(name); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	idx, err := s.readIndex()
-	s.mu.Unlock()
+	e, err := s.entry("certify key", name)
 	if err != nil {
 		return nil, err
-	}
-	e, ok := idx.Keys[name]
-	if !ok {
-		return nil, fmt.Errorf("hw: certify key %s: not in the TPM key store %s: %w", name, s.stateDir, ErrNotFound)
 	}
 	var c *Certification
 	err = s.withTPM(ctx, func(t transport.TPM) error {
