@@ -2,6 +2,7 @@ package hw_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -23,15 +24,7 @@ func TestTPMAttestation(t *testing.T) {
 	sw := testkit.StartSWTPM(t)
 	maker := testkit.NewTPMManufacturer(t, "Test TPM Maker")
 	provisioned := sw.ProvisionEKCertificate(t, maker)
-	ks := hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), filepath.Join(t.TempDir(), "tpm"))
-	dev, err := ks.CreateKey(ctx, "idevid", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ekDER, err := ks.EndorsementCertificate(ctx)
-	if err != nil {
-		t.Fatalf("EndorsementCertificate: %v", err)
-	}
+	ks, dev, ekDER := storeWithKey(t, sw.Addr)
 	if !bytes.Equal(ekDER, provisioned.Raw) {
 		t.Fatalf("EndorsementCertificate returned %d bytes that are not the provisioned certificate", len(ekDER))
 	}
@@ -123,15 +116,7 @@ func TestTPMAttestationNoEKCertificate(t *testing.T) {
 func TestTPMAttestationSWTPMSetup(t *testing.T) {
 	ctx := t.Context()
 	sw := testkit.StartManufacturedSWTPM(t)
-	ks := hw.NewTPMKeyStore(hw.TPMTCP(sw.Addr), filepath.Join(t.TempDir(), "tpm"))
-	dev, err := ks.CreateKey(ctx, "idevid", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ekDER, err := ks.EndorsementCertificate(ctx)
-	if err != nil {
-		t.Fatalf("EndorsementCertificate: %v", err)
-	}
+	ks, dev, ekDER := storeWithKey(t, sw.Addr)
 	ek, err := x509.ParseCertificate(ekDER)
 	if err != nil {
 		t.Fatal(err)
@@ -163,4 +148,20 @@ func TestTPMAttestationSWTPMSetup(t *testing.T) {
 		CertifyInfo: c.Info, Signature: c.Signature, Secret: secret}); err != nil {
 		t.Fatalf("Finish: %v", err)
 	}
+}
+
+// storeWithKey is a key store on the TPM at addr with a key "idevid"
+// created in it; it returns the key and the TPM's EK certificate too.
+func storeWithKey(t *testing.T, addr string) (*hw.TPMKeyStore, crypto.Signer, []byte) {
+	t.Helper()
+	ks := hw.NewTPMKeyStore(hw.TPMTCP(addr), filepath.Join(t.TempDir(), "tpm"))
+	dev, err := ks.CreateKey(t.Context(), "idevid", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekDER, err := ks.EndorsementCertificate(t.Context())
+	if err != nil {
+		t.Fatalf("EndorsementCertificate: %v", err)
+	}
+	return ks, dev, ekDER
 }
