@@ -326,6 +326,16 @@ func (tx *Tx) recomputeDevice(ctx context.Context, tenantID int64, serial string
 	return err
 }
 
+// recomputeTenant recomputes the twins of every device of the tenant after
+// its config groups changed to groups; it returns how many changed.
+func (tx *Tx) recomputeTenant(ctx context.Context, tenantID int64, groups []*cradle.ConfigGroup) (int, error) {
+	rows, err := tx.lockTwinRows(ctx, tenantID, "")
+	if err != nil {
+		return 0, err
+	}
+	return tx.recompute(ctx, tenantID, rows, groups, &schemas{tx: tx, tenantID: tenantID}, nil)
+}
+
 // twinsForNewDevices gives devices created in tx (those without a twin
 // row; serial "" means every such device of the tenant) the effective
 // document of the groups that match them. Without groups it costs one
@@ -657,11 +667,7 @@ func (s *TwinService) PutConfigGroup(ctx context.Context, name string, p cradle.
 			a.TenantID, name, g.Selector, g.Priority, string(g.Config), micros(g.CreatedAt), micros(g.UpdatedAt), g.UpdatedBy); err != nil {
 			return fmt.Errorf("sqlstore: put config group: %w", err)
 		}
-		rows, err := tx.lockTwinRows(ctx, a.TenantID, "")
-		if err != nil {
-			return err
-		}
-		n, err := tx.recompute(ctx, a.TenantID, rows, groups, &schemas{tx: tx, tenantID: a.TenantID}, nil)
+		n, err := tx.recomputeTenant(ctx, a.TenantID, groups)
 		if err != nil {
 			return err
 		}
@@ -723,11 +729,7 @@ func (s *TwinService) DeleteConfigGroup(ctx context.Context, name string) error 
 		if err != nil {
 			return err
 		}
-		rows, err := tx.lockTwinRows(ctx, a.TenantID, "")
-		if err != nil {
-			return err
-		}
-		n, err := tx.recompute(ctx, a.TenantID, rows, groups, &schemas{tx: tx, tenantID: a.TenantID}, nil)
+		n, err := tx.recomputeTenant(ctx, a.TenantID, groups)
 		if err != nil {
 			return err
 		}
