@@ -19,9 +19,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
-	"reflect"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -800,25 +798,7 @@ func TestFactoryOpenAPISchemas(t *testing.T) {
 		"UnitAllocation": cradle.UnitAllocation{}, "ReprovisionRequest": httpapi.ReprovisionRequest{}, "TestResult": cradle.TestResult{},
 		"TraceRecord": cradle.TraceRecord{}, "SignedTrace": cradle.SignedTrace{}, "StoredTrace": cradle.StoredTrace{}, "UnitTrace": cradle.UnitTrace{},
 	}
-	for name, v := range types {
-		s, ok := doc.Components.Schemas[name]
-		if !ok {
-			t.Errorf("schema %s is missing", name)
-			continue
-		}
-		fields, required := jsonFields(reflect.TypeOf(v))
-		var props []string
-		for p := range s.Properties {
-			props = append(props, p)
-		}
-		sort.Strings(props)
-		if diff := cmp.Diff(fields, props); diff != "" {
-			t.Errorf("schema %s properties vs the JSON fields of %T (-go +doc):\n%s", name, v, diff)
-		}
-		if diff := cmp.Diff(required, slices.Sorted(slices.Values(s.Required))); diff != "" {
-			t.Errorf("schema %s required vs the fields of %T without omitempty (-go +doc):\n%s", name, v, diff)
-		}
-	}
+	checkSchemas(t, doc, types, nil)
 }
 
 // FuzzUploadTrace sends arbitrary bodies to the trace upload as the
