@@ -37,17 +37,7 @@ func BenchmarkTelemetryIngest(b *testing.B) {
 		messageDt = times * interval
 	)
 	ctx := context.Background()
-	_, key, _ := ed25519.GenerateKey(nil)
-	db, err := Open(ctx, filepath.Join(b.TempDir(), "cradle.db"), Options{AuditKey: key})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
-	tn, err := NewTenantService(db).CreateTenant(ctx, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(tn.ID, "bench"))
+	db, tn, sys := benchStore(b)
 	devSvc, svc := NewDeviceService(db), NewTelemetryService(db)
 	serials := make([]string, devices)
 	deviceIDs := make([]int64, devices)
@@ -142,4 +132,22 @@ func BenchmarkTelemetryIngest(b *testing.B) {
 	b.ReportMetric(storeRate/bareRate, "ratio")
 	b.ReportMetric(keyedRate, "keyed_points/s")
 	b.ReportMetric(storeRate/keyedRate, "ratio_keyed")
+}
+
+// benchStore opens a SQLite store in b's temporary directory, closed when
+// b ends, with a tenant "bench"; sys acts in it as the system.
+func benchStore(b *testing.B) (db *DB, tn *cradle.Tenant, sys context.Context) {
+	b.Helper()
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(nil)
+	db, err := Open(ctx, filepath.Join(b.TempDir(), "cradle.db"), Options{AuditKey: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	tn, err = NewTenantService(db).CreateTenant(ctx, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return db, tn, cradle.NewContextWithActor(ctx, cradle.SystemActor(tn.ID, "bench"))
 }

@@ -1,11 +1,8 @@
 package sqlstore
 
 import (
-	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,18 +17,7 @@ import (
 //	go test -run '^$' -bench BenchmarkConfigGroupPut -benchtime 20x ./internal/sqlstore/
 func BenchmarkConfigGroupPut(b *testing.B) {
 	const devices = 10000
-	ctx := context.Background()
-	_, key, _ := ed25519.GenerateKey(nil)
-	db, err := Open(ctx, filepath.Join(b.TempDir(), "cradle.db"), Options{AuditKey: key})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer db.Close()
-	tn, err := NewTenantService(db).CreateTenant(ctx, "bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(tn.ID, "bench"))
+	db, _, sys := benchStore(b)
 	var rows strings.Builder
 	for i := range devices {
 		env := "prod"
