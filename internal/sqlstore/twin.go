@@ -107,6 +107,16 @@ func (tx *Tx) lockTwinRows(ctx context.Context, tenantID int64, serial string) (
 	return tx.lockTwinRowsWhere(ctx, tenantID, serial, false)
 }
 
+// lockDeviceTwin is lockTwinRows for one device, ENOTFOUND when the
+// tenant has no such device; rows[0] is its twin.
+func (tx *Tx) lockDeviceTwin(ctx context.Context, tenantID int64, serial string) ([]*twinRow, error) {
+	rows, err := tx.lockTwinRows(ctx, tenantID, serial)
+	if err == nil && len(rows) == 0 {
+		err = notFound(serial)
+	}
+	return rows, err
+}
+
 // lockTwinRowsWhere is lockTwinRows, limited to devices without a twin
 // row when onlyNew.
 func (tx *Tx) lockTwinRowsWhere(ctx context.Context, tenantID int64, serial string, onlyNew bool) ([]*twinRow, error) {
@@ -470,12 +480,9 @@ func (s *TwinService) changeDeviceConfig(ctx context.Context, a cradle.Actor, se
 		if err := tx.lockTenant(ctx, a.TenantID); err != nil {
 			return err
 		}
-		rows, err := tx.lockTwinRows(ctx, a.TenantID, serial)
+		rows, err := tx.lockDeviceTwin(ctx, a.TenantID, serial)
 		if err != nil {
 			return err
-		}
-		if len(rows) == 0 {
-			return notFound(serial)
 		}
 		r := rows[0]
 		if doc == nil && r.deviceConfig == nil {
@@ -533,12 +540,9 @@ func (s *TwinService) ReportTwin(ctx context.Context, serial string, rep *cradle
 		return notFound(serial)
 	}
 	return s.db.write(ctx, func(tx *Tx) error {
-		rows, err := tx.lockTwinRows(ctx, a.TenantID, serial)
+		rows, err := tx.lockDeviceTwin(ctx, a.TenantID, serial)
 		if err != nil {
 			return err
-		}
-		if len(rows) == 0 {
-			return notFound(serial)
 		}
 		r := rows[0]
 		r.reported = doc
