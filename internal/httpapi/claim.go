@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"cradle"
@@ -282,18 +281,6 @@ func (c *Client) DeviceStatus(ctx context.Context, serial string) (*DeviceStatus
 // FleetStatus returns a page of status reports of the devices f selects
 // (State, Selector, Cursor and Limit are used).
 func (c *Client) FleetStatus(ctx context.Context, f cradle.DeviceFilter) (*DeviceStatusList, error) {
-	q := url.Values{}
-	if f.State != nil {
-		q.Set("state", string(*f.State))
-	}
-	if f.Selector != nil {
-		q.Set("selector", f.Selector.String())
-	}
-	if f.Cursor != "" {
-		q.Set("cursor", f.Cursor)
-	}
-	if f.Limit != 0 {
-		q.Set("limit", strconv.Itoa(f.Limit))
-	}
-	return getJSON[DeviceStatusList](ctx, c, withQuery("/api/v1/device-status", q))
+	f.Model, f.SerialPrefix = nil, nil // the status view does not take them
+	return getJSON[DeviceStatusList](ctx, c, withQuery("/api/v1/device-status", deviceQuery(f)))
 }

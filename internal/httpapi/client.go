@@ -49,13 +49,9 @@ func (c *Client) WhoAmI(ctx context.Context) (*Identity, error) {
 	return &id, c.do(ctx, http.MethodGet, "/api/v1/whoami", nil, nil, &id)
 }
 
-// FindDeviceBySerial implements cradle.DeviceService.
-func (c *Client) FindDeviceBySerial(ctx context.Context, serial string) (*cradle.Device, error) {
-	return getJSON[cradle.Device](ctx, c, devicePath(serial))
-}
-
-// FindDevices implements cradle.DeviceService.
-func (c *Client) FindDevices(ctx context.Context, f cradle.DeviceFilter) ([]*cradle.Device, string, error) {
+// deviceQuery is the query of the device list for f, the inverse of the
+// server's deviceFilter.
+func deviceQuery(f cradle.DeviceFilter) url.Values {
 	q := url.Values{}
 	if f.State != nil {
 		q.Set("state", string(*f.State))
@@ -75,8 +71,18 @@ func (c *Client) FindDevices(ctx context.Context, f cradle.DeviceFilter) ([]*cra
 	if f.Limit != 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}
+	return q
+}
+
+// FindDeviceBySerial implements cradle.DeviceService.
+func (c *Client) FindDeviceBySerial(ctx context.Context, serial string) (*cradle.Device, error) {
+	return getJSON[cradle.Device](ctx, c, devicePath(serial))
+}
+
+// FindDevices implements cradle.DeviceService.
+func (c *Client) FindDevices(ctx context.Context, f cradle.DeviceFilter) ([]*cradle.Device, string, error) {
 	var page DeviceList
-	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/devices", q), nil, nil, &page); err != nil {
+	if err := c.do(ctx, http.MethodGet, withQuery("/api/v1/devices", deviceQuery(f)), nil, nil, &page); err != nil {
 		return nil, "", err
 	}
 	return page.Devices, page.NextCursor, nil
