@@ -105,7 +105,7 @@ func (h *attestationHandler) start(w http.ResponseWriter, r *http.Request) {
 	if h.verifier.Roots == nil {
 		// Not a refusal of the device: this server attests nothing, and the
 		// agent enrolls unattested.
-		writeAttestationError(w, cradle.Errorf(cradle.ENOTIMPLEMENTED, "TPM attestation is not configured on this server (device.tpm_ek_roots is empty)"))
+		writeDeviceError(w, h.logger, cradle.Errorf(cradle.ENOTIMPLEMENTED, "TPM attestation is not configured on this server (device.tpm_ek_roots is empty)"))
 		return
 	}
 	var req attest.StartRequest
@@ -140,7 +140,7 @@ func (h *attestationHandler) finish(w http.ResponseWriter, r *http.Request) {
 	}})
 	if err != nil {
 		h.logger.Error("recording an attestation", "serial", dev.Serial, "err", err)
-		writeAttestationError(w, cradle.Errorf(cradle.EINTERNAL, "attestation verified but not recorded: try again"))
+		writeDeviceError(w, h.logger, cradle.Errorf(cradle.EINTERNAL, "attestation verified but not recorded: try again"))
 		return
 	}
 	h.logger.Info("device attested", "serial", dev.Serial, "method", res.Method, "ek_sha256", res.EKCertificate, "ek_issuer", res.EKIssuer)
@@ -168,22 +168,7 @@ func (h *attestationHandler) refuse(w http.ResponseWriter, r *http.Request, dev 
 	h.logger.Warn("attestation refused", "serial", dev.Serial, "op", op, "err", err)
 	h.audit(r.Context(), dev.TenantID, "device:"+dev.Serial+"(device)", cradle.AuditEvent{Action: "device.attestation.refused",
 		Subject: "device:" + dev.Serial, Details: map[string]string{"step": op, "reason": cradle.ErrorMessage(err)}})
-	writeAttestationError(w, err)
-}
-
-func writeAttestationError(w http.ResponseWriter, err error) {
-	status := http.StatusInternalServerError
-	switch cradle.ErrorCode(err) {
-	case cradle.EINVALID:
-		status = http.StatusBadRequest
-	case cradle.EFORBIDDEN:
-		status = http.StatusForbidden
-	case cradle.ETOOLARGE:
-		status = http.StatusRequestEntityTooLarge
-	case cradle.ENOTIMPLEMENTED:
-		status = http.StatusNotImplemented
-	}
-	writeAttestationJSON(w, status, map[string]string{"code": cradle.ErrorCode(err), "message": cradle.ErrorMessage(err)})
+	writeDeviceError(w, h.logger, err)
 }
 
 func writeAttestationJSON(w http.ResponseWriter, status int, v any) {

@@ -213,7 +213,7 @@ func TestTPMAttestationEndToEnd(t *testing.T) {
 	// unattested: here the next thing it asks for, /cacerts, fails.
 	notImpl := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/device/v1/attestation/start" {
-			writeAttestationError(w, cradle.Errorf(cradle.ENOTIMPLEMENTED, "TPM attestation is not configured"))
+			writeDeviceError(w, nil, cradle.Errorf(cradle.ENOTIMPLEMENTED, "TPM attestation is not configured"))
 			return
 		}
 		http.Error(w, "no EST here", http.StatusServiceUnavailable)

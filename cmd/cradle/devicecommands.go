@@ -64,19 +64,6 @@ func deviceActor(tenantID int64, serial string) cradle.Actor {
 	return cradle.Actor{TenantID: tenantID, Role: cradle.RoleDevice, Kind: "device", ID: serial}
 }
 
-// commandError writes err as JSON {"code","message"} with its status.
-func commandError(w http.ResponseWriter, err error) {
-	status := map[string]int{cradle.EINVALID: http.StatusBadRequest, cradle.ENOTFOUND: http.StatusNotFound, cradle.ECONFLICT: http.StatusConflict,
-		cradle.EFORBIDDEN: http.StatusForbidden, cradle.ETOOLARGE: http.StatusRequestEntityTooLarge, cradle.EUNAUTHORIZED: http.StatusUnauthorized}[cradle.ErrorCode(err)]
-	msg := cradle.ErrorMessage(err)
-	if status == 0 {
-		status, msg = http.StatusInternalServerError, "internal error"
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(cradle.Error{Code: cradle.ErrorCode(err), Message: msg})
-}
-
 // operational returns the authenticated device, refusing an IDevID:
 // commands go to enrolled devices.
 func operational(r *http.Request) (*cradle.Device, error) {
@@ -117,13 +104,13 @@ type commandsDocument struct {
 func (c *commandRelay) httpPending(w http.ResponseWriter, r *http.Request) {
 	dev, err := operational(r)
 	if err != nil {
-		commandError(w, err)
+		writeDeviceError(w, c.logger, err)
 		return
 	}
 	envs, err := c.pending(r.Context(), dev.Serial, "")
 	if err != nil {
 		c.logger.Error("pending commands", "device", dev.Serial, "err", err)
-		commandError(w, err)
+		writeDeviceError(w, c.logger, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -147,20 +134,20 @@ func (c *commandRelay) record(ctx context.Context, serial string, payload []byte
 func (c *commandRelay) httpResult(w http.ResponseWriter, r *http.Request) {
 	dev, err := operational(r)
 	if err != nil {
-		commandError(w, err)
+		writeDeviceError(w, c.logger, err)
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, command.MaxResultSize+1))
 	if err != nil {
-		commandError(w, cradle.Errorf(cradle.EINVALID, "reading the command result: %v", err))
+		writeDeviceError(w, c.logger, cradle.Errorf(cradle.EINVALID, "reading the command result: %v", err))
 		return
 	}
 	if len(body) > command.MaxResultSize {
-		commandError(w, cradle.Errorf(cradle.ETOOLARGE, "command result over the %d-byte limit", command.MaxResultSize))
+		writeDeviceError(w, c.logger, cradle.Errorf(cradle.ETOOLARGE, "command result over the %d-byte limit", command.MaxResultSize))
 		return
 	}
 	if err := c.record(r.Context(), dev.Serial, body); err != nil {
-		commandError(w, err)
+		writeDeviceError(w, c.logger, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -169,16 +156,16 @@ func (c *commandRelay) httpResult(w http.ResponseWriter, r *http.Request) {
 func (c *commandRelay) httpLogs(w http.ResponseWriter, r *http.Request) {
 	dev, err := operational(r)
 	if err != nil {
-		commandError(w, err)
+		writeDeviceError(w, c.logger, err)
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, cradle.MaxCommandLogsSize+1))
 	if err != nil {
-		commandError(w, cradle.Errorf(cradle.EINVALID, "reading the logs: %v", err))
+		writeDeviceError(w, c.logger, cradle.Errorf(cradle.EINVALID, "reading the logs: %v", err))
 		return
 	}
 	if err := c.store.StoreCommandLogs(r.Context(), dev.Serial, r.PathValue("id"), body); err != nil {
-		commandError(w, err)
+		writeDeviceError(w, c.logger, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -7,32 +7,26 @@ import (
 
 	"cradle"
 	"cradle/internal/deviceapi"
+	"cradle/internal/httpapi"
 	"cradle/internal/mqttapi"
 	"cradle/internal/sqlstore"
 )
 
-// deviceStatusOf maps error codes to the device API's HTTP statuses.
-var deviceStatusOf = map[string]int{
-	cradle.EINVALID:      http.StatusBadRequest,
-	cradle.ETOOLARGE:     http.StatusRequestEntityTooLarge,
-	cradle.ENOTFOUND:     http.StatusNotFound,
-	cradle.ECONFLICT:     http.StatusConflict,
-	cradle.EFORBIDDEN:    http.StatusForbidden,
-	cradle.EUNAUTHORIZED: http.StatusUnauthorized,
-	cradle.EUNAVAILABLE:  http.StatusServiceUnavailable,
-}
-
 // writeDeviceError answers a device with {"code", "message"} and the
-// status of the error's code.
-func writeDeviceError(w http.ResponseWriter, err error) {
-	code := cradle.ErrorCode(err)
-	status, ok := deviceStatusOf[code]
-	if !ok {
-		status = http.StatusInternalServerError
+// status of the error's code (httpapi.HTTPStatus, the table of both HTTP
+// APIs). An internal error is logged, and the device is told only that.
+func writeDeviceError(w http.ResponseWriter, logger *slog.Logger, err error) {
+	code, msg := cradle.ErrorCode(err), cradle.ErrorMessage(err)
+	status := httpapi.HTTPStatus(code)
+	if status == http.StatusInternalServerError {
+		if logger != nil {
+			logger.Error("device API", "err", err)
+		}
+		code, msg = cradle.EINTERNAL, "internal error"
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(cradle.Error{Code: code, Message: cradle.ErrorMessage(err)})
+	json.NewEncoder(w).Encode(cradle.Error{Code: code, Message: msg})
 }
 
 // telemetryHandler serves POST /device/v1/telemetry: the payload of the
@@ -44,7 +38,7 @@ func telemetryHandler(telemetry *sqlstore.TelemetryService, logger *slog.Logger)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		dev, _, ok := deviceapi.DeviceFromContext(r.Context())
 		if !ok {
-			writeDeviceError(w, cradle.Errorf(cradle.EUNAUTHORIZED, "present the device's LDevID"))
+			writeDeviceError(w, logger, cradle.Errorf(cradle.EUNAUTHORIZED, "present the device's LDevID"))
 			return
 		}
 		pts, err := cradle.ParseTelemetry(r.Body, mqttapi.DefaultMaxPayload)
@@ -57,7 +51,7 @@ func telemetryHandler(telemetry *sqlstore.TelemetryService, logger *slog.Logger)
 			} else {
 				logger.Warn("telemetry refused", "device", dev.Serial, "err", cradle.ErrorMessage(err))
 			}
-			writeDeviceError(w, err)
+			writeDeviceError(w, logger, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)

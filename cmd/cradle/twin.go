@@ -46,33 +46,8 @@ func (t *deviceTwin) routes(listener *deviceapi.Server) {
 	listener.Handle("PUT /device/v1/twin/reported", http.HandlerFunc(t.putReported), false)
 }
 
-// deviceStatus maps a service error to the device API's status.
-func deviceStatus(err error) int {
-	switch cradle.ErrorCode(err) {
-	case cradle.EINVALID:
-		return http.StatusBadRequest
-	case cradle.ETOOLARGE:
-		return http.StatusRequestEntityTooLarge
-	case cradle.ENOTFOUND:
-		return http.StatusNotFound
-	case cradle.EFORBIDDEN:
-		return http.StatusForbidden
-	case cradle.ECONFLICT:
-		return http.StatusConflict
-	}
-	return http.StatusInternalServerError
-}
-
 func (t *deviceTwin) fail(w http.ResponseWriter, serial string, err error) {
-	status := deviceStatus(err)
-	msg := cradle.ErrorMessage(err)
-	if status == http.StatusInternalServerError {
-		t.logger.Error("device twin", "device", serial, "err", err)
-		msg = "internal error"
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(cradle.Error{Code: cradle.ErrorCode(err), Message: msg})
+	writeDeviceError(w, t.logger.With("device", serial), err)
 }
 
 // getDesired answers the device's effective desired document, or 204

@@ -262,6 +262,16 @@ var statusOf = map[string]int{
 	cradle.EUNAVAILABLE:    http.StatusServiceUnavailable,
 }
 
+// HTTPStatus is the HTTP status of an error code: the one table of the
+// HTTP transports, the operator API and the device API alike. An unknown
+// code is 500.
+func HTTPStatus(code string) int {
+	if st, ok := statusOf[code]; ok {
+		return st
+	}
+	return http.StatusInternalServerError
+}
+
 // codeOf is statusOf turned around, for the client; a status outside the
 // table maps to the code of its class.
 func codeOf(status int) string {
