@@ -139,7 +139,9 @@ func (s *Dir) commit(tmp string, d Digest, size int64) (Info, error) {
 	defer s.mu.Unlock()
 	p := s.path(d)
 	now := s.now()
-	if _, err := os.Stat(p); err == nil {
+	// An existing file of the right size is this content (its name is
+	// its digest); one of another size was damaged and is replaced.
+	if st, err := os.Stat(p); err == nil && st.Size() == size {
 		if err := os.Remove(tmp); err != nil {
 			return Info{}, fmt.Errorf("artifact: %w", err)
 		}

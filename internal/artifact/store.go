@@ -20,7 +20,8 @@
 // cancelled context) the temporary file is removed and nothing is stored.
 // The shard directory is synced after the rename, so a stored blob survives
 // a power cut. Two Puts of the same bytes, concurrent or not, leave one
-// file; the second only refreshes the blob's time. A blob's time (its
+// file; the second only refreshes the blob's time (or replaces a stored
+// copy whose size shows it was damaged). A blob's time (its
 // file's mtime, set from the injected clock) is when it was last Put.
 //
 // [GC] deletes the blobs that are not in the caller's referenced set,
@@ -178,6 +179,12 @@ type GCStats struct {
 // it was Put less than grace before now. It also sweeps temporary objects
 // older than grace when s is a [TempSweeper]. It stops at the first error
 // other than a blob vanishing or being re-Put meanwhile.
+//
+// The rule that makes this safe while uploads and releases are created:
+// a caller records a reference to a blob only after a Put of it returned
+// (Put refreshes an existing blob's time), and within grace of that Put.
+// grace must therefore exceed the longest upload plus the time to record
+// its reference.
 func GC(ctx context.Context, s Store, referenced func(Digest) bool, grace time.Duration, now time.Time) (GCStats, error) {
 	var st GCStats
 	cutoff := now.Add(-grace)

@@ -215,6 +215,19 @@ func TestDedup(t *testing.T) {
 	if st, _ := s.Stat(ctx, info.Digest); !st.Time.Equal(c.Now()) {
 		t.Fatalf("time %v, want the second Put's %v", st.Time, c.Now())
 	}
+
+	// A damaged (truncated) copy is replaced by the next Put.
+	h := info.Digest.String()
+	p := filepath.Join(s.Root, "sha256", h[:2], h)
+	if err := os.Truncate(p, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, bytes.NewReader(data), expect(data)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, data) {
+		t.Fatalf("damaged copy kept: %d bytes", len(got))
+	}
 }
 
 // TestConcurrentPuts: many Puts of the same and of different content at
