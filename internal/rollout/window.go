@@ -124,4 +124,3 @@ func compileWindows(ws []cradle.MaintenanceWindow) ([]*Window, error) {
 	}
 	return out, nil
 }
-
