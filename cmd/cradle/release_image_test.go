@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,4 +127,44 @@ func TestReleaseImageCommands(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReleaseSignImagePKCS11 signs with a P-256 key in a SoftHSM2 token:
+// the token's ECDSA signature (CKM_ECDSA over the image hash) ends up DER
+// in the image, and verify-image accepts it with the exported public key.
+func TestReleaseSignImagePKCS11(t *testing.T) {
+	requirePKCS11Build(t)
+	isolateCLI(t)
+	tok := newSoftToken(t, "cradle-fw")
+	uri := "pkcs11:token=" + tok.label + ";object=firmware?module-path=" + tok.module + "&pin-source=file:" + tok.pinFile
+	signer, err := kms.Generate(t.Context(), uri, kms.ECDSAP256, kms.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := publicKeyPEMFile(t, signer.Public())
+	kms.Close(signer)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "app.bin")
+	if err := os.WriteFile(in, append(make([]byte, 0x200), "firmware"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "app.img")
+	signed := decodeJSON[imageInfo](t, ok(t, "release", "sign-image", "--key", uri, "--version", "3.1.0", "--security-counter", "0x10", in, img, "--json"))
+	got := decodeJSON[imageInfo](t, ok(t, "release", "verify-image", "--key", pub, img, "--json"))
+	if got.Hash != signed.Hash || got.KeyHash != signed.KeyHash || *got.SecurityCounter != 16 || got.SignatureAlgorithm != "ecdsa-p256" {
+		t.Fatalf("verify-image %+v, sign-image %+v", got, signed)
+	}
+}
+
+func publicKeyPEMFile(t *testing.T, pub crypto.PublicKey) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "pub.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
