@@ -56,7 +56,16 @@
 // Not supported: encrypted and compressed images (refused with
 // ErrUnsupported), RSA and P-384 keys, SHA-384/512 hashes, "pure" Ed25519
 // signatures, dependency and boot-record TLVs when signing (they are read
-// and kept when parsing), big-endian images.
+// and kept when parsing), big-endian images, and a slot trailer marked
+// for test or confirmed (imgtool --test/--confirm): Parse takes such a
+// trailer's image_ok byte for trailing data.
+//
+// # Interoperability
+//
+// The layout follows image.h, image_validate.c and imgtool's image.py
+// (read, not copied); the tests check it field by field against
+// hand-written bytes. imgtool itself (Python, not packaged by Debian) has
+// not been run against these images.
 package mcuboot
 
 import (
