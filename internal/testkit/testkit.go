@@ -9,6 +9,7 @@ package testkit
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -214,14 +215,16 @@ func startSWTPM(t testing.TB, state string) *SWTPM {
 }
 
 // freePortPair finds a loopback port p such that p and p+1 are both free
-// at the time of the probe.
+// at the time of the probe. It draws from 10000–32767, below Linux's
+// ephemeral range, where a busy machine's outgoing connections do not
+// take ports between the probe and swtpm's bind.
 func freePortPair() (int, error) {
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for i := 0; i < 200; i++ {
+		p := 10000 + rand.IntN(32767-10000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
-			return 0, err
+			continue
 		}
-		p := l.Addr().(*net.TCPAddr).Port
 		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
 		l.Close()
 		if err == nil {
