@@ -464,7 +464,6 @@ func TestGenerateTooLarge(t *testing.T) {
 	}
 }
 
-
 // TestGenerateEdges: Generate's patches for empty and tiny images, which
 // the size policy never offers, still rebuild the target in zstd and in
 // Apply.
