@@ -39,7 +39,8 @@ type Expect struct {
 // the target and must be discarded (ApplyFile does that).
 //
 // Memory is bounded by base, which the caller holds, plus one frame window
-// (at most twice base plus limit) and the decoder's block buffers.
+// (for Make's patches the target's size; never more than the power of two
+// above len(base)+Limit) and the decoder's block buffers.
 func Apply(dst io.Writer, base []byte, patch io.Reader, e Expect) (int64, error) {
 	if e.Limit <= 0 {
 		return 0, errors.New("delta: apply needs a positive output limit")
