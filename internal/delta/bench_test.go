@@ -47,6 +47,14 @@ func BenchmarkDelta(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			// The figures are only worth comparing if zstd rebuilds the
+			// target from our patch.
+			oursPath := writeFile(b, dir, "ours.patch", ours.Data)
+			rebuilt := filepath.Join(dir, "ours.out")
+			run(b, zstd, "-q", "-f", "-d", "--patch-from="+basePath, oursPath, "-o", rebuilt)
+			if got, err := os.ReadFile(rebuilt); err != nil || !bytes.Equal(got, target) {
+				b.Fatalf("zstd does not rebuild the target from our patch (%v)", err)
+			}
 			zstdPatch := filepath.Join(dir, "zstd.patch")
 			run(b, zstd, "-q", "-f", "-19", "--patch-from="+basePath, targetPath, "-o", zstdPatch)
 			bsPatch := filepath.Join(dir, "bs.patch")
