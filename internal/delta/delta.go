@@ -15,9 +15,9 @@
 //
 // rebuilds the target byte for byte from our patch, and Apply rebuilds it
 // from a patch made by `zstd -19 --patch-from=BASE TARGET`. Make writes one
-// single-segment frame: its declared window is the target's size, which
-// the zstd program accepts without --memory whenever the target is at
-// most 128 MiB or no larger than the base. The encoder itself may match as
+// single-segment frame, as zstd does: its declared window is the target's
+// size, which the zstd program accepts without --memory whenever the
+// target is at most 128 MiB or no larger than the base. The encoder itself may match as
 // far back as the base's first byte (its search window is the next power
 // of two above both images together); the format lets a match reach into
 // the dictionary whatever the declared window, and zstd decodes such
