@@ -42,6 +42,10 @@ func (k keySigner) SignMessage(message io.Reader, _ ...signature.SignOption) ([]
 	}
 }
 
+// MetadataSigner returns s as the signer go-tuf's Metadata.Sign takes, for
+// tools that sign metadata by hand with a key from internal/kms.
+func MetadataSigner(s crypto.Signer) signature.Signer { return keySigner{s} }
+
 // tufKey turns a public key into the TUF key record and its key ID. Only
 // ECDSA P-256 and Ed25519 keys are accepted: they are the two schemes every
 // TUF client (and MCUboot) implements.
