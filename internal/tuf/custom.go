@@ -63,9 +63,6 @@ func ParseCustom(data []byte) (Custom, error) {
 	if err := dec.Decode(&c); err != nil {
 		return c, cradle.Errorf(cradle.EINVALID, "target custom metadata: %v", err)
 	}
-	if dec.More() {
-		return c, cradle.Errorf(cradle.EINVALID, "target custom metadata: data after the object")
-	}
 	if err := c.Validate(); err != nil {
 		return Custom{}, err
 	}
