@@ -290,7 +290,9 @@ func customOf(tf *metadata.TargetFiles) (Custom, error) {
 // AddTarget stages a target for the next Publish, replacing one at the
 // same path. It refuses a malformed path, a length below 1, a digest that
 // is not 32 bytes, incomplete custom metadata, and a security counter
-// below that of another target of the same model (a downgrade).
+// below that of any target of the same model, the one it replaces
+// included (a downgrade). A delta patch is a target too, with the custom
+// metadata of the release it produces.
 func (r *Repository) AddTarget(path string, t Target) error {
 	if err := checkTargetPath(path); err != nil {
 		return err
@@ -312,9 +314,6 @@ func (r *Repository) AddTarget(path string, t Target) error {
 	defer r.mu.Unlock()
 	staged := r.stagedTargets()
 	for p, tf := range staged {
-		if p == path {
-			continue
-		}
 		c, err := customOf(tf)
 		if err != nil {
 			return fmt.Errorf("tuf: target %s: %w", p, err)
@@ -379,6 +378,7 @@ func (r *Repository) Publish(ctx context.Context, s Signers) error {
 		return err
 	}
 	r.commit(st)
+	r.staged = nil
 	return nil
 }
 
@@ -541,10 +541,9 @@ func (r *Repository) current() state {
 	return state{root: r.root, targets: r.targets, snapshot: r.snapshot, timestamp: r.timestamp}
 }
 
+// commit makes st the repository's state. Staged target changes stay
+// staged: only Publish consumes them.
 func (r *Repository) commit(st state) {
-	if st.targets != r.targets {
-		r.staged = nil
-	}
 	r.root, r.targets, r.snapshot, r.timestamp = st.root, st.targets, st.snapshot, st.timestamp
 }
 

@@ -347,3 +347,69 @@ func TestRotateRefusals(t *testing.T) {
 		t.Fatalf("root version %d", v)
 	}
 }
+
+// TestStagedSurvivesRefreshAndRotation: re-signing targets for expiry or a
+// key rotation publishes the published set, and staged changes wait for
+// Publish; replacing a target with a lower counter is a downgrade too.
+func TestStagedSurvivesRefreshAndRotation(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if err := f.repo.AddTarget("gw/3.bin", target([]byte("three"), custom("gw", 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.repo.Publish(ctx, f.keys); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, f.repo.AddTarget("gw/3.bin", target([]byte("three again"), custom("gw", 2))), cradle.EINVALID)
+	if err := f.repo.AddTarget("gw/4.bin", target([]byte("four"), custom("gw", 4))); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(50 * 24 * time.Hour)
+	if done, err := f.repo.Refresh(ctx, f.keys); err != nil || len(done) != 3 {
+		t.Fatalf("refresh: %v %v", done, err)
+	}
+	newTargets := newKey(t, kms.Ed25519)
+	if err := f.repo.RotateKey(ctx, "targets", newTargets, f.keys); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := f.repo.Targets()
+	if _, ok := got["gw/4.bin"]; ok || len(got) != 1 {
+		t.Fatalf("a staged target was published without Publish: %v", got)
+	}
+	f.keys.Targets = newTargets
+	if err := f.repo.Publish(ctx, f.keys); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = f.repo.Targets()
+	if _, ok := got["gw/4.bin"]; !ok || len(got) != 2 {
+		t.Fatalf("targets after publish: %v", got)
+	}
+	want := map[string]int64{"root": 2, "targets": 5, "snapshot": 5, "timestamp": 5}
+	if diff := cmp.Diff(want, f.repo.Versions()); diff != "" {
+		t.Fatalf("versions (-want +got):\n%s", diff)
+	}
+}
+
+// TestOpenRefusesTampering: metadata whose signature no longer matches is
+// refused when the repository is opened, and so are bad file names.
+func TestOpenRefusesTampering(t *testing.T) {
+	f := newFixture(t)
+	path := filepath.Join(f.dir, "targets.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(b), `"version": 1`, `"version": 7`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tuf.Open(context.Background(), f.options()); err == nil || !strings.Contains(err.Error(), "targets.json is not signed by the targets keys") {
+		t.Fatalf("open: %v", err)
+	}
+	_, err = tuf.Open(context.Background(), tuf.Options{Store: tuf.DirStore{Dir: t.TempDir()}})
+	wantCode(t, err, cradle.ENOTFOUND)
+	for _, name := range []string{"../root.json", ".root.json", "Root.json", ""} {
+		if err := (tuf.DirStore{Dir: f.dir}).Put(context.Background(), name, nil); err == nil {
+			t.Errorf("Put(%q) succeeded", name)
+		}
+	}
+}
