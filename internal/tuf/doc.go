@@ -27,8 +27,11 @@
 //	                  "length": 1234, "hashes": {"sha256": HEX}}]}
 //
 // Every field but delta_bases is required; unknown fields are refused. A
-// target whose security counter is below that of another target of the
-// same model is refused (a downgrade).
+// delta patch is a target too, carrying the custom metadata of the release
+// it produces. A target whose security counter is below that of any target
+// of the same model in the repository is refused (a downgrade); the check
+// sees the current target set, so the device's own counter (MCUboot's) is
+// the last line against a release removed and re-added lower.
 //
 // # Operations
 //
