@@ -216,6 +216,9 @@ the newest value of each metric.`,
 			t.row("serial:", rep.Serial)
 			t.row("state:", string(rep.State))
 			t.row("labels:", formatLabels(rep.Labels))
+			if rep.Firmware != "" {
+				t.row("firmware:", rep.Firmware+" (factory)")
+			}
 			online := "offline"
 			if st.Online {
 				online = "online"

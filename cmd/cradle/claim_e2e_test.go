@@ -129,7 +129,7 @@ func TestClaimEndToEnd(t *testing.T) {
 		t.Errorf("hourly telemetry: %+v", series)
 	}
 	status := cli("device", "status", serial)
-	for _, want := range []string{"connection:", "online", "battery low:", "yes", "battery low: 7 %", "insecure:", "battery.pct", "health.cpu_pct"} {
+	for _, want := range []string{"firmware:", "1.4.2 (factory)", "connection:", "online", "battery low:", "yes", "battery low: 7 %", "insecure:", "battery.pct", "health.cpu_pct"} {
 		if !strings.Contains(status, want) {
 			t.Errorf("device status does not say %q:\n%s", want, status)
 		}

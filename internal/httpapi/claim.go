@@ -30,6 +30,10 @@ type DeviceStatusReport struct {
 	Status cradle.DeviceStatus `json:"status"`
 	// Latest holds the newest point of each metric the device reported.
 	Latest map[string]cradle.TelemetryPoint `json:"latest"`
+	// Firmware is the firmware version the factory wrote, from the
+	// unit's newest provisioned record; "" when there is none. Only the
+	// single-device status has it.
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // DeviceStatusList is a page of device status reports.
@@ -195,7 +199,32 @@ func (s *Server) deviceStatus(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if rep.Firmware, err = s.factoryFirmware(r.Context(), d.Serial); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	s.writeJSON(w, r, http.StatusOK, rep)
+}
+
+// factoryFirmware returns the firmware version of the unit's newest
+// provisioned factory record, "" when it has none (or the server has no
+// factory service).
+func (s *Server) factoryFirmware(ctx context.Context, serial string) (string, error) {
+	if s.Factory == nil {
+		return "", nil
+	}
+	t, err := s.Factory.UnitTrace(ctx, serial)
+	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+		return "", nil
+	} else if err != nil {
+		return "", err
+	}
+	for i := len(t.Records) - 1; i >= 0; i-- {
+		if rec := t.Records[i].Record; rec.Status == cradle.UnitProvisioned {
+			return rec.FirmwareVersion, nil
+		}
+	}
+	return "", nil
 }
 
 // maxStatusPage bounds a page of the fleet status view: each device costs
