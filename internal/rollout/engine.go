@@ -135,16 +135,23 @@ func Load(r cradle.Rollout, devices []cradle.RolloutDevice, opt Options) (*Engin
 }
 
 func (e *Engine) compile() error {
-	if err := ValidateSpec(&e.r.RolloutSpec); err != nil {
+	if err := e.r.RolloutSpec.Validate(); err != nil {
 		return err
 	}
-	ws, _ := compileWindows(e.r.Windows)
+	ws, err := compileWindows(e.r.Windows)
+	if err != nil {
+		return err
+	}
 	e.windows = ws
 	for _, w := range ws {
 		e.local = e.local || w.DeviceLocal()
 	}
 	if e.r.Target.Selector != "" {
-		e.sel, _ = cradle.ParseLabelSelector(e.r.Target.Selector)
+		sel, err := cradle.ParseLabelSelector(e.r.Target.Selector)
+		if err != nil {
+			return err
+		}
+		e.sel = sel
 	}
 	return nil
 }
