@@ -479,27 +479,9 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
 
 // decodeLimit is decode with a body limit of its own.
 func (s *Server) decodeLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
-	if err := noQuery(r); err != nil {
-		return err
-	}
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return cradle.Errorf(cradle.EINVALID, "the body must be JSON, sent with Content-Type application/json, not %q", truncate(ct, 100))
-		}
-	}
-	if r.ContentLength > limit {
-		return tooLarge(limit)
-	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	data, err := s.readDocument(w, r, limit)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return tooLarge(mbe.Limit)
-		}
-		return cradle.Errorf(cradle.EINVALID, "reading the request body: %v", err)
-	}
-	if len(strings.TrimSpace(string(data))) == 0 {
-		return cradle.Errorf(cradle.EINVALID, "the request needs a JSON body")
+		return err
 	}
 	return cradle.DecodeStrictJSON(data, v)
 }
