@@ -247,8 +247,8 @@ func testFactoryMACRanges(t *testing.T, e *Env) {
 	if err != nil || len(ranges) != 2 || ranges[0].First != "02:00:5e:10:00:00" || ranges[1].Last != "02:00:5e:20:00:00" {
 		t.Fatalf("ranges: %v, %v", ranges, err)
 	}
-	if ranges, _ := other.svc.MACRanges(other.admin); len(ranges) != 1 || ranges[0].First != "02:00:5e:10:00:0a" {
-		t.Errorf("other tenant's ranges: %v", ranges)
+	if ranges, err := other.svc.MACRanges(other.admin); err != nil || len(ranges) != 1 || ranges[0].First != "02:00:5e:10:00:0a" {
+		t.Errorf("other tenant's ranges: %v, %v", ranges, err)
 	}
 
 	// Used counts what the station took, across blocks in address order.
@@ -258,7 +258,9 @@ func testFactoryMACRanges(t *testing.T, e *Env) {
 	if units[0].MAC != "02:00:5e:10:00:00" || units[9].MAC != "02:00:5e:10:00:09" || units[10].MAC != "02:00:5e:20:00:00" {
 		t.Errorf("MACs taken out of order: %v", units)
 	}
-	ranges, _ = k.svc.MACRanges(k.admin)
+	if ranges, err = k.svc.MACRanges(k.admin); err != nil || len(ranges) != 2 {
+		t.Fatalf("ranges after 11 units: %v, %v", ranges, err)
+	}
 	if ranges[0].Used != 10 || ranges[1].Used != 1 {
 		t.Errorf("used after 11 units: %d and %d, want 10 and 1", ranges[0].Used, ranges[1].Used)
 	}
