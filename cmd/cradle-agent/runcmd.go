@@ -317,7 +317,7 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 // stepIdentity steps the identity until ctx is done, giving the runtime
 // each new LDevID.
 func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, attested *atomic.Bool, rekeys <-chan rekeyRequest, log *slog.Logger, now func() time.Time) error {
-	var given []byte // the certificate the runtime has
+	var given string // the certificate chain the runtime has
 	for {
 		next, err := id.Step(ctx, now())
 		switch {
@@ -330,18 +330,17 @@ func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, at
 			log.Warn("identity", "err", err, "retry_at", next.UTC().Format(time.RFC3339))
 		}
 		attested.Store(id.Attested())
-		if cur := id.State().Current; cur != nil && cur.Chain != string(given) {
+		if cur := id.State().Current; cur != nil && cur.Chain != given {
 			if c, err := id.Certificate(ctx); err != nil {
 				log.Warn("LDevID not usable for the channel", "err", err)
 			} else {
 				rt.SetCertificate(c)
-				given = []byte(cur.Chain)
+				given = cur.Chain
 			}
 		}
-		wait := time.Until(next)
-		if wait < time.Second {
-			wait = time.Second
-		}
+		// The wait is measured on the injected clock, the one Step and
+		// next are on.
+		wait := max(next.Sub(now()), time.Second)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
