@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -111,16 +112,13 @@ func (r *logRing) Bytes() []byte {
 // the identity, to replace the device key now.
 type rekeyRequest chan error
 
-// features builds the twin applier and the command executor of a unit.
+// features builds the twin applier and the command executor of a unit,
+// whose commands are verified with the factory root and serial.
 // Rekey requests go to rekeys, served by stepIdentity.
-func features(ctx context.Context, cfg *agentConfig, dev *hw.Device, id *agent.Identity, rt func() *agent.Runtime, ring *logRing,
+func features(cfg *agentConfig, dev *hw.Device, root *x509.Certificate, serial string, rt func() *agent.Runtime, ring *logRing,
 	rekeys chan<- rekeyRequest, log *slog.Logger, now func() time.Time) (*twin.Applier, *agent.Executor, error) {
 	applier, err := twin.New(twin.Options{StateDir: filepath.Join(cfg.StateDir, "twin"), SchemaFile: cfg.Config.Schema,
 		Handlers: cfg.handlers(), Now: now, Logger: log})
-	if err != nil {
-		return nil, nil, err
-	}
-	root, serial, err := id.CommandTrust(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -277,10 +278,14 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	if err != nil {
 		return err
 	}
-	serial, roots, err := id.ChannelParams(ctx)
+	// The factory root and serial, read once: commands are verified with
+	// them, and the root is the channel's only trust anchor.
+	root, serial, err := id.CommandTrust(ctx)
 	if err != nil {
 		return err
 	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
 	sp, err := spool.Open(cfg.Spool.Dir, spool.Options{MaxBytes: cfg.Spool.MaxBytes, MaxRecords: cfg.Spool.MaxRecords})
 	if err != nil {
 		return err
@@ -292,7 +297,7 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	var rt *agent.Runtime
 	var attested atomic.Bool // the identity's verdict, kept by stepIdentity
 	rekeys := make(chan rekeyRequest)
-	applier, executor, err := features(ctx, cfg, dev, id, func() *agent.Runtime { return rt }, ring, rekeys, log, now)
+	applier, executor, err := features(cfg, dev, root, serial, func() *agent.Runtime { return rt }, ring, rekeys, log, now)
 	if err != nil {
 		return err
 	}
