@@ -42,13 +42,6 @@ type DeviceStatusList struct {
 	NextCursor string                `json:"next_cursor,omitempty"`
 }
 
-func (s *Server) now() time.Time {
-	if s.Now != nil {
-		return s.Now()
-	}
-	return time.Now()
-}
-
 func notConfigured(what string) error {
 	return cradle.Errorf(cradle.ENOTIMPLEMENTED, "%s is not available on this server", what)
 }
@@ -177,7 +170,7 @@ func (s *Server) statusOf(ctx context.Context, d *cradle.Device) (*DeviceStatusR
 	}
 	// Last seen is the newest point the device reported.
 	return &DeviceStatusReport{Serial: d.Serial, State: d.State, Labels: d.Labels, Latest: latest,
-		Status: cradle.DeriveStatus(latest, time.Time{}, s.now(), s.StatusPolicy)}, nil
+		Status: cradle.DeriveStatus(latest, time.Time{}, cradle.Now(s.Clock), s.StatusPolicy)}, nil
 }
 
 func (s *Server) deviceStatus(w http.ResponseWriter, r *http.Request) {

@@ -20,7 +20,7 @@ func withClaims(e *env) func(*httpapi.Server) {
 	return func(s *httpapi.Server) {
 		s.Claims = sqlstore.NewClaimService(e.db)
 		s.Telemetry = sqlstore.NewTelemetryService(e.db)
-		s.Now = e.clock.Now
+		s.Clock = e.clock
 	}
 }
 

@@ -66,8 +66,9 @@ type Server struct {
 	// StatusPolicy holds the thresholds of the status routes; the zero
 	// value means cradle.DefaultStatusPolicy.
 	StatusPolicy cradle.StatusPolicy
-	// Now is the clock of the status routes; nil means time.Now.
-	Now func() time.Time
+	// Clock is the clock of the status routes; nil means the system
+	// clock.
+	Clock cradle.Clock
 	// Commands serves the device command routes; nil when the server has
 	// no command signer (the routes answer not_implemented).
 	Commands cradle.CommandService
