@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"net/url"
@@ -152,17 +153,9 @@ func (c *Client) FindDeviceCommands(ctx context.Context, serial string, f cradle
 
 // FindCommandLogs implements cradle.CommandService.
 func (c *Client) FindCommandLogs(ctx context.Context, serial, id string) ([]byte, error) {
-	var buf bytesWriter
+	var buf bytes.Buffer
 	if err := c.do(ctx, http.MethodGet, devicePath(serial)+"/commands/"+url.PathEscape(id)+"/logs", nil, nil, &buf); err != nil {
 		return nil, err
 	}
-	return buf, nil
-}
-
-// bytesWriter collects an answer copied to an io.Writer.
-type bytesWriter []byte
-
-func (b *bytesWriter) Write(p []byte) (int, error) {
-	*b = append(*b, p...)
-	return len(p), nil
+	return buf.Bytes(), nil
 }
