@@ -192,7 +192,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-d.wakeCh():
 		}
-		delivered, failed, err := d.DeliverDue(ctx)
+		delivered, failed, err := d.deliverDue(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -217,6 +217,12 @@ func (d *Dispatcher) DeliverDue(ctx context.Context) (delivered, failed int, err
 	if err := d.Validate(); err != nil {
 		return 0, 0, err
 	}
+	return d.deliverDue(ctx)
+}
+
+// deliverDue is DeliverDue on a validated configuration; Run validates
+// once, not at every pass.
+func (d *Dispatcher) deliverDue(ctx context.Context) (delivered, failed int, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	events, err := d.Outbox.DueFactoryEvents(ctx, d.now(), d.batch())
@@ -347,9 +353,14 @@ func Encode(ev *cradle.FactoryEvent) ([]byte, error) {
 // Sign returns the signature header value of body: "sha256=" and the hex
 // HMAC-SHA256 of body keyed with secret.
 func Sign(body []byte, secret string) string {
+	return "sha256=" + hex.EncodeToString(mac(body, secret))
+}
+
+// mac is the HMAC-SHA256 of body keyed with secret.
+func mac(body []byte, secret string) []byte {
 	m := hmac.New(sha256.New, []byte(secret))
 	m.Write(body)
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+	return m.Sum(nil)
 }
 
 // VerifySignature reports whether header (the X-Cradle-Signature value)
@@ -367,9 +378,7 @@ func VerifySignature(body []byte, header, secret string) bool {
 	if err != nil {
 		return false
 	}
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write(body)
-	return hmac.Equal(got, m.Sum(nil))
+	return hmac.Equal(got, mac(body, secret))
 }
 
 // parseRetryAfter reads a Retry-After value (RFC 9110 section 10.2.3):
