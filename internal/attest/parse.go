@@ -35,17 +35,9 @@ func ParseAttest(b []byte) (*tpm2.TPMSAttest, error) {
 	if len(b) >= 6 && tpm2.TPMST(binary.BigEndian.Uint16(b[4:6])) != tpm2.TPMSTAttestCertify {
 		return nil, fmt.Errorf("TPMS_ATTEST of type %#x, not TPM_ST_ATTEST_CERTIFY (0x8017): send what TPM2_Certify returned", b[4:6])
 	}
-	a, err := unmarshalWhole[tpm2.TPMSAttest](b, "TPMS_ATTEST")
-	if err != nil {
-		return nil, err
-	}
-	if a.Magic != tpm2.TPMGeneratedValue {
-		return nil, fmt.Errorf("TPMS_ATTEST magic %#x is not TPM_GENERATED_VALUE: not made by a TPM", uint32(a.Magic))
-	}
-	if a.Type != tpm2.TPMSTAttestCertify {
-		return nil, fmt.Errorf("TPMS_ATTEST of type %#x, not TPM_ST_ATTEST_CERTIFY (0x8017): send what TPM2_Certify returned", uint16(a.Type))
-	}
-	return a, nil
+	// A structure that unmarshals has more than 6 bytes, so the checks
+	// above saw its magic and type.
+	return unmarshalWhole[tpm2.TPMSAttest](b, "TPMS_ATTEST")
 }
 
 // ParseSignature parses a marshalled TPMT_SIGNATURE by an asymmetric
