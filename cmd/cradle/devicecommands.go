@@ -109,8 +109,7 @@ func (c *commandRelay) httpPending(w http.ResponseWriter, r *http.Request) {
 	}
 	envs, err := c.pending(r.Context(), dev.Serial, "")
 	if err != nil {
-		c.logger.Error("pending commands", "device", dev.Serial, "err", err)
-		writeDeviceError(w, c.logger, err)
+		writeDeviceError(w, c.logger.With("device", dev.Serial), err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

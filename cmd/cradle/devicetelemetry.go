@@ -46,12 +46,11 @@ func telemetryHandler(telemetry *sqlstore.TelemetryService, logger *slog.Logger)
 			err = telemetry.RecordTelemetry(r.Context(), dev.Serial, pts)
 		}
 		if err != nil {
-			if cradle.ErrorCode(err) == cradle.EINTERNAL {
-				logger.Error("telemetry over HTTPS", "device", dev.Serial, "err", err)
-			} else {
-				logger.Warn("telemetry refused", "device", dev.Serial, "err", cradle.ErrorMessage(err))
+			log := logger.With("device", dev.Serial)
+			if cradle.ErrorCode(err) != cradle.EINTERNAL { // writeDeviceError logs internal ones
+				log.Warn("telemetry refused", "err", cradle.ErrorMessage(err))
 			}
-			writeDeviceError(w, logger, err)
+			writeDeviceError(w, log, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
