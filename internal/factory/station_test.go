@@ -290,7 +290,10 @@ func FuzzRelease(f *testing.F) {
 	f.Add([]byte("model: m\nprofile: nope\n"))
 	f.Add([]byte("{}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		parseRelease(b, func(string) ([]byte, error) { return nil, os.ErrNotExist })
+		// No file can be read, so no release can be accepted.
+		if r, err := parseRelease(b, func(string) ([]byte, error) { return nil, os.ErrNotExist }); err == nil {
+			t.Fatalf("parseRelease accepted %q without its image files: %+v", b, r)
+		}
 	})
 }
 
@@ -299,6 +302,22 @@ func FuzzStationFile(f *testing.F) {
 	f.Add([]byte("name: line-1\nprofile: test\nserver: http://x\nstation_key: k\nmanufacturing_ca_key: m\n"))
 	f.Add([]byte("name: ../x\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		parseStationFile(b)
+		sf, err := parseStationFile(b)
+		if err != nil {
+			return
+		}
+		// What was accepted is written back by WriteStationFile: it must
+		// read again as the same file.
+		dir := t.TempDir()
+		if err := WriteStationFile(dir, sf); err != nil {
+			t.Fatalf("WriteStationFile: %v", err)
+		}
+		again, err := ReadStationFile(dir)
+		if err != nil {
+			t.Fatalf("accepted %q, but not what WriteStationFile wrote of it: %v", b, err)
+		}
+		if *again != *sf {
+			t.Fatalf("round trip changed the station file: %+v, then %+v", sf, again)
+		}
 	})
 }
