@@ -539,10 +539,7 @@ func Drift(desired *TwinDesired, reported *TwinReported) DriftState {
 }
 
 // ValidateModelName checks a model name as a config schema key: the rules
-// of Device.Model.
+// of Device.Model, so that every schema can match a device.
 func ValidateModelName(model string) error {
-	if model == "" || len(model) > 128 || !isPrintable(model) || strings.TrimSpace(model) != model {
-		return Errorf(EINVALID, "invalid model %q: use 1 to 128 printable characters without leading or trailing space", truncate(model, 80))
-	}
-	return nil
+	return validateToken("model", model, MaxModelLen, true)
 }

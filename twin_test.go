@@ -182,3 +182,30 @@ func FuzzParseReported(f *testing.F) {
 		}
 	})
 }
+
+func TestValidateModelName(t *testing.T) {
+	tests := []struct {
+		name, model string
+		ok          bool
+	}{
+		{"device model", "gw-100", true},
+		{"longest", strings.Repeat("m", cradle.MaxModelLen), true},
+		{"empty", "", false},
+		{"too long", strings.Repeat("m", cradle.MaxModelLen+1), false},
+		{"space", "gw 100", false},
+		{"leading sign", "+gw", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := cradle.ValidateModelName(tt.model)
+			// A schema key is a model some device may have.
+			devErr := (&cradle.DeviceCreate{Serial: "SN-1", Model: tt.model}).Normalize()
+			if (err == nil) != tt.ok || (err == nil) != (devErr == nil) {
+				t.Errorf("ValidateModelName(%q) = %v, device model check %v, want ok %v", tt.model, err, devErr, tt.ok)
+			}
+			if err != nil && cradle.ErrorCode(err) != cradle.EINVALID {
+				t.Errorf("code = %s, want EINVALID", cradle.ErrorCode(err))
+			}
+		})
+	}
+}
