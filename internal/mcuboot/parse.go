@@ -256,8 +256,8 @@ func Verify(b []byte, trusted []crypto.PublicKey) (*Image, error) {
 		keys = append(keys, known{k, h})
 	}
 	var (
-		current  crypto.PublicKey // the key the last KEYHASH named
-		named    bool             // a KEYHASH or PUBKEY was seen
+		current  *known // the trusted key the last KEYHASH named
+		named    bool   // a KEYHASH or PUBKEY was seen
 		sigErr   error
 		unknowns []string
 	)
@@ -274,9 +274,9 @@ func Verify(b []byte, trusted []crypto.PublicKey) (*Image, error) {
 				h = s[:]
 			}
 			current = nil
-			for _, k := range keys {
-				if bytes.Equal(k.hash, h) {
-					current = k.pub
+			for i := range keys {
+				if bytes.Equal(keys[i].hash, h) {
+					current = &keys[i]
 					break
 				}
 			}
@@ -287,14 +287,11 @@ func Verify(b []byte, trusted []crypto.PublicKey) (*Image, error) {
 			if current == nil {
 				continue
 			}
-			if err := checkSig(t.Type, current, img.Hash[:], t.Value); err != nil {
-				kh, _ := KeyHash(current)
-				sigErr = fmt.Errorf("%w: %s with the key whose hash is %s: %v", ErrBadSignature, tlvName(t.Type), hex.EncodeToString(kh), err)
+			if err := checkSig(t.Type, current.pub, img.Hash[:], t.Value); err != nil {
+				sigErr = fmt.Errorf("%w: %s with the key whose hash is %s: %v", ErrBadSignature, tlvName(t.Type), hex.EncodeToString(current.hash), err)
 				continue
 			}
-			img.Key = current
-			kh, _ := KeyHash(current)
-			img.KeyHash = kh
+			img.Key, img.KeyHash = current.pub, current.hash
 			return img, nil
 		}
 	}
