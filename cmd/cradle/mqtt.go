@@ -37,6 +37,11 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 	// presents its LDevID with the device CA that issued it. Refusals are
 	// audited in the device's tenant, learnt when it connected.
 	var tenants sync.Map // serial → tenant id
+	tenantOf := func(serial string) int64 {
+		v, _ := tenants.Load(serial)
+		id, _ := v.(int64)
+		return id
+	}
 	b, err := mqttapi.New(mqttapi.Config{
 		Addr:   cfg.Device.MQTTListen,
 		TLS:    &tls.Config{Certificates: []tls.Certificate{listener.Certificate}, ClientCAs: roots},
@@ -56,24 +61,20 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 			return dev.Serial, nil
 		},
 		OnRefusal: func(serial, action, topic string) {
-			tenant, _ := tenants.Load(serial)
-			id, _ := tenant.(int64)
-			audit.RecordRefusal(context.Background(), id, "device:"+serial, cradle.AuditEvent{Action: "mqtt." + action + ".refused",
+			audit.RecordRefusal(context.Background(), tenantOf(serial), "device:"+serial, cradle.AuditEvent{Action: "mqtt." + action + ".refused",
 				Subject: "device:" + serial, Details: map[string]any{"topic": topic}})
 		},
 		OnSubscribe: func(serial, filter string) {
-			tenant, _ := tenants.Load(serial)
-			id, _ := tenant.(int64)
+			id := tenantOf(serial)
 			cmds.onSubscribe(id, serial, filter)
-			twin.onSubscribe(cradle.NewContextWithActor(context.Background(), cradle.Actor{TenantID: id, Role: cradle.RoleDevice, Kind: "device", ID: serial}), serial, filter)
+			twin.onSubscribe(cradle.NewContextWithActor(context.Background(), deviceActor(id, serial)), serial, filter)
 		},
 		OnMessage: func(serial, topic string, payload []byte) {
-			tenant, _ := tenants.Load(serial)
-			id := tenantOf(tenant)
+			id := tenantOf(serial)
 			if cmds.onMessage(id, serial, topic, payload) {
 				return
 			}
-			ctx := cradle.NewContextWithActor(context.Background(), cradle.Actor{TenantID: id, Role: cradle.RoleDevice, Kind: "device", ID: serial})
+			ctx := cradle.NewContextWithActor(context.Background(), deviceActor(id, serial))
 			if topic == mqttapi.DeviceTopic(serial, mqttapi.TopicTwinReported) {
 				twin.report(ctx, serial, payload) // refusals counted and logged; the connection is kept
 				return
@@ -100,11 +101,6 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 	}
 	logger.Info("MQTT broker", "addr", b.Addr().String())
 	return b, nil
-}
-
-func tenantOf(v any) int64 {
-	id, _ := v.(int64)
-	return id
 }
 
 // disconnect closes the live MQTT sessions of the device whose
