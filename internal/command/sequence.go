@@ -67,13 +67,21 @@ func (f *SequenceFile) Last() uint64 {
 func (f *SequenceFile) Advance(n uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if n <= f.last {
-		return fmt.Errorf("command: sequence %d is not above the last accepted %d", n, f.last)
+	if err := checkAbove(n, f.last); err != nil {
+		return err
 	}
 	if err := atomicfile.WriteFile(f.path, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("command: write sequence file: %w", err)
 	}
 	f.last = n
+	return nil
+}
+
+// checkAbove refuses a sequence n that does not advance past last.
+func checkAbove(n, last uint64) error {
+	if n <= last {
+		return fmt.Errorf("command: sequence %d is not above the last accepted %d", n, last)
+	}
 	return nil
 }
 
@@ -105,8 +113,8 @@ func (m *MemorySequence) Last() uint64 {
 func (m *MemorySequence) Advance(n uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if n <= m.last {
-		return fmt.Errorf("command: sequence %d is not above the last accepted %d", n, m.last)
+	if err := checkAbove(n, m.last); err != nil {
+		return err
 	}
 	m.last = n
 	return nil
