@@ -615,29 +615,34 @@ func metaFile(version int64, data []byte) *metadata.MetaFiles {
 // clients start from) as it was.
 func (r *Repository) write(ctx context.Context, st state, root, targets, snapshot, timestamp bool) error {
 	type file struct {
-		name string
-		md   interface{ ToBytes(bool) ([]byte, error) }
+		names []string // the role's versioned name, then its plain one
+		md    interface{ ToBytes(bool) ([]byte, error) }
+	}
+	versioned := func(v int64, name string) []string {
+		return []string{strconv.FormatInt(v, 10) + "." + name, name}
 	}
 	var files []file
 	if root {
-		files = append(files, file{strconv.FormatInt(st.root.Signed.Version, 10) + ".root.json", st.root}, file{"root.json", st.root})
+		files = append(files, file{versioned(st.root.Signed.Version, "root.json"), st.root})
 	}
 	if targets {
-		files = append(files, file{strconv.FormatInt(st.targets.Signed.Version, 10) + ".targets.json", st.targets}, file{"targets.json", st.targets})
+		files = append(files, file{versioned(st.targets.Signed.Version, "targets.json"), st.targets})
 	}
 	if snapshot {
-		files = append(files, file{strconv.FormatInt(st.snapshot.Signed.Version, 10) + ".snapshot.json", st.snapshot}, file{"snapshot.json", st.snapshot})
+		files = append(files, file{versioned(st.snapshot.Signed.Version, "snapshot.json"), st.snapshot})
 	}
 	if timestamp {
-		files = append(files, file{"timestamp.json", st.timestamp})
+		files = append(files, file{[]string{"timestamp.json"}, st.timestamp})
 	}
 	for _, f := range files {
 		b, err := f.md.ToBytes(true)
 		if err != nil {
-			return fmt.Errorf("tuf: encode %s: %w", f.name, err)
+			return fmt.Errorf("tuf: encode %s: %w", f.names[0], err)
 		}
-		if err := r.store.Put(ctx, f.name, b); err != nil {
-			return fmt.Errorf("tuf: store %s: %w", f.name, err)
+		for _, name := range f.names {
+			if err := r.store.Put(ctx, name, b); err != nil {
+				return fmt.Errorf("tuf: store %s: %w", name, err)
+			}
 		}
 	}
 	return nil
