@@ -87,8 +87,13 @@ func FuzzCompile(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := twinschema.Compile(data)
 		if err != nil {
+			if c := cradle.ErrorCode(err); c != cradle.EINVALID && c != cradle.ETOOLARGE {
+				t.Fatalf("Compile(%q): error code %s, want EINVALID or ETOOLARGE: %v", data, c, err)
+			}
 			return
 		}
-		s.Validate(cfg)
+		if err := s.Validate(cfg); err != nil && cradle.ErrorCode(err) != cradle.EINVALID {
+			t.Fatalf("Validate with schema %q: error code %s, want EINVALID: %v", data, cradle.ErrorCode(err), err)
+		}
 	})
 }
