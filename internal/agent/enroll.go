@@ -360,7 +360,7 @@ func (id *Identity) obtain(ctx context.Context, now time.Time, renew bool) error
 	stored := false
 	defer func() {
 		if !stored {
-			id.opts.Device.Keys.DestroyKey(context.WithoutCancel(ctx), keyName)
+			id.destroyKey(context.WithoutCancel(ctx), keyName)
 		}
 	}()
 
@@ -473,8 +473,17 @@ func (id *Identity) rollback(ctx context.Context, cause error) error {
 	if err := SaveState(id.opts.StateDir, s); err != nil {
 		return errors.Join(cause, err)
 	}
-	id.opts.Device.Keys.DestroyKey(ctx, dropped.KeyName)
+	id.destroyKey(ctx, dropped.KeyName)
 	return fmt.Errorf("agent: the server refused the new LDevID (key %s); kept the previous identity: %w", dropped.KeyName, cause)
+}
+
+// destroyKey removes a key no credential refers to any more. A failure
+// is logged, not returned: the caller's outcome does not depend on it,
+// and an unused key left in the store only takes room.
+func (id *Identity) destroyKey(ctx context.Context, name string) {
+	if err := id.opts.Device.Keys.DestroyKey(ctx, name); err != nil && !errors.Is(err, hw.ErrNotFound) {
+		id.opts.Logger.Warn("unused LDevID key not destroyed", "key", name, "err", err)
+	}
 }
 
 // markDeployed moves the lifecycle fuse from provisioned to deployed.
