@@ -118,7 +118,7 @@ func (h *attestationHandler) start(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, dev, "start", err)
 		return
 	}
-	writeAttestationJSON(w, http.StatusOK, ch)
+	writeDeviceJSON(w, http.StatusOK, ch)
 }
 
 func (h *attestationHandler) finish(w http.ResponseWriter, r *http.Request) {
@@ -144,7 +144,7 @@ func (h *attestationHandler) finish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.logger.Info("device attested", "serial", dev.Serial, "method", res.Method, "ek_sha256", res.EKCertificate, "ek_issuer", res.EKIssuer)
-	writeAttestationJSON(w, http.StatusOK, res)
+	writeDeviceJSON(w, http.StatusOK, res)
 }
 
 func decodeAttestation(w http.ResponseWriter, r *http.Request, v any) error {
@@ -169,12 +169,6 @@ func (h *attestationHandler) refuse(w http.ResponseWriter, r *http.Request, dev 
 	h.audit(r.Context(), dev.TenantID, "device:"+dev.Serial+"(device)", cradle.AuditEvent{Action: "device.attestation.refused",
 		Subject: "device:" + dev.Serial, Details: map[string]string{"step": op, "reason": cradle.ErrorMessage(err)}})
 	writeDeviceError(w, h.logger, err)
-}
-
-func writeAttestationJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
 }
 
 // attestationState is the device's attestation as `device show` prints

@@ -112,8 +112,7 @@ func (c *commandRelay) httpPending(w http.ResponseWriter, r *http.Request) {
 		writeDeviceError(w, c.logger.With("device", dev.Serial), err)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(commandsDocument{Commands: envs})
+	writeDeviceJSON(w, http.StatusOK, commandsDocument{Commands: envs})
 }
 
 // record parses a command.Result from a device and stores it.

@@ -24,9 +24,14 @@ func writeDeviceError(w http.ResponseWriter, logger *slog.Logger, err error) {
 		}
 		code, msg = cradle.EINTERNAL, "internal error"
 	}
+	writeDeviceJSON(w, status, cradle.Error{Code: code, Message: msg})
+}
+
+// writeDeviceJSON answers a device with v as JSON.
+func writeDeviceJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(cradle.Error{Code: code, Message: msg})
+	json.NewEncoder(w).Encode(v)
 }
 
 // telemetryHandler serves POST /device/v1/telemetry: the payload of the
