@@ -86,7 +86,10 @@ func (s *Station) Recover(ctx context.Context, open func(spec string) (Unit, io.
 			} else {
 				reason += "its device key was destroyed"
 			}
-			uid, _ = d.HardwareUID(ctx)
+			var uerr error
+			if uid, uerr = d.HardwareUID(ctx); uerr != nil {
+				reason += fmt.Sprintf("; its hardware UID could not be read (%v)", uerr)
+			}
 			if c != nil {
 				c.Close()
 			}
