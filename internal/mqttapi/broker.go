@@ -285,7 +285,7 @@ func (b *Broker) Sessions(serial string) int {
 
 // Disconnect closes every live session of device serial at once (an MQTT
 // 5 client first gets DISCONNECT "not authorized") and returns how many it
-// closed. It does not wait for slow peers: a write that does not finish
+// closed; it logs nothing, the caller knows why. It does not wait for slow peers: a write that does not finish
 // within 100 ms is abandoned and the connection closed. Call it after the
 // state Check consults has changed, so the device cannot come back.
 func (b *Broker) Disconnect(serial string) int {
@@ -309,9 +309,6 @@ func (b *Broker) Disconnect(serial string) int {
 		})
 	}
 	wg.Wait()
-	if len(live) > 0 {
-		b.log.Info("mqtt sessions closed", "serial", serial, "sessions", len(live))
-	}
 	return len(live)
 }
 
