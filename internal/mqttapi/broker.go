@@ -274,8 +274,13 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte) error {
 func (b *Broker) Sessions(serial string) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return countLive(b.sessions[serial])
+}
+
+// countLive counts the clients of m that are not closed.
+func countLive(m map[*mqtt.Client]struct{}) int {
 	n := 0
-	for cl := range b.sessions[serial] {
+	for cl := range m {
 		if !cl.Closed() {
 			n++
 		}
@@ -317,11 +322,7 @@ func (b *Broker) Stats() Stats {
 	b.mu.Lock()
 	n := 0
 	for _, m := range b.sessions {
-		for cl := range m {
-			if !cl.Closed() {
-				n++
-			}
-		}
+		n += countLive(m)
 	}
 	b.mu.Unlock()
 	return Stats{
