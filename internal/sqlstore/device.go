@@ -78,16 +78,18 @@ func (s *DeviceService) FindDeviceBySerial(ctx context.Context, serial string) (
 	return d, nil
 }
 
-// encodeCursor and decodeCursor keep the cursor opaque to clients: it is the
-// last device id of the page.
-func encodeCursor(id int64) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("d" + strconv.FormatInt(id, 10)))
+// encodeCursor and decodeCursor keep a page cursor opaque to clients: it is
+// a row number of the page's last row (a device id, a batch's pk) after a
+// kind letter, so that one list's cursor is refused by another. decodeCursor
+// refuses a number below lowest.
+func encodeCursor(kind byte, id int64) string {
+	return base64.RawURLEncoding.EncodeToString(strconv.AppendInt([]byte{kind}, id, 10))
 }
 
-func decodeCursor(c string) (int64, error) {
+func decodeCursor(kind byte, lowest int64, c string) (int64, error) {
 	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err == nil && len(b) > 1 && b[0] == 'd' {
-		if id, err := strconv.ParseInt(string(b[1:]), 10, 64); err == nil && id >= 0 {
+	if err == nil && len(b) > 1 && b[0] == kind {
+		if id, err := strconv.ParseInt(string(b[1:]), 10, 64); err == nil && id >= lowest {
 			return id, nil
 		}
 	}
@@ -116,7 +118,7 @@ func (s *DeviceService) FindDevices(ctx context.Context, f cradle.DeviceFilter) 
 	}
 	var after int64
 	if f.Cursor != "" {
-		if after, err = decodeCursor(f.Cursor); err != nil {
+		if after, err = decodeCursor('d', 0, f.Cursor); err != nil {
 			return nil, "", err
 		}
 	}
@@ -193,7 +195,7 @@ func (s *DeviceService) FindDevices(ctx context.Context, f cradle.DeviceFilter) 
 	next := ""
 	if len(out) > limit {
 		out = out[:limit]
-		next = encodeCursor(out[len(out)-1].ID)
+		next = encodeCursor('d', out[len(out)-1].ID)
 	}
 	return out, next, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -163,19 +162,9 @@ func (s *FactoryService) FindBatches(ctx context.Context, cursor string, limit i
 
 // encodeBatchCursor and decodeBatchCursor keep the cursor of batch pages
 // opaque: it is the row number of the page's last batch.
-func encodeBatchCursor(pk int64) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("b" + strconv.FormatInt(pk, 10)))
-}
+func encodeBatchCursor(pk int64) string { return encodeCursor('b', pk) }
 
-func decodeBatchCursor(c string) (int64, error) {
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err == nil && len(b) > 1 && b[0] == 'b' {
-		if pk, err := strconv.ParseInt(string(b[1:]), 10, 64); err == nil && pk > 0 {
-			return pk, nil
-		}
-	}
-	return 0, cradle.Errorf(cradle.EINVALID, "invalid cursor %q: pass the next_cursor of a previous page unchanged", c)
-}
+func decodeBatchCursor(c string) (int64, error) { return decodeCursor('b', 1, c) }
 
 // MAC ranges.
 
