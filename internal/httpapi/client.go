@@ -200,11 +200,8 @@ func withQuery(path string, q url.Values) string {
 
 // doJSON sends in as a JSON body and decodes the answer into out.
 func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return fmt.Errorf("httpapi: encoding the request: %w", err)
-	}
-	return c.do(ctx, method, path, http.Header{"Content-Type": {"application/json"}}, io.NopCloser(bytes.NewReader(b)), out)
+	var status int
+	return c.doStatus(ctx, method, path, in, out, &status)
 }
 
 // sendJSON sends in as JSON and returns the answer decoded as a T.
