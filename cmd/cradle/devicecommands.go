@@ -124,7 +124,7 @@ func (c *commandRelay) record(ctx context.Context, serial string, payload []byte
 	}
 	if err != nil {
 		c.refused.Inc()
-		c.logger.Warn("command result refused", "device", serial, "err", cradle.ErrorMessage(err))
+		c.logger.Warn("command result refused", "device", serial, "err", logErr(err))
 	}
 	return err
 }

@@ -27,6 +27,16 @@ func writeDeviceError(w http.ResponseWriter, logger *slog.Logger, err error) {
 	writeDeviceJSON(w, status, cradle.Error{Code: code, Message: msg})
 }
 
+// logErr is what to log of a device's refused request: the message the
+// device is told, or, for an internal error, which the device only sees
+// as "internal error", the error itself.
+func logErr(err error) any {
+	if cradle.ErrorCode(err) == cradle.EINTERNAL {
+		return err
+	}
+	return cradle.ErrorMessage(err)
+}
+
 // writeDeviceJSON answers a device with v as JSON.
 func writeDeviceJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -89,7 +89,7 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 			}
 			if err != nil {
 				telemetryRefused.Inc()
-				logger.Warn("telemetry refused", "device", serial, "err", cradle.ErrorMessage(err))
+				logger.Warn("telemetry refused", "device", serial, "err", logErr(err))
 			}
 		},
 	})

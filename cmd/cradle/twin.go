@@ -105,7 +105,7 @@ func (t *deviceTwin) report(ctx context.Context, serial string, payload []byte) 
 	}
 	if err != nil {
 		t.refused.Inc()
-		t.logger.Warn("twin report refused", "device", serial, "err", cradle.ErrorMessage(err))
+		t.logger.Warn("twin report refused", "device", serial, "err", logErr(err))
 	}
 	return err
 }
@@ -119,13 +119,17 @@ func (t *deviceTwin) onSubscribe(ctx context.Context, serial, filter string) {
 	}
 	d, err := t.svc.FindDesired(ctx, serial)
 	if err != nil {
-		t.logger.Warn("twin: desired document for a subscriber", "device", serial, "err", cradle.ErrorMessage(err))
+		t.logger.Warn("twin: desired document for a subscriber", "device", serial, "err", logErr(err))
 		return
 	}
 	if d == nil {
 		return
 	}
-	doc, _ := json.Marshal(d)
+	doc, err := json.Marshal(d)
+	if err != nil {
+		t.logger.Error("twin: desired document for a subscriber", "device", serial, "err", err)
+		return
+	}
 	if err := t.broker.Publish(topic, doc, 1); err != nil {
 		t.logger.Warn("twin: publish desired document", "device", serial, "err", err)
 	}
