@@ -77,11 +77,11 @@ type Options struct {
 // dialTLS dials opts.Addr (through opts.Dial when set) and completes the
 // TLS handshake.
 func dialTLS(ctx context.Context, opts Options) (net.Conn, error) {
-	if opts.Dial == nil {
-		d := tls.Dialer{Config: opts.TLS}
-		return d.DialContext(ctx, "tcp", opts.Addr)
+	dial := opts.Dial
+	if dial == nil {
+		dial = new(net.Dialer).DialContext
 	}
-	raw, err := opts.Dial(ctx, "tcp", opts.Addr)
+	raw, err := dial(ctx, "tcp", opts.Addr)
 	if err != nil {
 		return nil, err
 	}
