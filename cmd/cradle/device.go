@@ -128,20 +128,12 @@ func (a *app) deviceListCmd() *cobra.Command {
 				return err
 			}
 			var out deviceList
-			for {
-				page, next, err := cl.FindDevices(cmd.Context(), f)
-				if err != nil {
-					return err
-				}
-				out.Devices = append(out.Devices, page...)
-				out.NextCursor = next
-				if !all || next == "" {
-					break
-				}
-				f.Cursor = next
-			}
-			if out.Devices == nil {
-				out.Devices = []*cradle.Device{}
+			out.Devices, out.NextCursor, err = collectPages(f.Cursor, all, func(cursor string) ([]*cradle.Device, string, error) {
+				f.Cursor = cursor
+				return cl.FindDevices(cmd.Context(), f)
+			})
+			if err != nil {
+				return err
 			}
 			if jsonFlag {
 				return writeJSON(a.stdout, out)

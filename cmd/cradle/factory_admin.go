@@ -115,20 +115,11 @@ func (a *app) batchListCmd() *cobra.Command {
 				return err
 			}
 			var out batchList
-			for {
-				page, next, err := cl.Batches(cmd.Context(), cursor, limit)
-				if err != nil {
-					return err
-				}
-				out.Batches = append(out.Batches, page...)
-				out.NextCursor = next
-				if !all || next == "" {
-					break
-				}
-				cursor = next
-			}
-			if out.Batches == nil {
-				out.Batches = []*cradle.Batch{}
+			out.Batches, out.NextCursor, err = collectPages(cursor, all, func(cursor string) ([]*cradle.Batch, string, error) {
+				return cl.Batches(cmd.Context(), cursor, limit)
+			})
+			if err != nil {
+				return err
 			}
 			if jsonFlag {
 				return writeJSON(a.stdout, out)

@@ -37,16 +37,23 @@ func runPrint[T any](a *app, jsonFlag *bool, call func(ctx context.Context, cl *
 // allPages joins the pages find returns, from the first page to the one
 // with no next cursor.
 func allPages[T any](find func(cursor string) ([]T, string, error)) ([]T, error) {
-	all := []T{}
-	cursor := ""
+	items, _, err := collectPages("", true, find)
+	return items, err
+}
+
+// collectPages fetches the page at cursor and, with all, every page
+// after it. It returns their items (never nil) and the cursor of the
+// page after the last one fetched, "" when there is none.
+func collectPages[T any](cursor string, all bool, find func(cursor string) ([]T, string, error)) ([]T, string, error) {
+	items := []T{}
 	for {
 		page, next, err := find(cursor)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		all = append(all, page...)
-		if next == "" {
-			return all, nil
+		items = append(items, page...)
+		if !all || next == "" {
+			return items, next, nil
 		}
 		cursor = next
 	}
