@@ -418,20 +418,44 @@ func SortConfigGroups(groups []*ConfigGroup) {
 // matches, merged, then device on top (nil: none). ok is false when no
 // group matches and device is nil. matched names the groups used.
 func ComposeConfig(groups []*ConfigGroup, labels map[string]string, device map[string]any) (cfg map[string]any, matched []string, ok bool, err error) {
+	return NewConfigComposer(groups).Compose(labels, device)
+}
+
+// ConfigComposer is ComposeConfig for many devices and the same groups: it
+// parses each group's selector and configuration once, when a device first
+// needs it, instead of once per device.
+type ConfigComposer struct {
+	groups []*ConfigGroup
+	sels   []*LabelSelector
+	cfgs   []map[string]any
+}
+
+// NewConfigComposer returns a composer of groups, in merge order (see
+// SortConfigGroups). It parses nothing yet.
+func NewConfigComposer(groups []*ConfigGroup) *ConfigComposer {
+	return &ConfigComposer{groups: groups, sels: make([]*LabelSelector, len(groups)), cfgs: make([]map[string]any, len(groups))}
+}
+
+// Compose is ComposeConfig(groups, labels, device). The configuration it
+// returns may share values with the groups' parsed configurations and
+// must not be modified.
+func (c *ConfigComposer) Compose(labels map[string]string, device map[string]any) (cfg map[string]any, matched []string, ok bool, err error) {
 	cfg = map[string]any{}
-	for _, g := range groups {
-		sel, err := ParseLabelSelector(g.Selector)
-		if err != nil {
-			return nil, nil, false, fmt.Errorf("config group %s: %w", g.Name, err)
+	for i, g := range c.groups {
+		if c.sels[i] == nil {
+			if c.sels[i], err = ParseLabelSelector(g.Selector); err != nil {
+				return nil, nil, false, fmt.Errorf("config group %s: %w", g.Name, err)
+			}
 		}
-		if !sel.Matches(labels) {
+		if !c.sels[i].Matches(labels) {
 			continue
 		}
-		gc, err := ParseConfig(g.Config)
-		if err != nil {
-			return nil, nil, false, fmt.Errorf("config group %s: %w", g.Name, err)
+		if c.cfgs[i] == nil {
+			if c.cfgs[i], err = ParseConfig(g.Config); err != nil {
+				return nil, nil, false, fmt.Errorf("config group %s: %w", g.Name, err)
+			}
 		}
-		cfg = MergeConfig(cfg, gc)
+		cfg = MergeConfig(cfg, c.cfgs[i])
 		matched = append(matched, g.Name)
 	}
 	if device != nil {

@@ -209,3 +209,34 @@ func TestValidateModelName(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigComposerReuse(t *testing.T) {
+	groups := []*cradle.ConfigGroup{
+		{Name: "all", Selector: "env", Priority: 0, Config: json.RawMessage(`{"log":{"level":"info"},"ntp":["a"]}`)},
+		{Name: "prod", Selector: "env=prod", Priority: 1, Config: json.RawMessage(`{"log":{"level":"warn"}}`)},
+		{Name: "bad", Selector: "site=x", Priority: 2, Config: json.RawMessage(`not json`)},
+	}
+	c := cradle.NewConfigComposer(groups)
+	tests := []struct {
+		name   string
+		labels map[string]string
+		device map[string]any
+	}{
+		{"prod", map[string]string{"env": "prod"}, nil},
+		{"dev with own", map[string]string{"env": "dev"}, map[string]any{"log": map[string]any{"file": "x"}}},
+		{"prod again", map[string]string{"env": "prod"}, map[string]any{"ntp": []any{"b"}}},
+		{"no match", map[string]string{}, nil},
+		{"bad group", map[string]string{"env": "dev", "site": "x"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, matched, ok, err := c.Compose(tt.labels, tt.device)
+			wcfg, wmatched, wok, werr := cradle.ComposeConfig(groups, tt.labels, tt.device)
+			if (err == nil) != (werr == nil) || ok != wok || strings.Join(matched, ",") != strings.Join(wmatched, ",") ||
+				string(cradle.CanonicalConfig(cfg)) != string(cradle.CanonicalConfig(wcfg)) {
+				t.Errorf("composer = %s %v %v %v, ComposeConfig = %s %v %v %v",
+					cradle.CanonicalConfig(cfg), matched, ok, err, cradle.CanonicalConfig(wcfg), wmatched, wok, werr)
+			}
+		})
+	}
+}

@@ -15,7 +15,7 @@ import (
 
 // TwinService implements cradle.TwinService. Every operator change
 // recomputes the effective desired document of the devices it can reach
-// (cradle.ComposeConfig) in the same transaction as the change and its
+// (cradle.ConfigComposer) in the same transaction as the change and its
 // audit entry; a device whose effective document changed gets the next
 // version, and the DB's twin notifier (SetTwinNotifier) is told after the
 // commit. Reports are not audited (a device sends one per desired
@@ -244,6 +244,7 @@ func (s *schemas) get(ctx context.Context, model string) (*twinschema.Schema, er
 // changed: dirty). It returns how many effective documents changed.
 func (tx *Tx) recompute(ctx context.Context, tenantID int64, rows []*twinRow, groups []*cradle.ConfigGroup, sch *schemas, dirty map[int64]bool) (int, error) {
 	changed := 0
+	composer := cradle.NewConfigComposer(groups)
 	for _, r := range rows {
 		var own map[string]any
 		if r.deviceConfig != nil {
@@ -252,7 +253,7 @@ func (tx *Tx) recompute(ctx context.Context, tenantID int64, rows []*twinRow, gr
 				return 0, fmt.Errorf("sqlstore: twin of %s: stored device config: %w", r.serial, err)
 			}
 		}
-		cfg, _, ok, err := cradle.ComposeConfig(groups, r.labels, own)
+		cfg, _, ok, err := composer.Compose(r.labels, own)
 		if err != nil {
 			return 0, fmt.Errorf("sqlstore: twin of %s: %w", r.serial, err)
 		}
