@@ -60,17 +60,9 @@ answered with the device; for another site or owner it is refused.`,
 
 // parseSpan reads a span flag such as 90m, 36h or 7d.
 func parseSpan(flag, s string) (time.Duration, error) {
-	bad := fmt.Errorf("invalid --%s %q: use a positive span such as 90m, 36h or 7d", flag, s)
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		days, err := strconv.Atoi(n)
-		if err != nil || days <= 0 || days > 100*365 {
-			return 0, bad
-		}
-		return time.Duration(days) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return 0, bad
+	d, ok := spanOf(s)
+	if !ok || d <= 0 {
+		return 0, fmt.Errorf("invalid --%s %q: use a positive span such as 90m, 36h or 7d", flag, s)
 	}
 	return d, nil
 }

@@ -340,23 +340,30 @@ var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetr
 
 const day = 24 * time.Hour
 
+// spanOf reads s as a number of days (7d, at most 100 years) or a Go
+// duration (36h, 90m); ok is false when it is neither. The callers bound
+// the result.
+func spanOf(s string) (d time.Duration, ok bool) {
+	if n, isDays := strings.CutSuffix(s, "d"); isDays {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 100*365 {
+			return 0, false
+		}
+		return time.Duration(days) * day, true
+	}
+	d, err := time.ParseDuration(s)
+	return d, err == nil
+}
+
 // parseRetention reads a retention span: 0 (keep), or a duration such as
 // 36h or a number of days such as 7d.
 func parseRetention(v string) (time.Duration, error) {
-	bad := fmt.Errorf("%q is not a span such as 7d, 400d or 36h (0 keeps everything)", v)
 	if v == "0" {
 		return 0, nil
 	}
-	if n, ok := strings.CutSuffix(v, "d"); ok {
-		days, err := strconv.Atoi(n)
-		if err != nil || days <= 0 || days > 100*365 {
-			return 0, bad
-		}
-		return time.Duration(days) * day, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 || d > 100*365*day {
-		return 0, bad
+	d, ok := spanOf(v)
+	if !ok || d < 0 || d > 100*365*day {
+		return 0, fmt.Errorf("%q is not a span such as 7d, 400d or 36h (0 keeps everything)", v)
 	}
 	return d, nil
 }

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"cradle"
@@ -32,17 +30,9 @@ type certificateList struct {
 
 // parseWithin reads a span such as 30d, 12h or 90m (days are 24 hours).
 func parseWithin(s string) (time.Duration, error) {
-	bad := fmt.Errorf("invalid --within %q: use a span such as 30d, 36h or 90m", s)
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		days, err := strconv.Atoi(n)
-		if err != nil || days < 0 || days > 100*365 {
-			return 0, bad
-		}
-		return time.Duration(days) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, bad
+	d, ok := spanOf(s)
+	if !ok || d < 0 {
+		return 0, fmt.Errorf("invalid --within %q: use a span such as 30d, 36h or 90m", s)
 	}
 	return d, nil
 }
