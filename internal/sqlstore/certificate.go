@@ -83,9 +83,8 @@ func (s *CertificateService) IssueCertificate(ctx context.Context, req cradle.Ce
 	if err != nil {
 		return nil, err
 	}
-	if a.Role == cradle.RoleDevice && a.ID != req.DeviceSerial {
-		err := cradle.Errorf(cradle.EFORBIDDEN, "device %q may not ask for a certificate of device %q", a.ID, req.DeviceSerial)
-		return nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "certificate.issue.refused", Subject: subject}, err)
+	if err := s.db.ownDevice(ctx, a, req.DeviceSerial, "ask for a certificate", "certificate.issue.refused"); err != nil {
+		return nil, err
 	}
 	if req.Issue == nil {
 		return nil, errors.New("sqlstore: issue certificate: no Issue function")

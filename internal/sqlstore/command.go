@@ -259,11 +259,7 @@ func (s *CommandService) deviceActor(ctx context.Context, action, serial string)
 	if err != nil {
 		return a, err
 	}
-	if a.Role == cradle.RoleDevice && a.ID != serial {
-		err := cradle.Errorf(cradle.EFORBIDDEN, "device %q may not act on the commands of device %q", a.ID, serial)
-		return a, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: action + ".refused", Subject: subject}, err)
-	}
-	return a, nil
+	return a, s.db.ownDevice(ctx, a, serial, "act on the commands", action+".refused")
 }
 
 // PendingCommands returns the unfinished, unexpired commands of a device

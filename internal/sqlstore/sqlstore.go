@@ -563,6 +563,17 @@ func (db *DB) refuse(ctx context.Context, tenantID int64, actor string, ev cradl
 	return err
 }
 
+// ownDevice refuses a device actor acting on another device than itself:
+// EFORBIDDEN ("device %q may not <what> of device %q"), audited as action.
+// Other actors pass.
+func (db *DB) ownDevice(ctx context.Context, a cradle.Actor, serial, what, action string) error {
+	if a.Role != cradle.RoleDevice || a.ID == serial {
+		return nil
+	}
+	err := cradle.Errorf(cradle.EFORBIDDEN, "device %q may not %s of device %q", a.ID, what, serial)
+	return db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: action, Subject: "device:" + serial}, err)
+}
+
 // authorize checks the actor in ctx for p and audits a refusal.
 func (db *DB) authorize(ctx context.Context, p cradle.Permission, action, subject string) (cradle.Actor, error) {
 	a, err := cradle.Authorize(ctx, p)

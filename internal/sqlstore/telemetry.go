@@ -88,9 +88,8 @@ func (s *TelemetryService) RecordTelemetry(ctx context.Context, serial string, p
 	if err != nil {
 		return err
 	}
-	if a.Role == cradle.RoleDevice && a.ID != serial {
-		err := cradle.Errorf(cradle.EFORBIDDEN, "device %q may not record telemetry of device %q", a.ID, serial)
-		return s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "telemetry.record.refused", Subject: subject}, err)
+	if err := s.db.ownDevice(ctx, a, serial, "record telemetry", "telemetry.record.refused"); err != nil {
+		return err
 	}
 	now := s.db.now()
 	if err := cradle.ValidateTelemetry(pts, now); err != nil {

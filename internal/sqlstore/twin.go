@@ -406,11 +406,7 @@ func (s *TwinService) readTwin(ctx context.Context, tenantID int64, serial strin
 
 // own checks that a device actor acts on itself.
 func (s *TwinService) own(ctx context.Context, a cradle.Actor, action, serial string) error {
-	if a.Role == cradle.RoleDevice && a.ID != serial {
-		err := cradle.Errorf(cradle.EFORBIDDEN, "device %q may not %s of device %q", a.ID, action, serial)
-		return s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "twin." + action + ".refused", Subject: "device:" + serial}, err)
-	}
-	return nil
+	return s.db.ownDevice(ctx, a, serial, action, "twin."+action+".refused")
 }
 
 // readOwnTwin authorizes reading serial's twin (a device only its own)
