@@ -101,15 +101,23 @@ func run(mender string, settle time.Duration, runs, top int, tags, gcflags strin
 		return err
 	}
 	fmt.Printf("binary sizes (bytes); cradle-agent built with go build -trimpath -tags=%q -gcflags=%q -ldflags='-s -w' (the release build: -tags=%s, no -gcflags)\n", tags, gcflags, releaseTags)
-	fmt.Printf("  %-44s %10d  (%.2f MiB)\n", "cradle-agent stripped", fileSize(stripped), mib(fileSize(stripped)))
-	fmt.Printf("  %-44s %10d\n", "cradle-agent with symbols", fileSize(full))
+	if err := printSize("cradle-agent stripped", stripped, true); err != nil {
+		return err
+	}
+	if err := printSize("cradle-agent with symbols", full, false); err != nil {
+		return err
+	}
 	if mender != "" {
 		ms := filepath.Join(dir, "mender.stripped")
 		if out, err := exec.Command("strip", "-o", ms, mender).CombinedOutput(); err != nil {
 			return fmt.Errorf("strip %s: %v: %s", mender, err, out)
 		}
-		fmt.Printf("  %-44s %10d  (%.2f MiB)\n", mender+" as packaged", fileSize(mender), mib(fileSize(mender)))
-		fmt.Printf("  %-44s %10d  (%.2f MiB)\n", mender+" stripped (strip -o)", fileSize(ms), mib(fileSize(ms)))
+		if err := printSize(mender+" as packaged", mender, true); err != nil {
+			return err
+		}
+		if err := printSize(mender+" stripped (strip -o)", ms, true); err != nil {
+			return err
+		}
 	}
 	if err := breakdown(full, tags, top); err != nil {
 		return err
@@ -177,12 +185,19 @@ func goBuild(out, tags, gcflags, ldflags string) error {
 	return nil
 }
 
-func fileSize(p string) int64 {
-	fi, err := os.Stat(p)
+// printSize prints a line of the size table: the file's size in bytes
+// and, when withMiB, in MiB.
+func printSize(label, path string, withMiB bool) error {
+	fi, err := os.Stat(path)
 	if err != nil {
-		return -1
+		return err
 	}
-	return fi.Size()
+	if withMiB {
+		fmt.Printf("  %-44s %10d  (%.2f MiB)\n", label, fi.Size(), mib(fi.Size()))
+	} else {
+		fmt.Printf("  %-44s %10d\n", label, fi.Size())
+	}
+	return nil
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
