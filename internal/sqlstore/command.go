@@ -318,7 +318,9 @@ func (s *CommandService) MarkCommandsDelivered(ctx context.Context, serial strin
 			if err != nil {
 				return fmt.Errorf("sqlstore: mark delivered: %w", err)
 			}
-			if n, _ := res.RowsAffected(); n > 0 {
+			if n, err := res.RowsAffected(); err != nil {
+				return fmt.Errorf("sqlstore: mark delivered: %w", err)
+			} else if n > 0 {
 				marked = append(marked, id)
 			}
 		}

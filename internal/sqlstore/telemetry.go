@@ -401,7 +401,10 @@ func (s *TelemetryService) PruneTelemetry(ctx context.Context, rawBefore, rollup
 			if err != nil {
 				return fmt.Errorf("sqlstore: prune telemetry: %w", err)
 			}
-			n, _ := res.RowsAffected()
+			n, err := res.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("sqlstore: prune telemetry: %w", err)
+			}
 			deleted += n
 		}
 		if !rollupBefore.IsZero() {
@@ -409,7 +412,10 @@ func (s *TelemetryService) PruneTelemetry(ctx context.Context, rawBefore, rollup
 			if err != nil {
 				return fmt.Errorf("sqlstore: prune telemetry: %w", err)
 			}
-			n, _ := res.RowsAffected()
+			n, err := res.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("sqlstore: prune telemetry: %w", err)
+			}
 			deleted += n
 		}
 		return nil

@@ -723,7 +723,9 @@ func (s *TwinService) DeleteConfigGroup(ctx context.Context, name string) error 
 		if err != nil {
 			return fmt.Errorf("sqlstore: delete config group: %w", err)
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("sqlstore: delete config group: %w", err)
+		} else if n == 0 {
 			return cradle.Errorf(cradle.ENOTFOUND, "config group %q not found", name)
 		}
 		groups, err := tx.configGroups(ctx, a.TenantID)
@@ -764,7 +766,10 @@ func (s *TwinService) PutConfigSchema(ctx context.Context, model string, schema 
 	if err := dec.Decode(&doc); err != nil {
 		return nil, cradle.Errorf(cradle.EINVALID, "invalid config schema: %v", err)
 	}
-	canon, _ := json.Marshal(doc)
+	canon, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: put config schema: %w", err)
+	}
 	out := &cradle.ConfigSchema{Model: model, Schema: canon, UpdatedBy: a.String()}
 	err = s.db.write(ctx, func(tx *Tx) error {
 		if err := tx.lockTenant(ctx, a.TenantID); err != nil {
