@@ -106,7 +106,8 @@ func (r *CommandRequest) Normalize() error {
 	if r.TTLSeconds == 0 {
 		r.TTLSeconds = int64(DefaultCommandTTL / time.Second)
 	}
-	if ttl := time.Duration(r.TTLSeconds) * time.Second; r.TTLSeconds < 0 || ttl < MinCommandTTL || ttl > MaxCommandTTL {
+	// Compared in seconds: a Duration of a huge count would overflow into range.
+	if r.TTLSeconds < int64(MinCommandTTL/time.Second) || r.TTLSeconds > int64(MaxCommandTTL/time.Second) {
 		return Errorf(EINVALID, "invalid command ttl of %d seconds: use %d to %d seconds (1 minute to 30 days)", r.TTLSeconds, int64(MinCommandTTL/time.Second), int64(MaxCommandTTL/time.Second))
 	}
 	return nil

@@ -29,6 +29,7 @@ func TestCommandRequestNormalize(t *testing.T) {
 		{"ttl too short", cradle.CommandRequest{Kind: "ping", TTLSeconds: 59}, "invalid command ttl of 59 seconds", 0, ""},
 		{"ttl too long", cradle.CommandRequest{Kind: "ping", TTLSeconds: 30*24*3600 + 1}, "invalid command ttl", 0, ""},
 		{"ttl negative", cradle.CommandRequest{Kind: "ping", TTLSeconds: -5}, "invalid command ttl", 0, ""},
+		{"ttl overflowing a duration", cradle.CommandRequest{Kind: "ping", TTLSeconds: 18446744134}, "invalid command ttl", 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,6 +60,7 @@ func FuzzCommandRequestNormalize(f *testing.F) {
 	f.Add("reboot", []byte(`[]`), int64(-1))
 	f.Add("wipe", []byte(`{}`), int64(2592001))
 	f.Add("upload-logs", []byte(` null `), int64(60))
+	f.Add("ping", []byte(nil), int64(18446744134))
 	f.Fuzz(func(t *testing.T, kind string, args []byte, ttl int64) {
 		r := cradle.CommandRequest{Kind: cradle.CommandKind(kind), Args: args, TTLSeconds: ttl}
 		if err := r.Normalize(); err != nil {
