@@ -156,9 +156,10 @@ func (c *DeviceClaim) Validate() error {
 	if c.Site == "" && c.Owner == "" {
 		return Errorf(EINVALID, "give a site, an owner or both to bind the device to")
 	}
-	for field, v := range map[string]string{"site": c.Site, "owner": c.Owner} {
-		if len(v) > MaxLabelValueLen || !isPrintable(v) || strings.TrimSpace(v) != v {
-			return Errorf(EINVALID, "invalid %s %q: use at most %d printable characters without surrounding spaces", field, truncate(v, 80), MaxLabelValueLen)
+	// In a fixed order, so that the error names the same field every time.
+	for _, f := range [][2]string{{"site", c.Site}, {"owner", c.Owner}} {
+		if v := f[1]; len(v) > MaxLabelValueLen || !isPrintable(v) || strings.TrimSpace(v) != v {
+			return Errorf(EINVALID, "invalid %s %q: use at most %d printable characters without surrounding spaces", f[0], truncate(v, 80), MaxLabelValueLen)
 		}
 	}
 	return nil
