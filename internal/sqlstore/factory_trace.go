@@ -69,8 +69,14 @@ func (s *FactoryService) RecordTrace(ctx context.Context, r *cradle.TraceRecord,
 	if err != nil {
 		return nil, false, err
 	}
-	want, _ := json.Marshal(r)
-	got, _ := json.Marshal(signedRec)
+	want, err := json.Marshal(r)
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlstore: record trace: %w", err)
+	}
+	got, err := json.Marshal(signedRec)
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlstore: record trace: %w", err)
+	}
 	if !bytes.Equal(want, got) {
 		return nil, false, cradle.Errorf(cradle.EINVALID, "record %s differs from its signed payload; send the record the station signed", r.ID)
 	}
@@ -149,7 +155,10 @@ func (tx *Tx) checkTrace(ctx context.Context, a cradle.Actor, d *cradle.Device, 
 	if err != nil {
 		return err
 	}
-	mac, _ := cradle.ParseMAC(r.MAC)
+	mac, err := cradle.ParseMAC(r.MAC) // checked by r.Validate
+	if err != nil {
+		return err
+	}
 	var bad []string
 	if mac != u.mac {
 		bad = append(bad, fmt.Sprintf("mac %s (allocated %s)", cradle.FormatMAC(mac), cradle.FormatMAC(u.mac)))
