@@ -257,7 +257,7 @@ func testCommandsLogs(t *testing.T, e *Env) {
 	if got, err := k.svc.FindCommandLogs(k.admin, "GW-1", up.ID); err != nil || string(got) != "line 1\nline 2\n" {
 		t.Fatalf("logs = %q, %v", got, err)
 	}
-	if c, _ := k.svc.FindDeviceCommand(k.admin, "GW-1", up.ID); c.LogsSize != 14 {
+	if c := must[*cradle.DeviceCommand](k.t)(k.svc.FindDeviceCommand(k.admin, "GW-1", up.ID)); c.LogsSize != 14 {
 		t.Fatalf("logs size = %d", c.LogsSize)
 	}
 	wantCode(t, k.svc.StoreCommandLogs(k.device("GW-1"), "GW-1", ping.ID, []byte("x")), cradle.EINVALID, "upload-logs")

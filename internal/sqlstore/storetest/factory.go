@@ -412,7 +412,7 @@ func testFactoryAllocate(t *testing.T, e *Env) {
 			t.Errorf("device of unit %d: %+v", i, d)
 		}
 	}
-	if b, _ := k.svc.FindBatch(k.admin, "B1"); b.Allocated != 3 || b.Open() != 2 {
+	if b := must[*cradle.Batch](k.t)(k.svc.FindBatch(k.admin, "B1")); b.Allocated != 3 || b.Open() != 2 {
 		t.Errorf("batch after 3 units: %+v", b)
 	}
 	if n := count(t, e, `SELECT COUNT(*) FROM audit_entries WHERE tenant_id = ? AND action = 'factory.allocate' AND details LIKE '%CR-B1-0001%CR-B1-0003%'`, k.tenant.ID); n != 1 {
@@ -442,10 +442,10 @@ func testFactoryAllocate(t *testing.T, e *Env) {
 	if n := count(t, e, `SELECT COUNT(*) FROM devices`); n != devices+1 {
 		t.Errorf("refused allocations created %d devices", n-devices-1)
 	}
-	if b, _ := k.svc.FindBatch(k.admin, "B1"); b.Allocated != 3 {
+	if b := must[*cradle.Batch](k.t)(k.svc.FindBatch(k.admin, "B1")); b.Allocated != 3 {
 		t.Errorf("a refused allocation moved the batch to %d", b.Allocated)
 	}
-	if r, _ := k.svc.MACRanges(k.admin); r[0].Used != 3 {
+	if r := must[[]*cradle.MACRange](k.t)(k.svc.MACRanges(k.admin)); r[0].Used != 3 {
 		t.Errorf("a refused allocation used MACs: %d", r[0].Used)
 	}
 	if u := k.allocate("B1", "st-1", 1); u[0].Serial != "CR-B1-0004" || u[0].MAC != "02:00:00:00:00:03" {
@@ -552,7 +552,7 @@ func testFactoryTraces(t *testing.T, e *Env) {
 	late, lateSigned := k.record(units[1], "st-1", cradle.UnitProvisioned)
 	_, _, err = k.svc.RecordTrace(k.factory, late, lateSigned)
 	wantCode(t, err, cradle.ECONFLICT, "already failed")
-	b, _ := k.svc.FindBatch(k.admin, "B1")
+	b := must[*cradle.Batch](k.t)(k.svc.FindBatch(k.admin, "B1"))
 	if b.Allocated != 3 || b.Provisioned != 1 || b.Failed != 1 || b.Open() != 1 {
 		t.Errorf("batch counters: %+v", b)
 	}
@@ -564,7 +564,7 @@ func testFactoryTraces(t *testing.T, e *Env) {
 	wantCode(t, err, cradle.ECONFLICT, "batch B1 is full: 4 of 3 allocated, 1 failed")
 	k.upload(k.record(units[2], "st-1", cradle.UnitProvisioned))
 	k.upload(k.record(replacement, "st-1", cradle.UnitProvisioned))
-	if b, _ := k.svc.FindBatch(k.admin, "B1"); b.Provisioned != 3 || b.Failed != 1 || b.Open() != 0 {
+	if b := must[*cradle.Batch](k.t)(k.svc.FindBatch(k.admin, "B1")); b.Provisioned != 3 || b.Failed != 1 || b.Open() != 0 {
 		t.Errorf("finished batch: %+v", b)
 	}
 
@@ -659,7 +659,7 @@ func testFactoryRMA(t *testing.T, e *Env) {
 	if d := k.device(u.Serial); d.State != cradle.StateProvisioned || d.HardwareUID != "uid-"+u.Serial {
 		t.Errorf("re-provisioned device %+v", d)
 	}
-	b, _ := k.svc.FindBatch(k.admin, "B1")
+	b := must[*cradle.Batch](k.t)(k.svc.FindBatch(k.admin, "B1"))
 	if b.Allocated != 1 || b.Provisioned != 1 || b.Failed != 0 {
 		t.Errorf("RMA changed the batch's counters: %+v", b)
 	}
@@ -744,10 +744,10 @@ func testFactoryConcurrentAllocation(t *testing.T, e *Env) {
 			t.Errorf("serial %s was skipped", s)
 		}
 	}
-	if b, _ := k.svc.FindBatch(k.admin, "B1"); b.Allocated != 100 || b.Open() != 0 {
+	if b := must[*cradle.Batch](k.t)(k.svc.FindBatch(k.admin, "B1")); b.Allocated != 100 || b.Open() != 0 {
 		t.Errorf("batch after 100 units: %+v", b)
 	}
-	if r, _ := k.svc.MACRanges(k.admin); r[0].Used != 64 || r[1].Used != 36 {
+	if r := must[[]*cradle.MACRange](k.t)(k.svc.MACRanges(k.admin)); r[0].Used != 64 || r[1].Used != 36 {
 		t.Errorf("MAC ranges used %d and %d, want 64 and 36", r[0].Used, r[1].Used)
 	}
 
@@ -808,7 +808,7 @@ func testFactoryOutbox(t *testing.T, e *Env) {
 	if ev := due[1]; ev.EventID != bad.ID || ev.Type != cradle.EventUnitFailed {
 		t.Errorf("second event %+v", ev)
 	}
-	if d, _ := k.svc.DueFactoryEvents(sys, now, 1); len(d) != 1 || d[0].ID != due[0].ID {
+	if d := must[[]*cradle.FactoryEvent](t)(k.svc.DueFactoryEvents(sys, now, 1)); len(d) != 1 || d[0].ID != due[0].ID {
 		t.Errorf("limit 1: %v", d)
 	}
 
@@ -816,16 +816,16 @@ func testFactoryOutbox(t *testing.T, e *Env) {
 	if err := k.svc.FactoryEventFailed(sys, due[0].ID, now.Add(time.Minute), "503 Service Unavailable"); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := k.svc.DueFactoryEvents(sys, now, 10); len(d) != 1 || d[0].ID != due[1].ID {
+	if d := must[[]*cradle.FactoryEvent](t)(k.svc.DueFactoryEvents(sys, now, 10)); len(d) != 1 || d[0].ID != due[1].ID {
 		t.Errorf("due after a failure: %v", d)
 	}
-	if d, _ := k.svc.DueFactoryEvents(sys, now.Add(time.Minute), 10); len(d) != 2 || d[0].Attempts != 1 {
+	if d := must[[]*cradle.FactoryEvent](t)(k.svc.DueFactoryEvents(sys, now.Add(time.Minute), 10)); len(d) != 2 || d[0].Attempts != 1 {
 		t.Errorf("due a minute later: %v", d)
 	}
 	if err := k.svc.FactoryEventFailed(sys, due[1].ID, time.Time{}, "410 Gone \xff"); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := k.svc.DueFactoryEvents(sys, now.Add(time.Hour), 10); len(d) != 1 || d[0].ID != due[0].ID {
+	if d := must[[]*cradle.FactoryEvent](t)(k.svc.DueFactoryEvents(sys, now.Add(time.Hour), 10)); len(d) != 1 || d[0].ID != due[0].ID {
 		t.Errorf("a dead event is still due: %v", d)
 	}
 	if n := count(t, e, `SELECT COUNT(*) FROM factory_events WHERE dead = 1 AND attempts = 1 AND last_error LIKE '410 Gone%'`); n != 1 {
@@ -834,7 +834,7 @@ func testFactoryOutbox(t *testing.T, e *Env) {
 	if err := k.svc.FactoryEventDelivered(sys, due[0].ID); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := k.svc.DueFactoryEvents(sys, now.Add(time.Hour), 10); len(d) != 0 {
+	if d := must[[]*cradle.FactoryEvent](t)(k.svc.DueFactoryEvents(sys, now.Add(time.Hour), 10)); len(d) != 0 {
 		t.Errorf("a delivered event is still due: %v", d)
 	}
 	wantCode(t, k.svc.FactoryEventDelivered(sys, due[0].ID), cradle.ENOTFOUND)
