@@ -200,9 +200,10 @@ func (c *commandRelay) publish(tenantID int64, serial, only string) bool {
 }
 
 // onSubscribe sends a device its pending commands once it subscribed to
-// its commands topic.
+// a filter that matches its commands topic (the topic itself, or a
+// wildcard over its own subtree), as the twin does for its document.
 func (c *commandRelay) onSubscribe(tenantID int64, serial, filter string) {
-	if filter == mqttapi.DeviceTopic(serial, mqttapi.TopicCommands) {
+	if filterMatches(filter, mqttapi.DeviceTopic(serial, mqttapi.TopicCommands)) {
 		c.publish(tenantID, serial, "")
 	}
 }
