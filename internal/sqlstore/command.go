@@ -127,21 +127,6 @@ func (s *CommandService) IssueCommand(ctx context.Context, serial string, r crad
 	return out, nil
 }
 
-// deviceID returns the id of a device of the tenant, or ENOTFOUND.
-func (s *CommandService) deviceID(ctx context.Context, tenantID int64, serial string) (int64, error) {
-	if cradle.ValidateSerial(serial) != nil {
-		return 0, notFound(serial)
-	}
-	var id int64
-	err := s.db.queryRow(ctx, `SELECT id FROM devices WHERE tenant_id = ? AND serial = ?`, tenantID, serial).Scan(&id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, notFound(serial)
-	} else if err != nil {
-		return 0, fmt.Errorf("sqlstore: find device: %w", err)
-	}
-	return id, nil
-}
-
 // results fills in the results of commands, keyed by row id.
 func (s *CommandService) results(ctx context.Context, byID map[int64]*cradle.DeviceCommand) error {
 	if len(byID) == 0 {
@@ -175,7 +160,7 @@ func (s *CommandService) FindDeviceCommand(ctx context.Context, serial, id strin
 	if err != nil {
 		return nil, err
 	}
-	devID, err := s.deviceID(ctx, a.TenantID, serial)
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +186,7 @@ func (s *CommandService) FindDeviceCommands(ctx context.Context, serial string, 
 	if err != nil {
 		return nil, err
 	}
-	devID, err := s.deviceID(ctx, a.TenantID, serial)
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +254,7 @@ func (s *CommandService) PendingCommands(ctx context.Context, serial string) ([]
 	if err != nil {
 		return nil, err
 	}
-	devID, err := s.deviceID(ctx, a.TenantID, serial)
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +291,7 @@ func (s *CommandService) MarkCommandsDelivered(ctx context.Context, serial strin
 	if err != nil || len(ids) == 0 {
 		return err
 	}
-	devID, err := s.deviceID(ctx, a.TenantID, serial)
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
 	if err != nil {
 		return err
 	}
@@ -347,7 +332,7 @@ func (s *CommandService) RecordCommandResult(ctx context.Context, serial string,
 	case len(r.Error) > command.MaxResultSize:
 		return nil, cradle.Errorf(cradle.EINVALID, "invalid command result: error message over %d bytes", command.MaxResultSize)
 	}
-	devID, err := s.deviceID(ctx, a.TenantID, serial)
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
 	if err != nil {
 		return nil, err
 	}
@@ -427,7 +412,7 @@ func (s *CommandService) StoreCommandLogs(ctx context.Context, serial, id string
 	if len(logs) > cradle.MaxCommandLogsSize {
 		return cradle.Errorf(cradle.ETOOLARGE, "logs of %d bytes are over the %d-byte limit; send the most recent lines", len(logs), cradle.MaxCommandLogsSize)
 	}
-	devID, err := s.deviceID(ctx, a.TenantID, serial)
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
 	if err != nil {
 		return err
 	}
@@ -460,7 +445,7 @@ func (s *CommandService) FindCommandLogs(ctx context.Context, serial, id string)
 	if err != nil {
 		return nil, err
 	}
-	devID, err := s.deviceID(ctx, a.TenantID, serial)
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
 	if err != nil {
 		return nil, err
 	}

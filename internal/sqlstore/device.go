@@ -78,6 +78,21 @@ func (s *DeviceService) FindDeviceBySerial(ctx context.Context, serial string) (
 	return d, nil
 }
 
+// deviceID returns the id of a device of the tenant, or ENOTFOUND.
+func (db *DB) deviceID(ctx context.Context, tenantID int64, serial string) (int64, error) {
+	if cradle.ValidateSerial(serial) != nil {
+		return 0, notFound(serial)
+	}
+	var id int64
+	err := db.queryRowPrepared(ctx, `SELECT id FROM devices WHERE tenant_id = ? AND serial = ?`, tenantID, serial).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, notFound(serial)
+	} else if err != nil {
+		return 0, fmt.Errorf("sqlstore: find device: %w", err)
+	}
+	return id, nil
+}
+
 // encodeCursor and decodeCursor keep a page cursor opaque to clients: it is
 // a row number of the page's last row (a device id, a batch's pk) after a
 // kind letter, so that one list's cursor is refused by another. decodeCursor

@@ -67,15 +67,9 @@ func (s *TelemetryService) device(ctx context.Context, tenantID int64, serial st
 	if id, ok := s.devices.Load(deviceKey{tenantID, serial}); ok {
 		return id.(int64), nil
 	}
-	if cradle.ValidateSerial(serial) != nil {
-		return 0, notFound(serial)
-	}
-	var id int64
-	err := s.db.queryRowPrepared(ctx, `SELECT id FROM devices WHERE tenant_id = ? AND serial = ?`, tenantID, serial).Scan(&id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, notFound(serial)
-	} else if err != nil {
-		return 0, fmt.Errorf("sqlstore: telemetry: find device: %w", err)
+	id, err := s.db.deviceID(ctx, tenantID, serial)
+	if err != nil {
+		return 0, err
 	}
 	s.devices.Store(deviceKey{tenantID, serial}, id)
 	return id, nil
