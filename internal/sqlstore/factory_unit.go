@@ -92,6 +92,11 @@ func (s *FactoryService) AllocateUnits(ctx context.Context, batch, station strin
 		if _, err := tx.exec(ctx, `UPDATE batches SET allocated = allocated + ? WHERE tenant_id = ? AND id = ?`, count, a.TenantID, b.ID); err != nil {
 			return fmt.Errorf("sqlstore: allocate units: %w", err)
 		}
+		// The units are new devices: they get the groups' desired
+		// document as created and imported devices do.
+		if err := tx.twinsForNewDevices(ctx, a.TenantID, ""); err != nil {
+			return err
+		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "factory.allocate", Subject: subject, Details: map[string]string{
 			"batch": b.ID, "station": st.Name, "count": strconv.Itoa(count), "first": out[0].Serial, "last": out[len(out)-1].Serial,
 			"first_mac": out[0].MAC, "last_mac": out[len(out)-1].MAC}})

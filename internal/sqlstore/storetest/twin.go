@@ -397,3 +397,23 @@ func testTwinPermissions(t *testing.T, e *Env) {
 		t.Errorf("version after refused writes = %d, want 1", got.Desired.Version)
 	}
 }
+
+// testTwinFactoryUnits: units a station allocates are devices created in
+// the allocation, and get the desired document of the groups that match
+// them (their batch label) there, as created and imported devices do.
+func testTwinFactoryUnits(t *testing.T, e *Env) {
+	k := newFactoryKit(t, e, "acme")
+	twins := sqlstore.NewTwinService(e.DB)
+	if _, err := twins.PutConfigGroup(k.admin, "batch-b1", cradle.ConfigGroupPut{Selector: "batch=B1", Config: json.RawMessage(`{"mtu":1400}`)}); err != nil {
+		t.Fatal(err)
+	}
+	k.batch("B1", 5, cradle.ProfileTest)
+	k.station("st-1", cradle.ProfileTest)
+	k.macRange("02:00:00:00:00:00", "02:00:00:00:00:ff")
+	for _, u := range k.allocate("B1", "st-1", 2) {
+		d, err := twins.FindDesired(k.admin, u.Serial)
+		if err != nil || d == nil || d.Version != 1 || string(d.Config) != `{"mtu":1400}` {
+			t.Errorf("desired of unit %s: %+v, %v; want version 1 of the batch's group", u.Serial, d, err)
+		}
+	}
+}
