@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -72,10 +71,8 @@ func (tx *Tx) quarantineUnclaimed(ctx context.Context, a cradle.Actor, d *cradle
 	if err := cradle.ValidateLabels(d.Labels); err != nil {
 		return err
 	}
-	labels, _ := json.Marshal(d.Labels)
-	d.UpdatedAt = tx.now
-	if _, err := tx.exec(ctx, `UPDATE devices SET labels = ?, updated_at = ? WHERE id = ?`, string(labels), micros(tx.now), d.ID); err != nil {
-		return fmt.Errorf("sqlstore: quarantine: %w", err)
+	if err := tx.setLabels(ctx, a.TenantID, d); err != nil {
+		return err
 	}
 	return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.quarantine", Subject: "device:" + d.Serial,
 		Details: map[string]string{"reason": "enrolled unclaimed while the tenant policy quarantine_unclaimed is on", "label": cradle.LabelQuarantine + "=true"}})
@@ -153,10 +150,8 @@ func (s *ClaimService) ClaimDevice(ctx context.Context, serial string, c cradle.
 		if err := cradle.ValidateLabels(d.Labels); err != nil {
 			return err
 		}
-		labels, _ := json.Marshal(d.Labels)
-		d.UpdatedAt = tx.now
-		if _, err := tx.exec(ctx, `UPDATE devices SET labels = ?, updated_at = ? WHERE id = ?`, string(labels), micros(tx.now), d.ID); err != nil {
-			return fmt.Errorf("sqlstore: claim: %w", err)
+		if err := tx.setLabels(ctx, a.TenantID, d); err != nil {
+			return err
 		}
 		if _, err := tx.exec(ctx, `UPDATE device_claims SET site = ?, owner = ?, claimed_by = ?, claimed_at = ?, failures = 0, locked_until = 0 WHERE device_id = ?`,
 			c.Site, c.Owner, a.String(), micros(tx.now), d.ID); err != nil {

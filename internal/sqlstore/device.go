@@ -78,6 +78,21 @@ func (s *DeviceService) FindDeviceBySerial(ctx context.Context, serial string) (
 	return d, nil
 }
 
+// setLabels stores d.Labels (checked by the caller) and recomputes the
+// device's twin: labels choose config groups, so the effective desired
+// document may change.
+func (tx *Tx) setLabels(ctx context.Context, tenantID int64, d *cradle.Device) error {
+	labels, err := json.Marshal(d.Labels)
+	if err != nil {
+		return fmt.Errorf("sqlstore: device %s: labels: %w", d.Serial, err)
+	}
+	d.UpdatedAt = tx.now
+	if _, err := tx.exec(ctx, `UPDATE devices SET labels = ?, updated_at = ? WHERE id = ?`, string(labels), micros(tx.now), d.ID); err != nil {
+		return fmt.Errorf("sqlstore: device %s: labels: %w", d.Serial, err)
+	}
+	return tx.recomputeDevice(ctx, tenantID, d.Serial)
+}
+
 // deviceID returns the id of a device of the tenant, or ENOTFOUND.
 func (db *DB) deviceID(ctx context.Context, tenantID int64, serial string) (int64, error) {
 	if cradle.ValidateSerial(serial) != nil {
@@ -309,13 +324,7 @@ func (s *DeviceService) UpdateDevice(ctx context.Context, serial string, u cradl
 		if err := cradle.ValidateLabels(d.Labels); err != nil {
 			return err
 		}
-		labels, _ := json.Marshal(d.Labels)
-		d.UpdatedAt = tx.now
-		if _, err := tx.exec(ctx, `UPDATE devices SET labels = ?, updated_at = ? WHERE id = ?`, string(labels), micros(tx.now), d.ID); err != nil {
-			return fmt.Errorf("sqlstore: update device: %w", err)
-		}
-		// Labels choose config groups: the effective desired document may change.
-		if err := tx.recomputeDevice(ctx, a.TenantID, serial); err != nil {
+		if err := tx.setLabels(ctx, a.TenantID, d); err != nil {
 			return err
 		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.update", Subject: "device:" + serial, Details: u})

@@ -157,7 +157,7 @@ func Run(t *testing.T, b Backend) {
 		{"TelemetryRecordQuery", testTelemetryRecordQuery}, {"TelemetryRefusals", testTelemetryRefusals}, {"TelemetryRetention", testTelemetryRetention},
 		{"Claims", testClaims},
 		{"CommandsIssueDeliverResult", testCommandsIssueDeliverResult}, {"CommandsRefusals", testCommandsRefusals}, {"CommandsExpiry", testCommandsExpiry}, {"CommandsLogs", testCommandsLogs}, {"CommandsConcurrentSequence", testCommandsConcurrentSequence},
-		{"TwinPrecedence", testTwinPrecedence}, {"TwinInvalid", testTwinInvalid}, {"TwinDrift", testTwinDrift}, {"TwinPermissions", testTwinPermissions}, {"TwinFactoryUnits", testTwinFactoryUnits},
+		{"TwinPrecedence", testTwinPrecedence}, {"TwinInvalid", testTwinInvalid}, {"TwinDrift", testTwinDrift}, {"TwinPermissions", testTwinPermissions}, {"TwinFactoryUnits", testTwinFactoryUnits}, {"TwinClaimedDevices", testTwinClaimedDevices},
 		{"ConcurrentWrites", testConcurrentWrites},
 	}
 	for _, tt := range tests {

@@ -417,3 +417,27 @@ func testTwinFactoryUnits(t *testing.T, e *Env) {
 		}
 	}
 }
+
+// testTwinClaimedDevices: a claim labels the device site=… and owner=…;
+// the groups those labels select apply in the claim's transaction.
+func testTwinClaimedDevices(t *testing.T, e *Env) {
+	k := newFactoryKit(t, e, "acme")
+	twins := sqlstore.NewTwinService(e.DB)
+	if _, err := twins.PutConfigGroup(k.admin, "plant-7", cradle.ConfigGroupPut{Selector: "site=plant-7", Config: json.RawMessage(`{"ntp":["p7"]}`)}); err != nil {
+		t.Fatal(err)
+	}
+	k.batch("b1", 5, cradle.ProfileTest)
+	k.station("line-1", cradle.ProfileTest)
+	k.macRange("02:00:00:00:00:00", "02:00:00:00:00:ff")
+	u := k.allocate("b1", "line-1", 1)[0]
+	code := claimUnit(t, k, "line-1", u)
+	if d := must[*cradle.TwinDesired](t)(twins.FindDesired(k.admin, u.Serial)); d != nil {
+		t.Fatalf("desired before the claim: %+v, want none", d)
+	}
+	if _, err := sqlstore.NewClaimService(e.DB).ClaimDevice(k.as(cradle.RoleOperator), u.Serial, cradle.DeviceClaim{Code: code, Site: "plant-7"}); err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	if d := must[*cradle.TwinDesired](t)(twins.FindDesired(k.admin, u.Serial)); d == nil || d.Version != 1 || string(d.Config) != `{"ntp":["p7"]}` {
+		t.Errorf("desired after the claim: %+v, want version 1 of the site's group", d)
+	}
+}
