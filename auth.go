@@ -68,6 +68,11 @@ const (
 	PermTwinRead         Permission = "twin.read"         // twins, config groups, config schemas; a device its own desired document
 	PermTwinWrite        Permission = "twin.write"        // device configs, config groups, config schemas
 	PermTwinReport       Permission = "twin.report"       // a device reports its own configuration
+	PermReleaseRead      Permission = "release.read"      // releases and image keys
+	PermReleaseWrite     Permission = "release.write"     // upload, sign, deprecate, yank releases; trust image keys
+	PermRolloutRead      Permission = "rollout.read"      // rollouts, their status and devices
+	PermRolloutWrite     Permission = "rollout.write"     // create, pause, resume, abort, approve rollouts
+	PermUpdateDevice     Permission = "update.device"     // a device for itself: its pending update, its reports
 )
 
 // Permissions lists every permission, in a stable order.
@@ -78,6 +83,7 @@ var Permissions = []Permission{
 	PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite,
 	PermCommandRead, PermCommandIssue, PermCommandDevice,
 	PermTwinRead, PermTwinWrite, PermTwinReport,
+	PermReleaseRead, PermReleaseWrite, PermRolloutRead, PermRolloutWrite, PermUpdateDevice,
 }
 
 // rolePermissions is the authorization table. A transition permission only
@@ -87,20 +93,24 @@ var rolePermissions = map[Role][]Permission{
 	RoleAdmin: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermTelemetryRead, PermDeviceClaim, PermPolicyWrite,
-		PermCommandRead, PermCommandIssue, PermTwinRead, PermTwinWrite},
+		PermCommandRead, PermCommandIssue, PermTwinRead, PermTwinWrite,
+		PermReleaseRead, PermReleaseWrite, PermRolloutRead, PermRolloutWrite},
 	RoleOperator: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition, PermAuditRead,
 		PermCertRead, PermCertRevoke, PermFactoryRead, PermBatchWrite, PermTelemetryRead, PermDeviceClaim,
-		PermCommandRead, PermCommandIssue, PermTwinRead, PermTwinWrite},
+		PermCommandRead, PermCommandIssue, PermTwinRead, PermTwinWrite,
+		PermReleaseRead, PermReleaseWrite, PermRolloutRead, PermRolloutWrite},
 	RoleFactory: {PermDeviceRead, PermDeviceCreate, PermDeviceTransition, PermCertIssue,
 		PermFactoryRead, PermFactoryProvision, PermTelemetryRead},
 	RoleAuditor: {PermDeviceRead, PermAuditRead, PermTokenRead, PermCertRead, PermFactoryRead, PermTelemetryRead, PermCommandRead,
-		PermTwinRead},
+		PermTwinRead, PermReleaseRead, PermRolloutRead},
 	RoleSystem: {PermDeviceRead, PermDeviceCreate, PermDeviceUpdate, PermDeviceTransition,
 		PermAuditRead, PermTokenRead, PermTokenWrite, PermCertRead, PermCertIssue, PermCertRevoke,
 		PermFactoryRead, PermBatchWrite, PermStationEnroll, PermFactoryProvision,
 		PermTelemetryRead, PermTelemetryWrite, PermDeviceClaim, PermPolicyWrite, PermCommandRead, PermCommandIssue, PermCommandDevice,
-		PermTwinRead, PermTwinWrite, PermTwinReport},
-	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite, PermCommandDevice, PermTwinRead, PermTwinReport},
+		PermTwinRead, PermTwinWrite, PermTwinReport,
+		PermReleaseRead, PermReleaseWrite, PermRolloutRead, PermRolloutWrite, PermUpdateDevice},
+	RoleDevice: {PermDeviceTransition, PermCertIssue, PermTelemetryWrite, PermCommandDevice, PermTwinRead, PermTwinReport,
+		PermUpdateDevice},
 }
 
 // Allowed reports whether role r holds permission p.
@@ -180,6 +190,11 @@ var permissionVerbs = map[Permission]string{
 	PermTwinRead:         "read configuration twins",
 	PermTwinWrite:        "change desired configurations, config groups or config schemas",
 	PermTwinReport:       "report a device's configuration",
+	PermReleaseRead:      "read releases and image keys",
+	PermReleaseWrite:     "upload, sign, deprecate or yank releases, or change image keys",
+	PermRolloutRead:      "read rollouts",
+	PermRolloutWrite:     "create, pause, resume, abort or approve rollouts",
+	PermUpdateDevice:     "fetch updates or report their progress as a device",
 }
 
 // Tenant is an isolated customer or organisation. Every record belongs to

@@ -17,6 +17,7 @@ var allPermissions = []cradle.Permission{
 	"factory.read", "factory.batch", "factory.station", "factory.provision",
 	"telemetry.read", "telemetry.write", "device.claim", "policy.write", "command.read", "command.issue", "command.device",
 	"twin.read", "twin.write", "twin.report",
+	"release.read", "release.write", "rollout.read", "rollout.write", "update.device",
 }
 
 // wantPermissions is the authorization table as the role comments in
@@ -26,27 +27,32 @@ var wantPermissions = map[cradle.Role][]cradle.Permission{
 	// Issuing is for devices and the factory, not for people.
 	"admin": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
 		"certificate.read", "certificate.revoke", "factory.read", "factory.batch", "factory.station", "telemetry.read",
-		"device.claim", "policy.write", "command.read", "command.issue", "twin.read", "twin.write"},
+		"device.claim", "policy.write", "command.read", "command.issue", "twin.read", "twin.write",
+		"release.read", "release.write", "rollout.read", "rollout.write"},
 	// Runs the fleet: devices, transitions, imports; reads the audit log;
 	// revokes certificates (quarantine); no tokens.
 	"operator": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "certificate.read", "certificate.revoke",
-		"factory.read", "factory.batch", "telemetry.read", "device.claim", "command.read", "command.issue", "twin.read", "twin.write"},
+		"factory.read", "factory.batch", "telemetry.read", "device.claim", "command.read", "command.issue", "twin.read", "twin.write",
+		"release.read", "release.write", "rollout.read", "rollout.write"},
 	// The factory line: creates and provisions units, records their IDevIDs.
 	"factory": {"device.read", "device.create", "device.transition", "certificate.issue",
 		"factory.read", "factory.provision", "telemetry.read"},
 	// Reads everything, changes nothing.
-	"auditor": {"device.read", "audit.read", "token.read", "certificate.read", "factory.read", "telemetry.read", "command.read", "twin.read"},
+	"auditor": {"device.read", "audit.read", "token.read", "certificate.read", "factory.read", "telemetry.read", "command.read", "twin.read",
+		"release.read", "rollout.read"},
 	// A device acting on itself: it may only ask to move, to be issued
 	// a certificate (enrollment), report its telemetry, fetch its commands
 	// and report their results, read its desired configuration and report
-	// its running one.
-	"device": {"device.transition", "certificate.issue", "telemetry.write", "command.device", "twin.read", "twin.report"},
+	// its running one, fetch its pending update and report on it.
+	"device": {"device.transition", "certificate.issue", "telemetry.write", "command.device", "twin.read", "twin.report",
+		"update.device"},
 	// The server itself.
 	"system": {"device.read", "device.create", "device.update", "device.transition", "audit.read", "token.read", "token.write",
 		"certificate.read", "certificate.issue", "certificate.revoke",
 		"factory.read", "factory.batch", "factory.station", "factory.provision",
 		"telemetry.read", "telemetry.write", "device.claim", "policy.write", "command.read", "command.issue", "command.device",
-		"twin.read", "twin.write", "twin.report"},
+		"twin.read", "twin.write", "twin.report",
+		"release.read", "release.write", "rollout.read", "rollout.write", "update.device"},
 }
 
 // TestPermissionsListed fails when a permission is added to the code and

@@ -1,6 +1,7 @@
 package cradle
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -466,4 +467,147 @@ type RolloutDevice struct {
 	// ActiveRollout is the ID of another active rollout the device is in
 	// when it joins this one; such a device is skipped.
 	ActiveRollout string `json:"active_rollout,omitempty"`
+}
+
+// RolloutCandidate is a device of a rollout's target as the store finds it:
+// deployed, of the release's model and hardware revisions, matching the
+// target.
+type RolloutCandidate struct {
+	Serial string
+	Labels map[string]string
+	// ActiveRollout is the ID of another active rollout the device is in,
+	// or "".
+	ActiveRollout string
+}
+
+// RolloutFilter selects rollouts.
+type RolloutFilter struct {
+	State     *RolloutState
+	ReleaseID string
+	// Limit: 0 means DefaultPageSize; at most MaxPageSize. Newest first.
+	Limit int
+}
+
+// RolloutDeviceFilter selects a rollout's device records, in the
+// rollout's order.
+type RolloutDeviceFilter struct {
+	State *DeviceUpdateState
+	Phase *int
+	// After is the serial after which to continue (paging); Limit: 0
+	// means DefaultPageSize; at most MaxPageSize.
+	After string
+	Limit int
+}
+
+// RolloutService is the operator's view of rollouts. Every change runs the
+// engine (internal/rollout) on the stored records in one transaction that
+// bumps the rollout's revision, so a scheduler holding an older copy
+// notices and reloads.
+type RolloutService interface {
+	// CreateRollout checks the spec, the release (signed, not deprecated
+	// or yanked, of the tenant) and the target (see the conflict rule; a
+	// device of another model or hardware revision than the release's is
+	// refused in an explicit list and left out of a selector's target),
+	// then starts the rollout: its devices placed in phases, all in one
+	// transaction. Needs PermRolloutWrite. EINVALID (spec, empty target,
+	// release not signed), ENOTFOUND (release), ECONFLICT (devices in
+	// another active rollout). Nothing is stored on error.
+	CreateRollout(ctx context.Context, spec RolloutSpec) (*Rollout, error)
+	// FindRollout returns a rollout with its live status. Needs
+	// PermRolloutRead. ENOTFOUND.
+	FindRollout(ctx context.Context, id string) (*Rollout, error)
+	// FindRollouts lists rollouts, newest first. Needs PermRolloutRead.
+	FindRollouts(ctx context.Context, f RolloutFilter) ([]*Rollout, error)
+	// FindRolloutDevices lists a rollout's device records. Needs
+	// PermRolloutRead.
+	FindRolloutDevices(ctx context.Context, id string, f RolloutDeviceFilter) ([]*RolloutDevice, error)
+	// PauseRollout, ResumeRollout, AbortRollout and ApproveRollout apply
+	// an operator's decision (see the engine's rules). Needs
+	// PermRolloutWrite. ENOTFOUND, ECONFLICT for a rollout in the wrong
+	// state, EINVALID for a phase that needs no approval.
+	PauseRollout(ctx context.Context, id, reason string) (*Rollout, error)
+	ResumeRollout(ctx context.Context, id string) (*Rollout, error)
+	AbortRollout(ctx context.Context, id, reason string) (*Rollout, error)
+	ApproveRollout(ctx context.Context, id string, phase int) (*Rollout, error)
+}
+
+// Lease is a named, expiring right to do one job (drive the rollouts,
+// publish a tenant's TUF repository) that one server replica holds at a
+// time. Fence grows every time the lease changes hands; a fenced write
+// checks, in its own transaction, that the lease still has this fence and
+// holder, so a replica that lost its lease (paused, partitioned) cannot
+// overwrite the work of the one that took it over.
+type Lease struct {
+	Name    string
+	Holder  string
+	Fence   int64
+	Expires time.Time
+}
+
+// LeaseStore hands out leases. Holders are unique per process (host, pid
+// and a random part).
+type LeaseStore interface {
+	// AcquireLease takes the lease name for ttl when it is free, expired
+	// or already the holder's (then it is renewed, same fence). ok is
+	// false when another holder has it.
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (l Lease, ok bool, err error)
+	// RenewLease extends a held lease; ok is false when it was lost
+	// (another holder, or a new fence).
+	RenewLease(ctx context.Context, l Lease, ttl time.Duration) (Lease, bool, error)
+	// ReleaseLease gives a held lease up (expires it now); a lost lease is
+	// left alone.
+	ReleaseLease(ctx context.Context, l Lease) error
+}
+
+// RolloutRef names a rollout for the scheduler.
+type RolloutRef struct {
+	TenantID int64
+	ID       string
+	Revision int64
+}
+
+// RolloutEvent is a device's report queued for the engine, in the order
+// received (Seq).
+type RolloutEvent struct {
+	Seq     int64
+	Serial  string
+	Kind    string // an internal/rollout EventKind
+	Attempt int
+	Reason  string
+	At      time.Time
+}
+
+// RolloutSave is what one scheduler step writes: the rollout's new status,
+// the device records that changed, and the events it consumed (every event
+// of the rollout with Seq ≤ EventsUpTo is deleted).
+type RolloutSave struct {
+	TenantID   int64
+	ID         string
+	Revision   int64 // the revision the step started from
+	Rollout    Rollout
+	Changes    []RolloutDevice
+	EventsUpTo int64
+}
+
+// RolloutStore is what the scheduler needs, across tenants. It is used
+// with the system role.
+type RolloutStore interface {
+	LeaseStore
+	// ActiveRollouts lists the running and paused rollouts of every
+	// tenant with their revisions.
+	ActiveRollouts(ctx context.Context) ([]RolloutRef, error)
+	// LoadRollout returns a rollout, its device records in the order the
+	// engine's Load expects, and its revision.
+	LoadRollout(ctx context.Context, tenantID int64, id string) (Rollout, []RolloutDevice, int64, error)
+	// RolloutEvents returns up to limit queued events of a rollout with
+	// Seq > after, oldest first.
+	RolloutEvents(ctx context.Context, tenantID int64, id string, after int64, limit int) ([]RolloutEvent, error)
+	// RolloutJoiners returns the devices that match a dynamic rollout's
+	// target now and are not in it, as candidates.
+	RolloutJoiners(ctx context.Context, tenantID int64, id string) ([]RolloutCandidate, error)
+	// SaveRollout writes a step if lease still holds (fence and holder)
+	// and the rollout is still at s.Revision; then it returns the new
+	// revision and ok. ok is false, and nothing is written, when the
+	// lease or the revision moved on: the caller reloads.
+	SaveRollout(ctx context.Context, lease Lease, s RolloutSave) (revision int64, ok bool, err error)
 }

@@ -12,13 +12,7 @@ import (
 )
 
 // Candidate is a device of a rollout's target as the store finds it.
-type Candidate struct {
-	Serial string
-	Labels map[string]string
-	// ActiveRollout is the ID of another active rollout the device is in,
-	// or "".
-	ActiveRollout string
-}
+type Candidate = cradle.RolloutCandidate
 
 // Start is one device the caller must now tell to update.
 type Start struct {
