@@ -2,6 +2,7 @@ package cradle
 
 import (
 	"context"
+	"io"
 	"time"
 )
 
@@ -176,4 +177,75 @@ type ReleaseService interface {
 	// RemoveImageKey stops trusting a key. Needs PermReleaseWrite.
 	// ENOTFOUND.
 	RemoveImageKey(ctx context.Context, fingerprint string) error
+}
+
+// ReleaseUpload describes an artifact being uploaded.
+type ReleaseUpload struct {
+	Model             string
+	Version           string
+	HardwareRevisions []string
+	// Kind is what the artifact is; empty means: recognise it (an MCUboot
+	// image by its magic, a Mender artifact or a SWUpdate image by its
+	// container), else a file.
+	Kind     ReleaseKind
+	FileName string
+	// SHA256 (hex) and Size are what the uploader says it sends; the
+	// upload is refused, and nothing stored, when the bytes differ.
+	SHA256 string
+	Size   int64
+	// SecurityCounter is the anti-rollback counter of a foreign artifact
+	// or file; for an MCUboot image it is read from the image and, when
+	// given, must match it.
+	SecurityCounter uint32
+	Notes           string
+	// Sign signs the release into the TUF repository right after the
+	// upload (see ReleasePublisher.SignRelease).
+	Sign bool
+}
+
+// RepositoryRole is one role of a tenant's TUF repository as published.
+type RepositoryRole struct {
+	Version int64     `json:"version"`
+	Expires time.Time `json:"expires"`
+	KeyIDs  []string  `json:"key_ids"`
+	// Threshold is how many of KeyIDs must sign.
+	Threshold int `json:"threshold"`
+}
+
+// RepositoryStatus describes a tenant's TUF repository.
+type RepositoryStatus struct {
+	Roles   map[string]RepositoryRole `json:"roles"`
+	Targets int                       `json:"targets"`
+}
+
+// ReleasePublisher takes artifacts in and out of the fleet: it stores the
+// bytes (checked against the declared digest and length), checks what they
+// are (an MCUboot image against the model's image keys and security
+// counter), records the release, and signs it into the tenant's TUF
+// repository with a delta from its predecessor when one is worth it. Every
+// method does its checks before it changes anything, and a failure leaves
+// no record, no target and no unreferenced blob that garbage collection
+// would not remove.
+type ReleasePublisher interface {
+	// UploadRelease needs PermReleaseWrite. EINVALID (metadata, digest or
+	// length mismatch, unknown or wrong-model image key, security counter
+	// mismatch or downgrade, kind not recognised), ETOOLARGE, ECONFLICT
+	// (version exists).
+	UploadRelease(ctx context.Context, u ReleaseUpload, body io.Reader) (*Release, error)
+	// SignRelease makes an uploaded release a TUF target, with delta
+	// patches from its predecessor when they are at most 70% of the image,
+	// and publishes the repository. Needs PermReleaseWrite. ECONFLICT
+	// (state), EUNAVAILABLE when the tenant has no TUF repository or its
+	// online keys are not loaded, EINVALID when root has expired.
+	SignRelease(ctx context.Context, id string) (*Release, error)
+	// DeprecateRelease keeps a release installable but closes it to new
+	// rollouts. Needs PermReleaseWrite.
+	DeprecateRelease(ctx context.Context, id, reason string) (*Release, error)
+	// YankRelease removes a release (and its patches) from the TUF
+	// repository, publishes, marks it yanked and aborts its active
+	// rollouts. Needs PermReleaseWrite.
+	YankRelease(ctx context.Context, id, reason string) (*Release, error)
+	// RepositoryStatus describes the actor's tenant's repository. Needs
+	// PermReleaseRead. ENOTFOUND when it has none.
+	RepositoryStatus(ctx context.Context) (*RepositoryStatus, error)
 }
