@@ -119,6 +119,9 @@ func (p *Publisher) checkUpload(u cradle.ReleaseUpload) (artifact.Digest, error)
 		return artifact.Digest{}, cradle.Errorf(cradle.EINVALID, "notes are %d bytes; at most %d", len(u.Notes), cradle.MaxReleaseNotes)
 	}
 	d, err := artifact.ParseDigest(u.SHA256)
+	if err == nil && d.IsZero() {
+		err = errors.New("zero digest")
+	}
 	if err != nil {
 		return artifact.Digest{}, cradle.Errorf(cradle.EINVALID, "sha256 %q is not 64 lower-case hex digits; give the artifact's SHA-256", u.SHA256)
 	}
