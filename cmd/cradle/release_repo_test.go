@@ -147,3 +147,25 @@ func TestReleaseRepoRefusals(t *testing.T) {
 		t.Fatalf("a refused init left keys.json: %v", err)
 	}
 }
+
+// TestServeOpensRepository: a server started on a data directory whose
+// default tenant has a repository with encrypted online keys opens them
+// (PKI passphrase) and its publisher reports the repository.
+func TestServeOpensRepository(t *testing.T) {
+	isolateCLI(t)
+	setPassphrase(t, pkiTestPassphrase)
+	dataDir := t.TempDir()
+	ok(t, "release", "repo", "init", "--data-dir", dataDir, "--key-algorithm", "ed25519")
+	m, _ := startServer(t, dataDir)
+	if m.publisher == nil {
+		t.Fatal("no publisher")
+	}
+	admin := cradle.NewContextWithActor(context.Background(), cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "token", ID: "t"})
+	st, err := m.publisher.RepositoryStatus(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Roles["timestamp"].Version != 1 || st.Roles["root"].Threshold != 1 {
+		t.Fatalf("status %+v", st)
+	}
+}
