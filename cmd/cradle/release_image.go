@@ -26,6 +26,7 @@ func (a *app) releaseCmd() *cobra.Command {
 		Short: "Sign and check firmware release images",
 	}
 	c.AddCommand(a.releaseSignImageCmd(), a.releaseVerifyImageCmd())
+	c.AddCommand(a.releaseRepoCmd())
 	return c
 }
 

@@ -159,6 +159,7 @@ func Run(t *testing.T, b Backend) {
 		{"CommandsIssueDeliverResult", testCommandsIssueDeliverResult}, {"CommandsRefusals", testCommandsRefusals}, {"CommandsExpiry", testCommandsExpiry}, {"CommandsLogs", testCommandsLogs}, {"CommandsConcurrentSequence", testCommandsConcurrentSequence},
 		{"TwinPrecedence", testTwinPrecedence}, {"TwinInvalid", testTwinInvalid}, {"TwinDrift", testTwinDrift}, {"TwinPermissions", testTwinPermissions}, {"TwinFactoryUnits", testTwinFactoryUnits}, {"TwinClaimedDevices", testTwinClaimedDevices},
 		{"ConcurrentWrites", testConcurrentWrites},
+		{"ReleaseLifecycle", testReleaseLifecycle}, {"ReleaseValidation", testReleaseValidation}, {"ReleaseConflicts", testReleaseConflicts}, {"ReleaseDowngrade", testReleaseDowngrade}, {"ImageKeys", testImageKeys}, {"ReleasePermissions", testReleasePermissions},
 		{"RolloutCreate", testRolloutCreate}, {"RolloutRefusals", testRolloutRefusals}, {"RolloutDecisions", testRolloutDecisions}, {"Leases", testLeases}, {"RolloutFencing", testRolloutFencing}, {"RolloutEvents", testRolloutEvents}, {"RolloutJoiners", testRolloutJoiners}, {"RolloutConcurrentCreate", testRolloutConcurrentCreate},
 	}
 	for _, tt := range tests {
