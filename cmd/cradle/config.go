@@ -34,6 +34,15 @@ type Config struct {
 	Factory FactoryConfig // factory.*
 	// Telemetry is telemetry.*: retention of the time series.
 	Telemetry TelemetryConfig
+	// Scheduler is ota.scheduler_*: the rollout scheduler.
+	Scheduler SchedulerConfig
+}
+
+// SchedulerConfig is the rollout scheduler of cradle serve. Every replica
+// runs one; the one holding the "rollout-scheduler" lease drives the
+// rollouts.
+type SchedulerConfig struct {
+	Interval time.Duration // ota.scheduler_interval: the time between steps
 }
 
 // TelemetryConfig is the retention of device telemetry, applied by a job
@@ -92,6 +101,7 @@ func DefaultConfig() Config {
 		},
 		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883"},
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
+		Scheduler: SchedulerConfig{Interval: time.Second},
 	}
 }
 
@@ -333,10 +343,23 @@ var configFields = []configField{
 		},
 		get: func(c *Config) string { return c.Telemetry.PruneInterval.String() },
 	},
+	{
+		key: "ota.scheduler_interval", env: "CRADLE_OTA_SCHEDULER_INTERVAL", flag: "ota-scheduler-interval",
+		usage: "how often the rollout scheduler steps every active rollout (reports applied, devices started), such as 1s; at most 1m",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 10*time.Millisecond || d > time.Minute {
+				return fmt.Errorf("%q is not a duration from 10ms to 1m such as 1s", v)
+			}
+			c.Scheduler.Interval = d
+			return nil
+		},
+		get: func(c *Config) string { return c.Scheduler.Interval.String() },
+	},
 }
 
 // configGroups are the YAML keys that hold nested keys.
-var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetry"}
+var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetry", "ota"}
 
 const day = 24 * time.Hour
 
