@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,6 +58,12 @@ const (
 //     refused (the lease or the revision moved on) the cached engine is
 //     dropped and the rollout reloaded at the next step, and no device is
 //     told to start; otherwise Notify gets the started devices.
+//
+// Notify also gets, when a rollout is loaded, its devices stored as
+// started that have not reported since: the first wave, which
+// CreateRollout starts (the engine's Begin plans), and any device whose
+// notification a replica that stopped between saving and notifying never
+// sent. A device told twice only asks for its update twice.
 //
 // A step that changed nothing writes nothing. Losing the lease drops every
 // cached engine.
@@ -107,8 +114,11 @@ type StepStats struct {
 	Refused int
 	// Joined is the number of devices that joined dynamic rollouts.
 	Joined int
-	// Started is the number of devices started and notified.
-	Started int
+	// Started is the number of devices this step started. Notified is
+	// the number of devices passed to Notify: those started, and at a
+	// load those stored as started that have not reported since.
+	Started  int
+	Notified int
 	// Saved is the number of rollouts written, Conflicts the number of
 	// writes the store refused because the lease or the rollout's
 	// revision moved on (those rollouts reload at the next step).
@@ -126,7 +136,6 @@ type rolloutKey struct {
 type cachedRollout struct {
 	engine   *rollout.Engine
 	revision int64     // the stored revision the engine equals
-	lastSeq  int64     // the newest event applied
 	joinedAt time.Time // when joiners were last looked for
 }
 
@@ -287,6 +296,7 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 	key := rolloutKey{ref.TenantID, ref.ID}
 	ctx = cradle.NewContextWithActor(ctx, cradle.SystemActor(ref.TenantID, SchedulerLease))
 	c := s.cache[key]
+	var told []string // devices loaded as started: told again
 	if c == nil || c.revision != ref.Revision {
 		r, devs, rev, err := s.Store.LoadRollout(ctx, ref.TenantID, ref.ID)
 		if err != nil {
@@ -295,6 +305,11 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 		e, err := rollout.Load(r, devs, rollout.Options{Clock: s.Clock})
 		if err != nil {
 			return fmt.Errorf("load: %w", err)
+		}
+		for _, d := range devs {
+			if d.State == cradle.DeviceStarted {
+				told = append(told, d.Serial)
+			}
 		}
 		c = &cachedRollout{engine: e, revision: rev}
 		if s.cache == nil {
@@ -306,10 +321,15 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 	e := c.engine
 	before := e.Rollout().Status
 
-	// Device reports, oldest first.
+	// Device reports, oldest first. Every step reads the queue from its
+	// start: a step that consumed events saved them as consumed (which
+	// deletes them) or was refused (which drops the cache), so what is
+	// queued is all new. Seqs may be reused once the queue is empty (SQLite
+	// rowids), so a seq remembered across steps would skip reports.
 	consumed := 0
+	var lastSeq int64
 	for consumed < schedulerEventMax {
-		evs, err := s.Store.RolloutEvents(ctx, ref.TenantID, ref.ID, c.lastSeq, schedulerEventPage)
+		evs, err := s.Store.RolloutEvents(ctx, ref.TenantID, ref.ID, lastSeq, schedulerEventPage)
 		if err != nil {
 			return fmt.Errorf("events: %w", err)
 		}
@@ -326,7 +346,7 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 			default:
 				return fmt.Errorf("event %d: %w", ev.Seq, err)
 			}
-			c.lastSeq = ev.Seq
+			lastSeq = ev.Seq
 			consumed++
 		}
 		if len(evs) < schedulerEventPage {
@@ -334,6 +354,12 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 		}
 	}
 	st.Events += consumed
+	// Of the devices loaded as started, those that have not reported
+	// since are told again with this step's starts.
+	told = slices.DeleteFunc(told, func(serial string) bool {
+		d, _ := e.Device(serial)
+		return d.State != cradle.DeviceStarted
+	})
 
 	// Devices that joined a dynamic rollout's target.
 	now := cradle.Now(s.Clock)
@@ -358,7 +384,8 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 	changes := e.Changes()
 	after := e.Rollout()
 	if consumed == 0 && len(changes) == 0 && len(plan.Start) == 0 && reflect.DeepEqual(before, after.Status) {
-		return nil // nothing to write
+		s.notify(ctx, ref.TenantID, told, st) // nothing to write
+		return nil
 	}
 	rev, ok, err := s.Store.SaveRollout(ctx, *s.lease, cradle.RolloutSave{
 		TenantID:   ref.TenantID,
@@ -366,7 +393,7 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 		Revision:   c.revision,
 		Rollout:    after,
 		Changes:    changes,
-		EventsUpTo: c.lastSeq,
+		EventsUpTo: lastSeq,
 	})
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
@@ -384,17 +411,23 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 	if after.Status.State != before.State {
 		log.Info("rollout state changed", "from", before.State, "to", after.Status.State, "reason", after.Status.Reason)
 	}
-	if len(plan.Start) == 0 {
-		return nil
+	for _, p := range plan.Start {
+		told = append(told, p.Serial)
 	}
-	serials := make([]string, len(plan.Start))
-	for i, p := range plan.Start {
-		serials[i] = p.Serial
+	st.Started += len(plan.Start)
+	if len(plan.Start) > 0 {
+		log.Debug("devices started", "count", len(plan.Start), "phase", plan.Start[0].Phase)
 	}
-	st.Started += len(serials)
-	log.Debug("devices started", "count", len(serials), "phase", plan.Start[0].Phase)
-	if s.Notify != nil {
-		s.Notify(ctx, ref.TenantID, serials)
-	}
+	s.notify(ctx, ref.TenantID, told, st)
 	return nil
+}
+
+func (s *Scheduler) notify(ctx context.Context, tenantID int64, serials []string, st *StepStats) {
+	if len(serials) == 0 {
+		return
+	}
+	st.Notified += len(serials)
+	if s.Notify != nil {
+		s.Notify(ctx, tenantID, serials)
+	}
 }
