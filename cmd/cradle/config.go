@@ -42,10 +42,11 @@ type Config struct {
 // limit and garbage collection, and the refresh of the TUF repositories'
 // expiring metadata.
 type OTAConfig struct {
-	MaxImageSize    int64         // ota.max_image_size: the largest uploaded artifact
-	GCInterval      time.Duration // ota.gc_interval: how often unreferenced artifacts are collected
-	GCGrace         time.Duration // ota.gc_grace: how long an unreferenced artifact is spared
-	RefreshInterval time.Duration // ota.refresh_interval: how often expiring TUF metadata is re-signed
+	MaxImageSize      int64         // ota.max_image_size: the largest uploaded artifact
+	GCInterval        time.Duration // ota.gc_interval: how often unreferenced artifacts are collected
+	GCGrace           time.Duration // ota.gc_grace: how long an unreferenced artifact is spared
+	RefreshInterval   time.Duration // ota.refresh_interval: how often expiring TUF metadata is re-signed
+	SchedulerInterval time.Duration // ota.scheduler_interval: the time between steps of the rollout scheduler
 }
 
 // TelemetryConfig is the retention of device telemetry, applied by a job
@@ -104,7 +105,7 @@ func DefaultConfig() Config {
 		},
 		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883"},
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
-		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour},
+		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour, SchedulerInterval: time.Second},
 	}
 }
 
@@ -400,6 +401,19 @@ var configFields = []configField{
 			return nil
 		},
 		get: func(c *Config) string { return c.OTA.RefreshInterval.String() },
+	},
+	{
+		key: "ota.scheduler_interval", env: "CRADLE_OTA_SCHEDULER_INTERVAL", flag: "ota-scheduler-interval",
+		usage: "how often the rollout scheduler steps every active rollout (reports applied, devices started), such as 1s; at most 1m",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 10*time.Millisecond || d > time.Minute {
+				return fmt.Errorf("%q is not a duration from 10ms to 1m such as 1s", v)
+			}
+			c.OTA.SchedulerInterval = d
+			return nil
+		},
+		get: func(c *Config) string { return c.OTA.SchedulerInterval.String() },
 	},
 }
 

@@ -47,6 +47,8 @@ type Main struct {
 	// jobs; publisher is its ReleasePublisher.
 	otaJobs   *otaRunner
 	publisher *ota.Publisher
+	// scheduler drives the rollouts; nil until Run has started serving.
+	scheduler *rolloutScheduler
 }
 
 // Run prepares the data directory and the audit key, opens the store,
@@ -176,6 +178,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.serveErr <- err
 	}()
 	m.retention = startRetention(cfg.Telemetry, m.db, time.Now, m.Logger)
+	m.scheduler = startScheduler(cfg.OTA.SchedulerInterval, sqlstore.NewRolloutStore(m.db), nil, m.Logger)
 	m.Logger.Info("listening", "addr", m.Addr())
 	if m.device != nil {
 		m.device.start()
@@ -216,6 +219,11 @@ func (m *Main) Close() error {
 		return m.closeResources()
 	}
 	m.api.SetDraining(true)
+	if m.scheduler != nil {
+		// Before the device listener, which carries the notifications.
+		m.scheduler.close()
+		m.scheduler = nil
+	}
 	m.Logger.Info("shutting down", "timeout", m.Config.HTTP.ShutdownTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), m.Config.HTTP.ShutdownTimeout)
 	defer cancel()
@@ -257,6 +265,10 @@ func (m *Main) closeResources() error {
 	if m.retention != nil {
 		m.retention.close()
 		m.retention = nil
+	}
+	if m.scheduler != nil {
+		m.scheduler.close()
+		m.scheduler = nil
 	}
 	if m.device != nil {
 		m.device.srv.Close()
