@@ -159,6 +159,7 @@ func Run(t *testing.T, b Backend) {
 		{"CommandsIssueDeliverResult", testCommandsIssueDeliverResult}, {"CommandsRefusals", testCommandsRefusals}, {"CommandsExpiry", testCommandsExpiry}, {"CommandsLogs", testCommandsLogs}, {"CommandsConcurrentSequence", testCommandsConcurrentSequence},
 		{"TwinPrecedence", testTwinPrecedence}, {"TwinInvalid", testTwinInvalid}, {"TwinDrift", testTwinDrift}, {"TwinPermissions", testTwinPermissions}, {"TwinFactoryUnits", testTwinFactoryUnits}, {"TwinClaimedDevices", testTwinClaimedDevices},
 		{"ConcurrentWrites", testConcurrentWrites},
+		{"ReleaseLifecycle", testReleaseLifecycle}, {"ReleaseValidation", testReleaseValidation}, {"ReleaseConflicts", testReleaseConflicts}, {"ReleaseDowngrade", testReleaseDowngrade}, {"ImageKeys", testImageKeys}, {"ReleasePermissions", testReleasePermissions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newEnv(t, b)) })
