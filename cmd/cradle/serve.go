@@ -248,8 +248,7 @@ func (m *Main) closeResources() error {
 		m.retention = nil
 	}
 	if m.device != nil {
-		m.device.srv.Close()
-		m.device.ln.Close()
+		m.device.closeNow()
 		m.device = nil
 	}
 	if m.keys != nil {
