@@ -11,12 +11,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,11 +149,51 @@ func publishTUF(t *testing.T, dataDir, tenant string, targets map[string][]byte)
 // status reports land as rollout events, its software report on its
 // record. Over MQTT it gets the update notice when it subscribes and when
 // the scheduler notifies it.
+// It runs on SQLite, and on PostgreSQL too when CRADLE_TEST_POSTGRES is
+// set.
 func TestDeviceUpdateEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the server with a PKI")
 	}
-	s := startPKIServer(t, func(c *Config) { c.Device.ArtifactListen = "127.0.0.1:0" })
+	t.Run("sqlite", func(t *testing.T) { deviceUpdateEndToEnd(t, "") })
+	if base := os.Getenv("CRADLE_TEST_POSTGRES"); base != "" {
+		t.Run("postgres", func(t *testing.T) { deviceUpdateEndToEnd(t, postgresSchema(t, base)) })
+	}
+}
+
+// postgresSchema makes a schema of its own on the server base names,
+// dropped after the test, and returns the store DSN that uses it.
+func postgresSchema(t *testing.T, base string) string {
+	t.Helper()
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var b [6]byte
+	rand.Read(b[:])
+	schema := "cradle_e2e_" + hex.EncodeToString(b[:])
+	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
+		t.Fatalf("create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		if a, err := sql.Open("pgx", base); err == nil {
+			a.Exec("DROP SCHEMA " + schema + " CASCADE")
+			a.Close()
+		}
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func deviceUpdateEndToEnd(t *testing.T, storeDSN string) {
+	s := startPKIServer(t, func(c *Config) { c.Device.ArtifactListen, c.Store = "127.0.0.1:0", storeDSN })
 	m := s.m
 	dev := enrollDevice(t, s, "SN-U1")
 	base := m.device.Addr()
