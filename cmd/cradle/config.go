@@ -71,6 +71,8 @@ type DeviceConfig struct {
 	LDevIDLifetime time.Duration // lifetime of issued LDevIDs
 	MQTTListen     string        // host:port of the embedded MQTT broker (TLS, client certificates); "" turns it off
 	TPMEKRoots     string        // PEM file of the TPM manufacturers' root certificates that attestation trusts; "" accepts no attestation
+	ArtifactListen string        // host:port of a plain HTTP listener serving only /artifacts/ (signed URLs); "" turns it off
+	ArtifactURLTTL time.Duration // lifetime of the signed artifact download URLs given to devices
 }
 
 // PKIConfig says how the server opens the PKI's keys.
@@ -103,7 +105,7 @@ func DefaultConfig() Config {
 			MaxImportBytes:  1 << 30,
 			ShutdownTimeout: 30 * time.Second,
 		},
-		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883"},
+		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883", ArtifactURLTTL: 24 * time.Hour},
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
 		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour, SchedulerInterval: time.Second},
 	}
@@ -283,6 +285,33 @@ var configFields = []configField{
 			return nil
 		},
 		get: func(c *Config) string { return c.Device.TPMEKRoots },
+	},
+	{
+		key: "device.artifact_listen", env: "CRADLE_DEVICE_ARTIFACT_LISTEN", flag: "artifact-listen",
+		usage: "host:port of a plain HTTP listener that serves only artifact downloads at signed URLs, for download clients without TLS (empty turns it off)",
+		set: func(c *Config, v string) error {
+			if v != "" {
+				if err := checkListen(v); err != nil {
+					return err
+				}
+			}
+			c.Device.ArtifactListen = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.ArtifactListen },
+	},
+	{
+		key: "device.artifact_url_ttl", env: "CRADLE_DEVICE_ARTIFACT_URL_TTL", flag: "artifact-url-ttl",
+		usage: "how long a signed artifact download URL given to a device stays valid, from 1m to 720h",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Minute || d > 720*time.Hour {
+				return fmt.Errorf("%q is not a duration from 1m to 720h, such as 24h", v)
+			}
+			c.Device.ArtifactURLTTL = d
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.ArtifactURLTTL.String() },
 	},
 	{
 		key: "pki.passphrase_file", env: "CRADLE_PKI_PASSPHRASE_FILE", flag: "pki-passphrase-file",

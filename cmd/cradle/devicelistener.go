@@ -11,12 +11,14 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"cradle"
+	"cradle/internal/artifact"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
 	"cradle/internal/mqttapi"
@@ -27,7 +29,9 @@ import (
 
 // deviceListener is the device-facing HTTPS listener with what it serves:
 // EST enrollment (/.well-known/est/), the OCSP responder (/pki/ocsp), CRLs
-// and CA certificates (/pki/crl/, /pki/ca/).
+// and CA certificates (/pki/crl/, /pki/ca/), the device API under
+// /device/v1/ (updates and TUF metadata in deviceupdate.go), and artifact
+// downloads at signed URLs under /artifacts/ (artifacts.go).
 type deviceListener struct {
 	authority *pki.Authority
 	ln        net.Listener
@@ -38,6 +42,11 @@ type deviceListener struct {
 	logger    *slog.Logger
 	mqtt      *mqttapi.Broker // nil when device.mqtt_listen is empty
 	commands  *commandRelay
+	updates   *deviceUpdates
+	// accounting writes artifact downloads to the store; plain is the
+	// plain HTTP artifact listener (nil without device.artifact_listen).
+	accounting *downloadAccounting
+	plain      *artifactListener
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -59,7 +68,7 @@ func deviceKeyNames(h *pki.Hierarchy) []string {
 // newDeviceListener builds the listener over db and the PKI (its
 // certificates and the keys of deviceKeyNames), listening on
 // cfg.Device.Listen. Serve it with start.
-func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.Hierarchy, keys map[string]crypto.Signer, metrics prometheus.Registerer, logger *slog.Logger) (*deviceListener, error) {
+func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, h *pki.Hierarchy, keys map[string]crypto.Signer, metrics prometheus.Registerer, logger *slog.Logger) (*deviceListener, error) {
 	store := sqlstore.NewCertificateService(db)
 	tenants := sqlstore.NewTenantService(db)
 	production := h.Profile() == pki.ProfileProduction
@@ -148,13 +157,18 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 		return nil, err
 	}
 	twin.routes(listener)
+	downloads, err := d.mountUpdates(cfg, artifacts, listener, sqlstore.NewUpdateService(db), metrics)
+	if err != nil {
+		return nil, err
+	}
 
 	if cfg.Device.MQTTListen != "" {
-		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, metrics, logger); err != nil {
+		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, d.updates, metrics, logger); err != nil {
 			return nil, err
 		}
 		d.commands.mqtt = d.mqtt
 		twin.broker = d.mqtt
+		d.updates.broker = d.mqtt
 		db.SetTwinNotifier(twin.notify)
 	}
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
@@ -163,6 +177,15 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, h *pki.
 			d.mqtt.Close(ctx)
 		}
 		return nil, fmt.Errorf("serve: device listener: %w", err)
+	}
+	if cfg.Device.ArtifactListen != "" {
+		if d.plain, err = listenArtifacts(ctx, cfg.Device.ArtifactListen, downloads, logger); err != nil {
+			d.ln.Close()
+			if d.mqtt != nil {
+				d.mqtt.Close(ctx)
+			}
+			return nil, err
+		}
 	}
 	d.srv = &http.Server{
 		Handler: listener.Handler(), TLSConfig: listener.TLSConfig(),
@@ -226,6 +249,10 @@ func (d *deviceListener) start() {
 			}
 		}
 	}()
+	d.accounting.start()
+	if d.plain != nil {
+		d.plain.start()
+	}
 	go func() {
 		err := d.srv.ServeTLS(d.ln, "", "")
 		if errors.Is(err, http.ErrServerClosed) {
@@ -251,5 +278,53 @@ func (d *deviceListener) shutdown(ctx context.Context) error {
 	if serr := <-d.done; serr != nil && err == nil {
 		err = serr
 	}
+	if d.plain != nil {
+		if perr := d.plain.shutdown(ctx); perr != nil && err == nil {
+			err = perr
+		}
+	}
+	// After the listeners: the last downloads' records are in the queue.
+	d.accounting.close()
 	return err
+}
+
+// closeNow closes the listeners of a device listener that was never
+// started (Run failed after making it).
+func (d *deviceListener) closeNow() {
+	d.srv.Close()
+	d.ln.Close()
+	if d.plain != nil {
+		d.plain.ln.Close()
+	}
+}
+
+// mountUpdates mounts the update routes and the artifact downloads on the
+// listener and returns the download handler (for the plain listener too).
+// The URL-signing key is created on the first start.
+func (d *deviceListener) mountUpdates(cfg Config, artifacts *artifact.Dir, listener *deviceapi.Server, svc cradle.UpdateService, metrics prometheus.Registerer) (http.Handler, error) {
+	signer, created, err := loadOrCreateURLSigner(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	if created {
+		d.logger.Info("created the artifact URL-signing key", "path", filepath.Join(cfg.DataDir, artifactURLKeyFile))
+	}
+	if d.accounting, err = newDownloadAccounting(svc, metrics, d.logger); err != nil {
+		return nil, err
+	}
+	downloads := &artifact.Handler{Store: artifacts, Signer: signer, Account: d.accounting.Account, Logger: d.logger}
+	// Public: the signature is the credential, for download clients that
+	// cannot present the device's certificate.
+	listener.Handle("/artifacts/", downloads, true)
+	d.updates = &deviceUpdates{svc: svc, artifacts: downloads, ttl: cfg.Device.ArtifactURLTTL, urlHost: cfg.Device.URLHost,
+		dataDir: cfg.DataDir, tenantName: d.authority.TenantName, logger: d.logger, now: time.Now}
+	d.updates.routes(listener)
+	return downloads, nil
+}
+
+// notifyUpdates tells the connected devices among serials (of tenantID)
+// over MQTT that an update is pending for them: the rollout scheduler's
+// Notify.
+func (d *deviceListener) notifyUpdates(ctx context.Context, tenantID int64, serials []string) {
+	d.updates.notify(ctx, tenantID, serials)
 }

@@ -23,9 +23,9 @@ import (
 // device listener's checks (chain, profile, revocation, device state),
 // refusals audited, telemetry and twin reports stored, desired twin
 // documents sent on subscription, commands and their results relayed
-// through cmds. It is opened by the caller (Open) and listens on
-// device.mqtt_listen.
-func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, twin *deviceTwin, cmds *commandRelay, metrics prometheus.Registerer, logger *slog.Logger) (*mqttapi.Broker, error) {
+// through cmds, pending update notices sent on subscription (updates). It
+// is opened by the caller (Open) and listens on device.mqtt_listen.
+func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, audit *sqlstore.AuditService, telemetry *sqlstore.TelemetryService, twin *deviceTwin, cmds *commandRelay, updates *deviceUpdates, metrics prometheus.Registerer, logger *slog.Logger) (*mqttapi.Broker, error) {
 	// Telemetry refused (malformed, oversize, an unknown device) is
 	// counted and logged; the connection is kept.
 	telemetryRefused := prometheus.NewCounter(prometheus.CounterOpts{Name: "cradle_mqtt_telemetry_refused_total",
@@ -67,6 +67,7 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 		OnSubscribe: func(serial, filter string) {
 			id := tenantOf(serial)
 			cmds.onSubscribe(id, serial, filter)
+			updates.onSubscribe(id, serial, filter)
 			twin.onSubscribe(cradle.NewContextWithActor(context.Background(), deviceActor(id, serial)), serial, filter)
 		},
 		OnMessage: func(serial, topic string, payload []byte) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -33,9 +32,7 @@ type otaRunner struct {
 
 // startOTA opens what the publisher needs and starts the jobs. rollouts
 // may be nil (no rollouts to abort on a yank).
-func startOTA(cfg Config, db *sqlstore.DB, releases cradle.ReleaseService, rollouts cradle.RolloutService, logger *slog.Logger) *otaRunner {
-	dir := artifact.NewDir(filepath.Join(cfg.DataDir, "artifacts"))
-	dir.MaxSize = cfg.OTA.MaxImageSize
+func startOTA(cfg Config, db *sqlstore.DB, dir *artifact.Dir, releases cradle.ReleaseService, rollouts cradle.RolloutService, logger *slog.Logger) *otaRunner {
 	repos := &ota.Repos{DataDir: cfg.DataDir, Passphrase: pkiPassphrase(cfg.PKI.PassphraseFile, nil, io.Discard), Logger: logger}
 	o := &otaRunner{artifacts: dir, repos: repos}
 	o.publisher = &ota.Publisher{

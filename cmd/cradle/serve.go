@@ -107,6 +107,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		printBootstrap(m.Stdout, m.Addr(), secret)
 	}
 
+	// The artifact store: uploads, garbage collection and downloads.
+	artifacts := openArtifactStore(cfg)
+
 	// The device listener serves once the data directory holds a PKI.
 	var certs cradle.CertificateService = sqlstore.NewCertificateService(m.db)
 	metrics := prometheus.NewRegistry()
@@ -116,7 +119,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			return err
 		}
 		m.keys = closeKeys
-		if m.device, err = newDeviceListener(ctx, cfg, m.db, h, keys, metrics, m.Logger); err != nil {
+		if m.device, err = newDeviceListener(ctx, cfg, m.db, artifacts, h, keys, metrics, m.Logger); err != nil {
 			return err
 		}
 		certs = m.device.authority.WrapCertificates(certs)
@@ -130,7 +133,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if m.device != nil && m.device.mqtt != nil {
 		devices.OnTransition = disconnectOnTransition(m.device.mqtt, m.Logger)
 	}
-	m.otaJobs = startOTA(cfg, m.db, sqlstore.NewReleaseService(m.db), sqlstore.NewRolloutService(m.db), m.Logger)
+	m.otaJobs = startOTA(cfg, m.db, artifacts, sqlstore.NewReleaseService(m.db), sqlstore.NewRolloutService(m.db), m.Logger)
 	m.publisher = m.otaJobs.publisher
 	m.api = &httpapi.Server{
 		Devices:        devices,
@@ -271,8 +274,7 @@ func (m *Main) closeResources() error {
 		m.scheduler = nil
 	}
 	if m.device != nil {
-		m.device.srv.Close()
-		m.device.ln.Close()
+		m.device.closeNow()
 		m.device = nil
 	}
 	if m.keys != nil {

@@ -56,6 +56,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return
 	}
+	h.ServeBlob(w, r, t.Digest, t.Device)
+}
+
+// ServeBlob serves blob d to a request whose right to it the caller has
+// already checked (a TUF client fetching a target of its own repository,
+// say), with the same HTTP semantics as ServeHTTP: Range, If-Range,
+// If-None-Match, HEAD, Content-Length. device is reported to Account.
+func (h *Handler) ServeBlob(w http.ResponseWriter, r *http.Request, d Digest, device string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "artifact downloads take GET or HEAD", http.StatusMethodNotAllowed)
+		return
+	}
+	t := Ticket{Digest: d, Device: device}
 	f, info, err := h.Store.Open(r.Context(), t.Digest)
 	if err != nil {
 		if cradle.ErrorCode(err) == cradle.ENOTFOUND {

@@ -15,6 +15,7 @@ import (
 //	cradle/devices/<serial>/twin/desired     server → device  desired configuration document
 //	cradle/devices/<serial>/commands         server → device  signed commands
 //	cradle/devices/<serial>/commands/result  device → server  command results
+//	cradle/devices/<serial>/update           server → device  update notices {"rollout_id", "attempt"}
 //
 // The direction is a convention of the agent and the server, not an ACL
 // rule: a device may publish and subscribe anywhere in its own subtree and
@@ -28,6 +29,7 @@ const (
 	TopicTwinDesired    = "twin/desired"
 	TopicCommands       = "commands"
 	TopicCommandResults = "commands/result"
+	TopicUpdate         = "update"
 )
 
 // DeviceTopic returns the topic suffix in the subtree of device serial,
