@@ -20,9 +20,9 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
-	"cradle/internal/ota"
 	"cradle/internal/deviceapi"
 	"cradle/internal/mqttapi"
+	"cradle/internal/ota"
 )
 
 // deviceUpdates is the device side of over-the-air updates on the device

@@ -29,8 +29,8 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
-	"cradle/internal/ota"
 	"cradle/internal/est"
+	"cradle/internal/ota"
 	"cradle/internal/sqlstore"
 	"cradle/internal/testkit"
 	"cradle/internal/tuf"
