@@ -159,7 +159,7 @@ func Run(t *testing.T, b Backend) {
 		{"CommandsIssueDeliverResult", testCommandsIssueDeliverResult}, {"CommandsRefusals", testCommandsRefusals}, {"CommandsExpiry", testCommandsExpiry}, {"CommandsLogs", testCommandsLogs}, {"CommandsConcurrentSequence", testCommandsConcurrentSequence},
 		{"TwinPrecedence", testTwinPrecedence}, {"TwinInvalid", testTwinInvalid}, {"TwinDrift", testTwinDrift}, {"TwinPermissions", testTwinPermissions}, {"TwinFactoryUnits", testTwinFactoryUnits}, {"TwinClaimedDevices", testTwinClaimedDevices},
 		{"ConcurrentWrites", testConcurrentWrites},
-		{"ReleaseLifecycle", testReleaseLifecycle}, {"ReleaseValidation", testReleaseValidation}, {"ReleaseConflicts", testReleaseConflicts}, {"ReleaseDowngrade", testReleaseDowngrade}, {"ImageKeys", testImageKeys}, {"ReleasePermissions", testReleasePermissions},
+		{"ReleaseLifecycle", testReleaseLifecycle}, {"ReleaseValidation", testReleaseValidation}, {"ReleaseConflicts", testReleaseConflicts}, {"ReleaseDowngrade", testReleaseDowngrade}, {"ImageKeys", testImageKeys}, {"ReleasePermissions", testReleasePermissions}, {"ReleaseConcurrent", testReleaseConcurrent},
 		{"UpdatePending", testUpdatePending}, {"UpdateReports", testUpdateReports}, {"UpdateSoftware", testUpdateSoftware}, {"UpdateDownloads", testUpdateDownloads},
 	}
 	for _, tt := range tests {
