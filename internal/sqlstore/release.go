@@ -331,6 +331,8 @@ func validateDeltas(id string, deltas []cradle.ReleaseDelta) error {
 }
 
 // MarkReleaseSigned records that the release is a published TUF target.
+// Re-signing a signed release replaces its target path and deltas, and
+// SignedAt becomes the time of the latest signing.
 func (s *ReleaseService) MarkReleaseSigned(ctx context.Context, id, targetPath string, deltas []cradle.ReleaseDelta) (*cradle.Release, error) {
 	subject := "release:" + id
 	a, err := s.db.authorize(ctx, cradle.PermReleaseWrite, "release.sign", subject)

@@ -126,8 +126,14 @@ func testUpdatePending(t *testing.T, e *Env) {
 		}
 	}
 
+	// A yanked release is not handed out, even to attempts in flight.
+	e.Exec(`UPDATE rollouts SET state = 'aborted' WHERE public_id = ?`, ro)
+	must[*cradle.Release](t)(k.svc.SetReleaseState(k.admin, rel.ID, cradle.ReleaseYanked, "bricks B2"))
+	_, err := k.upd.PendingUpdate(k.device("SN-1"), "SN-1", "")
+	wantCode(t, err, cradle.ENOTFOUND)
+
 	// A device only for itself; operators do not fetch updates.
-	_, err := k.upd.PendingUpdate(k.device("SN-2"), "SN-1", "")
+	_, err = k.upd.PendingUpdate(k.device("SN-2"), "SN-1", "")
 	wantCode(t, err, cradle.EFORBIDDEN, `device "SN-2" may not`)
 	_, err = k.upd.PendingUpdate(k.admin, "SN-1", "")
 	wantCode(t, err, cradle.EFORBIDDEN)
