@@ -36,7 +36,11 @@ import (
 //   - an image key is trusted for one model only (ECONFLICT naming it).
 //
 // Every change is audited in its transaction; refused changes (permission,
-// conflict, downgrade) are audited as "<action>.refused".
+// conflict, downgrade) are audited as "<action>.refused". A change first
+// locks its tenant's audit head (PostgreSQL; SQLite has one writer), so the
+// checks that read other rows of the tenant (duplicates, the downgrade
+// floor, the model of a key) see every change committed before it, and
+// row locks are always taken in the same order.
 type ReleaseService struct{ db *DB }
 
 var _ cradle.ReleaseService = (*ReleaseService)(nil)
@@ -327,6 +331,8 @@ func validateDeltas(id string, deltas []cradle.ReleaseDelta) error {
 }
 
 // MarkReleaseSigned records that the release is a published TUF target.
+// Re-signing a signed release replaces its target path and deltas, and
+// SignedAt becomes the time of the latest signing.
 func (s *ReleaseService) MarkReleaseSigned(ctx context.Context, id, targetPath string, deltas []cradle.ReleaseDelta) (*cradle.Release, error) {
 	subject := "release:" + id
 	a, err := s.db.authorize(ctx, cradle.PermReleaseWrite, "release.sign", subject)
@@ -435,6 +441,9 @@ func (s *ReleaseService) SetReleaseState(ctx context.Context, id string, to crad
 	var out *cradle.Release
 	var refused error
 	err = s.db.write(ctx, func(tx *Tx) error {
+		if err := tx.lockTenant(ctx, a.TenantID); err != nil {
+			return err
+		}
 		rid, r, err := tx.lockRelease(ctx, a.TenantID, id)
 		if err != nil {
 			return err
@@ -572,6 +581,9 @@ func (s *ReleaseService) AddImageKey(ctx context.Context, k cradle.ImageKey) (*c
 	var out *cradle.ImageKey
 	var refused error
 	err = s.db.write(ctx, func(tx *Tx) error {
+		if err := tx.lockTenant(ctx, a.TenantID); err != nil {
+			return err
+		}
 		cur, err := findImageKeys(ctx, tx.query, a.TenantID, "fingerprint = ?", fp)
 		if err != nil {
 			return err
@@ -650,6 +662,9 @@ func (s *ReleaseService) RemoveImageKey(ctx context.Context, fingerprint string)
 		return err
 	}
 	return s.db.write(ctx, func(tx *Tx) error {
+		if err := tx.lockTenant(ctx, a.TenantID); err != nil {
+			return err
+		}
 		cur, err := findImageKeys(ctx, tx.query, a.TenantID, "fingerprint = ?", fingerprint)
 		if err != nil {
 			return err

@@ -18,7 +18,9 @@ import (
 //     started, downloading or installing of a rollout that is running,
 //     paused or aborted (an aborted rollout lets attempts in flight
 //     finish), with the release of that rollout and the delta whose base
-//     digest is exactly the one the device runs;
+//     digest is exactly the one the device runs; a yanked release is never
+//     handed out (its attempts time out in the engine), and of two
+//     rollouts with an attempt in flight the newest wins;
 //   - a report is queued as a rollout_events row for the scheduler, which
 //     feeds it to the rollout engine; the row's kind is the state reported
 //     (the engine's event kinds);
@@ -63,7 +65,9 @@ func (s *UpdateService) PendingUpdate(ctx context.Context, serial, runningSHA256
 	var relID int64
 	var state string
 	err = s.db.queryRow(ctx, `SELECT ro.public_id, ro.release_id, rd.attempt, rd.state FROM rollout_devices rd JOIN rollouts ro ON ro.id = rd.rollout_id
+		JOIN releases r ON r.id = ro.release_id
 		WHERE rd.device_id = ? AND ro.tenant_id = ? AND rd.state IN ('started', 'downloading', 'installing') AND ro.state IN ('running', 'paused', 'aborted')
+			AND r.state <> 'yanked'
 		ORDER BY ro.id DESC LIMIT 1`, devID, a.TenantID).Scan(&p.RolloutID, &relID, &p.Attempt, &state)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, cradle.Errorf(cradle.ENOTFOUND, "device %q has no update in progress", serial)
