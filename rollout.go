@@ -578,15 +578,16 @@ type RolloutEvent struct {
 }
 
 // RolloutSave is what one scheduler step writes: the rollout's new status,
-// the device records that changed, and the events it consumed (every event
-// of the rollout with Seq ≤ EventsUpTo is deleted).
+// the device records that changed, and the events it consumed (deleted by
+// their Seq: a report whose Seq is lower but that committed after the step
+// read the queue is not among them, and stays for the next step).
 type RolloutSave struct {
 	TenantID   int64
 	ID         string
 	Revision   int64 // the revision the step started from
 	Rollout    Rollout
 	Changes    []RolloutDevice
-	EventsUpTo int64
+	Events     []int64
 }
 
 // RolloutStore is what the scheduler needs, across tenants. It is used

@@ -181,7 +181,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.serveErr <- err
 	}()
 	m.retention = startRetention(cfg.Telemetry, m.db, time.Now, m.Logger)
-	m.scheduler = startScheduler(cfg.OTA.SchedulerInterval, sqlstore.NewRolloutStore(m.db), nil, m.Logger)
+	// Started devices are told over MQTT when the broker runs; the
+	// others find their update when they poll.
+	var notify func(context.Context, int64, []string)
+	if m.device != nil && m.device.mqtt != nil {
+		notify = m.device.notifyUpdates
+	}
+	m.scheduler = startScheduler(cfg.OTA.SchedulerInterval, sqlstore.NewRolloutStore(m.db), notify, m.Logger)
 	m.Logger.Info("listening", "addr", m.Addr())
 	if m.device != nil {
 		m.device.start()

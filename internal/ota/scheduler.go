@@ -328,6 +328,7 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 	// rowids), so a seq remembered across steps would skip reports.
 	consumed := 0
 	var lastSeq int64
+	var seqs []int64
 	for consumed < schedulerEventMax {
 		evs, err := s.Store.RolloutEvents(ctx, ref.TenantID, ref.ID, lastSeq, schedulerEventPage)
 		if err != nil {
@@ -347,6 +348,7 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 				return fmt.Errorf("event %d: %w", ev.Seq, err)
 			}
 			lastSeq = ev.Seq
+			seqs = append(seqs, ev.Seq)
 			consumed++
 		}
 		if len(evs) < schedulerEventPage {
@@ -393,7 +395,7 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 		Revision:   c.revision,
 		Rollout:    after,
 		Changes:    changes,
-		EventsUpTo: lastSeq,
+		Events:     seqs,
 	})
 	if err != nil {
 		return fmt.Errorf("save: %w", err)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 
 	"cradle"
 )
@@ -213,10 +214,8 @@ func (s *RolloutStore) SaveRollout(ctx context.Context, lease cradle.Lease, sv c
 		} else if err != nil {
 			return err
 		}
-		if sv.EventsUpTo > 0 {
-			if _, err := tx.exec(ctx, `DELETE FROM rollout_events WHERE rollout_id = ? AND seq <= ?`, sr.id, sv.EventsUpTo); err != nil {
-				return fmt.Errorf("sqlstore: save rollout: events: %w", err)
-			}
+		if err := tx.deleteEvents(ctx, sr.id, sv.Events); err != nil {
+			return err
 		}
 		if from, to := sr.r.Status.State, sv.Rollout.Status.State; from != to {
 			return tx.audit(ctx, sv.TenantID, schedulerActor(sv.TenantID), cradle.AuditEvent{Action: "rollout.state", Subject: "rollout:" + sv.ID,
@@ -256,6 +255,26 @@ func (tx *Tx) checkJoins(ctx context.Context, tenantID, rolloutID int64, changes
 			return fmt.Errorf("sqlstore: save rollout: joins: %w", err)
 		}
 		return errStepRefused
+	}
+	return nil
+}
+
+// deleteEvents deletes the consumed events of a rollout by their seq, in
+// chunks that stay within the databases' limits on bound parameters.
+func (tx *Tx) deleteEvents(ctx context.Context, rolloutID int64, seqs []int64) error {
+	const chunk = 500
+	for len(seqs) > 0 {
+		n := min(chunk, len(seqs))
+		args := make([]any, 0, n+1)
+		args = append(args, rolloutID)
+		for _, s := range seqs[:n] {
+			args = append(args, s)
+		}
+		q := `DELETE FROM rollout_events WHERE rollout_id = ? AND seq IN (?` + strings.Repeat(", ?", n-1) + `)`
+		if _, err := tx.exec(ctx, q, args...); err != nil {
+			return fmt.Errorf("sqlstore: save rollout: events: %w", err)
+		}
+		seqs = seqs[n:]
 	}
 	return nil
 }

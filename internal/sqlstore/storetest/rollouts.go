@@ -570,7 +570,7 @@ func testRolloutEvents(t *testing.T, e *Env) {
 	}
 	l, _, _ := k.store.AcquireLease(ctx, "sched", "me", time.Minute)
 	sv, _ := step(t, k, r.ID, in)
-	sv.EventsUpTo = all[1].Seq // the step consumed two; the third stays
+	sv.Events = []int64{all[0].Seq, all[1].Seq} // the step consumed two; the third stays
 	if _, ok, err := k.store.SaveRollout(ctx, l, sv); err != nil || !ok {
 		t.Fatal(ok, err)
 	}
