@@ -74,7 +74,9 @@ CREATE INDEX rollouts_tenant ON rollouts (tenant_id, id);
 CREATE INDEX rollouts_state ON rollouts (state);
 
 -- A rollout's devices, in the engine's order (position). labels holds
--- only what the engine reads (the tz label), as JSON.
+-- only what the engine reads (the tz label), as JSON, or '' for none. A
+-- serial is unique in a rollout (serials are unique in a tenant), so the
+-- scheduler updates a device's row by serial.
 CREATE TABLE rollout_devices (
 	rollout_id     INTEGER NOT NULL REFERENCES rollouts (id),
 	position       INTEGER NOT NULL,
@@ -88,7 +90,7 @@ CREATE TABLE rollout_devices (
 	reason         TEXT    NOT NULL DEFAULT '',
 	active_rollout TEXT    NOT NULL DEFAULT '',
 	PRIMARY KEY (rollout_id, position),
-	UNIQUE (rollout_id, device_id)
+	UNIQUE (rollout_id, serial)
 );
 CREATE INDEX rollout_devices_device ON rollout_devices (device_id, state);
 
