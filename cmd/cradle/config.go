@@ -34,6 +34,18 @@ type Config struct {
 	Factory FactoryConfig // factory.*
 	// Telemetry is telemetry.*: retention of the time series.
 	Telemetry TelemetryConfig
+	// OTA is ota.*: release artifacts and TUF repositories.
+	OTA OTAConfig
+}
+
+// OTAConfig is the release side of cradle serve: the artifact store's
+// limit and garbage collection, and the refresh of the TUF repositories'
+// expiring metadata.
+type OTAConfig struct {
+	MaxImageSize    int64         // ota.max_image_size: the largest uploaded artifact
+	GCInterval      time.Duration // ota.gc_interval: how often unreferenced artifacts are collected
+	GCGrace         time.Duration // ota.gc_grace: how long an unreferenced artifact is spared
+	RefreshInterval time.Duration // ota.refresh_interval: how often expiring TUF metadata is re-signed
 }
 
 // TelemetryConfig is the retention of device telemetry, applied by a job
@@ -92,6 +104,7 @@ func DefaultConfig() Config {
 		},
 		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883"},
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
+		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour},
 	}
 }
 
@@ -333,10 +346,65 @@ var configFields = []configField{
 		},
 		get: func(c *Config) string { return c.Telemetry.PruneInterval.String() },
 	},
+	{
+		key: "ota.max_image_size", env: "CRADLE_OTA_MAX_IMAGE_SIZE", flag: "ota-max-image-size",
+		usage: "the largest release artifact an upload may carry, in bytes (suffixes KiB, MiB, GiB; at most 4GiB)",
+		set: func(c *Config, v string) error {
+			n, err := parseByteSize(v)
+			if err != nil {
+				return err
+			}
+			if n > 4<<30 {
+				return fmt.Errorf("%q is larger than the artifact store's limit of 4GiB", v)
+			}
+			c.OTA.MaxImageSize = n
+			return nil
+		},
+		get: func(c *Config) string { return formatByteSize(c.OTA.MaxImageSize) },
+	},
+	{
+		key: "ota.gc_interval", env: "CRADLE_OTA_GC_INTERVAL", flag: "ota-gc-interval",
+		usage: "how often artifacts no release refers to are deleted, such as 1h",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second {
+				return fmt.Errorf("%q is not a duration of at least 1s such as 1h", v)
+			}
+			c.OTA.GCInterval = d
+			return nil
+		},
+		get: func(c *Config) string { return c.OTA.GCInterval.String() },
+	},
+	{
+		key: "ota.gc_grace", env: "CRADLE_OTA_GC_GRACE", flag: "ota-gc-grace",
+		usage: "how long an unreferenced artifact is kept after it was stored (longer than the slowest upload), such as 24h",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Minute {
+				return fmt.Errorf("%q is not a duration of at least 1m such as 24h", v)
+			}
+			c.OTA.GCGrace = d
+			return nil
+		},
+		get: func(c *Config) string { return c.OTA.GCGrace.String() },
+	},
+	{
+		key: "ota.refresh_interval", env: "CRADLE_OTA_REFRESH_INTERVAL", flag: "ota-refresh-interval",
+		usage: "how often the TUF repositories' expiring targets, snapshot and timestamp metadata are re-signed, such as 1h (at most 6h: timestamp lasts a day)",
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second || d > 6*time.Hour {
+				return fmt.Errorf("%q is not a duration from 1s to 6h such as 1h", v)
+			}
+			c.OTA.RefreshInterval = d
+			return nil
+		},
+		get: func(c *Config) string { return c.OTA.RefreshInterval.String() },
+	},
 }
 
 // configGroups are the YAML keys that hold nested keys.
-var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetry"}
+var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetry", "ota"}
 
 const day = 24 * time.Hour
 

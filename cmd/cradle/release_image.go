@@ -19,7 +19,8 @@ import (
 )
 
 // releaseCmd groups the release commands: the offline ones that sign and
-// check MCUboot images, and the clients of the server's release routes.
+// check MCUboot images, the clients of the server's release routes, and
+// the local TUF repository commands.
 func (a *app) releaseCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "release",
@@ -27,6 +28,7 @@ func (a *app) releaseCmd() *cobra.Command {
 	}
 	c.AddCommand(a.releaseSignImageCmd(), a.releaseVerifyImageCmd())
 	c.AddCommand(a.releaseClientCmds()...)
+	c.AddCommand(a.releaseRepoCmd())
 	return c
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"cradle"
 	"cradle/internal/httpapi"
+	"cradle/internal/ota"
 	"cradle/internal/pki"
 	"cradle/internal/sqlstore"
 
@@ -42,6 +43,10 @@ type Main struct {
 	webhook  *webhookRunner  // nil without factory.webhook_url
 	// retention prunes telemetry; nil until Run has started serving.
 	retention *retention
+	// otaJobs holds the artifact store, the TUF repositories and their
+	// jobs; publisher is its ReleasePublisher.
+	otaJobs   *otaRunner
+	publisher *ota.Publisher
 }
 
 // Run prepares the data directory and the audit key, opens the store,
@@ -123,6 +128,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if m.device != nil && m.device.mqtt != nil {
 		devices.OnTransition = disconnectOnTransition(m.device.mqtt, m.Logger)
 	}
+	m.otaJobs = startOTA(cfg, m.db, sqlstore.NewReleaseService(m.db), sqlstore.NewRolloutService(m.db), m.Logger)
+	m.publisher = m.otaJobs.publisher
 	m.api = &httpapi.Server{
 		Devices:        devices,
 		Claims:         sqlstore.NewClaimService(m.db),
@@ -246,6 +253,10 @@ func (m *Main) Close() error {
 
 func (m *Main) closeResources() error {
 	var err error
+	if m.otaJobs != nil {
+		err = m.otaJobs.close()
+		m.otaJobs, m.publisher = nil, nil
+	}
 	if m.retention != nil {
 		m.retention.close()
 		m.retention = nil
