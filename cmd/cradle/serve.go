@@ -142,6 +142,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Releases:       sqlstore.NewReleaseService(m.db),
 		Rollouts:       sqlstore.NewRolloutService(m.db),
 		Updates:        sqlstore.NewUpdateService(m.db),
+		Publisher:      m.publisher,
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,

@@ -2,32 +2,105 @@ package httpapi_test
 
 import (
 	"bytes"
+	"context"
+	"crypto"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"cradle"
+	"cradle/internal/artifact"
 	"cradle/internal/httpapi"
+	"cradle/internal/kms"
+	"cradle/internal/ota"
 	"cradle/internal/sqlstore"
+	"cradle/internal/tuf"
 
 	"github.com/google/go-cmp/cmp"
 )
 
 // withOTA gives the server the store's release, rollout and update
-// services (the publisher is set by the tests that need one).
+// services and a publisher over an artifact directory and a TUF
+// repository of tenant 1 ("default") with online keys in files.
 func withOTA(e *env) func(*httpapi.Server) {
 	return func(s *httpapi.Server) {
 		s.Releases = sqlstore.NewReleaseService(e.db)
 		s.Rollouts = sqlstore.NewRolloutService(e.db)
 		s.Updates = sqlstore.NewUpdateService(e.db)
+		s.Publisher = newPublisher(e.t, e.db, e.clock, s.Releases, s.Rollouts)
 	}
+}
+
+func newPublisher(t testing.TB, db *sqlstore.DB, clock cradle.Clock, releases cradle.ReleaseService, rollouts cradle.RolloutService) *ota.Publisher {
+	t.Helper()
+	ctx := t.Context()
+	dataDir := t.TempDir()
+	dir := artifact.NewDir(filepath.Join(dataDir, "artifacts"))
+	dir.Now = clock.Now
+	repos := &ota.Repos{DataDir: dataDir, Clock: clock}
+	t.Cleanup(func() { repos.Close() })
+	keyDir := filepath.Join(ota.TenantDir(dataDir, "default"), "keys")
+	if err := os.MkdirAll(keyDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keys := ota.OnlineKeys{}
+	for _, role := range ota.OnlineRoles {
+		if _, err := kms.Generate(ctx, filepath.Join(keyDir, role+".key"), kms.Ed25519, kms.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		keys[role] = "keys/" + role + ".key"
+	}
+	_, root, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repos.Init(ctx, "default", tuf.RootSpec{Keys: []crypto.PublicKey{root.Public()}, Threshold: 1}, []crypto.Signer{root}, keys); err != nil {
+		t.Fatal(err)
+	}
+	tenants := sqlstore.NewTenantService(db)
+	return &ota.Publisher{Releases: releases, Rollouts: rollouts, Artifacts: dir, Repos: repos, MaxImageSize: 1 << 20, Logger: slog.New(slog.DiscardHandler),
+		TenantName: func(ctx context.Context, id int64) (string, error) {
+			all, err := tenants.FindTenants(ctx)
+			if err != nil {
+				return "", err
+			}
+			for _, tn := range all {
+				if tn.ID == id {
+					return tn.Name, nil
+				}
+			}
+			return "", fmt.Errorf("tenant %d not found", id)
+		}}
+}
+
+// uploadPath is the upload route's path for body as an opaque file.
+func uploadPath(version string, body []byte, extra string) string {
+	sum := sha256.Sum256(body)
+	return "/api/v1/releases?model=gw-100&version=" + version + "&kind=file&file_name=fw.bin&security_counter=1&sha256=" + hex.EncodeToString(sum[:]) + extra
+}
+
+// uploaded uploads an opaque file as release version of gw-100 through the
+// API, signed when sign.
+func (e *env) uploaded(version string, sign bool) *cradle.Release {
+	e.t.Helper()
+	body := []byte("firmware " + version)
+	sum := sha256.Sum256(body)
+	rel, err := e.client(cradle.RoleAdmin).UploadRelease(e.t.Context(), cradle.ReleaseUpload{Model: "gw-100", Version: version, Kind: cradle.ReleaseFile,
+		FileName: "fw.bin", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(body)), SecurityCounter: 1, Sign: sign}, bytes.NewReader(body))
+	if err != nil {
+		e.t.Fatalf("upload %s: %v", version, err)
+	}
+	return rel
 }
 
 // signedRelease records a signed release of gw-100 in tenant 1 through
@@ -108,11 +181,38 @@ func rolloutBody(release string, serials ...string) string {
 		release, strings.Join(serials, `","`))
 }
 
+// refusalsNotAudited are the routes whose refusals the service does not
+// yet write to the audit log: internal/ota.Publisher checks the
+// permission with cradle.Authorize before it reaches the store, so a
+// refused upload, sign, deprecate, yank or status leaves no *.refused
+// entry. The matrix still checks their statuses and error bodies.
+var refusalsNotAudited = map[string]bool{
+	"POST /api/v1/releases":                true,
+	"POST /api/v1/releases/{id}/sign":      true,
+	"POST /api/v1/releases/{id}/deprecate": true,
+	"POST /api/v1/releases/{id}/yank":      true,
+	"GET /api/v1/tuf":                      true,
+}
+
 // otaMatrix is the authorization matrix of the release-record, image-key,
 // rollout and device-software routes: admins and operators read and
 // write, auditors read, the factory neither (but for the device routes,
 // which need device.read, which the factory has).
 var otaMatrix = []call{
+	{"POST", "/api/v1/releases", func(e *env, r cradle.Role) (string, string, string) {
+		body := "firmware up-" + string(r)
+		return uploadPath("up-"+string(r), []byte(body), ""), "application/octet-stream", body
+	}, [4]int{201, 201, 403, 403}},
+	{"POST", "/api/v1/releases/{id}/sign", func(e *env, r cradle.Role) (string, string, string) {
+		return "/api/v1/releases/" + e.uploaded("sign-"+string(r), false).ID + "/sign", "", ""
+	}, [4]int{200, 200, 403, 403}},
+	{"POST", "/api/v1/releases/{id}/deprecate", func(e *env, r cradle.Role) (string, string, string) {
+		return "/api/v1/releases/" + e.uploaded("dep-"+string(r), true).ID + "/deprecate", "application/json", `{"reason":"matrix"}`
+	}, [4]int{200, 200, 403, 403}},
+	{"POST", "/api/v1/releases/{id}/yank", func(e *env, r cradle.Role) (string, string, string) {
+		return "/api/v1/releases/" + e.uploaded("yank-"+string(r), true).ID + "/yank", "application/json", `{"reason":"matrix"}`
+	}, [4]int{200, 200, 403, 403}},
+	{"GET", "/api/v1/tuf", jsonCall("/api/v1/tuf", ""), [4]int{200, 200, 403, 200}},
 	{"GET", "/api/v1/releases", jsonCall("/api/v1/releases?model=gw-100&state=signed&limit=5", ""), [4]int{200, 200, 403, 200}},
 	{"GET", "/api/v1/releases/{id}", func(e *env, r cradle.Role) (string, string, string) {
 		return "/api/v1/releases/" + e.matrixRelease(), "", ""
