@@ -84,7 +84,7 @@ Then "cradle login --server URL --token TOKEN" and use the commands below.`,
 		root.AddCommand(c)
 	}
 	for _, c := range []*cobra.Command{a.loginCmd(), a.deviceCmd(), a.auditCmd(), a.tokenCmd(), a.pkiCmd(), a.factoryCmd(), a.policyCmd(),
-		a.configGroupCmd(), a.configSchemaCmd(), a.simCmd(), a.releaseCmd()} {
+		a.configGroupCmd(), a.configSchemaCmd(), a.simCmd(), a.releaseCmd(), a.rolloutCmd()} {
 		c.GroupID = "fleet"
 		root.AddCommand(c)
 	}

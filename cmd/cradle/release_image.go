@@ -18,14 +18,16 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// releaseCmd groups the release commands. For now these are the offline
-// ones that sign and check MCUboot images.
+// releaseCmd groups the release commands: the offline ones that sign and
+// check MCUboot images, the clients of the server's release routes, and
+// the local TUF repository commands.
 func (a *app) releaseCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "release",
-		Short: "Sign and check firmware release images",
+		Short: "Sign and check images; upload, sign, list, deprecate and yank releases",
 	}
 	c.AddCommand(a.releaseSignImageCmd(), a.releaseVerifyImageCmd())
+	c.AddCommand(a.releaseClientCmds()...)
 	c.AddCommand(a.releaseRepoCmd())
 	return c
 }

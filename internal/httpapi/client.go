@@ -258,6 +258,13 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, hdr http.He
 	if err != nil {
 		return 0, fmt.Errorf("httpapi: %w", err)
 	}
+	if sb, ok := body.(*sizedBody); ok {
+		// A streamed upload of known length: the server needs it.
+		req.ContentLength = sb.n
+		if sb.n == 0 {
+			req.Body = http.NoBody
+		}
+	}
 	for k, v := range hdr {
 		req.Header[k] = v
 	}

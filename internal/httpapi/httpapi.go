@@ -75,6 +75,19 @@ type Server struct {
 	// Twins serves the configuration twin routes: device twins, config
 	// groups, config schemas and the drift listing.
 	Twins cradle.TwinService
+	// Releases serves the release records and image keys; nil answers
+	// those routes with not_implemented.
+	Releases cradle.ReleaseService
+	// Publisher uploads, signs, deprecates and yanks releases and
+	// describes the TUF repository; nil (no repository yet) answers those
+	// routes with unavailable.
+	Publisher cradle.ReleasePublisher
+	// Rollouts serves the rollout routes; nil answers them with
+	// not_implemented.
+	Rollouts cradle.RolloutService
+	// Updates serves a device's reported software and download totals;
+	// nil answers those routes with not_implemented.
+	Updates cradle.UpdateService
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.

@@ -187,6 +187,30 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"ConfigGroup":       cradle.ConfigGroup{},
 		"ConfigGroupList":   httpapi.ConfigGroupList{},
 		"ConfigSchema":      cradle.ConfigSchema{},
+		"Release":           cradle.Release{},
+		"ReleaseDelta":      cradle.ReleaseDelta{},
+		"ReleaseList":       httpapi.ReleaseList{},
+		"ReasonRequest":     httpapi.ReasonRequest{},
+		"ImageKey":          cradle.ImageKey{},
+		"ImageKeyCreate":    httpapi.ImageKeyCreate{},
+		"ImageKeyList":      httpapi.ImageKeyList{},
+		"RepositoryStatus":  cradle.RepositoryStatus{},
+		"RepositoryRole":    cradle.RepositoryRole{},
+		"RolloutSpec":       cradle.RolloutSpec{},
+		"RolloutTarget":     cradle.RolloutTarget{},
+		"RolloutPhase":      cradle.RolloutPhase{},
+		"FailureThreshold":  cradle.FailureThreshold{},
+		"MaintenanceWindow": cradle.MaintenanceWindow{},
+		"Rollout":           cradle.Rollout{},
+		"RolloutStatus":     cradle.RolloutStatus{},
+		"PhaseStatus":       cradle.PhaseStatus{},
+		"RolloutList":       httpapi.RolloutList{},
+		"RolloutDevice":     cradle.RolloutDevice{},
+		"RolloutDeviceList": httpapi.RolloutDeviceList{},
+		"ApprovalRequest":   httpapi.ApprovalRequest{},
+		"DeviceSoftware":    cradle.DeviceSoftware{},
+		"DeviceDownload":    cradle.DeviceDownload{},
+		"DownloadList":      httpapi.DownloadList{},
 	}
 	// Inputs may require less than the type always sends (the server
 	// fills defaults); outputs must mark every field it always sends.
@@ -226,13 +250,20 @@ func checkSchemas(t *testing.T, doc *openAPIDoc, types map[string]any, mayRequir
 }
 
 // jsonFields returns the sorted JSON names of t's fields and those of them
-// that are always present (no omitempty).
+// that are always present (no omitempty or omitzero). The fields of an
+// embedded struct without a JSON name are its own, as encoding/json has it.
 func jsonFields(t reflect.Type) (all, required []string) {
 	for f := range t.Fields() {
+		tag := f.Tag.Get("json")
+		if f.Anonymous && f.Type.Kind() == reflect.Struct && tag == "" {
+			a, r := jsonFields(f.Type)
+			all, required = append(all, a...), append(required, r...)
+			continue
+		}
 		if !f.IsExported() {
 			continue
 		}
-		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+		name, opts, _ := strings.Cut(tag, ",")
 		if name == "-" {
 			continue
 		}
@@ -240,7 +271,7 @@ func jsonFields(t reflect.Type) (all, required []string) {
 			name = f.Name
 		}
 		all = append(all, name)
-		if !strings.Contains(opts, "omitempty") {
+		if !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero") {
 			required = append(required, name)
 		}
 	}

@@ -102,6 +102,27 @@ func (s *Server) routes() []route {
 		{method: "DELETE", pattern: "/api/v1/config-groups/{name}", handle: s.deleteConfigGroup},
 		{method: "GET", pattern: "/api/v1/config-schemas/{model}", handle: s.getConfigSchema},
 		{method: "PUT", pattern: "/api/v1/config-schemas/{model}", handle: s.putConfigSchema},
+
+		{method: "POST", pattern: "/api/v1/releases", handle: s.uploadRelease},
+		{method: "GET", pattern: "/api/v1/releases", handle: s.listReleases},
+		{method: "GET", pattern: "/api/v1/releases/{id}", handle: s.getRelease},
+		{method: "POST", pattern: "/api/v1/releases/{id}/sign", handle: s.signRelease},
+		{method: "POST", pattern: "/api/v1/releases/{id}/deprecate", handle: s.deprecateRelease},
+		{method: "POST", pattern: "/api/v1/releases/{id}/yank", handle: s.yankRelease},
+		{method: "GET", pattern: "/api/v1/tuf", handle: s.repositoryStatus},
+		{method: "GET", pattern: "/api/v1/image-keys", handle: s.listImageKeys},
+		{method: "POST", pattern: "/api/v1/image-keys", handle: s.addImageKey},
+		{method: "DELETE", pattern: "/api/v1/image-keys/{fingerprint}", handle: s.removeImageKey},
+		{method: "POST", pattern: "/api/v1/rollouts", handle: s.createRollout},
+		{method: "GET", pattern: "/api/v1/rollouts", handle: s.listRollouts},
+		{method: "GET", pattern: "/api/v1/rollouts/{id}", handle: s.getRollout},
+		{method: "GET", pattern: "/api/v1/rollouts/{id}/devices", handle: s.listRolloutDevices},
+		{method: "POST", pattern: "/api/v1/rollouts/{id}/pause", handle: s.pauseRollout},
+		{method: "POST", pattern: "/api/v1/rollouts/{id}/resume", handle: s.resumeRollout},
+		{method: "POST", pattern: "/api/v1/rollouts/{id}/abort", handle: s.abortRollout},
+		{method: "POST", pattern: "/api/v1/rollouts/{id}/approve", handle: s.approveRollout},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/software", handle: s.deviceSoftware},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/downloads", handle: s.deviceDownloads},
 	}
 }
 
