@@ -177,6 +177,10 @@ type ReleaseService interface {
 	// RemoveImageKey stops trusting a key. Needs PermReleaseWrite.
 	// ENOTFOUND.
 	RemoveImageKey(ctx context.Context, fingerprint string) error
+	// AuthorizeRelease checks the actor for p before work that starts
+	// outside the store (an upload streams its bytes first) and audits a
+	// refusal as "<action>.refused" on subject.
+	AuthorizeRelease(ctx context.Context, p Permission, action, subject string) (Actor, error)
 }
 
 // ReleaseUpload describes an artifact being uploaded.

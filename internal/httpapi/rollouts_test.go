@@ -181,19 +181,6 @@ func rolloutBody(release string, serials ...string) string {
 		release, strings.Join(serials, `","`))
 }
 
-// refusalsNotAudited are the routes whose refusals the service does not
-// yet write to the audit log: internal/ota.Publisher checks the
-// permission with cradle.Authorize before it reaches the store, so a
-// refused upload, sign, deprecate, yank or status leaves no *.refused
-// entry. The matrix still checks their statuses and error bodies.
-var refusalsNotAudited = map[string]bool{
-	"POST /api/v1/releases":                true,
-	"POST /api/v1/releases/{id}/sign":      true,
-	"POST /api/v1/releases/{id}/deprecate": true,
-	"POST /api/v1/releases/{id}/yank":      true,
-	"GET /api/v1/tuf":                      true,
-}
-
 // otaMatrix is the authorization matrix of the release-record, image-key,
 // rollout and device-software routes: admins and operators read and
 // write, auditors read, the factory neither (but for the device routes,

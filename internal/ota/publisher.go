@@ -142,7 +142,7 @@ func (p *Publisher) checkUpload(u cradle.ReleaseUpload) (artifact.Digest, error)
 // removes once its grace period is over; the same bytes uploaded again
 // meanwhile are stored once.
 func (p *Publisher) UploadRelease(ctx context.Context, u cradle.ReleaseUpload, body io.Reader) (*cradle.Release, error) {
-	if _, err := cradle.Authorize(ctx, cradle.PermReleaseWrite); err != nil {
+	if _, err := p.Releases.AuthorizeRelease(ctx, cradle.PermReleaseWrite, "release.upload", "release:"+u.Model+"/"+u.Version); err != nil {
 		return nil, err
 	}
 	digest, err := p.checkUpload(u)
@@ -352,7 +352,7 @@ func custom(r *cradle.Release, deltas []cradle.ReleaseDelta) tuf.Custom {
 // after Publish leaves the target published and the release uploaded:
 // signing it again re-adds the same targets and records them.
 func (p *Publisher) SignRelease(ctx context.Context, id string) (*cradle.Release, error) {
-	a, err := cradle.Authorize(ctx, cradle.PermReleaseWrite)
+	a, err := p.Releases.AuthorizeRelease(ctx, cradle.PermReleaseWrite, "release.sign", "release:"+id)
 	if err != nil {
 		return nil, err
 	}
@@ -428,7 +428,7 @@ func (p *Publisher) rootValid(repo *tuf.Repository, tenant string) error {
 // DeprecateRelease implements cradle.ReleasePublisher: the record only; the
 // release stays a target.
 func (p *Publisher) DeprecateRelease(ctx context.Context, id, reason string) (*cradle.Release, error) {
-	if _, err := cradle.Authorize(ctx, cradle.PermReleaseWrite); err != nil {
+	if _, err := p.Releases.AuthorizeRelease(ctx, cradle.PermReleaseWrite, "release.deprecate", "release:"+id); err != nil {
 		return nil, err
 	}
 	return p.Releases.SetReleaseState(ctx, id, cradle.ReleaseDeprecated, reason)
@@ -441,7 +441,7 @@ func (p *Publisher) DeprecateRelease(ctx context.Context, id, reason string) (*c
 // record or an abort fails after Publish, yanking again finishes the job
 // (the targets are already gone).
 func (p *Publisher) YankRelease(ctx context.Context, id, reason string) (*cradle.Release, error) {
-	a, err := cradle.Authorize(ctx, cradle.PermReleaseWrite)
+	a, err := p.Releases.AuthorizeRelease(ctx, cradle.PermReleaseWrite, "release.yank", "release:"+id)
 	if err != nil {
 		return nil, err
 	}
@@ -532,7 +532,7 @@ func (p *Publisher) abortRollouts(ctx context.Context, releaseID, reason string)
 
 // RepositoryStatus implements cradle.ReleasePublisher.
 func (p *Publisher) RepositoryStatus(ctx context.Context) (*cradle.RepositoryStatus, error) {
-	a, err := cradle.Authorize(ctx, cradle.PermReleaseRead)
+	a, err := p.Releases.AuthorizeRelease(ctx, cradle.PermReleaseRead, "tuf.status", "tuf")
 	if err != nil {
 		return nil, err
 	}

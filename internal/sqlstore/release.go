@@ -687,3 +687,8 @@ func clip(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
+
+// AuthorizeRelease implements cradle.ReleaseService.
+func (s *ReleaseService) AuthorizeRelease(ctx context.Context, p cradle.Permission, action, subject string) (cradle.Actor, error) {
+	return s.db.authorize(ctx, p, action, subject)
+}
