@@ -400,3 +400,35 @@ func ParseLifecycle(b []byte) (Lifecycle, error) {
 	}
 	return "", fmt.Errorf("hw: lifecycle word %#x is no known stage: %w", w, ErrInvalid)
 }
+
+// SlotWriter writes a firmware slot the way flash is written, for an
+// update that streams into the inactive slot: Erase first (the slot then
+// holds no image), then WriteAt in order. A power cut during a write leaves
+// the slot partly written, which the bootloader refuses because the image
+// does not verify; the writer resumes at Size after a restart. Only the
+// inactive slot is ever written this way.
+type SlotWriter interface {
+	// Erase erases slot: afterwards it holds zero bytes.
+	Erase(ctx context.Context, slot Slot) error
+	// WriteAt writes p at offset off, which must equal the slot's current
+	// Size (flash is written in order; a rewrite needs an Erase). It returns
+	// ErrInvalid for another offset.
+	WriteAt(ctx context.Context, slot Slot, off int64, p []byte) error
+	// Size returns how many bytes the slot holds.
+	Size(ctx context.Context, slot Slot) (int64, error)
+}
+
+// Boot environment variables of an A/B update, as U-Boot scripts and the
+// bootloader simulator read them. BootSlot names the slot to boot ("a" or
+// "b"). UpgradeAvailable "1" marks a trial boot of a new slot: the
+// bootloader then counts BootCount up at each boot and, past BootLimit
+// (default DefaultBootLimit), boots the other slot again and clears
+// UpgradeAvailable. The agent commits a trial boot by clearing
+// UpgradeAvailable and BootCount.
+const (
+	EnvBootSlot         = "boot_slot"
+	EnvUpgradeAvailable = "upgrade_available"
+	EnvBootCount        = "bootcount"
+	EnvBootLimit        = "bootlimit"
+	DefaultBootLimit    = 3
+)
