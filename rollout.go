@@ -582,12 +582,12 @@ type RolloutEvent struct {
 // their Seq: a report whose Seq is lower but that committed after the step
 // read the queue is not among them, and stays for the next step).
 type RolloutSave struct {
-	TenantID   int64
-	ID         string
-	Revision   int64 // the revision the step started from
-	Rollout    Rollout
-	Changes    []RolloutDevice
-	Events     []int64
+	TenantID int64
+	ID       string
+	Revision int64 // the revision the step started from
+	Rollout  Rollout
+	Changes  []RolloutDevice
+	Events   []int64
 }
 
 // RolloutStore is what the scheduler needs, across tenants. It is used

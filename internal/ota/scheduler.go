@@ -390,12 +390,12 @@ func (s *Scheduler) stepRollout(ctx context.Context, ref cradle.RolloutRef, st *
 		return nil
 	}
 	rev, ok, err := s.Store.SaveRollout(ctx, *s.lease, cradle.RolloutSave{
-		TenantID:   ref.TenantID,
-		ID:         ref.ID,
-		Revision:   c.revision,
-		Rollout:    after,
-		Changes:    changes,
-		Events:     seqs,
+		TenantID: ref.TenantID,
+		ID:       ref.ID,
+		Revision: c.revision,
+		Rollout:  after,
+		Changes:  changes,
+		Events:   seqs,
 	})
 	if err != nil {
 		return fmt.Errorf("save: %w", err)
