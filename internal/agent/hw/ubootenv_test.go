@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"cradle/internal/agent/hw"
@@ -433,4 +435,36 @@ func FuzzParseUBootEnvConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestUBootEnvConcurrentSet: two handles on one environment (as two
+// processes would have, sharing the lock file) set different keys at once;
+// no change is lost.
+func TestUBootEnvConcurrentSet(t *testing.T) {
+	needUBootTools(t)
+	ctx := context.Background()
+	u, err := hw.CreateUBootEnvFiles(filepath.Join(t.TempDir(), "env"), 0x2000, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u2 := &hw.UBootEnv{Config: u.Config, LockFile: u.LockFile}
+	want := map[string]string{}
+	var wg sync.WaitGroup
+	for i := range 12 {
+		k, v := fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)
+		want[k] = v
+		env := u
+		if i%2 == 1 {
+			env = u2
+		}
+		wg.Go(func() {
+			if err := env.Set(ctx, map[string]string{k: v}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if diff := cmp.Diff(want, getEnv(t, u)); diff != "" {
+		t.Errorf("after concurrent Sets (-want +got):\n%s", diff)
+	}
 }
