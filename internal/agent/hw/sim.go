@@ -48,23 +48,30 @@ const (
 // simulator and demos, never a real unit.
 //
 // Every file is replaced atomically (temporary file, fsync, rename, fsync
-// of the directory). A SimDevice is safe for concurrent use; processes
+// of the directory), except a slot written as flash (SlotWriter: Erase
+// truncates it, WriteAt appends and syncs), which a power cut leaves partly
+// written. CutAfter cuts the power for fault injection. A SimDevice is safe for concurrent use; processes
 // sharing a directory are serialized on the lock file (flock) for Program
 // and BootEnv.Set, so no fuse bit and no boot variable is lost between
 // them. On systems without flock only the in-process mutex serializes.
 type SimDevice struct {
 	dir string
 
-	mu   sync.Mutex
-	fail map[Op]error
+	mu     sync.Mutex
+	slotMu sync.Mutex // serializes Erase and WriteAt
+	fail   map[Op]error
+	ops    int  // mutating operations started (Ops)
+	cutAt  int  // the value of ops at which the power is cut; 0: none armed
+	cut    bool // the power was cut: every mutating operation fails
 }
 
 var (
-	_ KeyStore = (*SimDevice)(nil)
-	_ Fuses    = (*SimDevice)(nil)
-	_ Slots    = (*SimDevice)(nil)
-	_ BootEnv  = (*SimDevice)(nil)
-	_ Identity = (*SimDevice)(nil)
+	_ KeyStore   = (*SimDevice)(nil)
+	_ Fuses      = (*SimDevice)(nil)
+	_ Slots      = (*SimDevice)(nil)
+	_ BootEnv    = (*SimDevice)(nil)
+	_ Identity   = (*SimDevice)(nil)
+	_ SlotWriter = (*SimDevice)(nil)
 )
 
 // simFactory is the FactoryData part of a SimDevice (its methods would
@@ -297,6 +304,9 @@ func (s *SimDevice) Program(ctx context.Context, field string, value []byte) err
 	if err := CheckFuseValue(field, value); err != nil {
 		return err
 	}
+	if err := s.tickLocked("program fuse " + field); err != nil {
+		return err
+	}
 	unlock, err := s.lock()
 	if err != nil {
 		return err
@@ -339,7 +349,10 @@ func (s *SimDevice) Write(ctx context.Context, slot Slot, r io.Reader) ([32]byte
 		return [32]byte{}, err
 	}
 	s.mu.Lock()
-	fail := s.takeFail(OpSlotWrite)
+	fail := s.tick("write slot " + string(slot))
+	if fail == nil {
+		fail = s.takeFail(OpSlotWrite)
+	}
 	s.mu.Unlock()
 	// Slot writes take no lock: the last rename wins, and each image is
 	// whole.
@@ -405,6 +418,9 @@ func (s *SimDevice) Set(ctx context.Context, changes map[string]string) error {
 		if err := checkBootEnvValue(k, v); err != nil {
 			return err
 		}
+	}
+	if err := s.tickLocked("set boot environment"); err != nil {
+		return err
 	}
 	unlock, err := s.lock()
 	if err != nil {
