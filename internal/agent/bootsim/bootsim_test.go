@@ -242,7 +242,8 @@ func TestBadNewSlotFallsBack(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		// slotB makes the new image, given the unit's good image for it.
+		// slotB returns the new image for slot b (nil: it left slot b as
+		// it wants it).
 		slotB func(t *testing.T, u *unit) []byte
 		// keys adds keys compiled into the bootloader.
 		keys []crypto.PublicKey
@@ -289,14 +290,23 @@ func TestBadNewSlotFallsBack(t *testing.T) {
 		{"not an image", func(t *testing.T, u *unit) []byte {
 			return bytes.Repeat([]byte{0xff}, 4096)
 		}, nil, mcuboot.ErrBadMagic},
-		{"empty", nil, nil, bootsim.ErrEmpty},
+		{"never written", nil, nil, bootsim.ErrEmpty},
+		{"erased", func(t *testing.T, u *unit) []byte {
+			u.write(t, hw.SlotB, image(t, u.key, "2.0.0", 3))
+			if err := u.dev.Sim.Erase(context.Background(), hw.SlotB); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		}, nil, bootsim.ErrEmpty},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := newUnit(t, true, 2)
 			u.opts.Keys = append(u.opts.Keys, tc.keys...)
 			da := u.write(t, hw.SlotA, image(t, u.key, "1.0.0", 2))
 			if tc.slotB != nil {
-				u.write(t, hw.SlotB, tc.slotB(t, u))
+				if img := tc.slotB(t, u); img != nil {
+					u.write(t, hw.SlotB, img)
+				}
 			}
 			if _, err := bootsim.VerifySlot(context.Background(), u.dev, hw.SlotB, u.opts); !errors.Is(err, tc.want) {
 				t.Fatalf("VerifySlot(b) = %v, want %v", err, tc.want)
@@ -476,8 +486,6 @@ func TestImgtoolImageBoots(t *testing.T) {
 	}
 }
 
-var errCut = errors.New("power cut (test)")
-
 func TestEnvWriteInterrupted(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -503,8 +511,8 @@ func TestEnvWriteInterrupted(t *testing.T) {
 			u.setEnv(t, tc.env...)
 			before := u.env(t)
 
-			u.dev.Sim.FailNext(hw.OpBootEnvSet, errCut)
-			if r, err := bootsim.Boot(context.Background(), u.dev, u.opts); !errors.Is(err, errCut) || r != (bootsim.Result{}) {
+			u.dev.Sim.CutAfter(1)
+			if r, err := bootsim.Boot(context.Background(), u.dev, u.opts); !errors.Is(err, hw.ErrPowerCut) || r != (bootsim.Result{}) {
 				t.Fatalf("Boot = %+v, %v; want the cut and no result", r, err)
 			}
 			if diff := cmp.Diff(before, u.env(t)); diff != "" {
@@ -529,4 +537,69 @@ func TestVerifySlotRefusesOtherSlots(t *testing.T) {
 	if _, err := bootsim.VerifySlot(context.Background(), u.dev, hw.SlotBoot, u.opts); !errors.Is(err, hw.ErrInvalid) {
 		t.Errorf("VerifySlot(boot) = %v, want ErrInvalid", err)
 	}
+}
+
+// TestPowerCutAtEveryBootWrite cuts the power at each environment write
+// of a trial that ends in a rollback, powers the unit up again and boots
+// on: every boot that happens boots a verified slot, and the unit ends on
+// the old slot with the trial over.
+func TestPowerCutAtEveryBootWrite(t *testing.T) {
+	setup := func(t *testing.T) (*unit, [32]byte, [32]byte) {
+		u := newUnit(t, true, 1)
+		da := u.write(t, hw.SlotA, image(t, u.key, "1.0.0", 1))
+		db := u.write(t, hw.SlotB, image(t, u.key, "2.0.0", 2))
+		u.setEnv(t, hw.EnvBootSlot, "b", hw.EnvUpgradeAvailable, "1")
+		return u, da, db
+	}
+	// A run without a cut learns the number of writes: one per trial boot
+	// and the rollback.
+	u, _, _ := setup(t)
+	start := u.dev.Sim.Ops()
+	for range hw.DefaultBootLimit + 1 {
+		u.boot(t)
+	}
+	points := u.dev.Sim.Ops() - start
+	if points != hw.DefaultBootLimit+1 {
+		t.Fatalf("%d environment writes, want %d", points, hw.DefaultBootLimit+1)
+	}
+	for k := 1; k <= points; k++ {
+		u, da, db := setup(t)
+		u.dev.Sim.CutAfter(k)
+		cuts := 0
+		for boots := 0; ; boots++ {
+			if boots > 2*points {
+				t.Fatalf("cut %d: still on trial after %d boots: %v", k, boots, u.env(t))
+			}
+			r, err := bootsim.Boot(context.Background(), u.dev, u.opts)
+			if errors.Is(err, hw.ErrPowerCut) {
+				cuts++
+				dev, err := hw.OpenSimDevice(u.dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				u.dev = dev
+				continue
+			}
+			if err != nil {
+				t.Fatalf("cut %d: %v", k, err)
+			}
+			want := map[hw.Slot][32]byte{hw.SlotA: da, hw.SlotB: db}[r.Slot]
+			if r.Bricked || r.Digest != want {
+				t.Fatalf("cut %d: booted %+v", k, r)
+			}
+			if r.Slot == hw.SlotA {
+				if !r.RolledBack {
+					t.Fatalf("cut %d: back on slot a without a rollback: %+v", k, r)
+				}
+				break
+			}
+		}
+		if cuts != 1 {
+			t.Errorf("cut %d: %d boots were cut, want 1", k, cuts)
+		}
+		if diff := cmp.Diff(map[string]string{hw.EnvBootSlot: "a"}, u.env(t)); diff != "" {
+			t.Errorf("cut %d: environment at the end (-want +got):\n%s", k, diff)
+		}
+	}
+	t.Logf("%d cut points exercised", points)
 }
