@@ -98,12 +98,12 @@ type Client struct {
 	refresh sync.Mutex // held by Refresh
 
 	mu      sync.Mutex
-	root    []byte                                        // the trusted root.json as stored
-	targets *metadata.Metadata[metadata.TargetsType]      // nil until a Refresh succeeded
-	version map[string]int64                              // of the last successful Refresh
-	snap    *metadata.Metadata[metadata.SnapshotType]     // kept for Versions
-	ts      *metadata.Metadata[metadata.TimestampType]    // kept for Versions
-	rootMD  *metadata.Metadata[metadata.RootType]         // kept for Versions
+	root    []byte                                     // the trusted root.json as stored
+	targets *metadata.Metadata[metadata.TargetsType]   // nil until a Refresh succeeded
+	version map[string]int64                           // of the last successful Refresh
+	snap    *metadata.Metadata[metadata.SnapshotType]  // kept for Versions
+	ts      *metadata.Metadata[metadata.TimestampType] // kept for Versions
+	rootMD  *metadata.Metadata[metadata.RootType]      // kept for Versions
 }
 
 // Local file names in Dir.
