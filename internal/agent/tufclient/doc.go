@@ -33,9 +33,9 @@
 //
 // The checks themselves are go-tuf/v2's trusted metadata set
 // (metadata/trustedmetadata); this package fetches, bounds, persists and
-// names the refusals. It does not use go-tuf's updater: the updater adds
-// its own HTTP retry and cache layout for little (about 94 KB of the
-// agent), while fetching here goes through the caller's client with a
+// names the refusals. It does not use go-tuf's updater: the updater
+// brings its own HTTP retry and cache layout and is no smaller in the
+// agent, while fetching here goes through the caller's client with a
 // length cap per file and each refusal is typed for the server.
 //
 // # Refusals
