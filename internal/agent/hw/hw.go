@@ -57,6 +57,21 @@
 // exists, so two processes cannot both create the same key. See SimDevice
 // for the directory layout and what two processes sharing one directory
 // may do.
+//
+// Updates write the inactive slot as flash is written (SlotWriter: Erase,
+// then WriteAt in order), so a write cut short leaves a partial slot that
+// the writer resumes at its Size. For fault injection a SimDevice cuts the
+// power at the n-th next mutating operation (CutAfter, Ops, ErrPowerCut):
+// a cut write leaves half of its data, a cut erase half of the old image,
+// and the atomic operations (Slots.Write, BootEnv.Set, Fuses.Program) their
+// old content.
+//
+// # U-Boot environment
+//
+// UBootEnv is the BootEnv of a real U-Boot environment, read and written
+// by fw_printenv and fw_setenv (libubootenv) as integrations on Linux do;
+// CreateUBootEnvFiles makes a file-backed one (single or redundant copies)
+// with its fw_env.config, and ParseUBootEnvImage reads one copy.
 package hw
 
 import (

@@ -55,16 +55,21 @@ const (
 type SimDevice struct {
 	dir string
 
-	mu   sync.Mutex
-	fail map[Op]error
+	mu     sync.Mutex
+	slotMu sync.Mutex // serializes Erase and WriteAt
+	fail   map[Op]error
+	ops    int  // mutating operations started (Ops)
+	cutAt  int  // the value of ops at which the power is cut; 0: none armed
+	cut    bool // the power was cut: every mutating operation fails
 }
 
 var (
-	_ KeyStore = (*SimDevice)(nil)
-	_ Fuses    = (*SimDevice)(nil)
-	_ Slots    = (*SimDevice)(nil)
-	_ BootEnv  = (*SimDevice)(nil)
-	_ Identity = (*SimDevice)(nil)
+	_ KeyStore   = (*SimDevice)(nil)
+	_ Fuses      = (*SimDevice)(nil)
+	_ Slots      = (*SimDevice)(nil)
+	_ BootEnv    = (*SimDevice)(nil)
+	_ Identity   = (*SimDevice)(nil)
+	_ SlotWriter = (*SimDevice)(nil)
 )
 
 // simFactory is the FactoryData part of a SimDevice (its methods would
@@ -297,6 +302,9 @@ func (s *SimDevice) Program(ctx context.Context, field string, value []byte) err
 	if err := CheckFuseValue(field, value); err != nil {
 		return err
 	}
+	if err := s.tickLocked("program fuse " + field); err != nil {
+		return err
+	}
 	unlock, err := s.lock()
 	if err != nil {
 		return err
@@ -339,7 +347,10 @@ func (s *SimDevice) Write(ctx context.Context, slot Slot, r io.Reader) ([32]byte
 		return [32]byte{}, err
 	}
 	s.mu.Lock()
-	fail := s.takeFail(OpSlotWrite)
+	fail := s.tick("write slot " + string(slot))
+	if fail == nil {
+		fail = s.takeFail(OpSlotWrite)
+	}
 	s.mu.Unlock()
 	// Slot writes take no lock: the last rename wins, and each image is
 	// whole.
@@ -405,6 +416,9 @@ func (s *SimDevice) Set(ctx context.Context, changes map[string]string) error {
 		if err := checkBootEnvValue(k, v); err != nil {
 			return err
 		}
+	}
+	if err := s.tickLocked("set boot environment"); err != nil {
+		return err
 	}
 	unlock, err := s.lock()
 	if err != nil {
