@@ -157,6 +157,10 @@ type Options struct {
 	// SaveEvery is how many downloaded bytes go between saves of the
 	// offset; zero means 1 MiB.
 	SaveEvery int64
+	// Observe, if set, is called with each state right after it is
+	// saved (progress display; the kill-in-every-state test stops the
+	// updater there).
+	Observe func(State)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger; nil discards.
@@ -329,6 +333,9 @@ func (u *Updater) save(st *State) error {
 		return err
 	}
 	u.st = st
+	if u.opts.Observe != nil {
+		u.opts.Observe(*st)
+	}
 	return nil
 }
 
