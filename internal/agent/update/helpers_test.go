@@ -413,4 +413,3 @@ func (w *world) publishDelta(v1, v2 release) *delta.Patch {
 	w.publish(v2, &c)
 	return p
 }
-
