@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -16,9 +15,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/theupdateframework/go-tuf/v2/metadata/config"
-	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"cradle"
 	"cradle/internal/agent/bootsim"
@@ -218,51 +214,6 @@ func (w *world) lastSoftware() string {
 	return w.software[len(w.software)-1]
 }
 
-// goTUF is a real TUF client (go-tuf's updater) behind update.Metadata.
-type goTUF struct {
-	root  []byte
-	cache string
-	up    *updater.Updater
-}
-
-func (g *goTUF) Refresh(ctx context.Context, metadataURL string) error {
-	cfg, err := config.New(strings.TrimSuffix(metadataURL, "/"), g.root)
-	if err != nil {
-		return err
-	}
-	cfg.LocalMetadataDir = g.cache
-	cfg.LocalTargetsDir = g.cache
-	cfg.RemoteTargetsURL = metadataURL + "targets"
-	up, err := updater.New(cfg)
-	if err != nil {
-		return err
-	}
-	if err := up.Refresh(); err != nil {
-		return err
-	}
-	g.up = up
-	return nil
-}
-
-func (g *goTUF) Target(path string) (update.Target, error) {
-	if g.up == nil {
-		return update.Target{}, errors.New("no refresh yet")
-	}
-	tf, err := g.up.GetTargetInfo(path)
-	if err != nil {
-		return update.Target{}, err
-	}
-	var t update.Target
-	t.Path, t.Length = path, tf.Length
-	copy(t.SHA256[:], tf.Hashes["sha256"])
-	if tf.Custom != nil {
-		if t.Custom, err = tuf.ParseCustom(*tf.Custom); err != nil {
-			return update.Target{}, err
-		}
-	}
-	return t, nil
-}
-
 // unit is a simulated device with its agent state.
 type unit struct {
 	t        *testing.T
@@ -332,7 +283,7 @@ func (u *unit) options() update.Options {
 	o := update.Options{
 		Device: u.dev, Writer: u.dev.Sim, StateDir: u.stateDir,
 		Server:   &update.Client{ServerURL: u.w.srv.URL, HTTP: u.w.srv.Client()},
-		Metadata: &goTUF{root: u.w.root, cache: u.tufDir},
+		Metadata: &update.TUF{Dir: u.tufDir, TrustedRoot: u.w.root, HTTP: u.w.srv.Client()},
 		Model:    model, HardwareRevision: "B",
 		ImageKeys:   []crypto.PublicKey{u.w.imageKey.Public()},
 		Reboot:      u.boot,

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"crypto"
 
@@ -397,4 +398,25 @@ func TestUpdatePowerCutAtEveryWrite(t *testing.T) {
 		}
 	}
 	t.Logf("power cut at each of %d cut points of one update", total)
+}
+
+// TestUpdateFrozenMetadataRefused: metadata past its expiry (an
+// indefinite freeze) is refused by the TUF client; the unit stays on its
+// slot and the server is told why.
+func TestUpdateFrozenMetadataRefused(t *testing.T) {
+	w := newWorld(t)
+	v1, v2 := w.releases(50 << 10)
+	w.publish(v1, nil)
+	w.publish(v2, nil)
+	u := w.newUnit(v1)
+	u.opts = func(o *update.Options) {
+		o.Metadata = &update.TUF{Dir: u.tufDir, TrustedRoot: w.root, HTTP: w.srv.Client(),
+			Now: func() time.Time { return time.Now().Add(72 * time.Hour) }}
+	}
+	w.offerOf(v2, 1)
+	check(t, u.updater())
+	wantFinal(t, w, cradle.UpdateFailed, "freeze")
+	if slot, _ := u.running(); slot != hw.SlotA {
+		t.Fatalf("running %s, want a", slot)
+	}
 }
