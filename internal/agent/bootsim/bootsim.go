@@ -134,7 +134,9 @@ type Result struct {
 // cannot be read, a slot cannot be read for another reason than being
 // empty, or an environment write fails (a power cut: the next Boot starts
 // from what was stored). A unit whose slots both fail verification is
-// not an error: the Result says Bricked.
+// not an error: the Result says Bricked. Each slot checked is read into
+// memory whole (mcuboot.Parse works on bytes), as a bootloader maps its
+// flash: a 256 MB slot costs 256 MB in the test process.
 func Boot(ctx context.Context, dev *hw.Device, opts Options) (Result, error) {
 	env, err := dev.BootEnv.Get(ctx)
 	if err != nil {

@@ -603,3 +603,31 @@ func TestPowerCutAtEveryBootWrite(t *testing.T) {
 	}
 	t.Logf("%d cut points exercised", points)
 }
+
+func TestOddEnvironment(t *testing.T) {
+	u := newUnit(t, true, 0)
+	da := u.write(t, hw.SlotA, image(t, u.key, "1.0.0", 0))
+	u.write(t, hw.SlotB, image(t, u.key, "2.0.0", 0))
+	// An unknown boot_slot means a; a bootcount that is no number counts
+	// from 0; upgrade_available other than "1" is no trial.
+	u.setEnv(t, hw.EnvBootSlot, "c", hw.EnvUpgradeAvailable, "1", hw.EnvBootCount, "many")
+	if r := u.boot(t); r.Slot != hw.SlotA || r.Digest != da || r.BootCount != 1 {
+		t.Errorf("boot_slot=c: %+v", r)
+	}
+	u.setEnv(t, hw.EnvBootSlot, "b", hw.EnvUpgradeAvailable, "yes", hw.EnvBootCount, "")
+	if r := u.boot(t); r.Slot != hw.SlotB || r.BootCount != 0 {
+		t.Errorf("upgrade_available=yes: %+v", r)
+	}
+	if got := u.env(t)[hw.EnvBootCount]; got != "" {
+		t.Errorf("a boot that is no trial counted: bootcount=%q", got)
+	}
+}
+
+func TestBadCounterFuseIsAnError(t *testing.T) {
+	u := newUnit(t, true, 0)
+	u.write(t, hw.SlotA, image(t, u.key, "1.0.0", 0))
+	u.program(t, hw.FuseAntiRollback, []byte{0, 0, 0, 0, 0, 0, 0, 2}) // not a thermometer code
+	if r, err := bootsim.Boot(context.Background(), u.dev, u.opts); err == nil || !strings.Contains(err.Error(), "anti_rollback") {
+		t.Errorf("Boot = %+v, %v; want an error naming the anti_rollback fuse", r, err)
+	}
+}

@@ -48,7 +48,9 @@ const (
 // simulator and demos, never a real unit.
 //
 // Every file is replaced atomically (temporary file, fsync, rename, fsync
-// of the directory). A SimDevice is safe for concurrent use; processes
+// of the directory), except a slot written as flash (SlotWriter: Erase
+// truncates it, WriteAt appends and syncs), which a power cut leaves partly
+// written. CutAfter cuts the power for fault injection. A SimDevice is safe for concurrent use; processes
 // sharing a directory are serialized on the lock file (flock) for Program
 // and BootEnv.Set, so no fuse bit and no boot variable is lost between
 // them. On systems without flock only the in-process mutex serializes.
