@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,8 +17,10 @@ import (
 	"time"
 
 	"cradle/internal/agent"
+	"cradle/internal/agent/bootsim"
 	"cradle/internal/agent/hw"
 	"cradle/internal/agent/twin"
+	"cradle/internal/agent/update"
 )
 
 // configSection is the `config:` part of agent.yaml: how desired
@@ -172,4 +177,97 @@ func features(cfg *agentConfig, dev *hw.Device, root *x509.Certificate, serial s
 		return nil, nil, err
 	}
 	return applier, ex, nil
+}
+
+// updateSection is the `update:` part of agent.yaml: A/B updates into the
+// inactive slot (internal/agent/update).
+type updateSection struct {
+	// ImageKeys are PEM public keys (PKIX) images may be signed with; the
+	// one whose hash is in the image_key_hash fuses is used. None: the
+	// agent takes no updates.
+	ImageKeys []string `yaml:"image_keys"`
+	// PollInterval is how often the agent asks for an update besides the
+	// MQTT notices; default 1h.
+	PollInterval time.Duration `yaml:"poll_interval"`
+	// HealthHook is a program a trial boot of a new image must pass.
+	HealthHook []string `yaml:"health_hook"`
+	// HealthTimeout bounds the health checks of a trial boot; default 5m.
+	HealthTimeout time.Duration `yaml:"health_timeout"`
+}
+
+// checkUpdate validates the update section.
+func (c *agentConfig) checkUpdate() error {
+	u := c.Update
+	if u.PollInterval < 0 || (u.PollInterval > 0 && u.PollInterval < time.Second) {
+		return fmt.Errorf("config: update.poll_interval %s: use at least 1s (0 takes 1h)", u.PollInterval)
+	}
+	if u.HealthTimeout < 0 {
+		return fmt.Errorf("config: update.health_timeout %s is negative", u.HealthTimeout)
+	}
+	if u.PollInterval == 0 {
+		c.Update.PollInterval = time.Hour
+	}
+	return nil
+}
+
+// newUpdater builds the unit's updater, or nil when no image key is
+// configured. Model, hardware revision and the TUF root come from the
+// factory data; a simulated unit reboots through the bootloader
+// simulator.
+func newUpdater(ctx context.Context, cfg *agentConfig, dev *hw.Device, rt *agent.Runtime, log *slog.Logger, now func() time.Time) (*update.Updater, error) {
+	if len(cfg.Update.ImageKeys) == 0 {
+		return nil, nil
+	}
+	var keys []crypto.PublicKey
+	for i, p := range cfg.Update.ImageKeys {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("config: update.image_keys[%d]: %w", i, err)
+		}
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			return nil, fmt.Errorf("config: update.image_keys[%d]: %s holds no PEM block", i, p)
+		}
+		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("config: update.image_keys[%d]: %s: %w", i, p, err)
+		}
+		keys = append(keys, k)
+	}
+	files, _, err := dev.FactoryData.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var info struct {
+		Model            string `json:"model"`
+		HardwareRevision string `json:"hardware_revision"`
+	}
+	if err := json.Unmarshal(files["device.json"], &info); err != nil || info.Model == "" {
+		return nil, fmt.Errorf("agent: updates need the model in the factory data's device.json (%v)", err)
+	}
+	if len(files["update-root.json"]) == 0 {
+		return nil, errors.New("agent: updates need the TUF root (update-root.json) in the factory data")
+	}
+	writer, ok := dev.Slots.(hw.SlotWriter)
+	if !ok {
+		return nil, errors.New("agent: the unit's slots cannot be written flash-style")
+	}
+	// The runtime's transport presents the LDevID it holds at each
+	// handshake, so it follows renewals.
+	httpc := &http.Client{Transport: rt.Transport(), Timeout: 10 * time.Minute}
+	boot := bootsim.Options{Keys: keys}
+	return update.New(update.Options{
+		Device: dev, Writer: writer, StateDir: filepath.Join(cfg.StateDir, "update"),
+		Server:   &update.Client{ServerURL: cfg.Server, HTTP: httpc},
+		Metadata: &update.TUF{Dir: filepath.Join(cfg.StateDir, "update", "tuf"), TrustedRoot: files["update-root.json"], HTTP: httpc, Now: now},
+		Model:    info.Model, HardwareRevision: info.HardwareRevision, ImageKeys: keys,
+		Reboot: func(ctx context.Context) error {
+			res, err := bootsim.Boot(ctx, dev, boot)
+			if err == nil && res.Bricked {
+				err = fmt.Errorf("simulated boot: %s", res.Reason)
+			}
+			return err
+		},
+		HealthHook: cfg.Update.HealthHook, HealthTimeout: cfg.Update.HealthTimeout, Now: now, Logger: log,
+	})
 }

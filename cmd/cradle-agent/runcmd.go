@@ -26,6 +26,7 @@ import (
 	"cradle/internal/agent/hw"
 	"cradle/internal/agent/mqtt"
 	"cradle/internal/agent/spool"
+	"cradle/internal/agent/update"
 )
 
 const runUsage = `cradle-agent run keeps the unit's operational identity: it enrolls with the
@@ -87,6 +88,11 @@ The configuration is YAML (see agent.example.yaml):
         timeout: 30s
   commands:
     reboot: []                        # e.g. [systemctl, reboot]; [] on a simulated unit counts a boot
+  update:                             # A/B updates (off without image_keys)
+    image_keys: []                    # PEM public keys images are signed with
+    poll_interval: 1h                 # besides the MQTT notices
+    health_hook: []                   # a program a trial boot must pass
+    health_timeout: 5m
   memory:
     limit: 0                          # soft limit in bytes, at least 8388608; 0 = none (GOMEMLIMIT applies)
   log:
@@ -126,6 +132,7 @@ type agentConfig struct {
 	Config   configSection   `yaml:"config"`
 	Commands commandsSection `yaml:"commands"`
 	Memory   memorySection   `yaml:"memory"`
+	Update   updateSection   `yaml:"update"`
 	Log      struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"`
@@ -192,6 +199,9 @@ func parseAgentConfig(b []byte) (*agentConfig, error) {
 		c.KeyStore.Kind = hw.KeyStoreFile
 	}
 	if err := c.checkFeatures(); err != nil {
+		return nil, err
+	}
+	if err := c.checkUpdate(); err != nil {
 		return nil, err
 	}
 	if err := c.Memory.check(); err != nil {
@@ -295,6 +305,7 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 		log.Info("telemetry spool", "waiting", st.Records, "damaged_skipped", st.Damaged, "torn_bytes_cut", st.CutBytes)
 	}
 	var rt *agent.Runtime
+	var up *update.Updater
 	var attested atomic.Bool // the identity's verdict, kept by stepIdentity
 	rekeys := make(chan rekeyRequest)
 	applier, executor, err := features(cfg, dev, root, serial, func() *agent.Runtime { return rt }, ring, rekeys, log, now)
@@ -306,8 +317,16 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	rt, err = agent.NewRuntime(agent.RuntimeOptions{Serial: serial, ServerURL: cfg.Server, MQTTAddr: cfg.mqttAddr, MQTTVersion: cfg.mqttVersion,
 		Roots: roots, Interval: cfg.Telemetry.Interval,
 		Backoff: agent.Backoff{Base: cfg.MQTT.RetryBase, Max: cfg.MQTT.RetryMax}, Collect: collector.Collect, Spool: sp,
-		Twin: applier.Apply, TwinReported: applier.Reported, Command: executor.Handle, Now: now, Logger: log})
+		Twin: applier.Apply, TwinReported: applier.Reported, Command: executor.Handle, Now: now, Logger: log,
+		UpdateNotice: func([]byte) {
+			if up != nil {
+				up.Notify()
+			}
+		}})
 	if err != nil {
+		return err
+	}
+	if up, err = newUpdater(ctx, cfg, dev, rt, log, now); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -315,6 +334,9 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	defer wg.Wait()
 	defer cancel()
 	wg.Go(func() { rt.Run(ctx) })
+	if up != nil {
+		wg.Go(func() { up.Run(ctx, cfg.Update.PollInterval) })
+	}
 	log.Info("cradle-agent running", "device", cfg.Device, "server", cfg.Server, "mqtt", cfg.mqttAddr, "status", id.State().Status)
 	return stepIdentity(ctx, id, rt, &attested, rekeys, log, now)
 }

@@ -29,6 +29,7 @@ const (
 	topicTwinDesired    = "twin/desired"
 	topicCommands       = "commands"
 	topicCommandResults = "commands/result"
+	topicUpdate         = "update"
 )
 
 // Channels a Runtime uses, as Channel reports them.
@@ -69,6 +70,10 @@ type RuntimeOptions struct {
 	// to send (nil: nothing to send); nil leaves desired documents
 	// unhandled.
 	Twin func(ctx context.Context, desired []byte) (reported []byte)
+	// UpdateNotice is called with each notice on the update topic (the
+	// server has an update for the unit); nil leaves the topic
+	// unsubscribed. It must not block.
+	UpdateNotice func(payload []byte)
 	// TwinReported returns the current reported document, sent after each
 	// connection (nil or a nil result: nothing).
 	TwinReported func() []byte
@@ -423,6 +428,9 @@ func (r *Runtime) runMQTT(ctx context.Context) (connected bool, err error) {
 	if r.opts.Command != nil {
 		filters = append(filters, r.topic(topicCommands))
 	}
+	if r.opts.UpdateNotice != nil {
+		filters = append(filters, r.topic(topicUpdate))
+	}
 	if len(filters) > 0 {
 		sctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
 		err := conn.Subscribe(sctx, filters...)
@@ -450,6 +458,9 @@ func (r *Runtime) runMQTT(ctx context.Context) (connected bool, err error) {
 				suffix, reply = topicTwinReported, r.opts.Twin(ctx, m.Payload)
 			case r.topic(topicCommands):
 				suffix, reply = topicCommandResults, r.opts.Command(ctx, m.Payload)
+			case r.topic(topicUpdate):
+				r.opts.UpdateNotice(m.Payload)
+				continue
 			default:
 				r.opts.Logger.Debug("MQTT message on an unknown topic", "topic", m.Topic)
 				continue
