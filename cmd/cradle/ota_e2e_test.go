@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	"cradle/internal/httpapi"
 	"cradle/internal/mcuboot"
 	"cradle/internal/ota"
+	"cradle/internal/testkit"
 	"cradle/internal/tuf"
 )
 
@@ -245,11 +247,42 @@ func otaFullFlow(t *testing.T, storeDSN string) {
 	if r = f.rollout(ro2.ID); r.Status.State != cradle.RolloutPaused || r.Status.Phase != 0 || r.Status.Phases[1].Pending != 3 || r.Status.Phases[2].Pending != 4 {
 		t.Fatalf("paused rollout: %s phase %d, phases %+v", r.Status.State, r.Status.Phase, r.Status.Phases)
 	}
+	// The second phase's devices, still pending; the first of them waits
+	// for its update notice over MQTT (when mosquitto_sub is there).
+	one := 1
+	second, err := f.api.FindRolloutDevices(ctx, ro2.ID, cradle.RolloutDeviceFilter{Phase: &one})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var phase2 []string
+	for _, d := range second {
+		if d.State != cradle.DevicePending {
+			t.Fatalf("device %s of the second phase of a paused rollout is %s", d.Serial, d.State)
+		}
+		phase2 = append(phase2, d.Serial)
+	}
+	var notice <-chan string
+	if _, err := exec.LookPath("mosquitto_sub"); err == nil || os.Getenv("CI") != "" {
+		notice = subscribeNotice(t, s, f.devices[phase2[0]].enrolledDevice, testkit.NeedProgram(t, "mosquitto_sub"))
+	} else {
+		t.Log("mosquitto_sub is not installed: the MQTT update notice is not checked")
+	}
 	ok(t, append([]string{"rollout", "resume", ro2.ID}, s.api...)...)
 	f.waitRollout(ro2.ID, "the resumed rollout's second phase", func(r *cradle.Rollout) bool {
 		return r.Status.State == cradle.RolloutRunning && r.Status.Phase == 1 && r.Status.Phases[1].Downloading == 3
 	})
+	if notice != nil {
+		select {
+		case msg := <-notice:
+			checkNotice(t, msg, ro2.ID)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no MQTT update notice for %s after the resume started it", phase2[0])
+		}
+	}
 	wave := f.offered(rest, ro2.ID, 3)
+	if slices.Sort(phase2); !slices.Equal(wave, phase2) {
+		t.Fatalf("offered %v in the second phase, the rollout lists %v", wave, phase2)
+	}
 	f.install(wave[0], f.poll(wave[0]), true)
 	f.install(wave[1], f.poll(wave[1]), true)
 	f.waitRollout(ro2.ID, "two successes in the second phase", func(r *cradle.Rollout) bool { return r.Status.Phases[1].Succeeded == 2 })
@@ -463,7 +496,7 @@ func (f *otaFlow) rollout(id string) *cradle.Rollout {
 func (f *otaFlow) waitRollout(id, what string, cond func(*cradle.Rollout) bool) *cradle.Rollout {
 	f.t.Helper()
 	var r *cradle.Rollout
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for r = f.rollout(id); !cond(r); r = f.rollout(id) {
 		if time.Now().After(deadline) {
 			f.t.Fatalf("waiting for %s: rollout %s", what, summaryLine(r))
