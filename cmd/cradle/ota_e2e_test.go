@@ -296,10 +296,18 @@ func otaFullFlow(t *testing.T, storeDSN string) {
 		t.Fatalf("aborted rollout: %s (%s) phase %d, phases %+v", r.Status.State, r.Status.Reason, r.Status.Phase, r.Status.Phases)
 	}
 	f.noUpdate(without(rest, wave), "devices of the last phase of an aborted rollout")
+	// An update started before the abort is not interrupted: the device
+	// finishes it, the rollout records it, and the device is done.
+	f.install(wave[2], f.poll(wave[2]), true)
+	r = f.waitRollout(ro2.ID, "the success of an update started before the abort", func(r *cradle.Rollout) bool { return r.Status.Phases[1].Succeeded == 3 })
+	if r.Status.State != cradle.RolloutAborted || r.Status.Reason != "enough for today" || r.Status.Phases[2].Pending != 4 {
+		t.Fatalf("aborted rollout after a late success: %s", summaryLine(r))
+	}
+	f.noUpdate(wave, "devices that finished the aborted rollout's update")
 	if text := ok(t, append([]string{"rollout", "show", ro2.ID}, s.api...)...); !strings.HasPrefix(text, "Rollout "+ro2.ID+" of release "+rel12.ID+": aborted\n") {
 		t.Errorf("rollout show of the aborted rollout:\n%s", text)
 	}
-	for serial, want := range map[string]string{canary[0]: "1.1.0", canary[2]: "1.2.0", wave[0]: "1.2.0", wave[2]: "1.1.0", rest[len(rest)-1]: "1.1.0"} {
+	for serial, want := range map[string]string{canary[0]: "1.1.0", canary[2]: "1.2.0", wave[0]: "1.2.0", wave[2]: "1.2.0", rest[len(rest)-1]: "1.1.0"} {
 		if sw, err := f.api.FindSoftware(ctx, serial); err != nil || sw.Version != want {
 			t.Errorf("software of %s after the second rollout: %+v, %v; want %s", serial, sw, err, want)
 		}
