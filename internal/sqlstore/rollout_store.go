@@ -33,10 +33,13 @@ func schedulerActor(tenantID int64) string {
 }
 
 // ActiveRollouts lists the running and paused rollouts of every tenant,
-// oldest first.
+// and the aborted ones with queued reports, oldest first.
 func (s *RolloutStore) ActiveRollouts(ctx context.Context) ([]cradle.RolloutRef, error) {
-	rows, err := s.db.query(ctx, `SELECT tenant_id, public_id, revision FROM rollouts WHERE state IN (?, ?) ORDER BY id`,
-		string(cradle.RolloutRunning), string(cradle.RolloutPaused))
+	// An abort does not interrupt updates in flight (the device still gets
+	// its pending update): their reports must still reach the engine.
+	rows, err := s.db.query(ctx, `SELECT r.tenant_id, r.public_id, r.revision FROM rollouts r WHERE r.state IN (?, ?)
+		OR (r.state = ? AND EXISTS (SELECT 1 FROM rollout_events e WHERE e.rollout_id = r.id)) ORDER BY r.id`,
+		string(cradle.RolloutRunning), string(cradle.RolloutPaused), string(cradle.RolloutAborted))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: active rollouts: %w", err)
 	}

@@ -160,7 +160,7 @@ func Run(t *testing.T, b Backend) {
 		{"TwinPrecedence", testTwinPrecedence}, {"TwinInvalid", testTwinInvalid}, {"TwinDrift", testTwinDrift}, {"TwinPermissions", testTwinPermissions}, {"TwinFactoryUnits", testTwinFactoryUnits}, {"TwinClaimedDevices", testTwinClaimedDevices},
 		{"ConcurrentWrites", testConcurrentWrites},
 		{"ReleaseLifecycle", testReleaseLifecycle}, {"ReleaseValidation", testReleaseValidation}, {"ReleaseConflicts", testReleaseConflicts}, {"ReleaseDowngrade", testReleaseDowngrade}, {"ImageKeys", testImageKeys}, {"ReleasePermissions", testReleasePermissions}, {"ReleaseConcurrent", testReleaseConcurrent},
-		{"UpdatePending", testUpdatePending}, {"UpdateReports", testUpdateReports}, {"UpdateSoftware", testUpdateSoftware}, {"UpdateDownloads", testUpdateDownloads},
+		{"UpdatePending", testUpdatePending}, {"UpdateReports", testUpdateReports}, {"UpdateSoftware", testUpdateSoftware}, {"UpdateDownloads", testUpdateDownloads}, {"UpdateAbortedReports", testUpdateAbortedReports},
 		{"RolloutCreate", testRolloutCreate}, {"RolloutRefusals", testRolloutRefusals}, {"RolloutDecisions", testRolloutDecisions}, {"Leases", testLeases}, {"RolloutFencing", testRolloutFencing}, {"RolloutEvents", testRolloutEvents}, {"RolloutJoiners", testRolloutJoiners}, {"RolloutConcurrentCreate", testRolloutConcurrentCreate},
 	}
 	for _, tt := range tests {

@@ -396,3 +396,38 @@ func testUpdateDownloads(t *testing.T, e *Env) {
 		t.Fatalf("an empty batch: %v", err)
 	}
 }
+
+// testUpdateAbortedReports: an aborted rollout is active for the scheduler
+// only while reports of updates started before the abort are queued, so
+// that they still reach its engine; a completed one never is.
+func testUpdateAbortedReports(t *testing.T, e *Env) {
+	k := newUpdateKit(t, e, "acme", "SN-1", "SN-2", "SN-3")
+	rel := k.sign(k.create(fileRelease("gw-1", "2.0", 2)))
+	running := k.rollout("ro_1", rel, cradle.RolloutRunning, rolloutDevice{"SN-1", cradle.DeviceStarted, 1})
+	aborted := k.rollout("ro_2", rel, cradle.RolloutAborted, rolloutDevice{"SN-2", cradle.DeviceStarted, 1})
+	completed := k.rollout("ro_3", rel, cradle.RolloutCompleted, rolloutDevice{"SN-3", cradle.DeviceSucceeded, 1})
+	store := sqlstore.NewRolloutStore(e.DB)
+	active := func() []string {
+		t.Helper()
+		refs, err := store.ActiveRollouts(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, r := range refs {
+			ids = append(ids, r.ID)
+		}
+		return ids
+	}
+	if got := active(); !cmp.Equal(got, []string{running}) {
+		t.Fatalf("active rollouts %v, want only the running one", got)
+	}
+	for serial, ro := range map[string]string{"SN-2": aborted, "SN-3": completed} {
+		if err := k.upd.ReportUpdate(k.device(serial), serial, cradle.UpdateReport{RolloutID: ro, Attempt: 1, State: cradle.UpdateSucceeded}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := active(); !cmp.Equal(got, []string{running, aborted}) {
+		t.Fatalf("active rollouts with queued reports %v, want the running one and the aborted one", got)
+	}
+}
