@@ -169,7 +169,8 @@ func TestSimFleet(t *testing.T) {
 	}
 	changed := time.Now()
 	inSync := 0
-	for deadline := time.Now().Add(50 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	// 9.5 s on a quiet machine; 54 s was seen with the machine shared by other builds.
+	for deadline := time.Now().Add(120 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		if inSync = countTwins(t, ctx, api, cradle.DriftInSync); inSync == n {
 			break
 		}
