@@ -753,6 +753,9 @@ type hwWriteError struct{ err error }
 
 func (e *hwWriteError) Error() string { return e.err.Error() }
 
+// Unwrap returns the slot write's error (hw.ErrPowerCut after a cut).
+func (e *hwWriteError) Unwrap() error { return e.err }
+
 // chunkWriter buffers writes into chunks for the slot.
 type chunkWriter struct {
 	w   io.Writer

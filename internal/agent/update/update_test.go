@@ -7,10 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"crypto"
-
 	"cradle"
-	"cradle/internal/agent/bootsim"
 	"cradle/internal/agent/hw"
 	"cradle/internal/agent/update"
 )
@@ -248,66 +245,4 @@ func TestUpdateKilledInEveryState(t *testing.T) {
 		}
 	}
 	t.Logf("killed in %d saved states covering %d phases", len(phases), len(seen))
-}
-
-// TestUpdatePowerCutAtEveryWrite cuts the power at each mutating
-// operation of one update (every slot erase and write, boot environment
-// update and fuse program, the bootloader's own included), powers the
-// unit up again (reopen, boot) and restarts the agent: the unit always
-// boots a verified image, ends on the new one with one success reported,
-// and never has a slot on trial or marked good that does not verify.
-func TestUpdatePowerCutAtEveryWrite(t *testing.T) {
-	w := newWorld(t)
-	v1, v2 := w.releases(150 << 10)
-	w.publish(v1, nil)
-	w.publish(v2, nil)
-	ctx := context.Background()
-
-	u := w.newUnit(v1)
-	w.offerOf(v2, 1)
-	before := u.dev.Sim.Ops()
-	check(t, u.updater())
-	total := u.dev.Sim.Ops() - before
-	if total < 5 {
-		t.Fatalf("an update made %d mutating operations", total)
-	}
-	keys := bootsim.Options{Keys: []crypto.PublicKey{w.imageKey.Public()}}
-	for n := 1; n <= total; n++ {
-		w.mu.Lock()
-		w.reports, w.software = nil, nil
-		w.mu.Unlock()
-		u := w.newUnit(v1)
-		w.offerOf(v2, 1)
-		u.dev.Sim.CutAfter(n)
-		_, err := u.updater().Check(ctx)
-		if !u.dev.Sim.PowerCut() {
-			t.Fatalf("cut %d of %d: no power cut happened (err %v)", n, total, err)
-		}
-		if !errors.Is(err, hw.ErrPowerCut) {
-			t.Fatalf("cut %d: the update ended with %v, want the power cut", n, err)
-		}
-		u.reopen()
-		if err := u.boot(ctx); err != nil {
-			t.Fatalf("cut %d: boot after the cut: %v", n, err)
-		}
-		runToIdle(t, u.updater())
-		if f := w.finalReports(); len(f) != 1 || f[0].State != cradle.UpdateSucceeded {
-			t.Fatalf("cut %d: final reports %+v", n, f)
-		}
-		slot, d := u.running()
-		if slot != hw.SlotB || d != v2.digest() || w.lastSoftware() != v2.digest() || u.antiRollback() != 2 {
-			t.Fatalf("cut %d: runs %s %s, reported %s, anti_rollback %d", n, slot, d, w.lastSoftware(), u.antiRollback())
-		}
-		env, _ := u.dev.BootEnv.Get(ctx)
-		if env[hw.EnvUpgradeAvailable] == "1" {
-			t.Fatalf("cut %d: slot %s left on trial", n, slot)
-		}
-		if _, err := bootsim.VerifySlot(ctx, u.dev, slot, keys); err != nil {
-			t.Fatalf("cut %d: the committed slot does not verify: %v", n, err)
-		}
-		if err := u.boot(ctx); err != nil || u.lastBoot.Slot != hw.SlotB {
-			t.Fatalf("cut %d: next boot %v %+v", n, err, u.lastBoot)
-		}
-	}
-	t.Logf("power cut at each of %d cut points of one update", total)
 }
