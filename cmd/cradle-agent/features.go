@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"cradle/internal/agent"
-	"cradle/internal/agent/bootsim"
 	"cradle/internal/agent/hw"
 	"cradle/internal/agent/twin"
 	"cradle/internal/agent/update"
@@ -193,6 +192,20 @@ type updateSection struct {
 	HealthHook []string `yaml:"health_hook"`
 	// HealthTimeout bounds the health checks of a trial boot; default 5m.
 	HealthTimeout time.Duration `yaml:"health_timeout"`
+	// BootEnv is where the A/B variables live: "sim" (default) the
+	// simulated unit's boot environment file, or "uboot" a U-Boot
+	// environment through fw_printenv / fw_setenv (libubootenv-tool).
+	BootEnv string `yaml:"boot_env"`
+	// FWEnvConfig is the fw_env.config file of the U-Boot environment;
+	// required with boot_env uboot.
+	FWEnvConfig string `yaml:"fw_env_config"`
+	// Reboot is how an update reboots the unit: "sim" (default) the
+	// bootloader simulator boots the simulated unit in-process; "command"
+	// runs commands.reboot.
+	Reboot string `yaml:"reboot"`
+	// BootIDFile identifies the boot with reboot command; default
+	// /proc/sys/kernel/random/boot_id.
+	BootIDFile string `yaml:"boot_id_file"`
 }
 
 // checkUpdate validates the update section.
@@ -207,13 +220,12 @@ func (c *agentConfig) checkUpdate() error {
 	if u.PollInterval == 0 {
 		c.Update.PollInterval = time.Hour
 	}
-	return nil
+	return c.checkBootEnv()
 }
 
 // newUpdater builds the unit's updater, or nil when no image key is
 // configured. Model, hardware revision and the TUF root come from the
-// factory data; a simulated unit reboots through the bootloader
-// simulator.
+// factory data; the reboot is update.reboot's (updateReboot).
 func newUpdater(ctx context.Context, cfg *agentConfig, dev *hw.Device, rt *agent.Runtime, log *slog.Logger, now func() time.Time) (*update.Updater, error) {
 	if len(cfg.Update.ImageKeys) == 0 {
 		return nil, nil
@@ -255,19 +267,13 @@ func newUpdater(ctx context.Context, cfg *agentConfig, dev *hw.Device, rt *agent
 	// The runtime's transport presents the LDevID it holds at each
 	// handshake, so it follows renewals.
 	httpc := &http.Client{Transport: rt.Transport(), Timeout: 10 * time.Minute}
-	boot := bootsim.Options{Keys: keys}
+	reboot, bootID := updateReboot(cfg, dev, keys)
 	return update.New(update.Options{
 		Device: dev, Writer: writer, StateDir: filepath.Join(cfg.StateDir, "update"),
 		Server:   &update.Client{ServerURL: cfg.Server, HTTP: httpc},
 		Metadata: &update.TUF{Dir: filepath.Join(cfg.StateDir, "update", "tuf"), TrustedRoot: files["update-root.json"], HTTP: httpc, Now: now},
 		Model:    info.Model, HardwareRevision: info.HardwareRevision, ImageKeys: keys,
-		Reboot: func(ctx context.Context) error {
-			res, err := bootsim.Boot(ctx, dev, boot)
-			if err == nil && res.Bricked {
-				err = fmt.Errorf("simulated boot: %s", res.Reason)
-			}
-			return err
-		},
+		Reboot: reboot, BootID: bootID,
 		HealthHook: cfg.Update.HealthHook, HealthTimeout: cfg.Update.HealthTimeout, Now: now, Logger: log,
 	})
 }

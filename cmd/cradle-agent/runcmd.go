@@ -93,6 +93,10 @@ The configuration is YAML (see agent.example.yaml):
     poll_interval: 1h                 # besides the MQTT notices
     health_hook: []                   # a program a trial boot must pass
     health_timeout: 5m
+    boot_env: sim                     # sim (the unit's file) or uboot (fw_printenv/fw_setenv)
+    fw_env_config: ""                 # the fw_env.config file; required with boot_env uboot
+    reboot: sim                       # sim (bootloader simulator) or command (commands.reboot)
+    boot_id_file: ""                  # with reboot command; "" = /proc/sys/kernel/random/boot_id
   memory:
     limit: 0                          # soft limit in bytes, at least 8388608; 0 = none (GOMEMLIMIT applies)
   log:
@@ -276,6 +280,7 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	if err != nil {
 		return err
 	}
+	openBootEnv(cfg, dev)
 	spec := hw.KeyStoreSpec{Kind: cfg.KeyStore.Kind, TPM: cfg.KeyStore.TPM, TPMState: cfg.KeyStore.TPMState,
 		PKCS11Module: cfg.KeyStore.PKCS11Module, PKCS11Token: cfg.KeyStore.PKCS11Token, PKCS11PINSource: cfg.KeyStore.PKCS11PINSource}
 	keys, closer, err := hw.OpenKeyStore(spec, dev)

@@ -52,8 +52,15 @@
 // for this device, a lower security counter, a digest or length
 // mismatch, more data than the signed length, a bad signature) leaves the
 // boot environment untouched, so the device stays on its slot, and is
-// reported as failed with the reason. Failures to reach the server are
-// transient: the state stays and the step is tried again.
+// reported as failed with the reason. A reason names the attack refused
+// in the TUF client's words (tufclient.Attack): the client's own refusals
+// read "TUF metadata refused: tufclient: rollback refused (timestamp):
+// ...", the updater's start with the attack ("wrong-hardware: ...",
+// "lower-security-counter: ...", "arbitrary-software: ..." for a target
+// not signed, bytes that are not the signed ones or a bad image
+// signature, "endless-data: ..." for a download longer than the signed
+// length). Failures to reach the server are transient: the state stays
+// and the step is tried again.
 package update
 
 import (
@@ -75,6 +82,7 @@ import (
 
 	"cradle"
 	"cradle/internal/agent/hw"
+	"cradle/internal/agent/tufclient"
 	"cradle/internal/delta"
 	"cradle/internal/mcuboot"
 	"cradle/internal/tuf"
@@ -157,6 +165,12 @@ type Options struct {
 	// SaveEvery is how many downloaded bytes go between saves of the
 	// offset; zero means 1 MiB.
 	SaveEvery int64
+	// ChunkSize is how many bytes go to the slot in one write (one flash
+	// program operation, hw.SlotWriter.WriteAt), for a full image and for
+	// a delta's rebuilt image alike; only the last write of an image is
+	// shorter. Zero means 64 KiB. Smaller chunks cost more operations;
+	// the power-cut tests use them to cut at more places.
+	ChunkSize int
 	// Observe, if set, is called with each state right after it is
 	// saved (progress display; the kill-in-every-state test stops the
 	// updater there).
@@ -203,6 +217,9 @@ func New(opts Options) (*Updater, error) {
 	}
 	if opts.SaveEvery <= 0 {
 		opts.SaveEvery = 1 << 20
+	}
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = 64 << 10
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -318,6 +335,14 @@ func (r *refusal) Error() string { return r.reason }
 
 func refuse(format string, args ...any) error { return &refusal{fmt.Sprintf(format, args...)} }
 
+// refuseAttack is a refusal of something an attacker (or a broken server)
+// can serve: the reason starts with the attack's name in the TUF client's
+// words ("wrong-hardware: target ..."), so that the server's record of the
+// failed attempt says which attack the device refused.
+func refuseAttack(a tufclient.Attack, format string, args ...any) error {
+	return &refusal{string(a) + ": " + fmt.Sprintf(format, args...)}
+}
+
 // fail moves to reporting a failure; the boot environment is left as it
 // is (a refusal before installing never touched it).
 func (u *Updater) fail(reason string) error {
@@ -428,14 +453,14 @@ func (u *Updater) fetch(ctx context.Context) error {
 	}
 	t, err := u.opts.Metadata.Target(u.st.TargetPath)
 	if err != nil {
-		return refuse("target %s is not in the signed metadata: %v", u.st.TargetPath, err)
+		return refuseAttack(tufclient.ArbitrarySoftware, "target %s is not in the signed metadata: %v", u.st.TargetPath, err)
 	}
 	c := t.Custom
 	if c.Model != u.opts.Model {
-		return refuse("target %s is for model %q; this device is a %q", t.Path, c.Model, u.opts.Model)
+		return refuseAttack(tufclient.WrongHardware, "target %s is for model %q; this device is a %q", t.Path, c.Model, u.opts.Model)
 	}
 	if !slices.Contains(c.HardwareRevisions, "*") && !slices.Contains(c.HardwareRevisions, u.opts.HardwareRevision) {
-		return refuse("target %s is for hardware revisions %v; this device is revision %q", t.Path, c.HardwareRevisions, u.opts.HardwareRevision)
+		return refuseAttack(tufclient.WrongHardware, "target %s is for hardware revisions %v; this device is revision %q", t.Path, c.HardwareRevisions, u.opts.HardwareRevision)
 	}
 	fuses, err := u.opts.Device.Fuses.Read(ctx)
 	if err != nil {
@@ -446,14 +471,14 @@ func (u *Updater) fetch(ctx context.Context) error {
 		return err
 	}
 	if int(c.SecurityCounter) < have {
-		return refuse("target %s has security counter %d, below the device's %d: a rollback", t.Path, c.SecurityCounter, have)
+		return refuseAttack(tufclient.LowerSecurityCounter, "target %s has security counter %d, below the device's %d: a rollback", t.Path, c.SecurityCounter, have)
 	}
 	if c.SecurityCounter > 64 {
 		return refuse("target %s has security counter %d; the anti-rollback fuses count to 64", t.Path, c.SecurityCounter)
 	}
 	sum := hex.EncodeToString(t.SHA256[:])
 	if (u.st.OfferedSHA256 != "" && u.st.OfferedSHA256 != sum) || (u.st.OfferedSize != 0 && u.st.OfferedSize != t.Length) {
-		return refuse("the server offers %s (%d bytes) for %s; the signed metadata says %s (%d bytes)", u.st.OfferedSHA256, u.st.OfferedSize, t.Path, sum, t.Length)
+		return refuseAttack(tufclient.ArbitrarySoftware, "the server offers %s (%d bytes) for %s; the signed metadata says %s (%d bytes)", u.st.OfferedSHA256, u.st.OfferedSize, t.Path, sum, t.Length)
 	}
 	booted, err := u.bootedSlot(ctx)
 	if err != nil {
@@ -528,7 +553,7 @@ func (u *Updater) download(ctx context.Context) error {
 		if err := u.opts.Writer.Erase(ctx, slot); err != nil {
 			return err
 		}
-		return refuse("the downloaded image has digest %s; the signed metadata says %s", got, u.st.SHA256)
+		return refuseAttack(tufclient.ArbitrarySoftware, "the downloaded image has digest %s; the signed metadata says %s", got, u.st.SHA256)
 	}
 	st := u.cur()
 	st.Phase, st.Offset = PhaseVerifying, u.st.Length
@@ -560,13 +585,15 @@ func (u *Updater) stream(ctx context.Context, url string, length, off int64, h i
 		return err
 	}
 	defer body.Close()
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, u.opts.ChunkSize)
 	lastSave := off
 	for {
-		n, rerr := body.Read(buf)
+		// Whole chunks, so that the slot is written in ChunkSize pieces
+		// whatever sizes the network delivers.
+		n, rerr := io.ReadFull(body, buf)
 		if n > 0 {
 			if off+int64(n) > length {
-				return refuse("the download is longer than the %d bytes the signed metadata allows", length)
+				return refuseAttack(tufclient.EndlessData, "the download is longer than the %d bytes the signed metadata allows", length)
 			}
 			if _, err := w.Write(buf[:n]); err != nil {
 				return err
@@ -582,8 +609,8 @@ func (u *Updater) stream(ctx context.Context, url string, length, off int64, h i
 				lastSave = off
 			}
 		}
-		if rerr == io.EOF {
-			break
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break // the end of the body; a short one is caught below
 		}
 		if rerr != nil {
 			return &TransientError{fmt.Errorf("update: download interrupted at byte %d: %w", off, rerr)}
@@ -649,7 +676,7 @@ func (u *Updater) downloadPatch(ctx context.Context) error {
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != p.SHA256 {
 		f.Truncate(0)
-		return refuse("the downloaded patch %s has digest %s; the signed metadata says %s", p.Path, got, p.SHA256)
+		return refuseAttack(tufclient.ArbitrarySoftware, "the downloaded patch %s has digest %s; the signed metadata says %s", p.Path, got, p.SHA256)
 	}
 	st := u.cur()
 	st.Phase, st.Offset = PhaseApplying, p.Length
@@ -704,7 +731,7 @@ func (u *Updater) apply(ctx context.Context) error {
 		return err
 	}
 	w := &slotWriter{ctx: ctx, w: u.opts.Writer, slot: u.st.NewSlot}
-	bw := newChunkWriter(w, 64<<10)
+	bw := newChunkWriter(w, u.opts.ChunkSize)
 	if _, err := delta.Apply(bw, base, pf, e); err != nil {
 		var hwErr *hwWriteError
 		if errors.As(err, &hwErr) {
@@ -725,6 +752,9 @@ func (u *Updater) apply(ctx context.Context) error {
 type hwWriteError struct{ err error }
 
 func (e *hwWriteError) Error() string { return e.err.Error() }
+
+// Unwrap returns the slot write's error (hw.ErrPowerCut after a cut).
+func (e *hwWriteError) Unwrap() error { return e.err }
 
 // chunkWriter buffers writes into chunks for the slot.
 type chunkWriter struct {
@@ -793,10 +823,10 @@ func (u *Updater) verify(ctx context.Context) error {
 	}
 	parsed, err := mcuboot.Verify(img, keys)
 	if err != nil {
-		return refuse("image signature: %v", err)
+		return refuseAttack(tufclient.ArbitrarySoftware, "image signature: %v", err)
 	}
 	if parsed.SecurityCounter != u.st.SecurityCounter {
-		return refuse("the image's security counter is %d; the signed metadata says %d", parsed.SecurityCounter, u.st.SecurityCounter)
+		return refuseAttack(tufclient.ArbitrarySoftware, "the image's security counter is %d; the signed metadata says %d", parsed.SecurityCounter, u.st.SecurityCounter)
 	}
 	st := u.cur()
 	st.Phase = PhaseInstalling

@@ -6,16 +6,10 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
-
-	"crypto"
 
 	"cradle"
-	"cradle/internal/agent/bootsim"
 	"cradle/internal/agent/hw"
 	"cradle/internal/agent/update"
-	"cradle/internal/kms"
-	"cradle/internal/tuf"
 )
 
 // runToIdle resumes the updater until it is idle, as the agent's loop
@@ -193,91 +187,6 @@ func TestUpdateRollbackByBootloader(t *testing.T) {
 	}
 }
 
-// TestUpdateRefusals: each refusal leaves the unit on slot A with its
-// boot environment untouched, and tells the server why.
-func TestUpdateRefusals(t *testing.T) {
-	tests := []struct {
-		name   string
-		setup  func(w *world, v1, v2 release) release // returns what to offer
-		reason string
-	}{
-		{"wrong signature", func(w *world, v1, v2 release) release {
-			other := newKey(t, kms.ECDSAP256)
-			bad := release{path: model + "/2.0.0/app.bin", image: w.image(v2.image[512:], "2.0.0", 2, other), version: "2.0.0", counter: 2}
-			w.publish(bad, nil)
-			return bad
-		}, "image signature"},
-		{"unsigned image", func(w *world, v1, v2 release) release {
-			bad := release{path: model + "/2.0.0/app.bin", image: w.image(v2.image[512:], "2.0.0", 2, nil), version: "2.0.0", counter: 2}
-			w.publish(bad, nil)
-			return bad
-		}, "image signature"},
-		{"wrong model", func(w *world, v1, v2 release) release {
-			w.publish(v2, &tuf.Custom{Model: "other", HardwareRevisions: []string{"*"}, Version: "2.0.0", SecurityCounter: 2})
-			return v2
-		}, `for model "other"`},
-		{"wrong hardware revision", func(w *world, v1, v2 release) release {
-			w.publish(v2, &tuf.Custom{Model: model, HardwareRevisions: []string{"A"}, Version: "2.0.0", SecurityCounter: 2})
-			return v2
-		}, "hardware revisions"},
-		{"counter mismatch", func(w *world, v1, v2 release) release {
-			w.publish(v2, &tuf.Custom{Model: model, HardwareRevisions: []string{"*"}, Version: "2.0.0", SecurityCounter: 3})
-			return v2
-		}, "security counter is 2"},
-		{"not in metadata", func(w *world, v1, v2 release) release {
-			w.mu.Lock()
-			w.blobs[v2.digest()] = v2.image
-			w.mu.Unlock()
-			return v2
-		}, "not in the signed metadata"},
-		{"endless data", func(w *world, v1, v2 release) release {
-			w.publish(v2, nil)
-			w.extra = make([]byte, 100<<10)
-			return v2
-		}, "longer than"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t)
-			v1, v2 := w.releases(100 << 10)
-			w.publish(v1, nil)
-			offer := tc.setup(w, v1, v2)
-			u := w.newUnit(v1)
-			envBefore, _ := u.dev.BootEnv.Get(context.Background())
-			w.offerOf(offer, 1)
-			check(t, u.updater())
-			wantFinal(t, w, cradle.UpdateFailed, tc.reason)
-			if slot, d := u.running(); slot != hw.SlotA || d != v1.digest() {
-				t.Fatalf("running %s %s, want a v1", slot, d)
-			}
-			envAfter, _ := u.dev.BootEnv.Get(context.Background())
-			if len(envAfter) != len(envBefore) || envAfter[hw.EnvBootSlot] != "a" || envAfter[hw.EnvUpgradeAvailable] != "" {
-				t.Fatalf("boot environment changed: %v → %v", envBefore, envAfter)
-			}
-			if err := u.boot(context.Background()); err != nil || u.lastBoot.Slot != hw.SlotA {
-				t.Fatalf("boot: %v %+v", err, u.lastBoot)
-			}
-		})
-	}
-}
-
-// TestUpdateLowerCounterRefused: a unit whose anti-rollback fuses are at
-// 3 refuses a release with counter 2.
-func TestUpdateLowerCounterRefused(t *testing.T) {
-	w := newWorld(t)
-	v1, v2 := w.releases(100 << 10)
-	w.publish(v1, nil)
-	w.publish(v2, nil)
-	u := w.newUnit(v1)
-	v, _ := hw.Thermometer(3, 64)
-	if err := u.dev.Fuses.Program(context.Background(), hw.FuseAntiRollback, v); err != nil {
-		t.Fatal(err)
-	}
-	w.offerOf(v2, 1)
-	check(t, u.updater())
-	wantFinal(t, w, cradle.UpdateFailed, "below the device's 3")
-}
-
 // TestUpdateKilledInEveryState stops the updater right after each state
 // it saves (as a kill -9 would) and runs a new one from the state
 // directory: every run ends with the new image committed and one
@@ -336,87 +245,4 @@ func TestUpdateKilledInEveryState(t *testing.T) {
 		}
 	}
 	t.Logf("killed in %d saved states covering %d phases", len(phases), len(seen))
-}
-
-// TestUpdatePowerCutAtEveryWrite cuts the power at each mutating
-// operation of one update (every slot erase and write, boot environment
-// update and fuse program, the bootloader's own included), powers the
-// unit up again (reopen, boot) and restarts the agent: the unit always
-// boots a verified image, ends on the new one with one success reported,
-// and never has a slot on trial or marked good that does not verify.
-func TestUpdatePowerCutAtEveryWrite(t *testing.T) {
-	w := newWorld(t)
-	v1, v2 := w.releases(150 << 10)
-	w.publish(v1, nil)
-	w.publish(v2, nil)
-	ctx := context.Background()
-
-	u := w.newUnit(v1)
-	w.offerOf(v2, 1)
-	before := u.dev.Sim.Ops()
-	check(t, u.updater())
-	total := u.dev.Sim.Ops() - before
-	if total < 5 {
-		t.Fatalf("an update made %d mutating operations", total)
-	}
-	keys := bootsim.Options{Keys: []crypto.PublicKey{w.imageKey.Public()}}
-	for n := 1; n <= total; n++ {
-		w.mu.Lock()
-		w.reports, w.software = nil, nil
-		w.mu.Unlock()
-		u := w.newUnit(v1)
-		w.offerOf(v2, 1)
-		u.dev.Sim.CutAfter(n)
-		_, err := u.updater().Check(ctx)
-		if !u.dev.Sim.PowerCut() {
-			t.Fatalf("cut %d of %d: no power cut happened (err %v)", n, total, err)
-		}
-		if !errors.Is(err, hw.ErrPowerCut) {
-			t.Fatalf("cut %d: the update ended with %v, want the power cut", n, err)
-		}
-		u.reopen()
-		if err := u.boot(ctx); err != nil {
-			t.Fatalf("cut %d: boot after the cut: %v", n, err)
-		}
-		runToIdle(t, u.updater())
-		if f := w.finalReports(); len(f) != 1 || f[0].State != cradle.UpdateSucceeded {
-			t.Fatalf("cut %d: final reports %+v", n, f)
-		}
-		slot, d := u.running()
-		if slot != hw.SlotB || d != v2.digest() || w.lastSoftware() != v2.digest() || u.antiRollback() != 2 {
-			t.Fatalf("cut %d: runs %s %s, reported %s, anti_rollback %d", n, slot, d, w.lastSoftware(), u.antiRollback())
-		}
-		env, _ := u.dev.BootEnv.Get(ctx)
-		if env[hw.EnvUpgradeAvailable] == "1" {
-			t.Fatalf("cut %d: slot %s left on trial", n, slot)
-		}
-		if _, err := bootsim.VerifySlot(ctx, u.dev, slot, keys); err != nil {
-			t.Fatalf("cut %d: the committed slot does not verify: %v", n, err)
-		}
-		if err := u.boot(ctx); err != nil || u.lastBoot.Slot != hw.SlotB {
-			t.Fatalf("cut %d: next boot %v %+v", n, err, u.lastBoot)
-		}
-	}
-	t.Logf("power cut at each of %d cut points of one update", total)
-}
-
-// TestUpdateFrozenMetadataRefused: metadata past its expiry (an
-// indefinite freeze) is refused by the TUF client; the unit stays on its
-// slot and the server is told why.
-func TestUpdateFrozenMetadataRefused(t *testing.T) {
-	w := newWorld(t)
-	v1, v2 := w.releases(50 << 10)
-	w.publish(v1, nil)
-	w.publish(v2, nil)
-	u := w.newUnit(v1)
-	u.opts = func(o *update.Options) {
-		o.Metadata = &update.TUF{Dir: u.tufDir, TrustedRoot: w.root, HTTP: w.srv.Client(),
-			Now: func() time.Time { return time.Now().Add(72 * time.Hour) }}
-	}
-	w.offerOf(v2, 1)
-	check(t, u.updater())
-	wantFinal(t, w, cradle.UpdateFailed, "freeze")
-	if slot, _ := u.running(); slot != hw.SlotA {
-		t.Fatalf("running %s, want a", slot)
-	}
 }
