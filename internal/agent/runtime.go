@@ -106,13 +106,13 @@ type RuntimeOptions struct {
 type Runtime struct {
 	opts RuntimeOptions
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
+	mu   sync.Mutex
+	cert *tls.Certificate
 	// transport is the one Transport hands out; its idle connections
 	// are closed when the certificate changes.
 	transport *http.Transport
-	haveCh  chan struct{} // closed at the first certificate
-	renewed chan struct{} // a new certificate replaced the old one
+	haveCh    chan struct{} // closed at the first certificate
+	renewed   chan struct{} // a new certificate replaced the old one
 
 	collected chan struct{} // telemetry was spooled
 	channel   atomic.Value  // string

@@ -963,6 +963,11 @@ func (u *Updater) trial(ctx context.Context) error {
 		return u.save(st)
 	}
 	deadline := time.Unix(u.st.TrialStart, 0).Add(u.opts.HealthTimeout)
+	rollBack := func(err error) error {
+		st := u.cur()
+		st.Phase, st.Reason = PhaseRollingBack, "health check failed: "+err.Error()
+		return u.save(st)
+	}
 	for {
 		err := u.health(ctx, deadline)
 		if err == nil {
@@ -970,18 +975,24 @@ func (u *Updater) trial(ctx context.Context) error {
 			st.Phase = PhaseCommitting
 			return u.save(st)
 		}
-		if !u.opts.Now().Before(deadline) {
-			st := u.cur()
-			st.Phase, st.Reason = PhaseRollingBack, "health check failed: "+err.Error()
-			return u.save(st)
+		left := deadline.Sub(u.opts.Now())
+		if left <= 0 {
+			return rollBack(err)
 		}
 		u.opts.Logger.Warn("health check failing; retrying", "err", err)
-		t := time.NewTimer(u.opts.HealthRetry)
+		// The wait ends at the deadline at the latest; a failure that
+		// lasts until then is the reason reported (not that no time
+		// was left for one more try).
+		wait := min(u.opts.HealthRetry, left)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
 		case <-t.C:
+		}
+		if wait == left {
+			return rollBack(err)
 		}
 	}
 }
