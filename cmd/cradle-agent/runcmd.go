@@ -323,7 +323,8 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 		Roots: roots, Interval: cfg.Telemetry.Interval,
 		Backoff: agent.Backoff{Base: cfg.MQTT.RetryBase, Max: cfg.MQTT.RetryMax}, Collect: collector.Collect, Spool: sp,
 		Twin: applier.Apply, TwinReported: applier.Reported, Command: executor.Handle, Now: now, Logger: log,
-		UpdateNotice: func([]byte) {
+		UpdateNotice: func(payload []byte) {
+			log.Info("update notice", "payload", string(payload[:min(len(payload), 256)]))
 			if up != nil {
 				up.Notify()
 			}

@@ -106,10 +106,13 @@ type RuntimeOptions struct {
 type Runtime struct {
 	opts RuntimeOptions
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	haveCh  chan struct{} // closed at the first certificate
-	renewed chan struct{} // a new certificate replaced the old one
+	mu   sync.Mutex
+	cert *tls.Certificate
+	// transport is the one Transport hands out; its idle connections
+	// are closed when the certificate changes.
+	transport *http.Transport
+	haveCh    chan struct{} // closed at the first certificate
+	renewed   chan struct{} // a new certificate replaced the old one
 
 	collected chan struct{} // telemetry was spooled
 	channel   atomic.Value  // string
@@ -171,7 +174,14 @@ func (r *Runtime) SetCertificate(c tls.Certificate) {
 	r.mu.Lock()
 	old := r.cert
 	r.cert = &c
+	tr := r.transport
 	r.mu.Unlock()
+	if tr != nil {
+		// A kept-alive connection presents the certificate of its
+		// handshake (none, before the first): the next request must
+		// shake hands again to present this one.
+		tr.CloseIdleConnections()
+	}
 	switch {
 	case old == nil:
 		close(r.haveCh)
@@ -202,11 +212,18 @@ func (r *Runtime) Reconnects() int64 { return max(r.connects.Load()-1, 0) }
 // ChannelNone.
 func (r *Runtime) Channel() string { return r.channel.Load().(string) }
 
-// Transport returns an HTTP transport to the device listener that
+// Transport returns the HTTP transport to the device listener that
 // presents the current LDevID, for exchanges outside the channel (such as
-// uploading logs).
+// uploading logs and updates). It is the same transport at each call;
+// SetCertificate closes its idle connections, so that no request goes
+// out on a connection opened with an older certificate (or none).
 func (r *Runtime) Transport() *http.Transport {
-	return &http.Transport{TLSClientConfig: r.tlsConfig(), ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second, DialContext: r.opts.Dial}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.transport == nil {
+		r.transport = &http.Transport{TLSClientConfig: r.tlsConfig(), ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second, DialContext: r.opts.Dial}
+	}
+	return r.transport
 }
 
 func (r *Runtime) certificate() *tls.Certificate {

@@ -68,6 +68,8 @@ type world struct {
 	cutAfter  int64    // >0: artifact bodies stop after this many bytes (once)
 	extra     []byte   // appended to every artifact body (endless data)
 	healthErr error    // the update check answers 503 while set
+	sig       string   // when set, artifact URLs need ?sig= with it (else 403), as signed links do
+	refused   int      // artifact requests answered 403
 }
 
 func newWorld(t *testing.T) *world {
@@ -126,7 +128,15 @@ func newWorld(t *testing.T) *world {
 		w.ranges = append(w.ranges, r.Header.Get("Range"))
 		cut, extra := w.cutAfter, w.extra
 		w.cutAfter = 0
+		expired := w.sig != "" && r.URL.Query().Get("sig") != w.sig
+		if expired {
+			w.refused++
+		}
 		w.mu.Unlock()
+		if expired {
+			http.Error(rw, `{"code":"EFORBIDDEN","message":"download URL expired"}`, http.StatusForbidden)
+			return
+		}
 		if !ok {
 			http.NotFound(rw, r)
 			return
@@ -188,6 +198,9 @@ func (w *world) offerOf(r release, attempt int) *update.Offer {
 	o.Artifact.URL, o.Artifact.SHA256, o.Artifact.Size = w.srv.URL+"/artifacts/"+r.digest(), r.digest(), int64(len(r.image))
 	o.TUF.MetadataURL = w.srv.URL + "/device/v1/tuf/"
 	w.mu.Lock()
+	if w.sig != "" {
+		o.Artifact.URL += "?sig=" + w.sig
+	}
 	w.offer = o
 	w.mu.Unlock()
 	return o

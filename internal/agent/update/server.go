@@ -208,6 +208,10 @@ func (c *Client) Download(ctx context.Context, rawURL string, off int64) (io.Rea
 			}
 		}
 		return resp.Body, nil
+	case resp.StatusCode == http.StatusForbidden:
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		return nil, &TransientError{fmt.Errorf("%w: %w", ErrURLRefused, statusError("download", resp, body))}
 	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
 		resp.Body.Close()
 		return nil, fmt.Errorf("update: download: the server has no byte %d: the artifact is shorter than what was written", off)
@@ -217,6 +221,13 @@ func (c *Client) Download(ctx context.Context, rawURL string, off int64) (io.Rea
 		return nil, statusError("download", resp, body)
 	}
 }
+
+// ErrURLRefused is in the chain of Download's error when the artifact
+// server answers 403: the signed download URL expired (or was never
+// good). Retrying it cannot help; the updater asks for a fresh offer,
+// which carries a newly signed URL. The error is transient too, so a
+// caller that cannot renew keeps its state.
+var ErrURLRefused = errors.New("update: the download URL was refused")
 
 // statusError makes the error of an unexpected answer: transient for 5xx
 // and 429, and for 403 (an expired download URL; a new offer renews it).

@@ -60,7 +60,10 @@
 // not signed, bytes that are not the signed ones or a bad image
 // signature, "endless-data: ..." for a download longer than the signed
 // length). Failures to reach the server are transient: the state stays
-// and the step is tried again.
+// and the step is tried again. A download URL
+// the server refuses (403: signed links expire) is not retried as it is:
+// the updater asks for a fresh offer of the same attempt and downloads
+// from its new URL; no such offer any more ends the update as failed.
 package update
 
 import (
@@ -545,7 +548,7 @@ func (u *Updater) download(ctx context.Context) error {
 		}
 	}
 	w := &slotWriter{ctx: ctx, w: u.opts.Writer, slot: slot, off: size}
-	if err := u.stream(ctx, u.st.ArtifactURL, u.st.Length, size, h, w); err != nil {
+	if err := u.stream(ctx, u.st.Length, size, h, w); err != nil {
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != u.st.SHA256 {
@@ -573,14 +576,15 @@ func (u *Updater) hashSlot(ctx context.Context, slot hw.Slot, n int64, h io.Writ
 	return nil
 }
 
-// stream copies url's bytes from off to w (which starts at off), hashing
+// stream copies the download's bytes (the image's, or the delta's patch
+// when there is one) from off to w (which starts at off), hashing
 // them, saving the offset every SaveEvery bytes, and refusing more than
 // length bytes in all.
-func (u *Updater) stream(ctx context.Context, url string, length, off int64, h io.Writer, w io.Writer) error {
+func (u *Updater) stream(ctx context.Context, length, off int64, h io.Writer, w io.Writer) error {
 	if off == length {
 		return nil
 	}
-	body, err := u.opts.Server.Download(ctx, url, off)
+	body, err := u.openDownload(ctx, off)
 	if err != nil {
 		return err
 	}
@@ -620,6 +624,60 @@ func (u *Updater) stream(ctx context.Context, url string, length, off int64, h i
 		return &TransientError{fmt.Errorf("update: download ended at byte %d of %d", off, length)}
 	}
 	return nil
+}
+
+// downloadURL is what the downloading phase fetches: the delta's patch
+// when there is one, else the image.
+func (u *Updater) downloadURL() string {
+	if u.st.Delta != nil {
+		return u.st.Delta.URL
+	}
+	return u.st.ArtifactURL
+}
+
+// openDownload opens the download from byte off. Artifact URLs are signed
+// and expire: when the server refuses one (403, ErrURLRefused), retrying
+// it is pointless, so the updater asks for a fresh offer of the same
+// attempt, saves its new URL and tries once more.
+func (u *Updater) openDownload(ctx context.Context, off int64) (io.ReadCloser, error) {
+	body, err := u.opts.Server.Download(ctx, u.downloadURL(), off)
+	if !errors.Is(err, ErrURLRefused) {
+		return body, err
+	}
+	u.opts.Logger.Info("download URL refused; asking for a fresh offer", "err", err)
+	if err := u.renewURL(ctx); err != nil {
+		return nil, err
+	}
+	return u.opts.Server.Download(ctx, u.downloadURL(), off)
+}
+
+// renewURL takes the download URL from a fresh offer of the attempt in
+// progress. An offer of anything else (or none: the rollout was aborted
+// or the attempt timed out) ends the update as failed.
+func (u *Updater) renewURL(ctx context.Context) error {
+	running, err := u.bootedDigest(ctx)
+	if err != nil {
+		return err
+	}
+	o, err := u.opts.Server.Check(ctx, running)
+	if err != nil {
+		return err
+	}
+	if o == nil || o.RolloutID != u.st.RolloutID || o.Attempt != u.st.Attempt || o.Release.TargetPath != u.st.TargetPath {
+		return refuse("the download URL was refused and the server no longer offers this update (rollout %s, attempt %d)", u.st.RolloutID, u.st.Attempt)
+	}
+	st := u.cur()
+	if st.Delta != nil {
+		if o.Delta == nil || o.Delta.SHA256 != st.Delta.SHA256 || checkURL(o.Delta.URL) != nil {
+			return refuse("the download URL of the delta was refused and the server's new offer has no such delta")
+		}
+		d := *st.Delta
+		d.URL = o.Delta.URL
+		st.Delta = &d
+	} else {
+		st.ArtifactURL = o.Artifact.URL
+	}
+	return u.save(st)
 }
 
 // slotWriter writes a slot in order through hw.SlotWriter.
@@ -668,7 +726,7 @@ func (u *Updater) downloadPatch(ctx context.Context) error {
 	if _, err := f.Seek(size, io.SeekStart); err != nil {
 		return err
 	}
-	if err := u.stream(ctx, p.URL, p.Length, size, h, &syncWriter{f: f, every: u.opts.SaveEvery}); err != nil {
+	if err := u.stream(ctx, p.Length, size, h, &syncWriter{f: f, every: u.opts.SaveEvery}); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
@@ -935,6 +993,11 @@ func (u *Updater) trial(ctx context.Context) error {
 		return u.save(st)
 	}
 	deadline := time.Unix(u.st.TrialStart, 0).Add(u.opts.HealthTimeout)
+	rollBack := func(err error) error {
+		st := u.cur()
+		st.Phase, st.Reason = PhaseRollingBack, "health check failed: "+err.Error()
+		return u.save(st)
+	}
 	for {
 		err := u.health(ctx, deadline)
 		if err == nil {
@@ -942,18 +1005,24 @@ func (u *Updater) trial(ctx context.Context) error {
 			st.Phase = PhaseCommitting
 			return u.save(st)
 		}
-		if !u.opts.Now().Before(deadline) {
-			st := u.cur()
-			st.Phase, st.Reason = PhaseRollingBack, "health check failed: "+err.Error()
-			return u.save(st)
+		left := deadline.Sub(u.opts.Now())
+		if left <= 0 {
+			return rollBack(err)
 		}
 		u.opts.Logger.Warn("health check failing; retrying", "err", err)
-		t := time.NewTimer(u.opts.HealthRetry)
+		// The wait ends at the deadline at the latest; a failure that
+		// lasts until then is the reason reported (not that no time
+		// was left for one more try).
+		wait := min(u.opts.HealthRetry, left)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
 		case <-t.C:
+		}
+		if wait == left {
+			return rollBack(err)
 		}
 	}
 }
