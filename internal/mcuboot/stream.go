@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -163,6 +164,19 @@ func VerifyReader(r io.ReaderAt, size int64, trusted []crypto.PublicKey) (*Image
 		return nil, err
 	}
 	return img, nil
+}
+
+// IsImageError reports whether err, from one of the package's parsers or
+// verifiers, is a verdict on the image (it wraps one of the Err values)
+// rather than a failure to read it, which may be worth a retry.
+func IsImageError(err error) bool {
+	for _, e := range []error{ErrBadMagic, ErrSize, ErrTLVOverrun, ErrNoHash, ErrHashMismatch, ErrUnknownKey,
+		ErrNoSignature, ErrBadSignature, ErrUnprotectedTLV, ErrTrailingData, ErrUnsupported} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // readAt fills p from r at off. The caller has checked that off+len(p)
