@@ -564,10 +564,16 @@ func (u *Updater) stream(ctx context.Context, url string, length, off int64, h i
 		return err
 	}
 	defer body.Close()
-	buf := make([]byte, 64<<10)
+	// Whole buffers go to the slot: each WriteAt is synced, as flash is
+	// written, so a write per network read (a TLS record, 16 KiB) would
+	// cost a sync each.
+	buf := make([]byte, streamBuf)
 	lastSave := off
 	for {
-		n, rerr := body.Read(buf)
+		n, rerr := io.ReadFull(body, buf)
+		if rerr == io.ErrUnexpectedEOF {
+			rerr = io.EOF // the last, partial buffer
+		}
 		if n > 0 {
 			if off+int64(n) > length {
 				return refuse("the download is longer than the %d bytes the signed metadata allows", length)
@@ -598,6 +604,9 @@ func (u *Updater) stream(ctx context.Context, url string, length, off int64, h i
 	}
 	return nil
 }
+
+// streamBuf is the size of the writes of a download into a slot.
+const streamBuf = 1 << 20
 
 // slotWriter writes a slot in order through hw.SlotWriter.
 type slotWriter struct {
