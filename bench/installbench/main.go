@@ -9,7 +9,8 @@
 // API (offer, status, software reports) over HTTPS on 127.0.0.1. Then, on
 // the same image in the same run:
 //
-//   - baseline: `curl URL | tee >(sha256sum) | dd of=FILE bs=1M`, the
+//   - baseline: `curl URL | tee FIFO | dd of=FILE bs=1M` with
+//     `sha256sum <FIFO`, that is curl | tee >(sha256sum) | dd: the
 //     download hashed and written to a file in the same directory;
 //   - agent: this program re-run as a child process (-agent) holding the
 //     real updater (internal/agent/update) on a simulated unit
@@ -295,11 +296,15 @@ func (w *world) offer() *update.Offer {
 // digest it printed.
 func (w *world) baseline(ctx context.Context, file string) (time.Duration, error) {
 	sumFile := file + ".sha256"
-	script := `set -o pipefail
-curl -sS --fail --cacert "$CA" "$URL" | tee >(sha256sum >"$SUM") | dd of="$OUT" bs=1M status=none
+	// tee feeds sha256sum through a FIFO (a process substitution would
+	// not be waited for), and the time includes both ends.
+	script := `set -eo pipefail
+rm -f "$FIFO"; mkfifo "$FIFO"
+sha256sum <"$FIFO" >"$SUM" &
+curl -sS --fail --cacert "$CA" "$URL" | tee "$FIFO" | dd of="$OUT" bs=1M status=none
 wait $!`
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
-	cmd.Env = append(os.Environ(), "CA="+w.caFile, "URL="+w.artifactURL(), "SUM="+sumFile, "OUT="+file)
+	cmd.Env = append(os.Environ(), "CA="+w.caFile, "URL="+w.artifactURL(), "SUM="+sumFile, "OUT="+file, "FIFO="+file+".fifo")
 	cmd.Stderr = os.Stderr
 	t0 := time.Now()
 	if err := cmd.Run(); err != nil {
