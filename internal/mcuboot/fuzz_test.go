@@ -6,19 +6,17 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
-	"errors"
+	"os"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"cradle/internal/mcuboot"
 )
 
-// FuzzParse feeds the image parser arbitrary bytes. Seeds: valid images
-// signed with each algorithm (plain, with a padded header, padded to a
-// slot), truncated ones and ones with corrupted TLVs. Parse and Verify must
-// not panic, must fail with one of the package's errors, and what they
-// accept must be consistent: its hash is the SHA-256 of what precedes the
-// TLV area, and a verified image's key is one of the trusted keys.
-func FuzzParse(f *testing.F) {
+// addSeeds adds the seed images of the fuzz targets and returns the keys
+// that signed them.
+func addSeeds(f *testing.F) []crypto.PublicKey {
 	ed := edKey()
 	// A fixed ECDSA key, so the seeds are the same on every run.
 	ec, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), bytes.Repeat([]byte{7}, 32))
@@ -53,6 +51,17 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Add([]byte{0x3d, 0xb8, 0xf3, 0x96})
+	return trusted
+}
+
+// FuzzParse feeds the image parser arbitrary bytes. Seeds: valid images
+// signed with each algorithm (plain, with a padded header, padded to a
+// slot), truncated ones and ones with corrupted TLVs. Parse and Verify must
+// not panic, must fail with one of the package's errors, and what they
+// accept must be consistent: its hash is the SHA-256 of what precedes the
+// TLV area, and a verified image's key is one of the trusted keys.
+func FuzzParse(f *testing.F) {
+	trusted := addSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		img, err := mcuboot.Parse(b)
 		if err != nil {
@@ -87,12 +96,50 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-func isPackageError(err error) bool {
-	for _, e := range []error{mcuboot.ErrBadMagic, mcuboot.ErrSize, mcuboot.ErrTLVOverrun, mcuboot.ErrNoHash, mcuboot.ErrHashMismatch,
-		mcuboot.ErrUnknownKey, mcuboot.ErrNoSignature, mcuboot.ErrBadSignature, mcuboot.ErrUnprotectedTLV, mcuboot.ErrTrailingData, mcuboot.ErrUnsupported} {
-		if errors.Is(err, e) {
-			return true
+func isPackageError(err error) bool { return mcuboot.IsImageError(err) }
+
+// FuzzVerifyReader checks the streaming forms against the in-memory ones
+// on the same bytes (the seeds of FuzzParse): ParseReader and
+// VerifyReader, reading a file, accept exactly what Parse and Verify
+// accept, with the same image apart from the body, and refuse the rest
+// with the same error.
+func FuzzVerifyReader(f *testing.F) {
+	trusted := addSeeds(f)
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		file, err := os.CreateTemp(dir, "img")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	return false
+		defer os.Remove(file.Name())
+		defer file.Close()
+		if _, err := file.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		for _, verify := range []bool{false, true} {
+			var want, got *mcuboot.Image
+			var werr, gerr error
+			if verify {
+				want, werr = mcuboot.Verify(b, trusted)
+				got, gerr = mcuboot.VerifyReader(file, int64(len(b)), trusted)
+			} else {
+				want, werr = mcuboot.Parse(b)
+				got, gerr = mcuboot.ParseReader(file, int64(len(b)))
+			}
+			if fmtErr(werr) != fmtErr(gerr) {
+				t.Fatalf("verify=%v: in memory: %v; streaming: %v", verify, werr, gerr)
+			}
+			if werr != nil {
+				continue
+			}
+			if got.Body != nil {
+				t.Fatal("the streaming form returned a body")
+			}
+			w := *want
+			w.Body = nil
+			if diff := cmp.Diff(&w, got); diff != "" {
+				t.Fatalf("verify=%v: images differ (-memory +streaming):\n%s", verify, diff)
+			}
+		}
+	})
 }

@@ -51,7 +51,14 @@
 // imgtool's form. Verify then requires a KEYHASH (or PUBKEY) naming one of
 // the trusted keys followed by a signature of that key's type that it
 // verifies. Every failure wraps one of the Err values, so callers test it
-// with errors.Is, and its message says what was found.
+// with errors.Is (or IsImageError), and its message says what was found.
+//
+// ParseReader and VerifyReader check an image where it lies (a flash slot,
+// a file) through an io.ReaderAt: they read the header and the TLV areas
+// (each at most 64 KiB) and hash the rest through a 256 KiB buffer, so a
+// 256 MB image costs no 256 MB of memory. Parse and Verify are the same
+// code over a byte slice; the streaming forms return no Body, and a
+// failure to read wraps the reader's error and none of the Err values.
 //
 // Not supported: encrypted and compressed images (refused with
 // ErrUnsupported), RSA and P-384 keys, SHA-384/512 hashes, "pure" Ed25519

@@ -366,7 +366,19 @@ func (im image) build(t *testing.T) []byte {
 	return append(b, im.after...)
 }
 
-func TestVerifyRefusals(t *testing.T) {
+// refusal is an image Verify must refuse, with the error it wraps and a
+// part of its message.
+type refusal struct {
+	name string
+	img  []byte
+	want error
+	msg  string
+}
+
+// refusals returns the hand-built refusals of TestVerifyRefusals, the
+// keys they are checked against, and the good image they are made from.
+func refusals(t *testing.T) ([]refusal, []crypto.PublicKey, []byte) {
+	t.Helper()
 	ed := edKey()
 	trusted := []crypto.PublicKey{ed.Public()}
 	secCnt := tlv(0x50, []byte{1, 0, 0, 0})
@@ -380,12 +392,7 @@ func TestVerifyRefusals(t *testing.T) {
 	// Offsets in good: header 0..32, body 32..36, protected area 36..48,
 	// TLV area from 48: info, SHA256 (52..88), KEYHASH (88..124), ED25519
 	// header at 124, signature 128..192.
-	for _, tc := range []struct {
-		name string
-		img  []byte
-		want error
-		msg  string
-	}{
+	return []refusal{
 		{"empty", nil, mcuboot.ErrSize, "shorter than the 32-byte header"},
 		{"bad magic", mutate(func(b []byte) []byte { b[0] ^= 1; return b }), mcuboot.ErrBadMagic, "not an MCUboot image"},
 		{"header size below 32", mutate(func(b []byte) []byte { b[8] = 16; return b }), mcuboot.ErrSize, "header size 16"},
@@ -395,6 +402,7 @@ func TestVerifyRefusals(t *testing.T) {
 		{"TLV length overruns its area", mutate(func(b []byte) []byte { b[126] = 0x41; return b }), mcuboot.ErrTLVOverrun, "crosses the end"},
 		{"protected TLV overruns its area", mutate(func(b []byte) []byte { b[42] = 5; return b }), mcuboot.ErrTLVOverrun, "protected TLV area"},
 		{"bad TLV info magic", mutate(func(b []byte) []byte { b[48] = 0; return b }), mcuboot.ErrBadMagic, "TLV area info magic"},
+		{"TLV area smaller than its info", mutate(func(b []byte) []byte { b[50], b[51] = 3, 0; return b }), mcuboot.ErrSize, "smaller than its info header"},
 		{"protected size differs from header", image{body: []byte("x"), prot: [][2][]byte{secCnt}, protSizeHdr: 16}.build(t), mcuboot.ErrSize, "header says 16"},
 		{"unannounced protected area", image{body: []byte("x"), prot: [][2][]byte{secCnt}, protSizeHdr: -1}.build(t), mcuboot.ErrSize, "does not announce"},
 		{"hash mismatch (body)", mutate(func(b []byte) []byte { b[33] ^= 1; return b }), mcuboot.ErrHashMismatch, "hash to"},
@@ -406,14 +414,23 @@ func TestVerifyRefusals(t *testing.T) {
 		{"short security counter", image{body: []byte("x"), sign: ed, prot: [][2][]byte{tlv(0x50, []byte{1})}}.build(t), mcuboot.ErrSize, "security counter TLV of 1 bytes"},
 		{"trailing garbage", append(append([]byte(nil), good...), "junk"...), mcuboot.ErrTrailingData, "too short"},
 		{"trailing garbage with a magic", append(append(append([]byte(nil), good...), 0xff, 0x00), bootMagic()...), mcuboot.ErrTrailingData, "byte 1 of the padding"},
+		{"a bare boot magic as padding", append(append([]byte(nil), good...), bootMagic()...), mcuboot.ErrTrailingData, "starts with 0x77"},
+		{"padding of a non-erased value", append(append(append([]byte(nil), good...), 0x12, 0x12), bootMagic()...), mcuboot.ErrTrailingData, "starts with 0x12"},
+		{"trailing data without a magic", append(append([]byte(nil), good...), bytes.Repeat([]byte{0xff}, 40)...), mcuboot.ErrTrailingData, "boot magic"},
 		{"encrypted", image{body: []byte("x"), flags: mcuboot.FlagEncryptedAES128, sign: ed}.build(t), mcuboot.ErrUnsupported, "encrypted"},
+		{"compressed", image{body: []byte("x"), flags: mcuboot.FlagCompressedLZMA2, sign: ed}.build(t), mcuboot.ErrUnsupported, "compressed"},
 		{"SHA-384", image{body: []byte("x"), noHash: true, unprot: [][2][]byte{tlv(0x11, make([]byte, 48))}}.build(t), mcuboot.ErrUnsupported, "SHA384"},
 		{"unknown key", image{body: []byte("x"), sign: ecKey(t)}.build(t), mcuboot.ErrUnknownKey, "matches none of the 1 trusted keys"},
 		{"bad signature", mutate(func(b []byte) []byte { b[130] ^= 1; return b }), mcuboot.ErrBadSignature, "ED25519"},
 		{"unsigned", image{body: []byte("x")}.build(t), mcuboot.ErrNoSignature, "no KEYHASH"},
 		{"key hash without signature", image{body: []byte("x"), unprot: [][2][]byte{tlv(0x01, mustKeyHash(ed.Public()))}}.build(t), mcuboot.ErrNoSignature, "carries no signature"},
 		{"signature type of another key type", image{body: []byte("x"), unprot: [][2][]byte{tlv(0x01, mustKeyHash(ed.Public())), tlv(0x22, make([]byte, 70))}}.build(t), mcuboot.ErrBadSignature, "types differ"},
-	} {
+	}, trusted, good
+}
+
+func TestVerifyRefusals(t *testing.T) {
+	cases, trusted, good := refusals(t)
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := mcuboot.Verify(tc.img, trusted)
 			if !errors.Is(err, tc.want) || !strings.Contains(fmtErr(err), tc.msg) {

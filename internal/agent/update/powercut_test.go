@@ -19,7 +19,7 @@ import (
 // unit up again (reopen, boot) and restarts the agent: the unit always
 // boots a verified image, ends on the new one with one success reported,
 // and never has a slot on trial or marked good that does not verify.
-// It runs over a full image in the default 64 KiB writes, and over a
+// It runs over a full image in 64 KiB writes, and over a
 // full image and a delta in 4 KiB writes, so that a cut falls in many
 // places of the slot and of the delta's rebuild.
 func TestUpdatePowerCutAtEveryWrite(t *testing.T) {
@@ -29,7 +29,7 @@ func TestUpdatePowerCutAtEveryWrite(t *testing.T) {
 		chunk int
 		delta bool
 	}{
-		{"full image, 64 KiB writes", 150 << 10, 0, false},
+		{"full image, 64 KiB writes", 150 << 10, 64 << 10, false},
 		{"full image, 4 KiB writes", 64 << 10, 4 << 10, false},
 		{"delta, 4 KiB writes", 64 << 10, 4 << 10, true},
 	} {
@@ -122,11 +122,11 @@ func powerCutAtEveryWrite(t *testing.T, size, chunk int, withDelta bool) {
 			t.Fatalf("cut %d: next boot %v %+v", n, err, u.lastBoot)
 		}
 	}
-	// The slot is written in whole chunks (Options.ChunkSize, 64 KiB by
-	// default), the delta's rebuild too.
+	// The slot is written in whole chunks (Options.ChunkSize,
+	// update.DefaultChunkSize by default), the delta's rebuild too.
 	writeSize := chunk
 	if writeSize == 0 {
-		writeSize = 64 << 10
+		writeSize = update.DefaultChunkSize
 	}
 	if want := (len(v2.image) + writeSize - 1) / writeSize; kinds["slot write"] != want {
 		t.Errorf("%d slot writes of a %d-byte image in %d-byte chunks, want %d", kinds["slot write"], len(v2.image), writeSize, want)
