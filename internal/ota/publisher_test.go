@@ -562,3 +562,61 @@ func TestRefreshAll(t *testing.T) {
 		t.Fatalf("status of a missing repository: %v", err)
 	}
 }
+
+// hookReleases is the real release store with a hook run once after the
+// next FindRelease, to interleave another operator's call.
+type hookReleases struct {
+	cradle.ReleaseService
+	after func()
+}
+
+func (h *hookReleases) FindRelease(ctx context.Context, id string) (*cradle.Release, error) {
+	r, err := h.ReleaseService.FindRelease(ctx, id)
+	if f := h.after; f != nil {
+		h.after = nil
+		f()
+	}
+	return r, err
+}
+
+// TestSignYankRace: a yank and a signing of the same release that
+// interleave, in either order, never leave a published target of a
+// yanked release.
+func TestSignYankRace(t *testing.T) {
+	for _, first := range []string{"yank inside sign", "sign inside yank"} {
+		t.Run(first, func(t *testing.T) {
+			e := newEnv(t)
+			key := e.imageKey("gw")
+			v1 := signImage(t, key, firmware(1), 1)
+			r, err := e.pub.UploadRelease(e.admin, upload("gw", "1", v1), bytes.NewReader(v1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hooked := *e.pub
+			h := &hookReleases{ReleaseService: e.releases}
+			hooked.Releases = h
+			var outer, inner error
+			if first == "yank inside sign" {
+				h.after = func() { _, inner = e.pub.YankRelease(e.admin, r.ID, "bad") }
+				_, outer = hooked.SignRelease(e.admin, r.ID)
+				if inner != nil || cradle.ErrorCode(outer) != cradle.ECONFLICT {
+					t.Fatalf("yank: %v; sign: %v, want ECONFLICT", inner, outer)
+				}
+			} else {
+				h.after = func() { _, inner = e.pub.SignRelease(e.admin, r.ID) }
+				_, outer = hooked.YankRelease(e.admin, r.ID, "bad")
+				if inner != nil || outer != nil {
+					t.Fatalf("sign: %v; yank: %v", inner, outer)
+				}
+			}
+			got, err := e.releases.FindRelease(e.admin, r.ID)
+			if err != nil || got.State != cradle.ReleaseYanked {
+				t.Fatalf("release after the race: %+v %v", got, err)
+			}
+			up := e.tufClient()
+			if _, err := up.GetTargetInfo("gw/1/zephyr.signed.bin"); err == nil {
+				t.Fatal("the yanked release is a published target")
+			}
+		})
+	}
+}
