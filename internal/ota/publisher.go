@@ -383,9 +383,19 @@ func (p *Publisher) SignRelease(ctx context.Context, id string) (*cradle.Release
 		deltas = append(deltas, *d)
 	}
 	path := targetPath(r.Model, r.Version, r.FileName)
+	var out *cradle.Release
 	err = p.Repos.Do(ctx, tenant, func(repo *tuf.Repository, s tuf.Signers) error {
 		if err := p.rootValid(repo, tenant); err != nil {
 			return err
+		}
+		// A yank (which records under this lock) may have come since the
+		// release was read: never publish a yanked release's targets.
+		cur, err := p.Releases.FindRelease(ctx, id)
+		if err != nil {
+			return err
+		}
+		if cur.State != cradle.ReleaseUploaded && cur.State != cradle.ReleaseSigned {
+			return cradle.Errorf(cradle.ECONFLICT, "release %s is %s; only an uploaded (or signed) release can be signed", r.ID, cur.State)
 		}
 		for _, d := range deltas {
 			sum, _ := hex.DecodeString(d.SHA256)
@@ -397,12 +407,16 @@ func (p *Publisher) SignRelease(ctx context.Context, id string) (*cradle.Release
 		if err := repo.AddTarget(path, tuf.Target{Length: r.Size, SHA256: sum, Custom: custom(r, deltas)}); err != nil {
 			return err
 		}
-		return repo.Publish(ctx, s)
+		if err := repo.Publish(ctx, s); err != nil {
+			return err
+		}
+		out, err = p.Releases.MarkReleaseSigned(ctx, r.ID, path, deltas)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return p.Releases.MarkReleaseSigned(ctx, r.ID, path, deltas)
+	return out, nil
 }
 
 // checkRepository fails early, before a delta is made, when the tenant
@@ -434,12 +448,16 @@ func (p *Publisher) DeprecateRelease(ctx context.Context, id, reason string) (*c
 	return p.Releases.SetReleaseState(ctx, id, cradle.ReleaseDeprecated, reason)
 }
 
-// YankRelease implements cradle.ReleasePublisher. A signed or deprecated
-// release's target and patches are removed and the repository published
-// first, so that no device is offered it again, then the record is marked
-// yanked, then its running and paused rollouts are aborted. When the
-// record or an abort fails after Publish, yanking again finishes the job
-// (the targets are already gone).
+// YankRelease implements cradle.ReleasePublisher. Under the tenant's
+// repository lock, the release's targets (every target under
+// MODEL/VERSION/: the image and its patches, whatever the record says,
+// since a signing may have published them before recording) are removed
+// and the repository published, so that no device is offered it again,
+// then the record is marked yanked; SignRelease checks the record under
+// the same lock, so a yank and a signing of one release never leave a
+// published target of a yanked record. Then its running and paused
+// rollouts are aborted. When the record or an abort fails after Publish,
+// yanking again finishes the job (the targets are already gone).
 func (p *Publisher) YankRelease(ctx context.Context, id, reason string) (*cradle.Release, error) {
 	a, err := p.Releases.AuthorizeRelease(ctx, cradle.PermReleaseWrite, "release.yank", "release:"+id)
 	if err != nil {
@@ -455,43 +473,45 @@ func (p *Publisher) YankRelease(ctx context.Context, id, reason string) (*cradle
 	if strings.TrimSpace(reason) == "" {
 		return nil, cradle.Errorf(cradle.EINVALID, "give a reason for yanking release %s", r.ID)
 	}
-	if r.TargetPath != "" {
-		tenant, err := p.tenant(ctx, a)
+	tenant, err := p.tenant(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	var y *cradle.Release
+	ran := false
+	err = p.Repos.Do(ctx, tenant, func(repo *tuf.Repository, s tuf.Signers) error {
+		ran = true
+		current, err := repo.Targets()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		err = p.Repos.Do(ctx, tenant, func(repo *tuf.Repository, s tuf.Signers) error {
+		prefix := r.Model + "/" + r.Version + "/"
+		var paths []string
+		for path := range current {
+			if strings.HasPrefix(path, prefix) {
+				paths = append(paths, path)
+			}
+		}
+		if len(paths) > 0 {
 			if err := p.rootValid(repo, tenant); err != nil {
 				return err
 			}
-			current, err := repo.Targets()
-			if err != nil {
-				return err
-			}
-			paths := []string{r.TargetPath}
-			for _, d := range r.Deltas {
-				paths = append(paths, d.TargetPath)
-			}
-			changed := false
 			for _, path := range paths {
-				if _, ok := current[path]; !ok {
-					continue // removed by an earlier yank that failed later
-				}
 				if err := repo.RemoveTarget(path); err != nil {
 					return err
 				}
-				changed = true
 			}
-			if !changed {
-				return nil
+			if err := repo.Publish(ctx, s); err != nil {
+				return err
 			}
-			return repo.Publish(ctx, s)
-		})
-		if err != nil {
-			return nil, err
 		}
+		y, err = p.Releases.SetReleaseState(ctx, r.ID, cradle.ReleaseYanked, reason)
+		return err
+	})
+	if !ran && cradle.ErrorCode(err) == cradle.ENOTFOUND && r.TargetPath == "" {
+		// No TUF repository: nothing of the release was ever published.
+		y, err = p.Releases.SetReleaseState(ctx, r.ID, cradle.ReleaseYanked, reason)
 	}
-	y, err := p.Releases.SetReleaseState(ctx, r.ID, cradle.ReleaseYanked, reason)
 	if err != nil {
 		return nil, err
 	}

@@ -5,15 +5,12 @@ import (
 	"context"
 	"crypto"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"database/sql"
 	"encoding/hex"
 	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,31 +55,7 @@ func storeDSN(t *testing.T) string {
 	if base == "" {
 		return filepath.Join(t.TempDir(), "cradle.db")
 	}
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "cradle_ota_" + hex.EncodeToString(b[:])
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	t.Cleanup(func() {
-		if a, err := sql.Open("pgx", base); err == nil {
-			a.Exec("DROP SCHEMA " + schema + " CASCADE")
-			a.Close()
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return storetest.PostgresSchema(t, base, "cradle_ota_")
 }
 
 func newEnv(t *testing.T) *env {
@@ -560,5 +533,63 @@ func TestRefreshAll(t *testing.T) {
 	e.tufClient()
 	if _, err := (&ota.Repos{DataDir: t.TempDir()}).Status(context.Background(), "default"); cradle.ErrorCode(err) != cradle.ENOTFOUND {
 		t.Fatalf("status of a missing repository: %v", err)
+	}
+}
+
+// hookReleases is the real release store with a hook run once after the
+// next FindRelease, to interleave another operator's call.
+type hookReleases struct {
+	cradle.ReleaseService
+	after func()
+}
+
+func (h *hookReleases) FindRelease(ctx context.Context, id string) (*cradle.Release, error) {
+	r, err := h.ReleaseService.FindRelease(ctx, id)
+	if f := h.after; f != nil {
+		h.after = nil
+		f()
+	}
+	return r, err
+}
+
+// TestSignYankRace: a yank and a signing of the same release that
+// interleave, in either order, never leave a published target of a
+// yanked release.
+func TestSignYankRace(t *testing.T) {
+	for _, first := range []string{"yank inside sign", "sign inside yank"} {
+		t.Run(first, func(t *testing.T) {
+			e := newEnv(t)
+			key := e.imageKey("gw")
+			v1 := signImage(t, key, firmware(1), 1)
+			r, err := e.pub.UploadRelease(e.admin, upload("gw", "1", v1), bytes.NewReader(v1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hooked := *e.pub
+			h := &hookReleases{ReleaseService: e.releases}
+			hooked.Releases = h
+			var outer, inner error
+			if first == "yank inside sign" {
+				h.after = func() { _, inner = e.pub.YankRelease(e.admin, r.ID, "bad") }
+				_, outer = hooked.SignRelease(e.admin, r.ID)
+				if inner != nil || cradle.ErrorCode(outer) != cradle.ECONFLICT {
+					t.Fatalf("yank: %v; sign: %v, want ECONFLICT", inner, outer)
+				}
+			} else {
+				h.after = func() { _, inner = e.pub.SignRelease(e.admin, r.ID) }
+				_, outer = hooked.YankRelease(e.admin, r.ID, "bad")
+				if inner != nil || outer != nil {
+					t.Fatalf("sign: %v; yank: %v", inner, outer)
+				}
+			}
+			got, err := e.releases.FindRelease(e.admin, r.ID)
+			if err != nil || got.State != cradle.ReleaseYanked {
+				t.Fatalf("release after the race: %+v %v", got, err)
+			}
+			up := e.tufClient()
+			if _, err := up.GetTargetInfo("gw/1/zephyr.signed.bin"); err == nil {
+				t.Fatal("the yanked release is a published target")
+			}
+		})
 	}
 }

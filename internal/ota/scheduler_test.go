@@ -3,11 +3,8 @@ package ota_test
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -63,36 +60,13 @@ func backends(t *testing.T) []backend {
 	return append(bs, backend{
 		name: "postgres",
 		open: func(t *testing.T) (string, *sql.DB) {
-			admin, err := sql.Open("pgx", base)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer admin.Close()
-			var b [6]byte
-			rand.Read(b[:])
-			schema := "cradle_ota_" + hex.EncodeToString(b[:])
-			if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-				t.Fatalf("create schema: %v", err)
-			}
-			t.Cleanup(func() {
-				if a, err := sql.Open("pgx", base); err == nil {
-					a.Exec("DROP SCHEMA " + schema + " CASCADE")
-					a.Close()
-				}
-			})
-			u, err := url.Parse(base)
-			if err != nil {
-				t.Fatal(err)
-			}
-			q := u.Query()
-			q.Set("search_path", schema)
-			u.RawQuery = q.Encode()
-			raw, err := sql.Open("pgx", u.String())
+			dsn := storetest.PostgresSchema(t, base, "cradle_ota_")
+			raw, err := sql.Open("pgx", dsn)
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { raw.Close() })
-			return u.String(), raw
+			return dsn, raw
 		},
 		rebind: func(q string) string {
 			var b strings.Builder

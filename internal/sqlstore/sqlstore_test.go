@@ -1,10 +1,7 @@
 package sqlstore_test
 
 import (
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -54,33 +51,7 @@ func postgresBackend(base string) storetest.Backend {
 	return storetest.Backend{
 		Name: "postgres",
 		New: func(t *testing.T) (string, *sql.DB) {
-			admin, err := sql.Open("pgx", base)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer admin.Close()
-			var b [6]byte
-			rand.Read(b[:])
-			schema := "cradle_test_" + hex.EncodeToString(b[:])
-			if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-				t.Fatalf("create schema: %v", err)
-			}
-			t.Cleanup(func() {
-				a, err := sql.Open("pgx", base)
-				if err != nil {
-					return
-				}
-				defer a.Close()
-				a.Exec("DROP SCHEMA " + schema + " CASCADE")
-			})
-			u, err := url.Parse(base)
-			if err != nil {
-				t.Fatal(err)
-			}
-			q := u.Query()
-			q.Set("search_path", schema)
-			u.RawQuery = q.Encode()
-			dsn := u.String()
+			dsn := storetest.PostgresSchema(t, base, "cradle_test_")
 			raw, err := sql.Open("pgx", dsn)
 			if err != nil {
 				t.Fatal(err)
