@@ -124,12 +124,21 @@ func (s *UpdateService) ReportUpdate(ctx context.Context, serial string, r cradl
 	}
 	return s.db.write(ctx, func(tx *Tx) error {
 		var rolloutID int64
-		err := tx.queryRow(ctx, `SELECT ro.id FROM rollouts ro JOIN rollout_devices rd ON rd.rollout_id = ro.id
-			WHERE ro.tenant_id = ? AND ro.public_id = ? AND rd.device_id = ?`, a.TenantID, r.RolloutID, devID).Scan(&rolloutID)
+		var state cradle.DeviceUpdateState
+		err := tx.queryRow(ctx, `SELECT ro.id, rd.state FROM rollouts ro JOIN rollout_devices rd ON rd.rollout_id = ro.id
+			WHERE ro.tenant_id = ? AND ro.public_id = ? AND rd.device_id = ?`, a.TenantID, r.RolloutID, devID).Scan(&rolloutID, &state)
 		if errors.Is(err, sql.ErrNoRows) {
 			return cradle.Errorf(cradle.ENOTFOUND, "device %q is not in rollout %q", serial, clip(r.RolloutID, 40))
 		} else if err != nil {
 			return fmt.Errorf("sqlstore: update report: %w", err)
+		}
+		if !state.InFlight() {
+			// The device's update has ended (or never started): the
+			// engine would refuse the report as stale, and a completed
+			// rollout is never stepped, so queuing it would only grow
+			// the queue. It is audited, not queued.
+			return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "update.report.stale", Subject: subject,
+				Details: map[string]any{"rollout": r.RolloutID, "attempt": r.Attempt, "state": r.State, "reason": r.Reason, "device_state": state}})
 		}
 		if _, err := tx.exec(ctx, `INSERT INTO rollout_events (rollout_id, serial, kind, attempt, reason, at) VALUES (?, ?, ?, ?, ?, ?)`,
 			rolloutID, serial, r.State, r.Attempt, r.Reason, micros(tx.now)); err != nil {
