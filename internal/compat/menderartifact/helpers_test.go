@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
@@ -133,4 +134,13 @@ func retar(t testing.TB, es []entry) []byte {
 func tarOf(t testing.TB, es ...entry) []byte {
 	t.Helper()
 	return retar(t, es)
+}
+
+func edSigner(t testing.TB) crypto.Signer {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -124,6 +124,13 @@ func Write(w io.Writer, spec Spec, files []Source, signer crypto.Signer) error {
 		fmt.Fprintf(&manifest, "%x  %s\n", lines[n], n)
 	}
 
+	var sig []byte
+	if signer != nil {
+		if sig, err = sign(signer, manifest.Bytes()); err != nil {
+			return err
+		}
+	}
+
 	tw := tar.NewWriter(w)
 	put := func(name string, size int64, r io.Reader) error {
 		if err := tw.WriteHeader(&tar.Header{Name: name, Size: size, Mode: 0o600, ModTime: mtime, Typeflag: tar.TypeReg, Format: tar.FormatUSTAR}); err != nil {
@@ -141,11 +148,7 @@ func Write(w io.Writer, spec Spec, files []Source, signer crypto.Signer) error {
 	if err := small("manifest", manifest.Bytes()); err != nil {
 		return err
 	}
-	if signer != nil {
-		sig, err := sign(signer, manifest.Bytes())
-		if err != nil {
-			return err
-		}
+	if sig != nil {
 		if err := small("manifest.sig", sig); err != nil {
 			return err
 		}
