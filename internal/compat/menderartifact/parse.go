@@ -503,8 +503,10 @@ func (p *parser) readHeader(name, comp string, max int64) error {
 		}
 		if meta := fmt.Sprintf("headers/%04d/meta-data", i); h != nil && h.Name == meta {
 			// mender-artifact writes an empty meta-data for a rootfs-image.
-			if err := json.Unmarshal(b, &pl.MetaData); len(b) > 0 && (err != nil || pl.MetaData == nil) {
-				return invalid("%s: %s must be a JSON object (%v)", name, meta, err)
+			if err := json.Unmarshal(b, &pl.MetaData); len(b) > 0 && err != nil {
+				return invalid("%s: %s: %v", name, meta, err)
+			} else if len(b) > 0 && pl.MetaData == nil {
+				return invalid("%s: %s must be a JSON object, not null", name, meta)
 			}
 			if h, b, err = readEntry(); err != nil {
 				return err
