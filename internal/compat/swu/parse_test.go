@@ -245,7 +245,7 @@ func TestParseRefuses(t *testing.T) {
 
 // cpioOf writes members as a crc cpio archive, independently of the
 // package's writer.
-func cpioOf(t *testing.T, members [][2]string) []byte {
+func cpioOf(t testing.TB, members [][2]string) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	pad := func() {
