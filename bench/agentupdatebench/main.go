@@ -50,11 +50,17 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 
 	"cradle"
 	"cradle/internal/agent/hw"
 	"cradle/internal/ota"
+)
+
+var (
+	smapsFile string
+	cold      bool
 )
 
 const (
@@ -66,6 +72,8 @@ func main() {
 	size := flag.Int("size", 256, "update image size in MiB")
 	dir := flag.String("dir", "", "work directory (default: a temporary one under $TMPDIR, removed after)")
 	memLimit := flag.Int64("memory-limit", 0, "the agent's memory.limit in bytes (0: the agent's default)")
+	flag.BoolVar(&cold, "cold", false, "drop the agent binary's pages from the page cache before starting it (as after a device's boot, not fresh from the linker)")
+	flag.StringVar(&smapsFile, "smaps", "", "copy the agent's /proc/<pid>/smaps after the commit to this file (to see where its resident memory is)")
 	flag.Parse()
 	if err := run(*size, *dir, *memLimit); err != nil {
 		fmt.Fprintln(os.Stderr, "agentupdatebench:", err)
@@ -213,6 +221,11 @@ func run(sizeMiB int, dir string, memLimit int64) error {
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		return err
 	}
+	if cold {
+		if err := dropCache(b.agent); err != nil {
+			return err
+		}
+	}
 	agent := exec.CommandContext(ctx, b.agent, "run", "--config", cfg)
 	agent.Env = b.env
 	logs := &agentLog{}
@@ -262,6 +275,11 @@ func run(sizeMiB int, dir string, memLimit int64) error {
 	peak, err := procStatus(agent.Process.Pid)
 	if err != nil {
 		return err
+	}
+	if smapsFile != "" {
+		if err := copyFile(fmt.Sprintf("/proc/%d/smaps", agent.Process.Pid), smapsFile); err != nil {
+			return err
+		}
 	}
 	if err := waitFor(ctx, "rollout "+ro.ID+" to complete", time.Minute, logs, func() bool {
 		out, err := b.cli(ctx, append([]string{"rollout", "show", ro.ID, "--json"}, srv...)...)
@@ -532,4 +550,18 @@ func procStatus(pid int) (map[string]int64, error) {
 		return nil, fmt.Errorf("/proc/%d/status lacks VmHWM, RssAnon or RssFile", pid)
 	}
 	return out, nil
+}
+
+// dropCache syncs file and asks the kernel to drop its pages from the
+// page cache, so that the next exec reads it as after a boot.
+func dropCache(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
