@@ -689,7 +689,7 @@ func (u *Updater) renewURL(ctx context.Context) error {
 }
 
 // DefaultChunkSize is the size of the slot writes of an update.
-const DefaultChunkSize = 1 << 20
+const DefaultChunkSize = 256 << 10
 
 // slotWriter writes a slot in order through hw.SlotWriter.
 type slotWriter struct {
