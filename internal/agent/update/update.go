@@ -48,7 +48,9 @@
 // upgrade_available and bootcount, then programs the anti_rollback fuses.
 // A failed trial sets boot_slot=old, upgrade_available=0 and reboots. If
 // the bootloader fell back by itself (booted the old slot while the state
-// says rebooting or trial) the report is "rollback by bootloader".
+// says rebooting, trial or committing) the report is "rollback by
+// bootloader", and nothing is committed: the fuses never advance while
+// the old image runs.
 //
 // Every refusal (metadata the TUF client refuses, an offer that is not
 // for this device, a lower security counter, a digest or length
@@ -414,10 +416,16 @@ func (u *Updater) bootedSlot(ctx context.Context) (hw.Slot, error) {
 	if err != nil {
 		return "", err
 	}
+	return envSlot(env), nil
+}
+
+// envSlot is the slot the boot environment points at: boot_slot, "a"
+// when unset or not a slot (as the bootloader reads it).
+func envSlot(env map[string]string) hw.Slot {
 	if s := hw.Slot(env[hw.EnvBootSlot]); validSlot(s) {
-		return s, nil
+		return s
 	}
-	return hw.SlotA, nil
+	return hw.SlotA
 }
 
 func other(s hw.Slot) hw.Slot {
@@ -1088,7 +1096,25 @@ func lastBytes(b []byte, n int) []byte {
 }
 
 // commit confirms the new slot, then advances the anti-rollback fuses.
+// A commit resumed after the bootloader went back to the old slot (the
+// unit reset past bootlimit before the agent ran again) confirms nothing
+// and burns nothing: the fuses would then refuse the image that runs.
 func (u *Updater) commit(ctx context.Context) error {
+	booted, err := u.bootedSlot(ctx)
+	if err != nil {
+		return err
+	}
+	env, err := u.opts.Device.BootEnv.Get(ctx)
+	if err != nil {
+		return err
+	}
+	if booted != u.st.NewSlot || envSlot(env) != u.st.NewSlot {
+		st := u.cur()
+		st.Phase, st.Outcome = PhaseReporting, cradle.UpdateFailed
+		st.Reason = fmt.Sprintf("rollback by bootloader: the unit booted slot %s (boot_slot %s) before the commit of slot %s; nothing was committed",
+			booted, envSlot(env), u.st.NewSlot)
+		return u.save(st)
+	}
 	if err := u.opts.Device.BootEnv.Set(ctx, map[string]string{hw.EnvUpgradeAvailable: "0", hw.EnvBootCount: "0"}); err != nil {
 		return err
 	}

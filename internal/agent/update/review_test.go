@@ -1,0 +1,70 @@
+package update_test
+
+import (
+	"context"
+	"runtime"
+	"testing"
+
+	"cradle"
+	"cradle/internal/agent/hw"
+	"cradle/internal/agent/update"
+)
+
+// killAt runs the offer on u and stops the updater (as a kill -9 would)
+// right after it saves phase.
+func killAt(t *testing.T, u *unit, phase update.Phase) {
+	t.Helper()
+	u.opts = func(o *update.Options) {
+		o.Observe = func(s update.State) {
+			if s.Phase == phase {
+				runtime.Goexit()
+			}
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		u.updater().Check(context.Background())
+	}()
+	<-done
+	u.opts = nil
+	if got := u.updater().State().Phase; got != phase {
+		t.Fatalf("killed in %s, want %s", got, phase)
+	}
+}
+
+// TestUpdateCommitAfterBootloaderRollback: the agent is killed right
+// after it decided to commit, and the unit then resets past the boot
+// limit before the agent runs again, so the bootloader goes back to the
+// old slot. The resumed commit must not confirm the new slot nor burn
+// its security counter into the fuses while the old image runs (that
+// would make the running image one the bootloader refuses); it reports
+// the rollback by the bootloader.
+func TestUpdateCommitAfterBootloaderRollback(t *testing.T) {
+	w := newWorld(t)
+	v1, v2 := w.releases(64 << 10)
+	w.publish(v1, nil)
+	w.publish(v2, nil)
+	u := w.newUnit(v1)
+	w.offerOf(v2, 1)
+	killAt(t, u, update.PhaseCommitting)
+	for range hw.DefaultBootLimit {
+		if err := u.boot(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !u.lastBoot.RolledBack || u.lastBoot.Slot != hw.SlotA {
+		t.Fatalf("the bootloader did not roll back: %+v", u.lastBoot)
+	}
+	runToIdle(t, u.updater())
+	wantFinal(t, w, cradle.UpdateFailed, "rollback by bootloader")
+	if n := u.antiRollback(); n != 0 {
+		t.Fatalf("anti_rollback advanced to %d while the old image (counter 1) runs", n)
+	}
+	if err := u.boot(context.Background()); err != nil || u.lastBoot.Slot != hw.SlotA || u.lastBoot.FellBack {
+		t.Fatalf("next boot %+v (%v), want slot a without a fallback", u.lastBoot, err)
+	}
+	if got := w.lastSoftware(); got != v1.digest() {
+		t.Fatalf("software reported %s, want v1", got)
+	}
+}
