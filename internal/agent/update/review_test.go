@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"testing"
+	"time"
 
 	"cradle"
 	"cradle/internal/agent/hw"
@@ -66,5 +67,43 @@ func TestUpdateCommitAfterBootloaderRollback(t *testing.T) {
 	}
 	if got := w.lastSoftware(); got != v1.digest() {
 		t.Fatalf("software reported %s, want v1", got)
+	}
+}
+
+// TestUpdateTrialHangingCheckRollsBack: a health check that never
+// answers (a server that accepts and stalls, a liveness probe stuck) must
+// not keep the trial open past the deadline: it is cut at the deadline
+// and the trial rolls back with the check's failure.
+func TestUpdateTrialHangingCheckRollsBack(t *testing.T) {
+	w := newWorld(t)
+	v1, v2 := w.releases(64 << 10)
+	w.publish(v1, nil)
+	w.publish(v2, nil)
+	u := w.newUnit(v1)
+	u.opts = func(o *update.Options) {
+		o.HealthTimeout = 2 * time.Second
+		o.Liveness = func(ctx context.Context) error {
+			<-ctx.Done() // stuck until cut
+			return ctx.Err()
+		}
+	}
+	w.offerOf(v2, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		up := u.updater()
+		up.Check(context.Background())
+		for i := 0; i < 5 && up.State().Phase != update.PhaseIdle; i++ {
+			up.Resume(context.Background())
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the trial is still running 30 s after a 2 s health deadline")
+	}
+	wantFinal(t, w, cradle.UpdateFailed, "health check failed: agent liveness: context deadline exceeded")
+	if slot, _ := u.running(); slot != hw.SlotA || u.antiRollback() != 0 {
+		t.Fatalf("running %s, anti_rollback %d after the rollback", slot, u.antiRollback())
 	}
 }

@@ -69,7 +69,8 @@ type State struct {
 	// the same boot asks again.
 	BootID string `json:"boot_id,omitempty"`
 	// TrialStart is when the health checks of a trial boot began (Unix
-	// seconds on the injected clock).
+	// seconds on the injected clock, rounded up): the deadline is
+	// TrialStart + HealthTimeout, kept across restarts of the agent.
 	TrialStart int64 `json:"trial_start,omitempty"`
 
 	// Outcome and Reason are the report to send in PhaseReporting.

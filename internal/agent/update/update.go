@@ -44,7 +44,8 @@
 // calls Options.Reboot. After the boot, a booted new slot with
 // upgrade_available=1 is a trial: the health checks (the server answers,
 // the optional hook, Options.Liveness) must pass before
-// Options.HealthTimeout from the trial's start. committing clears
+// Options.HealthTimeout from the trial's start, and a check still
+// running at that deadline is cut and fails the trial. committing clears
 // upgrade_available and bootcount, then programs the anti_rollback fuses.
 // A failed trial sets boot_slot=old, upgrade_available=0 and reboots. If
 // the bootloader fell back by itself (booted the old slot while the state
@@ -988,7 +989,9 @@ func (u *Updater) afterBoot(ctx context.Context) error {
 	st := u.cur()
 	switch {
 	case booted == u.st.NewSlot:
-		st.Phase, st.TrialStart = PhaseTrial, u.opts.Now().Unix()
+		// Rounded up to the second, so that the checks get at least
+		// HealthTimeout.
+		st.Phase, st.TrialStart = PhaseTrial, (u.opts.Now().UnixNano()+int64(time.Second)-1)/int64(time.Second)
 	default:
 		st.Phase, st.Outcome = PhaseReporting, cradle.UpdateFailed
 		st.Reason = fmt.Sprintf("rollback by bootloader: the unit booted slot %s again (bootcount %s, bootlimit %s); the new image in slot %s did not boot",
@@ -1029,7 +1032,15 @@ func (u *Updater) trial(ctx context.Context) error {
 		return u.save(st)
 	}
 	for {
-		err := u.health(ctx, deadline)
+		// Every check is cut at the deadline: one that never answers (a
+		// server that accepts and stalls, a stuck liveness probe) fails
+		// the trial instead of holding it open.
+		hctx, cancel := context.WithTimeout(ctx, deadline.Sub(u.opts.Now()))
+		err := u.health(hctx)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err() // the agent stops; the trial resumes
+		}
 		if err == nil {
 			st := u.cur()
 			st.Phase = PhaseCommitting
@@ -1057,8 +1068,9 @@ func (u *Updater) trial(ctx context.Context) error {
 	}
 }
 
-// health runs the checks once.
-func (u *Updater) health(ctx context.Context, deadline time.Time) error {
+// health runs the checks once, within ctx (which ends at the trial's
+// deadline).
+func (u *Updater) health(ctx context.Context) error {
 	running, err := u.bootedDigest(ctx)
 	if err != nil {
 		return err
@@ -1072,15 +1084,15 @@ func (u *Updater) health(ctx context.Context, deadline time.Time) error {
 		}
 	}
 	if len(u.opts.HealthHook) > 0 {
-		left := deadline.Sub(u.opts.Now())
-		if left <= 0 {
+		if ctx.Err() != nil {
 			return fmt.Errorf("hook %s: no time left before the deadline", u.opts.HealthHook[0])
 		}
-		hctx, cancel := context.WithTimeout(ctx, left)
-		defer cancel()
-		cmd := exec.CommandContext(hctx, u.opts.HealthHook[0], u.opts.HealthHook[1:]...)
+		cmd := exec.CommandContext(ctx, u.opts.HealthHook[0], u.opts.HealthHook[1:]...)
 		cmd.Env = append(os.Environ(), "CRADLE_UPDATE_VERSION="+u.st.ReleaseVersion, "CRADLE_UPDATE_SLOT="+string(u.st.NewSlot))
 		out, err := cmd.CombinedOutput()
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("hook %s did not finish before the health deadline (%v): %s", u.opts.HealthHook[0], err, bytes.TrimSpace(lastBytes(out, 512)))
+		}
 		if err != nil {
 			return fmt.Errorf("hook %s: %v: %s", u.opts.HealthHook[0], err, bytes.TrimSpace(lastBytes(out, 512)))
 		}
