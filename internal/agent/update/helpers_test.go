@@ -70,6 +70,7 @@ type world struct {
 	healthErr error    // the update check answers 503 while set
 	sig       string   // when set, artifact URLs need ?sig= with it (else 403), as signed links do
 	refused   int      // artifact requests answered 403
+	swFail    int      // software reports answered 503 before one is taken
 }
 
 func newWorld(t *testing.T) *world {
@@ -117,6 +118,12 @@ func newWorld(t *testing.T) *world {
 		var s struct{ SHA256 string }
 		json.NewDecoder(r.Body).Decode(&s)
 		w.mu.Lock()
+		if w.swFail > 0 {
+			w.swFail--
+			w.mu.Unlock()
+			http.Error(rw, `{"code":"EUNAVAILABLE","message":"try later"}`, http.StatusServiceUnavailable)
+			return
+		}
 		w.software = append(w.software, s.SHA256)
 		w.mu.Unlock()
 		rw.WriteHeader(http.StatusNoContent)

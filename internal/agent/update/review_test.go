@@ -107,3 +107,28 @@ func TestUpdateTrialHangingCheckRollsBack(t *testing.T) {
 		t.Fatalf("running %s, anti_rollback %d after the rollback", slot, u.antiRollback())
 	}
 }
+
+// TestUpdateFinalReportSentOnce: the server takes the final report but
+// is unavailable for the software report that follows; the retry sends
+// the software report only, not the outcome again.
+func TestUpdateFinalReportSentOnce(t *testing.T) {
+	w := newWorld(t)
+	v1, v2 := w.releases(64 << 10)
+	w.publish(v1, nil)
+	w.publish(v2, nil)
+	u := w.newUnit(v1)
+	w.offerOf(v2, 1)
+	w.swFail = 1
+	up := u.updater()
+	if _, err := up.Check(context.Background()); !update.IsTransient(err) {
+		t.Fatalf("check with the software report failing: %v, want a transient error", err)
+	}
+	if up.State().Phase != update.PhaseReporting {
+		t.Fatalf("phase %s, want reporting", up.State().Phase)
+	}
+	runToIdle(t, u.updater()) // a new agent process
+	wantFinal(t, w, cradle.UpdateSucceeded, "")
+	if got := w.lastSoftware(); got != v2.digest() {
+		t.Fatalf("software reported %q, want v2", got)
+	}
+}

@@ -76,6 +76,9 @@ type State struct {
 	// Outcome and Reason are the report to send in PhaseReporting.
 	Outcome string `json:"outcome,omitempty"`
 	Reason  string `json:"reason,omitempty"`
+	// Reported says the server took (or refused for good) the outcome's
+	// report; what is left of reporting is the software report.
+	Reported bool `json:"reported,omitempty"`
 }
 
 // Patch is a delta download: the patch target and the base it applies to.

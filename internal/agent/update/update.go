@@ -1031,16 +1031,24 @@ func (u *Updater) trial(ctx context.Context) error {
 		st.Phase, st.Reason = PhaseRollingBack, "health check failed: "+err.Error()
 		return u.save(st)
 	}
+	var last error
 	for {
 		// Every check is cut at the deadline: one that never answers (a
 		// server that accepts and stalls, a stuck liveness probe) fails
 		// the trial instead of holding it open.
 		hctx, cancel := context.WithTimeout(ctx, deadline.Sub(u.opts.Now()))
 		err := u.health(hctx)
+		cut := hctx.Err() != nil
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err() // the agent stops; the trial resumes
 		}
+		if err != nil && cut && last != nil {
+			// An attempt cut by the deadline says less than the
+			// failure before it.
+			err = last
+		}
+		last = err
 		if err == nil {
 			st := u.cur()
 			st.Phase = PhaseCommitting
@@ -1180,14 +1188,22 @@ func (u *Updater) afterRevert(ctx context.Context) error {
 }
 
 // report tells the server the outcome and what runs now, then goes idle.
+// That the outcome was taken is saved before the software report, so a
+// retry of the latter does not send the outcome again (only a stop
+// between the server's answer and that save can).
 func (u *Updater) report(ctx context.Context) error {
-	if u.st.RolloutID != "" {
+	if u.st.RolloutID != "" && !u.st.Reported {
 		r := cradle.UpdateReport{RolloutID: u.st.RolloutID, Attempt: u.st.Attempt, State: u.st.Outcome, Reason: truncate(u.st.Reason, 1024)}
 		if err := u.opts.Server.Report(ctx, r); err != nil {
 			if IsTransient(err) {
 				return err
 			}
 			u.opts.Logger.Warn("update report refused by the server", "err", err)
+		}
+		st := u.cur()
+		st.Reported = true
+		if err := u.save(st); err != nil {
+			return err
 		}
 	}
 	running, err := u.bootedDigest(ctx)
