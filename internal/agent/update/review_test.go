@@ -132,3 +132,29 @@ func TestUpdateFinalReportSentOnce(t *testing.T) {
 		t.Fatalf("software reported %q, want v2", got)
 	}
 }
+
+// TestTUFTargetNeedsFreshRefresh: after a refresh that fails (here the
+// metadata expired: a freeze), Target answers nothing, not the targets
+// of the last refresh that succeeded, so no caller can install from
+// metadata the client no longer trusts.
+func TestTUFTargetNeedsFreshRefresh(t *testing.T) {
+	w := newWorld(t)
+	v1, _ := w.releases(4 << 10)
+	w.publish(v1, nil)
+	now := time.Now()
+	m := &update.TUF{Dir: t.TempDir(), TrustedRoot: w.root, HTTP: w.srv.Client(), Now: func() time.Time { return now }}
+	url := w.srv.URL + "/device/v1/tuf/"
+	if err := m.Refresh(context.Background(), url); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Target(v1.path); err != nil {
+		t.Fatalf("target after a good refresh: %v", err)
+	}
+	now = now.Add(72 * time.Hour)
+	if err := m.Refresh(context.Background(), url); err == nil {
+		t.Fatal("refresh of expired metadata succeeded")
+	}
+	if tg, err := m.Target(v1.path); err == nil {
+		t.Fatalf("target %s answered after a failed refresh", tg.Path)
+	}
+}
