@@ -35,7 +35,8 @@
 // counting on the fly and never taking more than the signed length; the
 // offset is saved every Options.SaveEvery bytes, and a resume re-hashes
 // what the slot already holds and asks for the rest with Range. applying
-// rebuilds a delta against the active slot into the inactive one.
+// rebuilds a delta against the active slot into the inactive one
+// (the active slot is read into memory: delta.Apply takes its base whole).
 // verifying checks length and digest, then the MCUboot signature and
 // that the image's security counter is the signed one, reading the slot
 // in place (hw.SlotReaderAt, mcuboot.VerifyReader) so the image is never
