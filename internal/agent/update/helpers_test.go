@@ -305,10 +305,13 @@ func (u *unit) options() update.Options {
 		Server:   &update.Client{ServerURL: u.w.srv.URL, HTTP: u.w.srv.Client()},
 		Metadata: &update.TUF{Dir: u.tufDir, TrustedRoot: u.w.root, HTTP: u.w.srv.Client()},
 		Model:    model, HardwareRevision: "B",
-		ImageKeys:   []crypto.PublicKey{u.w.imageKey.Public()},
-		Reboot:      u.boot,
-		BootID:      func() string { return fmt.Sprint(u.boots) },
-		HealthRetry: time.Millisecond, HealthTimeout: time.Second,
+		ImageKeys: []crypto.PublicKey{u.w.imageKey.Public()},
+		Reboot:    u.boot,
+		BootID:    func() string { return fmt.Sprint(u.boots) },
+		// A healthy trial passes at its first check; the deadline only
+		// has to outlast a slow check on a loaded machine (checks are
+		// cut at it). Tests of failing checks set a shorter one.
+		HealthRetry: time.Millisecond, HealthTimeout: 20 * time.Second,
 		SaveEvery: 32 << 10,
 	}
 	if u.opts != nil {
