@@ -28,7 +28,7 @@
 // The chosen slot is then verified. With the secure_boot fuse blank any
 // non-empty slot boots (its version and counter are read when it parses
 // as an MCUboot image). With secure_boot set, the slot must hold an
-// MCUboot image (mcuboot.Parse: structure, SHA-256, nothing after the
+// MCUboot image (mcuboot.VerifyReader: structure, SHA-256, nothing after the
 // TLVs but imgtool's pad, so a partly written slot never verifies) that
 // is signed by a key that is both compiled into the bootloader
 // (Options.Keys) and whose KEYHASH equals the image_key_hash fuse, and

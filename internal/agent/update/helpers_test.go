@@ -70,6 +70,7 @@ type world struct {
 	healthErr error    // the update check answers 503 while set
 	sig       string   // when set, artifact URLs need ?sig= with it (else 403), as signed links do
 	refused   int      // artifact requests answered 403
+	swFail    int      // software reports answered 503 before one is taken
 }
 
 func newWorld(t *testing.T) *world {
@@ -117,6 +118,12 @@ func newWorld(t *testing.T) *world {
 		var s struct{ SHA256 string }
 		json.NewDecoder(r.Body).Decode(&s)
 		w.mu.Lock()
+		if w.swFail > 0 {
+			w.swFail--
+			w.mu.Unlock()
+			http.Error(rw, `{"code":"EUNAVAILABLE","message":"try later"}`, http.StatusServiceUnavailable)
+			return
+		}
 		w.software = append(w.software, s.SHA256)
 		w.mu.Unlock()
 		rw.WriteHeader(http.StatusNoContent)
@@ -298,10 +305,13 @@ func (u *unit) options() update.Options {
 		Server:   &update.Client{ServerURL: u.w.srv.URL, HTTP: u.w.srv.Client()},
 		Metadata: &update.TUF{Dir: u.tufDir, TrustedRoot: u.w.root, HTTP: u.w.srv.Client()},
 		Model:    model, HardwareRevision: "B",
-		ImageKeys:   []crypto.PublicKey{u.w.imageKey.Public()},
-		Reboot:      u.boot,
-		BootID:      func() string { return fmt.Sprint(u.boots) },
-		HealthRetry: time.Millisecond, HealthTimeout: time.Second,
+		ImageKeys: []crypto.PublicKey{u.w.imageKey.Public()},
+		Reboot:    u.boot,
+		BootID:    func() string { return fmt.Sprint(u.boots) },
+		// A healthy trial passes at its first check; the deadline only
+		// has to outlast a slow check on a loaded machine (checks are
+		// cut at it). Tests of failing checks set a shorter one.
+		HealthRetry: time.Millisecond, HealthTimeout: 20 * time.Second,
 		SaveEvery: 32 << 10,
 	}
 	if u.opts != nil {

@@ -69,12 +69,16 @@ type State struct {
 	// the same boot asks again.
 	BootID string `json:"boot_id,omitempty"`
 	// TrialStart is when the health checks of a trial boot began (Unix
-	// seconds on the injected clock).
+	// seconds on the injected clock, rounded up): the deadline is
+	// TrialStart + HealthTimeout, kept across restarts of the agent.
 	TrialStart int64 `json:"trial_start,omitempty"`
 
 	// Outcome and Reason are the report to send in PhaseReporting.
 	Outcome string `json:"outcome,omitempty"`
 	Reason  string `json:"reason,omitempty"`
+	// Reported says the server took (or refused for good) the outcome's
+	// report; what is left of reporting is the software report.
+	Reported bool `json:"reported,omitempty"`
 }
 
 // Patch is a delta download: the patch target and the base it applies to.

@@ -24,14 +24,17 @@ type TUF struct {
 
 	url    string
 	client *tufclient.Client
+	fresh  bool // the last Refresh succeeded
 }
 
 var _ Metadata = (*TUF)(nil)
 
 // Refresh refreshes the trusted metadata from metadataURL. A refusal of
 // the client (an attack it names) is returned as is; any other failure
-// is transient.
+// is transient. After a failure Target answers nothing until a Refresh
+// succeeds.
 func (t *TUF) Refresh(ctx context.Context, metadataURL string) error {
+	t.fresh = false
 	if t.client == nil || t.url != metadataURL {
 		c, err := tufclient.Open(tufclient.Options{Dir: t.Dir, MetadataURL: metadataURL, HTTPClient: t.HTTP, TrustedRoot: t.TrustedRoot, Now: t.Now})
 		if err != nil {
@@ -43,13 +46,17 @@ func (t *TUF) Refresh(ctx context.Context, metadataURL string) error {
 	if _, attack := tufclient.AttackOf(err); err != nil && !attack {
 		return &TransientError{fmt.Errorf("update: TUF metadata: %w", err)}
 	}
+	t.fresh = err == nil
 	return err
 }
 
-// Target looks path up in the refreshed targets metadata.
+// Target looks path up in the targets metadata of the last Refresh,
+// which must have succeeded: the client would otherwise answer from an
+// older one, which the failed Refresh may have found expired or
+// superseded.
 func (t *TUF) Target(path string) (Target, error) {
-	if t.client == nil {
-		return Target{}, fmt.Errorf("update: no TUF metadata refreshed yet")
+	if t.client == nil || !t.fresh {
+		return Target{}, fmt.Errorf("update: no TUF metadata: the last refresh failed or none was made; refresh before looking up %s", path)
 	}
 	tt, err := t.client.Lookup(path)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"cradle"
 	"cradle/internal/agent/hw"
@@ -113,6 +114,7 @@ func TestUpdateUBootEnvRollback(t *testing.T) {
 	w.publish(v2, nil)
 	u, env := w.ubootUnit(v1)
 	u.opts = func(o *update.Options) {
+		o.HealthTimeout = 3 * time.Second
 		o.Liveness = func(context.Context) error { return errors.New("app crashed on start") }
 	}
 	w.offerOf(v2, 1)

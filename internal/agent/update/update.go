@@ -35,7 +35,8 @@
 // counting on the fly and never taking more than the signed length; the
 // offset is saved every Options.SaveEvery bytes, and a resume re-hashes
 // what the slot already holds and asks for the rest with Range. applying
-// rebuilds a delta against the active slot into the inactive one.
+// rebuilds a delta against the active slot into the inactive one
+// (the active slot is read into memory: delta.Apply takes its base whole).
 // verifying checks length and digest, then the MCUboot signature and
 // that the image's security counter is the signed one, reading the slot
 // in place (hw.SlotReaderAt, mcuboot.VerifyReader) so the image is never
@@ -44,11 +45,14 @@
 // calls Options.Reboot. After the boot, a booted new slot with
 // upgrade_available=1 is a trial: the health checks (the server answers,
 // the optional hook, Options.Liveness) must pass before
-// Options.HealthTimeout from the trial's start. committing clears
+// Options.HealthTimeout from the trial's start, and a check still
+// running at that deadline is cut and fails the trial. committing clears
 // upgrade_available and bootcount, then programs the anti_rollback fuses.
 // A failed trial sets boot_slot=old, upgrade_available=0 and reboots. If
 // the bootloader fell back by itself (booted the old slot while the state
-// says rebooting or trial) the report is "rollback by bootloader".
+// says rebooting, trial or committing) the report is "rollback by
+// bootloader", and nothing is committed: the fuses never advance while
+// the old image runs.
 //
 // Every refusal (metadata the TUF client refuses, an offer that is not
 // for this device, a lower security counter, a digest or length
@@ -414,10 +418,16 @@ func (u *Updater) bootedSlot(ctx context.Context) (hw.Slot, error) {
 	if err != nil {
 		return "", err
 	}
+	return envSlot(env), nil
+}
+
+// envSlot is the slot the boot environment points at: boot_slot, "a"
+// when unset or not a slot (as the bootloader reads it).
+func envSlot(env map[string]string) hw.Slot {
 	if s := hw.Slot(env[hw.EnvBootSlot]); validSlot(s) {
-		return s, nil
+		return s
 	}
-	return hw.SlotA, nil
+	return hw.SlotA
 }
 
 func other(s hw.Slot) hw.Slot {
@@ -980,7 +990,9 @@ func (u *Updater) afterBoot(ctx context.Context) error {
 	st := u.cur()
 	switch {
 	case booted == u.st.NewSlot:
-		st.Phase, st.TrialStart = PhaseTrial, u.opts.Now().Unix()
+		// Rounded up to the second, so that the checks get at least
+		// HealthTimeout.
+		st.Phase, st.TrialStart = PhaseTrial, (u.opts.Now().UnixNano()+int64(time.Second)-1)/int64(time.Second)
 	default:
 		st.Phase, st.Outcome = PhaseReporting, cradle.UpdateFailed
 		st.Reason = fmt.Sprintf("rollback by bootloader: the unit booted slot %s again (bootcount %s, bootlimit %s); the new image in slot %s did not boot",
@@ -1020,8 +1032,24 @@ func (u *Updater) trial(ctx context.Context) error {
 		st.Phase, st.Reason = PhaseRollingBack, "health check failed: "+err.Error()
 		return u.save(st)
 	}
+	var last error
 	for {
-		err := u.health(ctx, deadline)
+		// Every check is cut at the deadline: one that never answers (a
+		// server that accepts and stalls, a stuck liveness probe) fails
+		// the trial instead of holding it open.
+		hctx, cancel := context.WithTimeout(ctx, deadline.Sub(u.opts.Now()))
+		err := u.health(hctx)
+		cut := hctx.Err() != nil
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err() // the agent stops; the trial resumes
+		}
+		if err != nil && cut && last != nil {
+			// An attempt cut by the deadline says less than the
+			// failure before it.
+			err = last
+		}
+		last = err
 		if err == nil {
 			st := u.cur()
 			st.Phase = PhaseCommitting
@@ -1049,8 +1077,9 @@ func (u *Updater) trial(ctx context.Context) error {
 	}
 }
 
-// health runs the checks once.
-func (u *Updater) health(ctx context.Context, deadline time.Time) error {
+// health runs the checks once, within ctx (which ends at the trial's
+// deadline).
+func (u *Updater) health(ctx context.Context) error {
 	running, err := u.bootedDigest(ctx)
 	if err != nil {
 		return err
@@ -1064,15 +1093,15 @@ func (u *Updater) health(ctx context.Context, deadline time.Time) error {
 		}
 	}
 	if len(u.opts.HealthHook) > 0 {
-		left := deadline.Sub(u.opts.Now())
-		if left <= 0 {
+		if ctx.Err() != nil {
 			return fmt.Errorf("hook %s: no time left before the deadline", u.opts.HealthHook[0])
 		}
-		hctx, cancel := context.WithTimeout(ctx, left)
-		defer cancel()
-		cmd := exec.CommandContext(hctx, u.opts.HealthHook[0], u.opts.HealthHook[1:]...)
+		cmd := exec.CommandContext(ctx, u.opts.HealthHook[0], u.opts.HealthHook[1:]...)
 		cmd.Env = append(os.Environ(), "CRADLE_UPDATE_VERSION="+u.st.ReleaseVersion, "CRADLE_UPDATE_SLOT="+string(u.st.NewSlot))
 		out, err := cmd.CombinedOutput()
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("hook %s did not finish before the health deadline (%v): %s", u.opts.HealthHook[0], err, bytes.TrimSpace(lastBytes(out, 512)))
+		}
 		if err != nil {
 			return fmt.Errorf("hook %s: %v: %s", u.opts.HealthHook[0], err, bytes.TrimSpace(lastBytes(out, 512)))
 		}
@@ -1088,7 +1117,25 @@ func lastBytes(b []byte, n int) []byte {
 }
 
 // commit confirms the new slot, then advances the anti-rollback fuses.
+// A commit resumed after the bootloader went back to the old slot (the
+// unit reset past bootlimit before the agent ran again) confirms nothing
+// and burns nothing: the fuses would then refuse the image that runs.
 func (u *Updater) commit(ctx context.Context) error {
+	booted, err := u.bootedSlot(ctx)
+	if err != nil {
+		return err
+	}
+	env, err := u.opts.Device.BootEnv.Get(ctx)
+	if err != nil {
+		return err
+	}
+	if booted != u.st.NewSlot || envSlot(env) != u.st.NewSlot {
+		st := u.cur()
+		st.Phase, st.Outcome = PhaseReporting, cradle.UpdateFailed
+		st.Reason = fmt.Sprintf("rollback by bootloader: the unit booted slot %s (boot_slot %s) before the commit of slot %s; nothing was committed",
+			booted, envSlot(env), u.st.NewSlot)
+		return u.save(st)
+	}
 	if err := u.opts.Device.BootEnv.Set(ctx, map[string]string{hw.EnvUpgradeAvailable: "0", hw.EnvBootCount: "0"}); err != nil {
 		return err
 	}
@@ -1142,14 +1189,22 @@ func (u *Updater) afterRevert(ctx context.Context) error {
 }
 
 // report tells the server the outcome and what runs now, then goes idle.
+// That the outcome was taken is saved before the software report, so a
+// retry of the latter does not send the outcome again (only a stop
+// between the server's answer and that save can).
 func (u *Updater) report(ctx context.Context) error {
-	if u.st.RolloutID != "" {
+	if u.st.RolloutID != "" && !u.st.Reported {
 		r := cradle.UpdateReport{RolloutID: u.st.RolloutID, Attempt: u.st.Attempt, State: u.st.Outcome, Reason: truncate(u.st.Reason, 1024)}
 		if err := u.opts.Server.Report(ctx, r); err != nil {
 			if IsTransient(err) {
 				return err
 			}
 			u.opts.Logger.Warn("update report refused by the server", "err", err)
+		}
+		st := u.cur()
+		st.Reported = true
+		if err := u.save(st); err != nil {
+			return err
 		}
 	}
 	running, err := u.bootedDigest(ctx)

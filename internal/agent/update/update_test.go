@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"cradle"
 	"cradle/internal/agent/hw"
@@ -144,6 +145,7 @@ func TestUpdateRollbackOnHealth(t *testing.T) {
 	w.publish(v2, nil)
 	u := w.newUnit(v1)
 	u.opts = func(o *update.Options) {
+		o.HealthTimeout = 3 * time.Second
 		o.Liveness = func(context.Context) error { return errors.New("app crashed on start") }
 	}
 	w.offerOf(v2, 1)
