@@ -53,6 +53,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -445,6 +446,9 @@ func procStatus(pid int, fields ...string) (map[string]int64, error) {
 
 // runAgent is the child: the real updater on the simulated unit in dir.
 func runAgent(dir string) error {
+	// The agent's default soft memory limit (cmd/cradle-agent memory.go:
+	// 10 MiB), so that throughput is measured as the agent runs.
+	debug.SetMemoryLimit(10 << 20)
 	var cfg agentConfig
 	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
 	if err != nil {

@@ -699,7 +699,7 @@ func (u *Updater) renewURL(ctx context.Context) error {
 }
 
 // DefaultChunkSize is the size of the slot writes of an update.
-const DefaultChunkSize = 256 << 10
+const DefaultChunkSize = 1 << 20
 
 // slotWriter writes a slot in order through hw.SlotWriter.
 type slotWriter struct {
