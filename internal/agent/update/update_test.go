@@ -189,26 +189,93 @@ func TestUpdateRollbackByBootloader(t *testing.T) {
 	}
 }
 
-// TestUpdateKilledInEveryState stops the updater right after each state
-// it saves (as a kill -9 would) and runs a new one from the state
-// directory: every run ends with the new image committed and one
-// success reported.
+// TestUpdateKilledInEveryState kills the agent right after each save of
+// its state machine (the state on disk, nothing after it done) in three
+// updates: a full image that succeeds, a delta that succeeds, and a full
+// image whose health checks fail, so that it rolls back. A new agent
+// process then takes over from the state directory and must end exactly
+// as an uninterrupted one: one final report, the right slot running, the
+// anti-rollback fuses where they belong. Together the three cover every
+// phase of the state machine.
 func TestUpdateKilledInEveryState(t *testing.T) {
+	seen := map[update.Phase]bool{}
+	saves := 0
+	for _, sc := range []struct {
+		name     string
+		delta    bool
+		rollback bool
+	}{
+		{"full image", false, false},
+		{"delta", true, false},
+		{"rollback", false, true},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			n := killInEveryState(t, sc.delta, sc.rollback, seen)
+			saves += n
+		})
+	}
+	all := []update.Phase{update.PhaseIdle, update.PhaseFetching, update.PhaseDownloading, update.PhaseApplying,
+		update.PhaseVerifying, update.PhaseInstalling, update.PhaseRebooting, update.PhaseTrial,
+		update.PhaseCommitting, update.PhaseRollingBack, update.PhaseReverting, update.PhaseReporting}
+	for _, p := range all {
+		if !seen[p] {
+			t.Errorf("no kill in state %s", p)
+		}
+	}
+	t.Logf("killed after each of %d saves of three updates, covering %d of the %d phases", saves, len(seen), len(all))
+}
+
+// killInEveryState runs one update (a delta or a full image; healthy or
+// rolled back) once to count its saves, then once per save, killed right
+// after it, and finished by a new updater. It records the phases killed in
+// seen and returns the number of saves.
+func killInEveryState(t *testing.T, withDelta, rollback bool, seen map[update.Phase]bool) int {
 	w := newWorld(t)
 	v1, v2 := w.releases(100 << 10)
 	w.publish(v1, nil)
-	w.publish(v2, nil)
+	offer := func() { w.offerOf(v2, 1) }
+	if withDelta {
+		p := w.publishDelta(v1, v2)
+		offer = func() {
+			o := w.offerOf(v2, 1)
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			o.Delta = &struct {
+				URL        string `json:"url"`
+				SHA256     string `json:"sha256"`
+				Size       int64  `json:"size"`
+				FromSHA256 string `json:"from_sha256"`
+			}{URL: w.srv.URL + "/artifacts/" + p.PatchSHA256.String(), SHA256: p.PatchSHA256.String(), Size: int64(len(p.Data)), FromSHA256: v1.digest()}
+		}
+	} else {
+		w.publish(v2, nil)
+	}
+	health := func(o *update.Options) {
+		if rollback {
+			// The checks fail at once; the deadline ends the trial.
+			o.HealthTimeout, o.HealthRetry = 300*time.Millisecond, 50*time.Millisecond
+			o.Liveness = func(context.Context) error { return errors.New("app crashed on start") }
+		}
+	}
+	wantState, wantSlot, wantDigest, wantCounter := cradle.UpdateSucceeded, hw.SlotB, v2.digest(), 2
+	if rollback {
+		wantState, wantSlot, wantDigest, wantCounter = cradle.UpdateFailed, hw.SlotA, v1.digest(), 0
+	}
 
 	// A first run counts the saves.
 	u := w.newUnit(v1)
 	var phases []update.Phase
-	u.opts = func(o *update.Options) { o.Observe = func(s update.State) { phases = append(phases, s.Phase) } }
-	w.offerOf(v2, 1)
+	u.opts = func(o *update.Options) {
+		health(o)
+		o.Observe = func(s update.State) { phases = append(phases, s.Phase) }
+	}
+	offer()
 	check(t, u.updater())
-	wantFinal(t, w, cradle.UpdateSucceeded, "")
+	if f := w.finalReports(); len(f) != 1 || f[0].State != wantState {
+		t.Fatalf("uninterrupted update: final reports %+v, want one %s", f, wantState)
+	}
 	t.Logf("%d saved states: %v", len(phases), phases)
 
-	seen := map[update.Phase]bool{}
 	for k := 1; k <= len(phases); k++ {
 		w.mu.Lock()
 		w.reports, w.software = nil, nil
@@ -216,6 +283,7 @@ func TestUpdateKilledInEveryState(t *testing.T) {
 		u := w.newUnit(v1)
 		n := 0
 		u.opts = func(o *update.Options) {
+			health(o)
 			o.Observe = func(s update.State) {
 				if n++; n == k {
 					seen[s.Phase] = true
@@ -223,28 +291,22 @@ func TestUpdateKilledInEveryState(t *testing.T) {
 				}
 			}
 		}
-		w.offerOf(v2, 1)
+		offer()
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			u.updater().Check(context.Background())
 		}()
 		<-done
-		u.opts = nil
+		u.opts = health
 		runToIdle(t, u.updater())
 		f := w.finalReports()
-		if len(f) != 1 || f[0].State != cradle.UpdateSucceeded {
-			t.Fatalf("killed after save %d (%s): final reports %+v", k, phases[k-1], f)
+		if len(f) != 1 || f[0].State != wantState {
+			t.Fatalf("killed after save %d (%s): final reports %+v, want one %s", k, phases[k-1], f, wantState)
 		}
-		if slot, d := u.running(); slot != hw.SlotB || d != v2.digest() || u.antiRollback() != 2 {
-			t.Fatalf("killed after save %d (%s): running %s %s", k, phases[k-1], slot, d)
-		}
-	}
-	for _, p := range []update.Phase{update.PhaseFetching, update.PhaseDownloading, update.PhaseVerifying, update.PhaseInstalling,
-		update.PhaseRebooting, update.PhaseTrial, update.PhaseCommitting, update.PhaseReporting, update.PhaseIdle} {
-		if !seen[p] {
-			t.Errorf("no kill in state %s", p)
+		if slot, d := u.running(); slot != wantSlot || d != wantDigest || u.antiRollback() != wantCounter {
+			t.Fatalf("killed after save %d (%s): running %s %s, anti-rollback %d", k, phases[k-1], slot, d, u.antiRollback())
 		}
 	}
-	t.Logf("killed in %d saved states covering %d phases", len(phases), len(seen))
+	return len(phases)
 }
