@@ -595,8 +595,9 @@ type RolloutSave struct {
 type RolloutStore interface {
 	LeaseStore
 	// ActiveRollouts lists the running and paused rollouts of every
-	// tenant with their revisions, and the aborted ones with queued
-	// events (reports of updates started before the abort).
+	// tenant with their revisions, and the aborted ones with devices
+	// still in flight (updates started before the abort, which report or
+	// time out) or with queued events.
 	ActiveRollouts(ctx context.Context) ([]RolloutRef, error)
 	// LoadRollout returns a rollout, its device records in the order the
 	// engine's Load expects, and its revision.

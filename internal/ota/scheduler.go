@@ -41,7 +41,10 @@ const (
 // makes is fenced by that lease, so a replica that lost the lease (paused,
 // partitioned) cannot overwrite the work of the one that took it over.
 //
-// Each step, for each running or paused rollout, the scheduler:
+// Each step, for each running or paused rollout, and each aborted one with
+// devices still in flight or reports queued (so a device that falls silent
+// after an abort is timed out, and stops being offered the update), the
+// scheduler:
 //
 //   - loads the rollout into an engine when it has none cached or the
 //     stored revision differs from the cached one (an operator paused,

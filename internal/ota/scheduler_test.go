@@ -757,3 +757,96 @@ func TestSchedulerReports(t *testing.T) {
 		}
 	})
 }
+
+// TestSchedulerAbortTimesOutSilentDevices: after an operator's abort, the
+// devices already updating are still offered the update and their reports
+// still count; one that falls silent is timed out after DeviceTimeout, for
+// good (no retry), and then gets no pending update; once no device is in
+// flight the scheduler no longer steps the rollout.
+func TestSchedulerAbortTimesOutSilentDevices(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *schedEnv) {
+		serials := e.devices("dev", 3, nil)
+		r := e.create(cradle.RolloutSpec{
+			Target:           cradle.RolloutTarget{Serials: serials},
+			Phases:           []cradle.RolloutPhase{{Count: 2}, {Percent: 100}},
+			DeviceTimeout:    cradle.Duration(10 * time.Minute),
+			Retries:          2,
+			FailureThreshold: cradle.FailureThreshold{Count: 1, Action: cradle.FailurePause},
+		}) // dev-0000 and dev-0001 start
+		upd := sqlstore.NewUpdateService(e.db)
+		listener := cradle.NewContextWithActor(context.Background(), cradle.SystemActor(e.tenantID, "mqtt"))
+		pending := func(serial string) bool {
+			t.Helper()
+			p, err := upd.PendingUpdate(listener, serial, "")
+			if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+				return false
+			} else if err != nil {
+				t.Fatalf("pending update of %s: %v", serial, err)
+			}
+			if p.RolloutID != r.ID || p.Attempt != 1 {
+				t.Fatalf("pending update of %s: %+v", serial, p)
+			}
+			return true
+		}
+		var n notes
+		s := e.scheduler("replica-a", e.store, &n)
+		step(t, s)
+		n.take()
+		if _, err := e.rollouts.AbortRollout(e.ctx, r.ID, "bad build"); err != nil {
+			t.Fatal(err)
+		}
+		if st := step(t, s); st.Rollouts != 1 || st.Loaded != 1 {
+			t.Errorf("step after the abort: %+v; want the aborted rollout loaded: two devices are in flight", st)
+		}
+		// The reload tells the devices still started again: they are
+		// still offered their update.
+		if got := n.take(); !slices.Equal(got, []string{"dev-0000", "dev-0001"}) {
+			t.Errorf("notified %v at the reload; want the devices in flight", got)
+		}
+		e.clock.Add(5 * time.Minute)
+		if err := upd.ReportUpdate(listener, "dev-0000", cradle.UpdateReport{RolloutID: r.ID, Attempt: 1, State: cradle.UpdateDownloading}); err != nil {
+			t.Fatal(err)
+		}
+		if st := step(t, s); st.Events != 1 || st.Refused != 0 || st.Saved != 1 {
+			t.Errorf("step with a report: %+v; want it applied and saved", st)
+		}
+		if !pending("dev-0000") || !pending("dev-0001") || pending("dev-0002") {
+			t.Fatal("after the abort, want the update offered to the devices in flight only")
+		}
+
+		// dev-0001 has been silent since its start 10 minutes ago.
+		e.clock.Add(5 * time.Minute)
+		if st := step(t, s); st.Rollouts != 1 || st.Saved != 1 || st.Started != 0 {
+			t.Errorf("step at dev-0001's timeout: %+v", st)
+		}
+		if pending("dev-0001") || !pending("dev-0000") {
+			t.Fatal("want dev-0001 timed out and dev-0000 still updating")
+		}
+		// dev-0000 last reported 10 minutes ago.
+		e.clock.Add(5 * time.Minute)
+		if st := step(t, s); st.Rollouts != 1 || st.Saved != 1 || st.Started != 0 {
+			t.Errorf("step at dev-0000's timeout: %+v", st)
+		}
+		if pending("dev-0000") {
+			t.Fatal("dev-0000 is still offered the aborted release after its timeout")
+		}
+		for range 3 {
+			e.clock.Add(time.Hour)
+			if st := step(t, s); st.Rollouts != 0 || st.Loaded != 0 || st.Saved != 0 {
+				t.Errorf("step with nothing in flight: %+v; want the aborted rollout no longer stepped", st)
+			}
+		}
+		if got := n.take(); len(got) != 0 {
+			t.Errorf("an aborted rollout notified %v after its reload", got)
+		}
+		recs := e.records(r.ID)
+		for serial, want := range map[string]cradle.DeviceUpdateState{"dev-0000": cradle.DeviceFailed, "dev-0001": cradle.DeviceFailed, "dev-0002": cradle.DevicePending} {
+			if d := recs[serial]; d.State != want || (want == cradle.DeviceFailed && (d.Attempt != 1 || !strings.Contains(d.Reason, "no report for 10m0s"))) {
+				t.Errorf("%s: %+v; want %s", serial, d, want)
+			}
+		}
+		if got := e.find(r.ID).Status; got.State != cradle.RolloutAborted || got.Reason != "bad build" || got.Failures != 0 {
+			t.Errorf("rollout %s (%q), %d failures counted; want aborted (bad build), none counted", got.State, got.Reason, got.Failures)
+		}
+	})
+}

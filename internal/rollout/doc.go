@@ -49,7 +49,9 @@
 //     current phase, or the next when the current one has finished, or the
 //     last one, which runs again.
 //   - Abort is final: no device starts again; reports of devices already
-//     updating are still taken but count toward nothing.
+//     updating are still taken but count toward nothing, and Plan still
+//     times out the ones silent for DeviceTimeout: that attempt fails for
+//     good (no retry), also counting toward nothing.
 //
 // ParseSpec reads a spec from JSON and ParseWindow compiles a window
 // (robfig/cron's five-field syntax and @hourly-style descriptors; @every and

@@ -200,6 +200,70 @@ func TestPauseResumeAbortByOperator(t *testing.T) {
 	}
 }
 
+// TestAbortTimesOutInFlight: devices updating when the rollout is aborted
+// still report, and those that fall silent time out after DeviceTimeout,
+// also in an engine loaded again from the records (as the scheduler does);
+// the timed-out attempt fails for good, with retries left, starts nobody
+// and counts toward no threshold.
+func TestAbortTimesOutInFlight(t *testing.T) {
+	spec := baseSpec()
+	spec.DeviceTimeout = cradle.Duration(10 * time.Minute)
+	spec.Retries = 2
+	spec.FailureThreshold = cradle.FailureThreshold{Count: 1, Action: cradle.FailurePause}
+	e, clock, p := begin(t, spec, candidates(3, map[string]string{"env": "prod"}))
+	if len(p.Start) != 3 {
+		t.Fatalf("started %d, want 3", len(p.Start))
+	}
+	if err := e.Abort("bad build"); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(5 * time.Minute)
+	mustEvent(t, e, rollout.EventDownloading, "D0001") // reports still taken
+	mustEvent(t, e, rollout.EventSucceeded, "D0002")
+	e.Changes()
+
+	clock.Advance(5*time.Minute - time.Second)
+	if p := e.Plan(); len(p.Start) != 0 || len(e.Changes()) != 0 {
+		t.Fatal("changed a device before its timeout")
+	}
+	clock.Advance(time.Second)
+	if p := e.Plan(); len(p.Start) != 0 {
+		t.Fatalf("an aborted rollout started %v", serials(p))
+	}
+	ch := e.Changes()
+	if len(ch) != 1 || ch[0].Serial != "D0000" || ch[0].State != cradle.DeviceFailed || ch[0].Attempt != 1 || ch[0].Reason != "attempt 1: no report for 10m0s" {
+		t.Fatalf("changes at the first timeout: %+v", ch)
+	}
+
+	// A restart: the engine loaded from the records times D0001 out too.
+	e, err := rollout.Load(e.Rollout(), e.Devices(), rollout.Options{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(5 * time.Minute)
+	for range 3 {
+		if p := e.Plan(); len(p.Start) != 0 {
+			t.Fatalf("an aborted rollout started %v", serials(p))
+		}
+		clock.Advance(time.Hour)
+	}
+	want := map[string]cradle.DeviceUpdateState{"D0000": cradle.DeviceFailed, "D0001": cradle.DeviceFailed, "D0002": cradle.DeviceSucceeded}
+	for serial, st := range want {
+		if d, _ := e.Device(serial); d.State != st || d.Attempt != 1 {
+			t.Fatalf("%s: %s attempt %d, want %s attempt 1", serial, d.State, d.Attempt, st)
+		}
+	}
+	st := e.Rollout().Status
+	if st.State != cradle.RolloutAborted || st.Reason != "bad build" || st.Failures != 0 {
+		t.Fatalf("rollout %s (%q), %d failures counted", st.State, st.Reason, st.Failures)
+	}
+	if ph := st.Phases[0]; ph.Downloading+ph.Installing+ph.Pending != 0 || ph.Failed != 2 || ph.Succeeded != 1 {
+		t.Fatalf("phase counts %+v", ph)
+	}
+	err = e.Event(rollout.Event{Kind: rollout.EventSucceeded, Serial: "D0001"})
+	wantCode(t, err, cradle.ECONFLICT, "is failed")
+}
+
 func TestRateLimitSlidingMinute(t *testing.T) {
 	spec := baseSpec()
 	spec.RateLimit = 10

@@ -430,9 +430,9 @@ func (s *RolloutService) CreateRollout(ctx context.Context, spec cradle.RolloutS
 			return fmt.Errorf("sqlstore: create rollout: %w", err)
 		}
 		var rid int64
-		if err := tx.queryRow(ctx, `INSERT INTO rollouts (tenant_id, public_id, release_id, spec, status, state, revision, created_by, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING id`,
-			a.TenantID, id, rel.id, string(specJSON), string(statusJSON), string(out.Status.State), a.String(), micros(tx.now), micros(tx.now)).Scan(&rid); err != nil {
+		if err := tx.queryRow(ctx, `INSERT INTO rollouts (tenant_id, public_id, release_id, spec, status, state, in_flight, revision, created_by, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING id`,
+			a.TenantID, id, rel.id, string(specJSON), string(statusJSON), string(out.Status.State), inFlight(&out.Status), a.String(), micros(tx.now), micros(tx.now)).Scan(&rid); err != nil {
 			return fmt.Errorf("sqlstore: create rollout: %w", err)
 		}
 		devs := e.Changes()
@@ -538,6 +538,18 @@ func loadRolloutDevices(ctx context.Context, q interface {
 	return out, nil
 }
 
+// inFlight returns the number of a rollout's devices started, downloading
+// or installing, from its status's phase counts (Downloading counts the
+// started ones too), which the engine keeps in step with the device
+// records: the rollouts.in_flight column written with them.
+func inFlight(st *cradle.RolloutStatus) int {
+	n := 0
+	for i := range st.Phases {
+		n += st.Phases[i].Downloading + st.Phases[i].Installing
+	}
+	return n
+}
+
 // writeRolloutStatus stores a rollout's status and the changed device
 // records, bumps the revision and returns the new one. A change whose
 // serial is not in the rollout yet (a dynamic join) is appended at the next
@@ -547,8 +559,8 @@ func (tx *Tx) writeRolloutStatus(ctx context.Context, tenantID int64, sr *stored
 	if err != nil {
 		return 0, fmt.Errorf("sqlstore: rollout status: %w", err)
 	}
-	res, err := tx.exec(ctx, `UPDATE rollouts SET status = ?, state = ?, revision = revision + 1, updated_at = ? WHERE id = ? AND revision = ?`,
-		string(status), string(r.Status.State), micros(tx.now), sr.id, sr.revision)
+	res, err := tx.exec(ctx, `UPDATE rollouts SET status = ?, state = ?, in_flight = ?, revision = revision + 1, updated_at = ? WHERE id = ? AND revision = ?`,
+		string(status), string(r.Status.State), inFlight(&r.Status), micros(tx.now), sr.id, sr.revision)
 	if err != nil {
 		return 0, fmt.Errorf("sqlstore: rollout status: %w", err)
 	}

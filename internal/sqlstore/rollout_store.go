@@ -33,12 +33,17 @@ func schedulerActor(tenantID int64) string {
 }
 
 // ActiveRollouts lists the running and paused rollouts of every tenant,
-// and the aborted ones with queued reports, oldest first.
+// and the aborted ones with devices in flight or queued reports, oldest
+// first.
 func (s *RolloutStore) ActiveRollouts(ctx context.Context) ([]cradle.RolloutRef, error) {
 	// An abort does not interrupt updates in flight (the device still gets
-	// its pending update): their reports must still reach the engine.
+	// its pending update): their reports must still reach the engine, and
+	// a device that never reports again must still time out, or it would
+	// be offered the aborted release for ever. in_flight is kept on the
+	// rollout row, so this query never reads rollout_devices: it runs at
+	// every scheduler step, and aborted rollouts pile up over the years.
 	rows, err := s.db.query(ctx, `SELECT r.tenant_id, r.public_id, r.revision FROM rollouts r WHERE r.state IN (?, ?)
-		OR (r.state = ? AND EXISTS (SELECT 1 FROM rollout_events e WHERE e.rollout_id = r.id)) ORDER BY r.id`,
+		OR (r.state = ? AND (r.in_flight > 0 OR EXISTS (SELECT 1 FROM rollout_events e WHERE e.rollout_id = r.id))) ORDER BY r.id`,
 		string(cradle.RolloutRunning), string(cradle.RolloutPaused), string(cradle.RolloutAborted))
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: active rollouts: %w", err)

@@ -586,6 +586,80 @@ func testRolloutEvents(t *testing.T, e *Env) {
 	wantCode(t, err, cradle.ENOTFOUND)
 }
 
+// testRolloutAbortInFlight: an operator's abort leaves the devices already
+// updating in flight, and ActiveRollouts keeps listing the aborted rollout
+// while any is, so the scheduler takes their reports and times the silent
+// ones out; once none is left it stops listing it.
+func testRolloutAbortInFlight(t *testing.T, e *Env) {
+	k := newRolloutKit(t, e, "acme")
+	ctx := context.Background()
+	rel := k.release("gw-1", cradle.ReleaseSigned)
+	serials := serialRange("d", 4)
+	k.deploy("gw-1", "", nil, serials...)
+	spec := k.spec(rel, cradle.RolloutTarget{Serials: serials}, cradle.RolloutPhase{Count: 2}, cradle.RolloutPhase{Percent: 100})
+	spec.DeviceTimeout = cradle.Duration(10 * time.Minute)
+	spec.Retries = 2
+	r := k.create(spec) // d-00 and d-01 start
+	active := func() []string {
+		t.Helper()
+		refs, err := k.store.ActiveRollouts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, ref := range refs {
+			ids = append(ids, ref.ID)
+		}
+		return ids
+	}
+	if _, err := k.svc.AbortRollout(k.admin, r.ID, "wrong build"); err != nil {
+		t.Fatal(err)
+	}
+	if got := active(); !cmp.Equal(got, []string{r.ID}) {
+		t.Fatalf("active rollouts after the abort = %v, want the aborted one: two devices are in flight", got)
+	}
+	l, ok, err := k.store.AcquireLease(ctx, "rollout-scheduler", "me", time.Hour)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	// d-00 still reports and succeeds; d-01 is silent.
+	sv, p := step(t, k, r.ID, []rollout.Event{{Kind: rollout.EventSucceeded, Serial: serials[0]}})
+	if _, ok, err := k.store.SaveRollout(ctx, l, sv); err != nil || !ok || len(p.Start) != 0 {
+		t.Fatalf("save = %v, %v; started %v", ok, err, p.Start)
+	}
+	if got := active(); !cmp.Equal(got, []string{r.ID}) {
+		t.Fatalf("active rollouts with one device in flight = %v", got)
+	}
+	e.Clock.Add(10*time.Minute - time.Second)
+	if sv, _ := step(t, k, r.ID, nil); len(sv.Changes) != 0 {
+		t.Fatalf("a step before the device timeout changed %+v", sv.Changes)
+	}
+	e.Clock.Add(time.Second)
+	sv, p = step(t, k, r.ID, nil)
+	if _, ok, err := k.store.SaveRollout(ctx, l, sv); err != nil || !ok || len(p.Start) != 0 {
+		t.Fatalf("save of the timeout = %v, %v; started %v", ok, err, p.Start)
+	}
+	if got := active(); len(got) != 0 {
+		t.Fatalf("active rollouts with nothing in flight = %v, want none", got)
+	}
+	got, err := k.svc.FindRollout(k.admin, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.State != cradle.RolloutAborted || got.Status.Failures != 0 || got.Status.Reason != "wrong build" {
+		t.Fatalf("rollout after the timeout: %s (%q), %d failures counted", got.Status.State, got.Status.Reason, got.Status.Failures)
+	}
+	want := []cradle.DeviceUpdateState{cradle.DeviceSucceeded, cradle.DeviceFailed, cradle.DevicePending, cradle.DevicePending}
+	for i, d := range k.devices(r.ID) {
+		if d.State != want[i] {
+			t.Fatalf("device %s is %s, want %s (%+v)", d.Serial, d.State, want[i], d)
+		}
+	}
+	if d := k.devices(r.ID)[1]; d.Attempt != 1 || !strings.Contains(d.Reason, "no report for 10m0s") {
+		t.Fatalf("timed-out device: attempt %d, reason %q", d.Attempt, d.Reason)
+	}
+}
+
 func testRolloutJoiners(t *testing.T, e *Env) {
 	k := newRolloutKit(t, e, "acme")
 	ctx := context.Background()

@@ -162,6 +162,7 @@ func Run(t *testing.T, b Backend) {
 		{"ReleaseLifecycle", testReleaseLifecycle}, {"ReleaseValidation", testReleaseValidation}, {"ReleaseConflicts", testReleaseConflicts}, {"ReleaseDowngrade", testReleaseDowngrade}, {"ImageKeys", testImageKeys}, {"ReleasePermissions", testReleasePermissions}, {"ReleaseConcurrent", testReleaseConcurrent},
 		{"UpdatePending", testUpdatePending}, {"UpdateReports", testUpdateReports}, {"UpdateSoftware", testUpdateSoftware}, {"UpdateDownloads", testUpdateDownloads}, {"UpdateAbortedReports", testUpdateAbortedReports},
 		{"RolloutCreate", testRolloutCreate}, {"RolloutRefusals", testRolloutRefusals}, {"RolloutDecisions", testRolloutDecisions}, {"Leases", testLeases}, {"RolloutFencing", testRolloutFencing}, {"RolloutEvents", testRolloutEvents}, {"RolloutJoiners", testRolloutJoiners}, {"RolloutConcurrentCreate", testRolloutConcurrentCreate},
+		{"RolloutAbortInFlight", testRolloutAbortInFlight},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newEnv(t, b)) })

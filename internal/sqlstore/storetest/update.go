@@ -50,8 +50,14 @@ func (k *updateKit) rollout(id string, rel *cradle.Release, state cradle.Rollout
 		k.t.Fatal(err)
 	}
 	now := e.Clock.Now().UnixMicro()
-	e.Exec(`INSERT INTO rollouts (tenant_id, public_id, release_id, spec, status, state, revision, created_by, created_at, updated_at)
-		VALUES (?, ?, ?, '{}', '{}', ?, 1, 'test', ?, ?)`, k.tenant.ID, id, relID, string(state), now, now)
+	flying := 0
+	for _, d := range devices {
+		if d.state.InFlight() {
+			flying++
+		}
+	}
+	e.Exec(`INSERT INTO rollouts (tenant_id, public_id, release_id, spec, status, state, in_flight, revision, created_by, created_at, updated_at)
+		VALUES (?, ?, ?, '{}', '{}', ?, ?, 1, 'test', ?, ?)`, k.tenant.ID, id, relID, string(state), flying, now, now)
 	if err := e.Raw.QueryRow(e.Backend.Rebind(`SELECT id FROM rollouts WHERE public_id = ?`), id).Scan(&rolloutID); err != nil {
 		k.t.Fatal(err)
 	}
@@ -401,14 +407,15 @@ func testUpdateDownloads(t *testing.T, e *Env) {
 }
 
 // testUpdateAbortedReports: an aborted rollout is active for the scheduler
-// only while reports of updates started before the abort are queued, so
-// that they still reach its engine; a completed one never is.
+// while it has devices in flight (their reports must reach its engine, and
+// a silent one must time out) or queued reports; a completed one never is.
 func testUpdateAbortedReports(t *testing.T, e *Env) {
-	k := newUpdateKit(t, e, "acme", "SN-1", "SN-2", "SN-3")
+	k := newUpdateKit(t, e, "acme", "SN-1", "SN-2", "SN-3", "SN-4")
 	rel := k.sign(k.create(fileRelease("gw-1", "2.0", 2)))
 	running := k.rollout("ro_1", rel, cradle.RolloutRunning, rolloutDevice{"SN-1", cradle.DeviceStarted, 1})
-	aborted := k.rollout("ro_2", rel, cradle.RolloutAborted, rolloutDevice{"SN-2", cradle.DeviceStarted, 1})
+	flying := k.rollout("ro_2", rel, cradle.RolloutAborted, rolloutDevice{"SN-2", cradle.DeviceStarted, 1})
 	completed := k.rollout("ro_3", rel, cradle.RolloutCompleted, rolloutDevice{"SN-3", cradle.DeviceSucceeded, 1})
+	landed := k.rollout("ro_4", rel, cradle.RolloutAborted, rolloutDevice{"SN-4", cradle.DeviceFailed, 1})
 	store := sqlstore.NewRolloutStore(e.DB)
 	active := func() []string {
 		t.Helper()
@@ -422,15 +429,28 @@ func testUpdateAbortedReports(t *testing.T, e *Env) {
 		}
 		return ids
 	}
-	if got := active(); !cmp.Equal(got, []string{running}) {
-		t.Fatalf("active rollouts %v, want only the running one", got)
+	if got := active(); !cmp.Equal(got, []string{running, flying}) {
+		t.Fatalf("active rollouts %v, want the running one and the aborted one with a device in flight", got)
 	}
-	for serial, ro := range map[string]string{"SN-2": aborted, "SN-3": completed} {
+	// Reports of ended updates are audited, not queued: they make no
+	// rollout active.
+	for serial, ro := range map[string]string{"SN-3": completed, "SN-4": landed} {
 		if err := k.upd.ReportUpdate(k.device(serial), serial, cradle.UpdateReport{RolloutID: ro, Attempt: 1, State: cradle.UpdateSucceeded}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := active(); !cmp.Equal(got, []string{running, aborted}) {
-		t.Fatalf("active rollouts with queued reports %v, want the running one and the aborted one", got)
+	if got := active(); !cmp.Equal(got, []string{running, flying}) {
+		t.Fatalf("active rollouts after stale reports %v", got)
+	}
+	// A report queued while the scheduler timed its device out (the step
+	// read the queue before it committed) keeps the aborted rollout
+	// active until a step consumes it.
+	var rid int64
+	if err := e.Raw.QueryRow(e.Backend.Rebind(`SELECT id FROM rollouts WHERE public_id = ?`), landed).Scan(&rid); err != nil {
+		t.Fatal(err)
+	}
+	e.Exec(`INSERT INTO rollout_events (rollout_id, serial, kind, attempt, reason, at) VALUES (?, 'SN-4', 'succeeded', 1, '', 0)`, rid)
+	if got := active(); !cmp.Equal(got, []string{running, flying, landed}) {
+		t.Fatalf("active rollouts with a queued report %v, want the aborted one with it too", got)
 	}
 }

@@ -55,8 +55,12 @@ CREATE TABLE image_keys (
 );
 
 -- Rollouts. spec and status are the JSON of cradle.RolloutSpec and
--- cradle.RolloutStatus; state repeats status.state for queries. revision
--- grows with every write, so a scheduler holding an older copy reloads.
+-- cradle.RolloutStatus; state repeats status.state for queries, and
+-- in_flight the number of its devices started, downloading or installing
+-- (from the status's phase counts, written with the device rows), so the
+-- scheduler finds the aborted rollouts that still have updates to time out
+-- without reading rollout_devices. revision grows with every write, so a
+-- scheduler holding an older copy reloads.
 CREATE TABLE rollouts (
 	id         INTEGER PRIMARY KEY,
 	tenant_id  INTEGER NOT NULL REFERENCES tenants (id),
@@ -66,6 +70,7 @@ CREATE TABLE rollouts (
 	status     TEXT    NOT NULL,
 	state      TEXT    NOT NULL,
 	revision   INTEGER NOT NULL,
+	in_flight  INTEGER NOT NULL DEFAULT 0,
 	created_by TEXT    NOT NULL,
 	created_at INTEGER NOT NULL,
 	updated_at INTEGER NOT NULL
