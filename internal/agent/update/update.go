@@ -959,18 +959,30 @@ func (u *Updater) bootID() string {
 // install points the boot environment at the new slot on trial, then
 // reboots.
 func (u *Updater) install(ctx context.Context) error {
-	if err := u.opts.Device.BootEnv.Set(ctx, map[string]string{
-		hw.EnvBootSlot: string(u.st.NewSlot), hw.EnvUpgradeAvailable: "1", hw.EnvBootCount: "0",
-	}); err != nil {
-		return err
-	}
-	st := u.cur()
-	st.Phase, st.BootID = PhaseRebooting, u.bootID()
-	if err := u.save(st); err != nil {
+	st, err := u.pointBootAt(ctx, u.st.NewSlot, true, PhaseRebooting)
+	if err != nil {
 		return err
 	}
 	u.opts.Logger.Info("update installed; rebooting", "slot", st.NewSlot, "version", st.ReleaseVersion)
 	return u.opts.Reboot(ctx)
+}
+
+// pointBootAt sets the boot environment to boot slot next (on trial or
+// not, the boot count reset), then saves the phase that waits for the
+// reboot with the current boot ID, and returns the saved state.
+func (u *Updater) pointBootAt(ctx context.Context, slot hw.Slot, trial bool, next Phase) (*State, error) {
+	upgrade := "0"
+	if trial {
+		upgrade = "1"
+	}
+	if err := u.opts.Device.BootEnv.Set(ctx, map[string]string{
+		hw.EnvBootSlot: string(slot), hw.EnvUpgradeAvailable: upgrade, hw.EnvBootCount: "0",
+	}); err != nil {
+		return nil, err
+	}
+	st := u.cur()
+	st.Phase, st.BootID = next, u.bootID()
+	return st, u.save(st)
 }
 
 // afterBoot decides what the boot after installing was.
@@ -1164,14 +1176,8 @@ func (u *Updater) commit(ctx context.Context) error {
 
 // rollBack points the boot environment at the old slot and reboots.
 func (u *Updater) rollBack(ctx context.Context) error {
-	if err := u.opts.Device.BootEnv.Set(ctx, map[string]string{
-		hw.EnvBootSlot: string(u.st.OldSlot), hw.EnvUpgradeAvailable: "0", hw.EnvBootCount: "0",
-	}); err != nil {
-		return err
-	}
-	st := u.cur()
-	st.Phase, st.BootID = PhaseReverting, u.bootID()
-	if err := u.save(st); err != nil {
+	st, err := u.pointBootAt(ctx, u.st.OldSlot, false, PhaseReverting)
+	if err != nil {
 		return err
 	}
 	u.opts.Logger.Warn("update rolled back; rebooting", "slot", st.OldSlot, "reason", st.Reason)
