@@ -1,17 +1,23 @@
 // Command cradle-agent is the program that runs on a Cradle-managed device.
 //
-// It will enroll the device with the operational PKI using the identity
-// (IDevID) injected at the factory, keep its certificate fresh, report
-// telemetry, apply configuration, install updates into the inactive A/B
-// slot and commit or roll them back, obey commands signed by the server,
-// and wipe its credentials when the device is decommissioned. For now it
-// runs `cradle-agent run --config FILE`, which enrolls the unit with EST and
-// renews its operational certificate (LDevID), and factory-init, its part of factory
-// provisioning: `cradle-agent factory-init --device DIR` creates the device
-// key inside the unit's key store (its simulated key files, a TPM 2.0, or a
-// PKCS#11 secure element) and prints, as one JSON object, the hardware UID,
-// a CSR signed by the new key, and the key's SHA-256 fingerprint. It
-// refuses a unit whose lifecycle fuses say it left the factory.
+// It enrolls the device with the operational PKI using the identity
+// (IDevID) injected at the factory, keeps its certificate fresh, reports
+// telemetry, applies configuration, obeys commands signed by the server,
+// and installs updates: a release that a rollout (`cradle rollout create`)
+// hands to the device, signed into the tenant's TUF repository
+// (`cradle release sign`) and checked against it, is written into the
+// inactive A/B slot, verified as an MCUboot image, booted on trial, and
+// committed after its health checks or rolled back. Wiping its credentials
+// at decommissioning is not built yet.
+//
+// It has two commands. `cradle-agent run --config FILE` is the agent
+// proper (see agent.example.yaml; `run --help` lists the configuration).
+// `cradle-agent factory-init --device DIR` is its part of factory
+// provisioning: it creates the device key inside the unit's key store
+// (its simulated key files, a TPM 2.0, or a PKCS#11 secure element) and
+// prints, as one JSON object, the hardware UID, a CSR signed by the new
+// key, and the key's SHA-256 fingerprint. It refuses a unit whose
+// lifecycle fuses say it left the factory.
 //
 // The agent is small on purpose: it links no SQL driver, no MQTT broker and
 // no web console (a test checks its dependencies).
@@ -33,16 +39,15 @@ func main() {
 
 const usage = `cradle-agent runs on a device managed by Cradle.
 
-It will enroll the device with its factory identity, keep its certificate
-fresh, report telemetry, apply configuration, install signed updates into the
-inactive A/B slot with rollback, obey signed commands from the server, and wipe
-its credentials at decommissioning. This version runs factory-init, and run
-keeps the unit's operational identity (enrollment and renewal).
+It enrolls the device with its factory identity, keeps its certificate fresh,
+reports telemetry, applies configuration, obeys signed commands from the server,
+and installs signed updates (releases rolled out with cradle rollout) into the
+inactive A/B slot, committing them after a healthy trial boot or rolling back.
 
 Usage:
   cradle-agent run --config FILE
-                           enroll with the factory identity and keep the
-                           operational certificate fresh (run --help)
+                           run the agent: enrollment and renewal, telemetry,
+                           configuration, commands, updates (run --help)
   cradle-agent factory-init --device DIR [flags]
                            create the device key and print its CSR as JSON
                            (cradle-agent factory-init --help for the flags)

@@ -56,7 +56,7 @@ func TestRun(t *testing.T) {
 		emptyOut   bool
 		emptyError bool
 	}{
-		{name: "help", args: []string{"--help"}, code: 0, stdout: "will enroll the device", emptyError: true},
+		{name: "help", args: []string{"--help"}, code: 0, stdout: "enrolls the device with its factory identity", emptyError: true},
 		{name: "no command", args: nil, code: 2, stderr: "Usage:", emptyOut: true},
 		{name: "unknown command", args: []string{"enroll"}, code: 2, stderr: `unknown command "enroll"`, emptyOut: true},
 		{name: "unknown flag", args: []string{"--nope"}, code: 2, stderr: "flag provided but not defined", emptyOut: true},

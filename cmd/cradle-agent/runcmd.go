@@ -51,6 +51,21 @@ Commands (ping, reboot, upload-logs, rekey, set-config) run only when their
 signature chains to the factory root, they name this unit, have not expired
 and carry a sequence above the last one accepted; each gets a result.
 
+With update.image_keys set it takes updates. On an MQTT notice, or every
+update.poll_interval, it asks the server for a pending update, refreshes its
+TUF metadata (refusing rolled-back, expired or mix-and-match metadata), and
+takes the signed target only when model, hardware revision and security
+counter fit. It streams the image (or a delta applied against the active slot)
+into the inactive slot, never past the signed length, resuming an interrupted
+download with Range; checks the signed SHA-256 and the MCUboot signature by the
+key whose hash is in the fuses; arms the slot in the boot environment
+(update.boot_env) and reboots (update.reboot). A trial boot must pass the
+health checks (the server answers, update.health_hook, liveness) within
+update.health_timeout; then the agent commits and advances the anti-rollback
+fuses, otherwise it goes back to the old slot. Either way the server is told
+the outcome and the reason. The update's state is saved before each step, so
+a kill or a power cut at any point resumes or rolls back safely.
+
 Usage:
   cradle-agent run --config FILE
 
@@ -98,7 +113,7 @@ The configuration is YAML (see agent.example.yaml):
     reboot: sim                       # sim (bootloader simulator) or command (commands.reboot)
     boot_id_file: ""                  # with reboot command; "" = /proc/sys/kernel/random/boot_id
   memory:
-    limit: 0                          # soft limit in bytes, at least 8388608; 0 = none (GOMEMLIMIT applies)
+    limit: 0                          # soft limit in bytes, at least 8388608; 0 = 10 MiB (unless GOMEMLIMIT is set); -1 = none
   log:
     level: info                       # debug, info, warn, error
     format: text                      # text or json
