@@ -1,10 +1,15 @@
 // Command cradle is Cradle's control plane and its operator command line.
 //
 // `cradle serve` runs the server. The other commands, `cradle <noun> <verb>`
-// (device, audit, token, login, pki, factory), are clients of the server's
-// REST API; `token create` and `audit verify` can also work on a data directory
-// directly, with the server stopped. Data goes to stdout, diagnostics to
-// stderr; every read takes --json for output that scripts can rely on.
+// (device, audit, token, login, pki, factory, policy, config-group,
+// config-schema, release, rollout), are clients of the server's REST API;
+// `token create` and `audit verify` can also work on a data directory
+// directly, with the server stopped, and so do `cradle release repo ...`
+// (the tenant's TUF repository and its offline root keys) and
+// `cradle release sign-image|verify-image` (MCUboot images, no server at
+// all). `cradle sim` runs a fleet of simulated devices against a server.
+// Data goes to stdout, diagnostics to stderr; every read takes --json for
+// output that scripts can rely on.
 //
 // main only calls run, so that tests run the real program in-process.
 package main
