@@ -87,7 +87,7 @@ config:
 	srv := []string{"--server", l.m.Addr(), "--token", l.admin}
 	waitUntil(t, 30*time.Second, "the agent is deployed", func() bool {
 		d := decodeJSON[deviceDetail](t, ok(t, append([]string{"device", "show", serial, "--json"}, srv...)...))
-		return d.Device.State == cradle.StateDeployed && (mqttURL == "off" || l.m.device.mqtt.Sessions(serial) > 0)
+		return d.Device.State == cradle.StateDeployed && (mqttURL == "off" || l.m.device.mqtt.Sessions(inDefaultTenant(serial)) > 0)
 	})
 	twinOf := func() cradle.Twin {
 		return decodeJSON[cradle.Twin](t, ok(t, append([]string{"device", "config", "show", serial, "--json"}, srv...)...))
@@ -138,7 +138,7 @@ config:
 	if n := strings.Count(out, `"state": "done"`) + strings.Count(out, `"state":"done"`); n != 3 {
 		t.Errorf("want 3 commands done:\n%s", out)
 	}
-	if mqttURL == "off" && l.m.device.mqtt.Sessions(serial) != 0 {
+	if mqttURL == "off" && l.m.device.mqtt.Sessions(inDefaultTenant(serial)) != 0 {
 		t.Errorf("the unit with MQTT off has an MQTT session")
 	}
 }

@@ -178,7 +178,7 @@ log: {level: debug, format: json}
 		}
 	}
 	broker := l.m.device.mqtt
-	waitFor("the agent to enroll and connect over MQTT", func() bool { return broker.Sessions(serial) == 1 })
+	waitFor("the agent to enroll and connect over MQTT", func() bool { return broker.Sessions(inDefaultTenant(serial)) == 1 })
 
 	// The server side: the image key, the releases, a rollout.
 	cli("release", "key", "add", "--model", "sensor-x", pubFile, "--name", "build")

@@ -147,7 +147,7 @@ func TestClaimEndToEnd(t *testing.T) {
 	checkSessionClosed(ctx, t, l, sub, serial, args, "suspension", func() {
 		cli("device", "transition", serial, "suspended", "--reason", "stolen")
 	})
-	if n := l.m.device.mqtt.Sessions(serial); n != 0 {
+	if n := l.m.device.mqtt.Sessions(inDefaultTenant(serial)); n != 0 {
 		t.Errorf("%d sessions of %s after the suspension", n, serial)
 	}
 }

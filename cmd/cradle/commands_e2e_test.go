@@ -107,7 +107,7 @@ func TestCommandsEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		if started != nil {
-			for l.m.device.mqtt.Sessions(serial) == 0 {
+			for l.m.device.mqtt.Sessions(inDefaultTenant(serial)) == 0 {
 				time.Sleep(10 * time.Millisecond)
 			}
 			time.Sleep(500 * time.Millisecond) // the SUBSCRIBE follows the CONNECT

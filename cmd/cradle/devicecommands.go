@@ -173,7 +173,8 @@ func (c *commandRelay) httpLogs(w http.ResponseWriter, r *http.Request) {
 // when set) over MQTT, if it is connected, and marks them delivered. It
 // reports whether it sent any.
 func (c *commandRelay) publish(tenantID int64, serial, only string) bool {
-	if c.mqtt == nil || c.mqtt.Sessions(serial) == 0 {
+	dev := mqttapi.Device{TenantID: tenantID, Serial: serial}
+	if c.mqtt == nil || c.mqtt.Sessions(dev) == 0 {
 		return false
 	}
 	ctx := cradle.NewContextWithActor(context.Background(), deviceActor(tenantID, serial))
@@ -187,7 +188,7 @@ func (c *commandRelay) publish(tenantID int64, serial, only string) bool {
 		if only != "" && cmd.ID != only {
 			continue
 		}
-		if err := c.mqtt.Publish(mqttapi.DeviceTopic(serial, mqttapi.TopicCommands), cmd.Envelope, 1); err != nil {
+		if err := c.mqtt.Publish(dev, mqttapi.TopicCommands, cmd.Envelope, 1); err != nil {
 			c.logger.Warn("publishing a command", "device", serial, "command", cmd.ID, "err", err)
 			continue
 		}

@@ -526,7 +526,7 @@ func (u *deviceUpdates) notify(ctx context.Context, tenantID int64, serials []st
 		if ctx.Err() != nil {
 			return
 		}
-		if u.broker.Sessions(serial) == 0 {
+		if u.broker.Sessions(mqttapi.Device{TenantID: tenantID, Serial: serial}) == 0 {
 			continue
 		}
 		u.publish(ctx, tenantID, serial)
@@ -549,7 +549,7 @@ func (u *deviceUpdates) publish(ctx context.Context, tenantID int64, serial stri
 		u.logger.Error("update notice", "device", serial, "err", err)
 		return
 	}
-	if err := u.broker.Publish(mqttapi.DeviceTopic(serial, mqttapi.TopicUpdate), msg, 1); err != nil {
+	if err := u.broker.Publish(mqttapi.Device{TenantID: tenantID, Serial: serial}, mqttapi.TopicUpdate, msg, 1); err != nil {
 		u.logger.Warn("publishing an update notice", "device", serial, "err", err)
 	}
 }

@@ -49,12 +49,19 @@ type enrolledDevice struct {
 // enrolls it over EST, which deploys it.
 func enrollDevice(t *testing.T, s *pkiServer, serial string) *enrolledDevice {
 	t.Helper()
-	ok(t, append([]string{"device", "create", "--serial", serial, "--model", "gw-100", "--label", "env=prod"}, s.line...)...)
+	return enrollDeviceWith(t, s, s.line, serial)
+}
+
+// enrollDeviceWith is enrollDevice with line, the --server and --token of
+// a factory token of the device's tenant.
+func enrollDeviceWith(t *testing.T, s *pkiServer, line []string, serial string) *enrolledDevice {
+	t.Helper()
+	ok(t, append([]string{"device", "create", "--serial", serial, "--model", "gw-100", "--label", "env=prod"}, line...)...)
 	h, devKey, idevid := newIDevID(t, s.dataDir, serial)
 	dir := t.TempDir()
 	file := func(name string, data []byte) string { return writeFile(t, dir, name, string(data)) }
-	ok(t, append([]string{"pki", "record", "--device", serial, file("idevid.crt", certsPEM(idevid))}, s.line...)...)
-	ok(t, append([]string{"device", "transition", serial, "provisioned"}, s.line...)...)
+	ok(t, append([]string{"pki", "record", "--device", serial, file("idevid.crt", certsPEM(idevid))}, line...)...)
+	ok(t, append([]string{"device", "transition", serial, "provisioned"}, line...)...)
 	pool := x509.NewCertPool()
 	pool.AddCert(h.Root)
 	estClient, err := est.NewClient(s.m.device.Addr(), &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{{Certificate: [][]byte{idevid.Raw}, PrivateKey: devKey}}}, nil)
@@ -399,7 +406,7 @@ func deviceUpdateEndToEnd(t *testing.T, storeDSN string) {
 // subscription is in place.
 func subscribeNotice(t *testing.T, s *pkiServer, dev *enrolledDevice, sub string) <-chan string {
 	t.Helper()
-	waitUntil(t, 10*time.Second, "the device's earlier MQTT session to end", func() bool { return s.m.device.mqtt.Sessions(dev.serial) == 0 })
+	waitUntil(t, 10*time.Second, "the device's earlier MQTT session to end", func() bool { return s.m.device.mqtt.Sessions(inDefaultTenant(dev.serial)) == 0 })
 	var out bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), sub, append(mosquittoArgs(s.m, s.dataDir, dev.chainFile, dev.keyFile),
 		"-q", "1", "-t", "cradle/devices/"+dev.serial+"/update", "-C", "1", "-W", "30")...)
@@ -419,7 +426,7 @@ func subscribeNotice(t *testing.T, s *pkiServer, dev *enrolledDevice, sub string
 	}()
 	// A notice sent on subscription may end the session before a poll
 	// sees it.
-	waitUntil(t, 10*time.Second, "the device's MQTT session", func() bool { return exited.Load() || s.m.device.mqtt.Sessions(dev.serial) > 0 })
+	waitUntil(t, 10*time.Second, "the device's MQTT session", func() bool { return exited.Load() || s.m.device.mqtt.Sessions(inDefaultTenant(dev.serial)) > 0 })
 	time.Sleep(500 * time.Millisecond) // the SUBSCRIBE follows the CONNECT
 	return got
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"cradle/internal/mqttapi"
 	"cradle/internal/pki"
 )
 
@@ -113,7 +114,7 @@ func checkSessionClosed(ctx context.Context, t *testing.T, l *factoryLine, sub, 
 	}
 	exited := make(chan time.Time, 1)
 	go func() { live.Wait(); exited <- time.Now() }()
-	for l.m.device.mqtt.Sessions(serial) == 0 {
+	for l.m.device.mqtt.Sessions(inDefaultTenant(serial)) == 0 {
 		select {
 		case <-exited:
 			t.Fatalf("mosquitto_sub exited before the %s", what)
@@ -131,4 +132,10 @@ func checkSessionClosed(ctx context.Context, t *testing.T, l *factoryLine, sub, 
 	case <-time.After(5 * time.Second):
 		t.Fatalf("the live MQTT session outlived the %s by 5 s", what)
 	}
+}
+
+// inDefaultTenant names device serial of the tenant "default" (id 1) that
+// the first start creates, where the end-to-end tests' devices are.
+func inDefaultTenant(serial string) mqttapi.Device {
+	return mqttapi.Device{TenantID: 1, Serial: serial}
 }

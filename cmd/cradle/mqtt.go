@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -34,44 +33,38 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 		return nil, fmt.Errorf("serve: MQTT metrics: %w", err)
 	}
 	// The broker verifies client chains against the root; the device
-	// presents its LDevID with the device CA that issued it. Refusals are
-	// audited in the device's tenant, learnt when it connected.
-	var tenants sync.Map // serial → tenant id
-	tenantOf := func(serial string) int64 {
-		v, _ := tenants.Load(serial)
-		id, _ := v.(int64)
-		return id
-	}
+	// presents its LDevID with the device CA that issued it. Check names
+	// the device by tenant and serial (serials are unique per tenant
+	// only); the broker keeps the tenants' topics apart and tells every
+	// callback which device it is about.
 	b, err := mqttapi.New(mqttapi.Config{
 		Addr:   cfg.Device.MQTTListen,
 		TLS:    &tls.Config{Certificates: []tls.Certificate{listener.Certificate}, ClientCAs: roots},
 		Logger: logger,
-		Check: func(ctx context.Context, cert *x509.Certificate) (string, error) {
+		Check: func(ctx context.Context, cert *x509.Certificate) (mqttapi.Device, error) {
 			_, dev, rec, err := listener.CheckPeer(ctx, []*x509.Certificate{cert})
 			if err != nil {
-				return "", err
+				return mqttapi.Device{}, err
 			}
 			if rec.Kind != cradle.CertLDevID {
-				return "", fmt.Errorf("certificate %s is an %s: MQTT takes the operational certificate (LDevID) from enrollment", rec.Serial, rec.Kind)
+				return mqttapi.Device{}, fmt.Errorf("certificate %s is an %s: MQTT takes the operational certificate (LDevID) from enrollment", rec.Serial, rec.Kind)
 			}
 			if dev.State != cradle.StateDeployed {
-				return "", fmt.Errorf("device %s is %s, not deployed", dev.Serial, dev.State)
+				return mqttapi.Device{}, fmt.Errorf("device %s is %s, not deployed", dev.Serial, dev.State)
 			}
-			tenants.Store(dev.Serial, dev.TenantID)
-			return dev.Serial, nil
+			return mqttapi.Device{TenantID: dev.TenantID, Serial: dev.Serial}, nil
 		},
-		OnRefusal: func(serial, action, topic string) {
-			audit.RecordRefusal(context.Background(), tenantOf(serial), "device:"+serial, cradle.AuditEvent{Action: "mqtt." + action + ".refused",
-				Subject: "device:" + serial, Details: map[string]any{"topic": topic}})
+		OnRefusal: func(d mqttapi.Device, action, topic string) {
+			audit.RecordRefusal(context.Background(), d.TenantID, "device:"+d.Serial, cradle.AuditEvent{Action: "mqtt." + action + ".refused",
+				Subject: "device:" + d.Serial, Details: map[string]any{"topic": topic}})
 		},
-		OnSubscribe: func(serial, filter string) {
-			id := tenantOf(serial)
-			cmds.onSubscribe(id, serial, filter)
-			updates.onSubscribe(id, serial, filter)
-			twin.onSubscribe(cradle.NewContextWithActor(context.Background(), deviceActor(id, serial)), serial, filter)
+		OnSubscribe: func(d mqttapi.Device, filter string) {
+			cmds.onSubscribe(d.TenantID, d.Serial, filter)
+			updates.onSubscribe(d.TenantID, d.Serial, filter)
+			twin.onSubscribe(cradle.NewContextWithActor(context.Background(), deviceActor(d.TenantID, d.Serial)), d, filter)
 		},
-		OnMessage: func(serial, topic string, payload []byte) {
-			id := tenantOf(serial)
+		OnMessage: func(d mqttapi.Device, topic string, payload []byte) {
+			id, serial := d.TenantID, d.Serial
 			if cmds.onMessage(id, serial, topic, payload) {
 				return
 			}
@@ -114,7 +107,7 @@ func (d *deviceListener) disconnect(ctx context.Context, store *sqlstore.Certifi
 	if err != nil || rec.DeviceSerial == "" {
 		return
 	}
-	if n := d.mqtt.Disconnect(rec.DeviceSerial); n > 0 {
-		d.logger.Info("MQTT sessions closed on revocation", "device", rec.DeviceSerial, "sessions", n)
+	if n := d.mqtt.Disconnect(mqttapi.Device{TenantID: rec.TenantID, Serial: rec.DeviceSerial}); n > 0 {
+		d.logger.Info("MQTT sessions closed on revocation", "tenant", rec.TenantID, "device", rec.DeviceSerial, "sessions", n)
 	}
 }

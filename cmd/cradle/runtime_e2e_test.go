@@ -207,11 +207,13 @@ log: {level: debug, format: json}
 		}
 	}()
 	// Both up: enrolled, connected over MQTT, telemetry stored.
-	waitFor("telemetry over MQTT", func() bool { return broker.Sessions(serial) == 1 && broker.Stats().Messages >= 3 && len(stored()) >= 3 })
+	waitFor("telemetry over MQTT", func() bool {
+		return broker.Sessions(inDefaultTenant(serial)) == 1 && broker.Stats().Messages >= 3 && len(stored()) >= 3
+	})
 
 	// The broker unreachable: telemetry goes over HTTPS.
 	mqttProxy.setUp(false)
-	waitFor("the MQTT session to end", func() bool { return broker.Sessions(serial) == 0 })
+	waitFor("the MQTT session to end", func() bool { return broker.Sessions(inDefaultTenant(serial)) == 0 })
 	viaMQTT, before := broker.Stats().Messages, len(stored())
 	waitFor("telemetry over HTTPS", func() bool { return len(stored()) >= before+4 })
 	if got := broker.Stats().Messages; got != viaMQTT {
@@ -230,7 +232,7 @@ log: {level: debug, format: json}
 	// Both back: MQTT again, the spool drains, the reconnection counted.
 	httpsProxy.setUp(true)
 	mqttProxy.setUp(true)
-	waitFor("MQTT again and the spool drained", func() bool { return broker.Sessions(serial) == 1 && spooled() == 0 })
+	waitFor("MQTT again and the spool drained", func() bool { return broker.Sessions(inDefaultTenant(serial)) == 1 && spooled() == 0 })
 	waitFor("the reconnection reported", func() bool {
 		latest, err := store.LatestTelemetry(sys, serial)
 		return err == nil && latest["link.reconnects"].Value >= 1
@@ -303,7 +305,7 @@ log: {level: debug, format: json}
 	before, messages := len(stored()), broker.Stats().Messages
 	cmd = start("3.1.1")
 	waitFor("telemetry over MQTT 3.1.1", func() bool {
-		return broker.Sessions(serial) == 1 && broker.Stats().Messages >= messages+2 && len(stored()) >= before+3
+		return broker.Sessions(inDefaultTenant(serial)) == 1 && broker.Stats().Messages >= messages+2 && len(stored()) >= before+3
 	})
 	stop(cmd)
 	if !strings.Contains(logs.String(), `"version":"3.1.1"`) {
@@ -414,7 +416,7 @@ func checkRuntimeDispatch(ctx context.Context, t *testing.T, l *factoryLine, uni
 		// The subscription may be granted just after the reported document.
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if err := broker.Publish(mqttapi.DeviceTopic(serial, tc.topic), []byte(tc.payload), 1); err != nil {
+			if err := broker.Publish(inDefaultTenant(serial), tc.topic, []byte(tc.payload), 1); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -434,9 +436,11 @@ func checkRuntimeDispatch(ctx context.Context, t *testing.T, l *factoryLine, uni
 	wait("the replies", func() bool { return broker.Stats().Messages == messages+3 })
 
 	rt.SetCertificate(idevid)
-	wait("the IDevID refused on MQTT, HTTPS meanwhile", func() bool { return broker.Sessions(serial) == 0 && rt.Channel() == agent.ChannelHTTPS })
+	wait("the IDevID refused on MQTT, HTTPS meanwhile", func() bool {
+		return broker.Sessions(inDefaultTenant(serial)) == 0 && rt.Channel() == agent.ChannelHTTPS
+	})
 	rt.SetCertificate(ldevid)
-	wait("MQTT with the LDevID again", func() bool { return rt.Channel() == agent.ChannelMQTT && broker.Sessions(serial) == 1 })
+	wait("MQTT with the LDevID again", func() bool { return rt.Channel() == agent.ChannelMQTT && broker.Sessions(inDefaultTenant(serial)) == 1 })
 	if n := rt.Reconnects(); n != 1 {
 		t.Errorf("%d reconnections counted, want 1", n)
 	}

@@ -18,8 +18,8 @@ func disconnectOnTransition(b *mqttapi.Broker, logger *slog.Logger) func(*cradle
 		default:
 			return
 		}
-		if n := b.Disconnect(d.Serial); n > 0 {
-			logger.Info("MQTT sessions closed on a lifecycle move", "device", d.Serial, "from", from, "to", d.State, "sessions", n)
+		if n := b.Disconnect(mqttapi.Device{TenantID: d.TenantID, Serial: d.Serial}); n > 0 {
+			logger.Info("MQTT sessions closed on a lifecycle move", "tenant", d.TenantID, "device", d.Serial, "from", from, "to", d.State, "sessions", n)
 		}
 	}
 }

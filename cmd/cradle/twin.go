@@ -110,11 +110,11 @@ func (t *deviceTwin) report(ctx context.Context, serial string, payload []byte) 
 	return err
 }
 
-// onSubscribe sends a device its desired document when it subscribes to
-// a filter that covers its twin/desired topic.
-func (t *deviceTwin) onSubscribe(ctx context.Context, serial, filter string) {
-	topic := mqttapi.DeviceTopic(serial, mqttapi.TopicTwinDesired)
-	if t.broker == nil || !filterMatches(filter, topic) {
+// onSubscribe sends device dev its desired document when it subscribes
+// to a filter that covers its twin/desired topic; ctx carries the device.
+func (t *deviceTwin) onSubscribe(ctx context.Context, dev mqttapi.Device, filter string) {
+	serial := dev.Serial
+	if t.broker == nil || !filterMatches(filter, mqttapi.DeviceTopic(serial, mqttapi.TopicTwinDesired)) {
 		return
 	}
 	d, err := t.svc.FindDesired(ctx, serial)
@@ -130,7 +130,7 @@ func (t *deviceTwin) onSubscribe(ctx context.Context, serial, filter string) {
 		t.logger.Error("twin: desired document for a subscriber", "device", serial, "err", err)
 		return
 	}
-	if err := t.broker.Publish(topic, doc, 1); err != nil {
+	if err := t.broker.Publish(dev, mqttapi.TopicTwinDesired, doc, 1); err != nil {
 		t.logger.Warn("twin: publish desired document", "device", serial, "err", err)
 	}
 }
@@ -142,11 +142,12 @@ func (t *deviceTwin) notify(changes []cradle.TwinChange) {
 		return
 	}
 	for _, c := range changes {
-		if t.broker.Sessions(c.Serial) == 0 {
+		dev := mqttapi.Device{TenantID: c.TenantID, Serial: c.Serial}
+		if t.broker.Sessions(dev) == 0 {
 			continue // it gets the document when it subscribes or polls
 		}
-		if err := t.broker.Publish(mqttapi.DeviceTopic(c.Serial, mqttapi.TopicTwinDesired), c.Desired, 1); err != nil {
-			t.logger.Warn("twin: publish desired document", "device", c.Serial, "err", err)
+		if err := t.broker.Publish(dev, mqttapi.TopicTwinDesired, c.Desired, 1); err != nil {
+			t.logger.Warn("twin: publish desired document", "tenant", c.TenantID, "device", c.Serial, "err", err)
 		}
 	}
 }

@@ -6,24 +6,48 @@
 // server gives (Config.TLS.ClientCAs), so a client without a certificate, or
 // with one from another CA, never gets to send an MQTT packet. The caller's
 // Config.Check then decides on the verified certificate (revocation, device
-// state) and names the device; the MQTT username and password are ignored.
+// state) and names the device: its tenant and serial. The MQTT username and
+// password are ignored.
 // A refused device gets CONNACK "not authorized" (0x87 in MQTT 5, 0x05 in
 // 3.1.1).
 //
+// Tenants: serials are unique per tenant only, so two tenants may each have
+// a device SN-1, both connected, both using cradle/devices/SN-1/... . The
+// broker keeps them apart by namespacing every topic of a device session
+// inside mochi: a hook on each packet read from a device prefixes its
+// PUBLISH topic, SUBSCRIBE and UNSUBSCRIBE filters (and its will topic) with
+// "tenants/<tenant id>/", and mochi's packet-encode hook strips that prefix
+// from each PUBLISH written to the device, so devices see only the topics of
+// TopicRoot. Every topic is prefixed, whatever it is (except those starting
+// with '$', which mochi and the ACL refuse as they are), so a device that
+// writes "tenants/8/..." itself lands in "tenants/7/tenants/8/..." and is
+// refused. The server publishes with Publish, which names the device's
+// tenant and serial; MQTT client identifiers, live sessions, Disconnect,
+// Sessions and every callback carry the tenant too. Rewriting topics keeps
+// mochi's own delivery (QoS 1 and 2 in-flight tracking, resends, persistent
+// sessions), which writing to a client's connection directly would have to
+// redo; mochi offers no per-client publish.
+//
 // Topics and ACL: a device publishes and subscribes only in its own
 // subtree, TopicRoot+serial (see TopicRoot for the layout and Allowed for
-// the rule). Anything else is refused, with reason "not authorized" where
+// the rule), inside its tenant's namespace. Anything else is refused, with reason "not authorized" where
 // the protocol has one (a QoS 1/2 PUBACK or PUBREC in MQTT 5, the SUBACK
 // entry in both; a refused QoS 1/2 publish in 3.1.1 closes the connection, as
 // mochi does, and a QoS 0 one is dropped) and reported to Config.OnRefusal.
 // Will messages must also name the device's own subtree, or the connection
 // is refused. Retained messages and topic aliases from devices are not
-// offered. MQTT client identifiers are namespaced by serial inside the
-// broker, so a device can never take over another device's session.
+// offered. MQTT client identifiers are namespaced by tenant and serial
+// inside the broker, so a device can never take over another device's
+// session, in its tenant or another.
 //
 // Revocation: Disconnect closes every live session of a device at once. A
 // session is registered before Check runs, so a device whose Check passed
-// just before its revocation is still found by the Disconnect that follows.
+// just before its revocation is still found by the Disconnect that follows;
+// since the tenant is not known before Check, such a pending session is
+// registered under the certificate's serial alone, and Disconnect of
+// (tenant, serial) also closes the pending sessions of that serial in any
+// tenant: a device of another tenant with the same serial that was being
+// checked at that very moment is refused once and connects again.
 //
 // Payloads: a device publish larger than Config.MaxPayload is rejected (MQTT
 // 5: reason "implementation specific error" with a reason string; 3.1.1:
@@ -41,6 +65,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,6 +97,15 @@ const (
 	ActionWill      = "will"
 )
 
+// Device names a device: serials are unique within a tenant only.
+type Device struct {
+	TenantID int64
+	Serial   string
+}
+
+// String returns "tenant/serial", for logs.
+func (d Device) String() string { return strconv.FormatInt(d.TenantID, 10) + "/" + d.Serial }
+
 // Config configures a Broker. Check and TLS are required; every other zero
 // value has the default documented on its field.
 type Config struct {
@@ -81,24 +116,25 @@ type Config struct {
 	// set to tls.RequireAndVerifyClientCert and at least TLS 1.2.
 	TLS *tls.Config
 	// Check decides whether the device holding cert (already verified
-	// against TLS.ClientCAs) may connect, and returns its serial, which
-	// must pass cradle.ValidateSerial. An error refuses the connection with
-	// "not authorized". ctx ends after CheckTimeout or when the broker
-	// closes.
-	Check func(ctx context.Context, cert *x509.Certificate) (serial string, err error)
+	// against TLS.ClientCAs) may connect, and returns the device: its
+	// tenant id, which must be positive, and its serial, which must pass
+	// cradle.ValidateSerial. An error refuses the connection with "not
+	// authorized". ctx ends after CheckTimeout or when the broker closes.
+	Check func(ctx context.Context, cert *x509.Certificate) (Device, error)
 	// OnMessage, when set, receives every publish a device makes in its
 	// own subtree, synchronously on that device's connection (a slow
 	// OnMessage slows that device only). payload must not be modified; it
-	// may be kept.
-	OnMessage func(serial, topic string, payload []byte)
+	// may be kept. topic is as the device wrote it, under TopicRoot.
+	OnMessage func(dev Device, topic string, payload []byte)
 	// OnRefusal, when set, is told of every publish, subscription or will
-	// refused by the ACL; action is one of the Action constants.
-	OnRefusal func(serial, action, topic string)
+	// refused by the ACL; action is one of the Action constants and topic
+	// is as the device wrote it.
+	OnRefusal func(dev Device, action, topic string)
 	// OnSubscribe, when set, is told of each topic filter a device
 	// subscribed to and was granted, after the SUBACK: the moment to send
 	// it what it waits for (its desired configuration, pending commands).
-	// It runs on the device's connection.
-	OnSubscribe func(serial, filter string)
+	// It runs on the device's connection; filter is as the device wrote it.
+	OnSubscribe func(dev Device, filter string)
 	// MaxPayload is the largest payload a device may publish, in bytes;
 	// DefaultMaxPayload when zero.
 	MaxPayload int
@@ -142,8 +178,10 @@ type Broker struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	sessions map[string]map[*mqtt.Client]struct{} // serial → live clients
+	mu sync.Mutex
+	// sessions maps a device to its live clients; tenant 0 holds the
+	// sessions pending Check, by certificate serial.
+	sessions map[Device]map[*mqtt.Client]struct{}
 
 	refused, denied, oversize, messages atomic.Uint64
 	closed                              atomic.Bool
@@ -187,7 +225,7 @@ func New(cfg Config) (*Broker, error) {
 	if t.MinVersion < tls.VersionTLS12 {
 		t.MinVersion = tls.VersionTLS12
 	}
-	return &Broker{cfg: cfg, tls: t, log: log, sessions: map[string]map[*mqtt.Client]struct{}{}}, nil
+	return &Broker{cfg: cfg, tls: t, log: log, sessions: map[Device]map[*mqtt.Client]struct{}{}}, nil
 }
 
 // Open listens on Config.Addr and starts serving.
@@ -249,32 +287,53 @@ func (b *Broker) Addr() net.Addr {
 	return b.ln.Addr()
 }
 
-// Publish sends payload to the devices subscribed to topic, at most at
-// qos (0, 1 or 2; each subscriber gets the lower of qos and its own). A
-// device receives it only when topic is in its own subtree. It returns an
-// EINVALID error for a topic that is not a valid topic name (empty,
-// wildcards, '$' first) or a qos above 2.
-func (b *Broker) Publish(topic string, payload []byte, qos byte) error {
+// Publish sends payload to the sessions of device dev subscribed to its
+// topic DeviceTopic(dev.Serial, suffix), at most at qos (0, 1 or 2; each
+// subscriber gets the lower of qos and its own). No device of another
+// tenant receives it, whatever its serial. It returns an EINVALID error for
+// a tenant id that is not positive, a serial that does not pass
+// cradle.ValidateSerial, a suffix that does not make a valid topic name
+// (empty, wildcards) or a qos above 2.
+func (b *Broker) Publish(dev Device, suffix string, payload []byte, qos byte) error {
 	if b.server == nil || b.closed.Load() {
 		return errors.New("mqttapi: publish on a broker that is not open")
 	}
-	if !validTopicName(topic) {
-		return cradle.Errorf(cradle.EINVALID, "invalid MQTT topic %q: want a topic name without wildcards, such as %s", clip(topic), DeviceTopic("<serial>", TopicCommands))
+	if err := validDevice(dev); err != nil {
+		return err
+	}
+	if suffix == "" || !validTail(suffix, false) {
+		return cradle.Errorf(cradle.EINVALID, "invalid MQTT topic suffix %q: want levels without wildcards, such as %s", clip(suffix), TopicCommands)
 	}
 	if qos > 2 {
 		return cradle.Errorf(cradle.EINVALID, "invalid MQTT QoS %d: want 0, 1 or 2", qos)
 	}
-	if err := b.server.Publish(topic, payload, false, qos); err != nil {
-		return fmt.Errorf("mqttapi: publish to %s: %w", topic, err)
+	topic := DeviceTopic(dev.Serial, suffix)
+	if err := b.server.Publish(namespace(dev.TenantID)+topic, payload, false, qos); err != nil {
+		return fmt.Errorf("mqttapi: publish to %s in tenant %d: %w", topic, dev.TenantID, err)
 	}
 	return nil
 }
 
-// Sessions returns the number of live sessions of device serial.
-func (b *Broker) Sessions(serial string) int {
+// validDevice returns an EINVALID error unless dev has a positive tenant
+// id and a valid serial.
+func validDevice(dev Device) error {
+	if dev.TenantID <= 0 {
+		return cradle.Errorf(cradle.EINVALID, "invalid tenant id %d for device %q: want a positive id", dev.TenantID, clip(dev.Serial))
+	}
+	return cradle.ValidateSerial(dev.Serial)
+}
+
+// namespace returns the prefix of every topic of tenant id's devices
+// inside the broker.
+func namespace(tenantID int64) string {
+	return "tenants/" + strconv.FormatInt(tenantID, 10) + "/"
+}
+
+// Sessions returns the number of live sessions of device dev.
+func (b *Broker) Sessions(dev Device) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return countLive(b.sessions[serial])
+	return countLive(b.sessions[dev])
 }
 
 // countLive counts the clients of m that are not closed.
@@ -288,20 +347,23 @@ func countLive(m map[*mqtt.Client]struct{}) int {
 	return n
 }
 
-// Disconnect closes every live session of device serial at once (an MQTT
-// 5 client first gets DISCONNECT "not authorized") and returns how many it
+// Disconnect closes every live session of device dev at once (an MQTT 5
+// client first gets DISCONNECT "not authorized"), and the sessions of
+// dev.Serial still pending Check in any tenant, and returns how many it
 // closed; it logs nothing, the caller knows why. It does not wait for slow peers: a write that does not finish
 // within 100 ms is abandoned and the connection closed. Call it after the
 // state Check consults has changed, so the device cannot come back.
-func (b *Broker) Disconnect(serial string) int {
+func (b *Broker) Disconnect(dev Device) int {
 	b.mu.Lock()
 	var live []*mqtt.Client
-	for cl := range b.sessions[serial] {
-		if !cl.Closed() {
-			live = append(live, cl)
+	for _, d := range []Device{dev, {Serial: dev.Serial}} {
+		for cl := range b.sessions[d] {
+			if !cl.Closed() {
+				live = append(live, cl)
+			}
 		}
+		delete(b.sessions, d)
 	}
-	delete(b.sessions, serial)
 	b.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, cl := range live {
@@ -354,15 +416,15 @@ func (b *Broker) Close(ctx context.Context) error {
 	}
 }
 
-// register records cl as a live session of serial, dropping entries of
+// register records cl as a live session of dev, dropping entries of
 // sessions that ended without OnDisconnect.
-func (b *Broker) register(serial string, cl *mqtt.Client) {
+func (b *Broker) register(dev Device, cl *mqtt.Client) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	m := b.sessions[serial]
+	m := b.sessions[dev]
 	if m == nil {
 		m = map[*mqtt.Client]struct{}{}
-		b.sessions[serial] = m
+		b.sessions[dev] = m
 	}
 	for old := range m {
 		if old.Closed() {
@@ -372,33 +434,58 @@ func (b *Broker) register(serial string, cl *mqtt.Client) {
 	m[cl] = struct{}{}
 }
 
-func (b *Broker) unregister(serial string, cl *mqtt.Client) {
+func (b *Broker) unregister(dev Device, cl *mqtt.Client) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if m := b.sessions[serial]; m != nil {
+	if m := b.sessions[dev]; m != nil {
 		delete(m, cl)
 		if len(m) == 0 {
-			delete(b.sessions, serial)
+			delete(b.sessions, dev)
 		}
 	}
 }
 
-func (b *Broker) refuse(serial, action, topic string) {
+func (b *Broker) refuse(dev Device, action, topic string) {
 	b.denied.Add(1)
-	b.log.Info("mqtt refused", "serial", serial, "action", action, "topic", clip(topic))
+	b.log.Info("mqtt refused", "tenant", dev.TenantID, "serial", dev.Serial, "action", action, "topic", clip(topic))
 	if b.cfg.OnRefusal != nil {
-		b.cfg.OnRefusal(serial, action, topic)
+		b.cfg.OnRefusal(dev, action, topic)
 	}
 }
 
-// serialOf returns the serial a device client was admitted as: its
-// broker-side client ID is serial + "/" + the client's own identifier.
-func serialOf(cl *mqtt.Client) (string, bool) {
+// deviceOf returns the device a client was admitted as: its broker-side
+// client ID is tenant id + "/" + serial + "/" + the client's own
+// identifier, set by OnConnect once Check passed.
+func deviceOf(cl *mqtt.Client) (Device, bool) {
 	if cl.Net.Inline {
-		return "", false
+		return Device{}, false
 	}
-	s, _, ok := strings.Cut(cl.ID, "/")
-	return s, ok
+	t, rest, ok := strings.Cut(cl.ID, "/")
+	if !ok {
+		return Device{}, false
+	}
+	serial, _, ok := strings.Cut(rest, "/")
+	id, err := strconv.ParseInt(t, 10, 64)
+	if !ok || err != nil || id <= 0 {
+		return Device{}, false
+	}
+	return Device{TenantID: id, Serial: serial}, true
+}
+
+// inward returns topic (or filter) of a device in its tenant's namespace:
+// every topic is prefixed except empty ones and those starting with '$',
+// which mochi and the ACL refuse as they are.
+func inward(dev Device, topic string) string {
+	if topic == "" || strings.HasPrefix(topic, "$") {
+		return topic
+	}
+	return namespace(dev.TenantID) + topic
+}
+
+// outward returns a topic of the broker as device dev wrote it, and
+// whether it was in dev's tenant namespace.
+func outward(dev Device, topic string) (string, bool) {
+	return strings.CutPrefix(topic, namespace(dev.TenantID))
 }
 
 // hook carries the broker's authentication, ACL and message handling into
@@ -412,7 +499,8 @@ func (h *hook) ID() string { return "cradle-devices" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnDisconnect:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnDisconnect,
+		mqtt.OnPacketRead, mqtt.OnPacketEncode:
 		return true
 	}
 	return false
@@ -422,44 +510,48 @@ func (h *hook) Provides(b byte) bool {
 var errRefused = errors.New("mqttapi: connection refused")
 
 // OnConnect authenticates the device from its client certificate, renames
-// its client ID into the device's namespace, and checks its will topic.
+// its client ID into the device's namespace, and checks its will topic and
+// moves it into the tenant's namespace.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	b := h.b
 	tc, ok := cl.Net.Conn.(*tls.Conn)
 	if !ok {
-		return h.deny(cl, "", "no TLS connection")
+		return h.deny(cl, Device{}, "no TLS connection")
 	}
 	st := tc.ConnectionState()
 	if len(st.PeerCertificates) == 0 {
-		return h.deny(cl, "", "no client certificate")
+		return h.deny(cl, Device{}, "no client certificate")
 	}
 	cert := st.PeerCertificates[0]
 	// Registered before Check, so that a Disconnect following a
 	// revocation that Check did not yet see still finds this session.
-	pending := cert.Subject.SerialNumber
-	if cradle.ValidateSerial(pending) == nil {
+	// The tenant is not known yet: pending sessions are kept under
+	// tenant 0 (see the package doc).
+	pending := Device{Serial: cert.Subject.SerialNumber}
+	if cradle.ValidateSerial(pending.Serial) == nil {
 		b.register(pending, cl)
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.CheckTimeout)
-	serial, err := b.cfg.Check(ctx, cert)
+	dev, err := b.cfg.Check(ctx, cert)
 	cancel()
 	if err == nil {
-		err = cradle.ValidateSerial(serial)
+		err = validDevice(dev)
 	}
 	if err != nil {
 		b.unregister(pending, cl)
 		return h.deny(cl, pending, err.Error())
 	}
-	if serial != pending {
-		b.unregister(pending, cl)
-		b.register(serial, cl)
+	b.unregister(pending, cl)
+	b.register(dev, cl)
+	if cl.Properties.Will.Flag != 0 {
+		if !Allowed(dev.Serial, cl.Properties.Will.TopicName, false) {
+			b.unregister(dev, cl)
+			b.refuse(dev, ActionWill, cl.Properties.Will.TopicName)
+			return h.deny(cl, dev, "will topic outside the device's own topics")
+		}
+		cl.Properties.Will.TopicName = inward(dev, cl.Properties.Will.TopicName)
 	}
-	if cl.Properties.Will.Flag != 0 && !Allowed(serial, cl.Properties.Will.TopicName, false) {
-		b.unregister(serial, cl)
-		b.refuse(serial, ActionWill, cl.Properties.Will.TopicName)
-		return h.deny(cl, serial, "will topic outside the device's own topics")
-	}
-	cl.ID = serial + "/" + cl.ID
+	cl.ID = strconv.FormatInt(dev.TenantID, 10) + "/" + dev.Serial + "/" + cl.ID
 	if cl.Closed() { // Disconnect ran while Check did
 		return errRefused
 	}
@@ -467,9 +559,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 }
 
 // deny sends CONNACK "not authorized" and ends the connection.
-func (h *hook) deny(cl *mqtt.Client, serial, why string) error {
+func (h *hook) deny(cl *mqtt.Client, dev Device, why string) error {
 	h.b.refused.Add(1)
-	h.b.log.Info("mqtt connection refused", "serial", serial, "remote", cl.Net.Remote, "reason", why)
+	h.b.log.Info("mqtt connection refused", "tenant", dev.TenantID, "serial", dev.Serial, "remote", cl.Net.Remote, "reason", why)
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}}
 	if cl.Properties.ProtocolVersion == 5 {
 		ack.ReasonCode = packets.ErrNotAuthorized.Code
@@ -485,37 +577,74 @@ func (h *hook) deny(cl *mqtt.Client, serial, why string) error {
 // OnConnectAuthenticate admits every client OnConnect let through; the
 // username and password play no part.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	_, ok := serialOf(cl)
+	_, ok := deviceOf(cl)
 	return ok
 }
 
-// OnACLCheck applies Allowed to publishes (write) and subscriptions.
+// OnPacketRead moves the topic of a device's PUBLISH and the filters of
+// its SUBSCRIBE and UNSUBSCRIBE into its tenant's namespace, before mochi
+// validates and routes them.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	dev, ok := deviceOf(cl)
+	if !ok {
+		return pk, nil
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		pk.TopicName = inward(dev, pk.TopicName)
+	case packets.Subscribe, packets.Unsubscribe:
+		pk.Filters = slices.Clone(pk.Filters)
+		for i := range pk.Filters {
+			pk.Filters[i].Filter = inward(dev, pk.Filters[i].Filter)
+		}
+	}
+	return pk, nil
+}
+
+// OnPacketEncode takes the tenant's namespace off the topic of a PUBLISH
+// written to a device, so it sees the topic it subscribed to.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Publish {
+		return pk
+	}
+	if dev, ok := deviceOf(cl); ok {
+		if t, ok := outward(dev, pk.TopicName); ok {
+			pk.TopicName = t
+		}
+	}
+	return pk
+}
+
+// OnACLCheck applies Allowed, inside the device's tenant namespace, to
+// publishes (write), subscriptions and deliveries to the device.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	serial, ok := serialOf(cl)
+	dev, ok := deviceOf(cl)
 	if !ok {
 		return false
 	}
-	if Allowed(serial, topic, !write) {
+	t, ok := outward(dev, topic)
+	if ok && Allowed(dev.Serial, t, !write) {
 		return true
 	}
 	action := ActionSubscribe
 	if write {
 		action = ActionPublish
 	}
-	h.b.refuse(serial, action, topic)
+	h.b.refuse(dev, action, t)
 	return false
 }
 
 // OnPublish enforces MaxPayload and hands device messages to OnMessage.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	serial, ok := serialOf(cl)
+	dev, ok := deviceOf(cl)
 	if !ok {
 		return pk, nil // the server's own Publish
 	}
+	topic, _ := outward(dev, pk.TopicName) // OnACLCheck allowed it: in the namespace
 	b := h.b
 	if len(pk.Payload) > b.cfg.MaxPayload {
 		b.oversize.Add(1)
-		b.log.Info("mqtt payload too large", "serial", serial, "topic", pk.TopicName, "bytes", len(pk.Payload), "max", b.cfg.MaxPayload)
+		b.log.Info("mqtt payload too large", "tenant", dev.TenantID, "serial", dev.Serial, "topic", topic, "bytes", len(pk.Payload), "max", b.cfg.MaxPayload)
 		if pk.FixedHeader.Qos > 0 {
 			ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
 			if pk.FixedHeader.Qos == 2 {
@@ -531,28 +660,30 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	if b.cfg.OnMessage != nil {
 		b.messages.Add(1)
-		b.cfg.OnMessage(serial, pk.TopicName, pk.Payload)
+		b.cfg.OnMessage(dev, topic, pk.Payload)
 	}
 	return pk, nil
 }
 
 // OnSubscribed tells OnSubscribe of each filter granted.
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
-	serial, ok := serialOf(cl)
+	dev, ok := deviceOf(cl)
 	if !ok || h.b.cfg.OnSubscribe == nil {
 		return
 	}
 	for i, f := range pk.Filters {
 		if i < len(reasonCodes) && reasonCodes[i] <= 2 { // a granted QoS
-			h.b.cfg.OnSubscribe(serial, f.Filter)
+			if filter, ok := outward(dev, f.Filter); ok {
+				h.b.cfg.OnSubscribe(dev, filter)
+			}
 		}
 	}
 }
 
 // OnDisconnect forgets the session.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	if serial, ok := serialOf(cl); ok {
-		h.b.unregister(serial, cl)
+	if dev, ok := deviceOf(cl); ok {
+		h.b.unregister(dev, cl)
 	}
 }
 

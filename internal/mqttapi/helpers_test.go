@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -76,7 +77,14 @@ func (ca *testCA) file() string { return filepath.Join(ca.dir, ca.name+".pem") }
 // for 127.0.0.1. It writes name.pem and name.key and returns the pair.
 func (ca *testCA) issue(t testing.TB, name, serial string, server bool) tls.Certificate {
 	t.Helper()
-	cert, kder, err := ca.leaf(name, serial, server)
+	return ca.issueIn(t, 1, name, serial, server)
+}
+
+// issueIn is issue for a device of tenant: the recorder's Check takes the
+// tenant id from the subject's organization.
+func (ca *testCA) issueIn(t testing.TB, tenant int64, name, serial string, server bool) tls.Certificate {
+	t.Helper()
+	cert, kder, err := ca.leaf(name, serial, server, strconv.FormatInt(tenant, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,14 +94,15 @@ func (ca *testCA) issue(t testing.TB, name, serial string, server bool) tls.Cert
 }
 
 // leaf signs a leaf certificate and returns it with its PKCS#8 key.
-func (ca *testCA) leaf(name, serial string, server bool) (tls.Certificate, []byte, error) {
+// A device certificate's subject organization is org when given.
+func (ca *testCA) leaf(name, serial string, server bool, org ...string) (tls.Certificate, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: nextSerial(),
-		Subject:      pkix.Name{CommonName: name, SerialNumber: serial},
+		Subject:      pkix.Name{CommonName: name, SerialNumber: serial, Organization: org},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -128,41 +137,59 @@ type recorder struct {
 	mu       sync.Mutex
 	messages []message
 	refusals []refusal
-	revoked  map[string]bool
+	revoked  map[mqttapi.Device]bool
 }
 
-type message struct{ Serial, Topic, Payload string }
-type refusal struct{ Serial, Action, Topic string }
+type message struct {
+	Device         mqttapi.Device
+	Topic, Payload string
+}
+type refusal struct {
+	Device        mqttapi.Device
+	Action, Topic string
+}
 
-func (r *recorder) check(ctx context.Context, cert *x509.Certificate) (string, error) {
+// d1 names device serial of tenant 1, where the certificates of issue are.
+func d1(serial string) mqttapi.Device { return mqttapi.Device{TenantID: 1, Serial: serial} }
+
+// check admits the device named by the certificate: the subject's serial
+// number, in the tenant of its organization (1 when it has none).
+func (r *recorder) check(ctx context.Context, cert *x509.Certificate) (mqttapi.Device, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := cert.Subject.SerialNumber
-	if r.revoked[s] {
-		return "", cradle.Errorf(cradle.EFORBIDDEN, "device %q is revoked", s)
+	d := d1(cert.Subject.SerialNumber)
+	if o := cert.Subject.Organization; len(o) == 1 {
+		id, err := strconv.ParseInt(o[0], 10, 64)
+		if err != nil {
+			return mqttapi.Device{}, err
+		}
+		d.TenantID = id
 	}
-	return s, nil
+	if r.revoked[d] {
+		return mqttapi.Device{}, cradle.Errorf(cradle.EFORBIDDEN, "device %v is revoked", d)
+	}
+	return d, nil
 }
 
-func (r *recorder) revoke(serial string) {
+func (r *recorder) revoke(d mqttapi.Device) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.revoked == nil {
-		r.revoked = map[string]bool{}
+		r.revoked = map[mqttapi.Device]bool{}
 	}
-	r.revoked[serial] = true
+	r.revoked[d] = true
 }
 
-func (r *recorder) onMessage(serial, topic string, payload []byte) {
+func (r *recorder) onMessage(d mqttapi.Device, topic string, payload []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.messages = append(r.messages, message{serial, topic, string(payload)})
+	r.messages = append(r.messages, message{d, topic, string(payload)})
 }
 
-func (r *recorder) onRefusal(serial, action, topic string) {
+func (r *recorder) onRefusal(d mqttapi.Device, action, topic string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.refusals = append(r.refusals, refusal{serial, action, topic})
+	r.refusals = append(r.refusals, refusal{d, action, topic})
 }
 
 func (r *recorder) Messages() []message {

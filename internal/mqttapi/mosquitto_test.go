@@ -97,7 +97,7 @@ func TestDevicePublishesOwnTelemetry(t *testing.T) {
 			if out, err := e.pub(t, "sn1", v, topic, "temp=21.5 "+v, "-q", "1"); err != nil {
 				t.Fatalf("mosquitto_pub: %v\n%s", err, out)
 			}
-			want := message{"SN-1", topic, "temp=21.5 " + v}
+			want := message{d1("SN-1"), topic, "temp=21.5 " + v}
 			waitFor(t, 5*time.Second, "OnMessage", func() bool { return slices.Contains(e.rec.Messages(), want) })
 		})
 	}
@@ -113,10 +113,10 @@ func TestDeviceCannotPublishToAnotherDevice(t *testing.T) {
 			t.Run(v+"/qos"+qos, func(t *testing.T) {
 				other := mqttapi.DeviceTopic("SN-2", mqttapi.TopicCommands)
 				watcher := e.startSub(t, "sn2", "mqttv5", other)
-				waitFor(t, 5*time.Second, "SN-2 subscribed", func() bool { return mqttapi.SubscriberCount(e.broker, other) == 1 })
+				waitFor(t, 5*time.Second, "SN-2 subscribed", func() bool { return mqttapi.SubscriberCount(e.broker, 1, other) == 1 })
 				out, err := e.pub(t, "sn1", v, other, "reboot", "-q", qos)
 				t.Logf("mosquitto_pub: err %v, output %q", err, out)
-				want := refusal{"SN-1", mqttapi.ActionPublish, other}
+				want := refusal{d1("SN-1"), mqttapi.ActionPublish, other}
 				waitFor(t, 5*time.Second, "OnRefusal", func() bool { return slices.Contains(e.rec.Refusals(), want) })
 				for _, m := range e.rec.Messages() {
 					if m.Topic == other {
@@ -125,7 +125,7 @@ func TestDeviceCannotPublishToAnotherDevice(t *testing.T) {
 				}
 				// The server's own publish after the refused one reaches
 				// SN-2, so anything refused would have arrived before it.
-				if err := e.broker.Publish(other, []byte("marker"), 1); err != nil {
+				if err := e.broker.Publish(d1("SN-2"), mqttapi.TopicCommands, []byte("marker"), 1); err != nil {
 					t.Fatal(err)
 				}
 				waitFor(t, 5*time.Second, "marker", func() bool { return strings.Contains(watcher.out.String(), "marker") })
@@ -154,7 +154,7 @@ func TestDeviceCannotSubscribeOutsideItsTopics(t *testing.T) {
 			t.Run(v+"/"+f, func(t *testing.T) {
 				s := e.startSub(t, "sn1", v, f, "-W", "10")
 				err := s.wait(t, 15*time.Second)
-				want := refusal{"SN-1", mqttapi.ActionSubscribe, f}
+				want := refusal{d1("SN-1"), mqttapi.ActionSubscribe, f}
 				if !slices.Contains(e.rec.Refusals(), want) {
 					t.Errorf("OnRefusal not called with %v; got %v", want, e.rec.Refusals())
 				}
@@ -162,7 +162,7 @@ func TestDeviceCannotSubscribeOutsideItsTopics(t *testing.T) {
 				if !strings.Contains(s.out.String(), "denied") {
 					t.Errorf("mosquitto_sub does not report the subscription denied:\n%s", s.out.String())
 				}
-				if got := mqttapi.SubscriberCount(e.broker, "cradle/devices/SN-2/commands"); got != 0 {
+				if got := mqttapi.SubscriberCount(e.broker, 1, "cradle/devices/SN-2/commands"); got != 0 {
 					t.Errorf("%d subscribers on SN-2's commands", got)
 				}
 			})
@@ -178,10 +178,10 @@ func TestServerPublishReachesOnlyTheDevice(t *testing.T) {
 			sn1 := e.startSub(t, "sn1", v, mine, "-C", "1", "-q", "1")
 			sn2 := e.startSub(t, "sn2", v, "cradle/devices/SN-2/#", "-q", "1")
 			waitFor(t, 5*time.Second, "subscriptions", func() bool {
-				return mqttapi.SubscriberCount(e.broker, mine) == 1 &&
-					mqttapi.SubscriberCount(e.broker, "cradle/devices/SN-2/commands") == 1
+				return mqttapi.SubscriberCount(e.broker, 1, mine) == 1 &&
+					mqttapi.SubscriberCount(e.broker, 1, "cradle/devices/SN-2/commands") == 1
 			})
-			if err := e.broker.Publish(mine, []byte("ping-"+v), 1); err != nil {
+			if err := e.broker.Publish(d1("SN-1"), mqttapi.TopicCommands, []byte("ping-"+v), 1); err != nil {
 				t.Fatal(err)
 			}
 			if err := sn1.wait(t, 10*time.Second); err != nil {
@@ -192,7 +192,7 @@ func TestServerPublishReachesOnlyTheDevice(t *testing.T) {
 			}
 			// A marker to SN-2 after the command proves SN-2's
 			// subscription works and that the command did not arrive first.
-			if err := e.broker.Publish("cradle/devices/SN-2/commands", []byte("marker"), 1); err != nil {
+			if err := e.broker.Publish(d1("SN-2"), mqttapi.TopicCommands, []byte("marker"), 1); err != nil {
 				t.Fatal(err)
 			}
 			waitFor(t, 5*time.Second, "marker", func() bool { return strings.Contains(sn2.out.String(), "marker") })
@@ -230,7 +230,7 @@ func TestRefusedAtTLS(t *testing.T) {
 
 func TestRevokedRefusedAtConnect(t *testing.T) {
 	e := newEnv(t, nil)
-	e.rec.revoke("SN-3")
+	e.rec.revoke(d1("SN-3"))
 	for _, v := range versions {
 		t.Run(v, func(t *testing.T) {
 			out, err := e.pub(t, "sn3", v, mqttapi.DeviceTopic("SN-3", mqttapi.TopicTelemetry), "x")
@@ -258,16 +258,16 @@ func TestDisconnectWithinOneSecond(t *testing.T) {
 			s := e.startSub(t, "sn1", v, topic)
 			other := e.startSub(t, "sn2", v, mqttapi.DeviceTopic("SN-2", mqttapi.TopicCommands))
 			waitFor(t, 5*time.Second, "sessions", func() bool {
-				return mqttapi.SubscriberCount(e.broker, topic) == 1 && e.broker.Sessions("SN-2") == 1
+				return mqttapi.SubscriberCount(e.broker, 1, topic) == 1 && e.broker.Sessions(d1("SN-2")) == 1
 			})
-			if n := e.broker.Sessions("SN-1"); n != 1 {
+			if n := e.broker.Sessions(d1("SN-1")); n != 1 {
 				t.Fatalf("Sessions(SN-1) = %d, want 1", n)
 			}
 			// Revocation: Check now refuses SN-1, then its session is closed.
-			e.rec.revoke("SN-1")
+			e.rec.revoke(d1("SN-1"))
 			refused := e.broker.Stats().Refused
 			start := time.Now()
-			if n := e.broker.Disconnect("SN-1"); n != 1 {
+			if n := e.broker.Disconnect(d1("SN-1")); n != 1 {
 				t.Fatalf("Disconnect closed %d sessions, want 1", n)
 			}
 			closed := time.Since(start)
@@ -287,17 +287,17 @@ func TestDisconnectWithinOneSecond(t *testing.T) {
 			if v == "mqttv311" && e.broker.Stats().Refused != refused+1 {
 				t.Errorf("mosquitto_sub exited without reconnecting and being refused")
 			}
-			if n := e.broker.Sessions("SN-1"); n != 0 {
+			if n := e.broker.Sessions(d1("SN-1")); n != 0 {
 				t.Errorf("Sessions(SN-1) = %d after Disconnect", n)
 			}
-			if other.exited() || e.broker.Sessions("SN-2") != 1 {
+			if other.exited() || e.broker.Sessions(d1("SN-2")) != 1 {
 				t.Errorf("SN-2's session was closed too")
 			}
-			if n := e.broker.Disconnect("SN-1"); n != 0 {
+			if n := e.broker.Disconnect(d1("SN-1")); n != 0 {
 				t.Errorf("second Disconnect closed %d sessions", n)
 			}
 			e.rec.mu.Lock()
-			delete(e.rec.revoked, "SN-1")
+			delete(e.rec.revoked, d1("SN-1"))
 			e.rec.mu.Unlock()
 		})
 	}
@@ -317,7 +317,7 @@ func TestOversizePayloadRejectedConnectionKept(t *testing.T) {
 			out, err := cmd.CombinedOutput()
 			t.Logf("mosquitto_pub: err %v, output %q", err, out)
 			waitFor(t, 5*time.Second, "the small message", func() bool {
-				return slices.Contains(e.rec.Messages(), message{"SN-1", topic, "small-" + v})
+				return slices.Contains(e.rec.Messages(), message{d1("SN-1"), topic, "small-" + v})
 			})
 			for _, m := range e.rec.Messages() {
 				if len(m.Payload) > 1024 {
@@ -340,7 +340,7 @@ func TestWillOutsideOwnTopicsRefused(t *testing.T) {
 			if err := s.wait(t, 10*time.Second); err == nil {
 				t.Errorf("mosquitto_sub with a foreign will topic exited 0:\n%s", s.out.String())
 			}
-			want := refusal{"SN-1", mqttapi.ActionWill, other}
+			want := refusal{d1("SN-1"), mqttapi.ActionWill, other}
 			if !slices.Contains(e.rec.Refusals(), want) {
 				t.Errorf("OnRefusal not called with %v; got %v", want, e.rec.Refusals())
 			}
@@ -373,9 +373,9 @@ func TestOnSubscribeDeliversToTheNewSubscriber(t *testing.T) {
 	var e *env
 	var got sync.Map
 	e = newEnv(t, func(c *mqttapi.Config) {
-		c.OnSubscribe = func(serial, filter string) {
-			got.Store(serial+" "+filter, true)
-			if err := e.broker.Publish(filter, []byte("hello "+serial), 1); err != nil {
+		c.OnSubscribe = func(d mqttapi.Device, filter string) {
+			got.Store(d.String()+" "+filter, true)
+			if err := e.broker.Publish(d, strings.TrimPrefix(filter, mqttapi.TopicRoot+d.Serial+"/"), []byte("hello "+d.Serial), 1); err != nil {
 				t.Error(err)
 			}
 		}
@@ -390,7 +390,7 @@ func TestOnSubscribeDeliversToTheNewSubscriber(t *testing.T) {
 			if got, want := strings.TrimSpace(sub.out.String()), mine+" hello SN-1"; got != want {
 				t.Errorf("received %q, want %q", got, want)
 			}
-			if _, ok := got.Load("SN-1 " + mine); !ok {
+			if _, ok := got.Load("1/SN-1 " + mine); !ok {
 				t.Errorf("OnSubscribe was not told of SN-1's subscription to %s", mine)
 			}
 		})

@@ -84,9 +84,3 @@ func validTail(s string, wildcards bool) bool {
 	}
 	return true
 }
-
-// validTopicName reports whether s is an MQTT topic name the server may
-// publish to: not empty, no wildcards, no NUL, valid UTF-8.
-func validTopicName(s string) bool {
-	return s != "" && !strings.HasPrefix(s, "$") && validTail(s, false)
-}

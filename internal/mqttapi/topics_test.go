@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"cradle"
 	"cradle/internal/mqttapi"
 )
 
@@ -103,14 +104,31 @@ func matches(f, n string) bool {
 	return len(fl) == len(nl)
 }
 
-func TestPublishRefusesInvalidTopics(t *testing.T) {
+func TestPublishRefusesInvalidArguments(t *testing.T) {
 	e := newEnv(t, nil)
-	for _, topic := range []string{"", "cradle/devices/+/commands", "cradle/#", "$SYS/x", "a\x00b"} {
-		if err := e.broker.Publish(topic, []byte("x"), 0); err == nil {
-			t.Errorf("Publish(%q) succeeded", topic)
-		}
+	tests := []struct {
+		name   string
+		dev    mqttapi.Device
+		suffix string
+		qos    byte
+	}{
+		{"empty suffix", d1("SN-1"), "", 0},
+		{"plus in suffix", d1("SN-1"), "+/commands", 0},
+		{"hash in suffix", d1("SN-1"), "#", 0},
+		{"NUL in suffix", d1("SN-1"), "a\x00b", 0},
+		{"QoS 3", d1("SN-1"), mqttapi.TopicCommands, 3},
+		{"tenant 0", mqttapi.Device{Serial: "SN-1"}, mqttapi.TopicCommands, 0},
+		{"negative tenant", mqttapi.Device{TenantID: -1, Serial: "SN-1"}, mqttapi.TopicCommands, 0},
+		{"empty serial", d1(""), mqttapi.TopicCommands, 0},
+		{"serial with a slash", d1("SN-1/x"), mqttapi.TopicCommands, 0},
+		{"serial with a wildcard", d1("+"), mqttapi.TopicCommands, 0},
 	}
-	if err := e.broker.Publish("cradle/devices/SN-1/commands", []byte("x"), 3); err == nil {
-		t.Error("Publish with QoS 3 succeeded")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := e.broker.Publish(tt.dev, tt.suffix, []byte("x"), tt.qos)
+			if cradle.ErrorCode(err) != cradle.EINVALID {
+				t.Errorf("Publish(%v, %q, qos %d) = %v, want an EINVALID error", tt.dev, tt.suffix, tt.qos, err)
+			}
+		})
 	}
 }
