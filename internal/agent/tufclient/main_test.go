@@ -1,0 +1,14 @@
+package tufclient_test
+
+import (
+	"os"
+	"testing"
+
+	"cradle/internal/testkit"
+)
+
+// TestMain caps fuzz minimization at 100x calls per input: the seeds are
+// kilobytes, and the default (up to 60 s per new input) stalls -fuzz runs.
+func TestMain(m *testing.M) {
+	os.Exit(testkit.FuzzMain(m, "100x"))
+}
