@@ -136,7 +136,10 @@ func (p *Publisher) checkUpload(u cradle.ReleaseUpload) (artifact.Digest, error)
 
 // UploadRelease implements cradle.ReleasePublisher. It checks the actor
 // and the metadata before it reads body, stores the bytes only when they
-// have the declared digest and length, then checks what they are. A
+// have the declared digest and length, then checks what they are: an
+// MCUboot image is verified, a Mender artifact or SWUpdate image is parsed
+// whole from the store (checkForeign), so a malformed one, or one for
+// another device type or hardware revision, makes no record. A
 // failure after the bytes are stored (a bad image, a refused record)
 // leaves an unreferenced blob, which garbage collection (CollectGarbage)
 // removes once its grace period is over; the same bytes uploaded again
@@ -166,6 +169,12 @@ func (p *Publisher) UploadRelease(ctx context.Context, u cradle.ReleaseUpload, b
 		kind = Sniff(head)
 	} else if err := CheckKind(head, kind); err != nil {
 		return nil, err
+	}
+	switch kind {
+	case cradle.ReleaseMender, cradle.ReleaseSWUpdate:
+		if err := p.checkForeign(kind, io.NewSectionReader(rd, 0, u.Size), u); err != nil {
+			return nil, err
+		}
 	}
 	c := cradle.ReleaseCreate{
 		Model: u.Model, Version: u.Version, HardwareRevisions: u.HardwareRevisions, Kind: kind,
@@ -197,6 +206,25 @@ func (p *Publisher) UploadRelease(ctx context.Context, u cradle.ReleaseUpload, b
 		return p.SignRelease(ctx, r.ID)
 	}
 	return r, nil
+}
+
+// checkForeign parses a whole Mender artifact or SWUpdate image from the
+// artifact store, streaming, and checks it against the release's model or
+// hardware revisions (CheckMenderArtifact, CheckSWUpdateImage). Refusals
+// are the parsers' own cradle.Errors; a failing read is internal.
+func (p *Publisher) checkForeign(kind cradle.ReleaseKind, r io.Reader, u cradle.ReleaseUpload) error {
+	var err error
+	switch kind {
+	case cradle.ReleaseMender:
+		_, err = CheckMenderArtifact(r, u.Model, MenderPayloadFactor*p.maxSize())
+	case cradle.ReleaseSWUpdate:
+		_, err = CheckSWUpdateImage(r, u.HardwareRevisions)
+	}
+	var ce *cradle.Error
+	if err != nil && !errors.As(err, &ce) {
+		return fmt.Errorf("ota: read the uploaded artifact: %w", err)
+	}
+	return err
 }
 
 // verifyImage checks an MCUboot image against the image keys of model.

@@ -378,8 +378,10 @@ func TestUploadRefusals(t *testing.T) {
 		t.Fatalf("releases after the refusals: %d %v", len(list), err)
 	}
 
-	// Foreign artifacts are recognised and kept opaque.
-	r, err := e.pub.UploadRelease(e.admin, func() cradle.ReleaseUpload { x := upload("gw-a", "3.0.0", swu); x.SecurityCounter = 8; return x }(), bytes.NewReader(swu))
+	// Foreign artifacts are recognised, parsed whole and keep the
+	// security counter given.
+	valid := swuFile(t, swuSigner(t), nil, []byte("image"))
+	r, err := e.pub.UploadRelease(e.admin, func() cradle.ReleaseUpload { x := upload("gw-a", "3.0.0", valid); x.SecurityCounter = 8; return x }(), bytes.NewReader(valid))
 	if err != nil || r.Kind != cradle.ReleaseSWUpdate || r.SecurityCounter != 8 {
 		t.Fatalf("swu upload: %+v %v", r, err)
 	}

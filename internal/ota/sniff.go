@@ -8,9 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 
 	"cradle"
+	"cradle/internal/compat/menderartifact"
+	"cradle/internal/compat/swu"
 	"cradle/internal/mcuboot"
 )
 
@@ -177,6 +182,105 @@ func CheckSWUpdate(head []byte) error {
 	}
 	if fileSize == 0 || fileSize > maxSWDescription {
 		return fmt.Errorf("the cpio entry %q is %d bytes; want 1 to %d", swDescription, fileSize, maxSWDescription)
+	}
+	return nil
+}
+
+// MenderPayloadFactor bounds the decompressed payloads of a Mender
+// artifact at upload: at most this many times the upload size limit
+// (Publisher.MaxImageSize), so that a small compressed artifact cannot
+// keep the server inflating for ever. Sparse root filesystems compress
+// well, hence the generous factor.
+const MenderPayloadFactor = 16
+
+// CheckMenderArtifact parses a whole Mender artifact from r, streaming
+// (payload files are hashed as they pass, never held), and checks that
+// it may be installed on devices of model: the artifact's device types
+// (artifact_depends.device_type) must include model exactly, as
+// mender-client compares its device_type. maxPayload bounds the
+// decompressed payloads (0: no bound). No signature is required: devices
+// configured with a verification key check it. It returns what the
+// artifact declares; a malformed artifact is EINVALID (ETOOLARGE for an
+// oversize part) with menderartifact's message naming the part. A failure
+// of r itself is returned wrapped, not as a cradle.Error.
+func CheckMenderArtifact(r io.Reader, model string, maxPayload int64) (*menderartifact.Artifact, error) {
+	a, err := menderartifact.Parse(r, menderartifact.Options{MaxPayloadSize: maxPayload})
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(a.DeviceTypes, model) {
+		return nil, cradle.Errorf(cradle.EINVALID, "the Mender artifact is for device types [%s], not model %s: build it with --device-type %s",
+			strings.Join(a.DeviceTypes, ", "), model, model)
+	}
+	return a, nil
+}
+
+// CheckSWUpdateImage parses a whole SWUpdate image from r, streaming
+// (payloads are hashed as they pass, never held), and checks its
+// sw-description against the release's hardware revisions with
+// CheckHardwareCompatibility. No signature is required (devices check it
+// against their CA), but one that is present must sit where SWUpdate
+// expects it. A malformed image is EINVALID (ETOOLARGE for oversize
+// metadata) with swu's message naming what is wrong.
+func CheckSWUpdateImage(r io.Reader, revisions []string) (*swu.Image, error) {
+	img, err := swu.Parse(r, swu.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckHardwareCompatibility(img.Description.HardwareCompatibility, revisions); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// swupdateRegexPrefix marks a hardware-compatibility entry that SWUpdate
+// reads as a POSIX extended regular expression rather than a revision.
+const swupdateRegexPrefix = "#RE:"
+
+// CheckHardwareCompatibility checks a sw-description's
+// hardware-compatibility list (compat) against a release's hardware
+// revisions. The rule:
+//
+//   - compat empty: the image installs on any revision; accepted.
+//   - revisions empty: the release is offered to every revision of its
+//     model and makes no claim to check; accepted (SWUpdate on a board
+//     whose revision compat does not list refuses the image itself).
+//   - otherwise every revision of the release must be listed: equal to an
+//     entry, or matched by an entry "#RE:<regexp>" (a POSIX extended
+//     regular expression, unanchored unless it says ^ or $, as SWUpdate's
+//     regexec does). A revision not listed is EINVALID naming it, since
+//     devices of that revision would refuse the image after downloading
+//     it; an entry whose regular expression does not compile is EINVALID.
+func CheckHardwareCompatibility(compat, revisions []string) error {
+	if len(compat) == 0 {
+		return nil
+	}
+	var res []*regexp.Regexp
+	for _, c := range compat {
+		if expr, ok := strings.CutPrefix(c, swupdateRegexPrefix); ok {
+			re, err := regexp.CompilePOSIX(expr)
+			if err != nil {
+				return cradle.Errorf(cradle.EINVALID, "swu: sw-description: hardware-compatibility entry %q is not a regular expression: %v", c, err)
+			}
+			res = append(res, re)
+		}
+	}
+	if len(revisions) == 0 {
+		return nil
+	}
+	var missing []string
+	for _, rev := range revisions {
+		ok := slices.Contains(compat, rev)
+		for _, re := range res {
+			ok = ok || re.MatchString(rev)
+		}
+		if !ok {
+			missing = append(missing, rev)
+		}
+	}
+	if len(missing) > 0 {
+		return cradle.Errorf(cradle.EINVALID, "the SWUpdate image's hardware-compatibility [%s] does not list the release's hardware revision(s) %s: devices of those revisions would refuse it; fix sw-description or the release's revisions",
+			strings.Join(compat, ", "), strings.Join(missing, ", "))
 	}
 	return nil
 }
