@@ -39,7 +39,14 @@
 // counter is its protected SEC_CNT (0 when absent); a Mender artifact is a
 // tar whose first entry "version" says {"format":"mender","version":3}; a
 // SWUpdate image is a new-ASCII cpio whose first entry is "sw-description".
-// Foreign artifacts are otherwise opaque. The record comes last
+// Both are then parsed whole, streaming from the artifact store
+// (internal/compat/menderartifact, internal/compat/swu): a malformed one is
+// refused with the parser's message; a Mender artifact's device types must
+// include the release's model; a SWUpdate image's hardware-compatibility,
+// when present, must list each of the release's hardware revisions (exactly,
+// or by a "#RE:" regular expression), see CheckHardwareCompatibility.
+// Their signatures are not required (devices check them) and not recorded.
+// The record comes last
 // (cradle.ReleaseService.CreateRelease, which refuses a downgrade below a
 // signed release's counter). A refusal after the bytes were stored leaves
 // an unreferenced blob that CollectGarbage removes after its grace period.
