@@ -1,6 +1,7 @@
 package mcuboot
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -56,6 +57,23 @@ func KeyHash(pub crypto.PublicKey) ([]byte, error) {
 	}
 	h := sha256.Sum256(der)
 	return h[:], nil
+}
+
+// KeysWithHash returns the keys among keys whose KeyHash is hash: those
+// an image naming hash in its KEYHASH TLV (or a bootloader whose OTP holds
+// hash) may be verified with.
+func KeysWithHash(keys []crypto.PublicKey, hash []byte) ([]crypto.PublicKey, error) {
+	var out []crypto.PublicKey
+	for _, k := range keys {
+		h, err := KeyHash(k)
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Equal(h, hash) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
 }
 
 // sigTLV returns the signature TLV type for a public key, or an error for

@@ -143,10 +143,7 @@ func Boot(ctx context.Context, dev *hw.Device, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("bootsim: read boot environment: %w", err)
 	}
-	slot := hw.SlotA
-	if env[hw.EnvBootSlot] == string(hw.SlotB) {
-		slot = hw.SlotB
-	}
+	slot := hw.BootSlot(env)
 	var res Result
 	var reasons []string
 	if env[hw.EnvUpgradeAvailable] == "1" {
@@ -156,7 +153,7 @@ func Boot(ctx context.Context, dev *hw.Device, opts Options) (Result, error) {
 		}
 		count := envInt(env[hw.EnvBootCount]) + 1
 		if count > limit {
-			back := other(slot)
+			back := slot.Other()
 			if err := dev.BootEnv.Set(ctx, map[string]string{
 				hw.EnvBootSlot: string(back), hw.EnvUpgradeAvailable: "", hw.EnvBootCount: "",
 			}); err != nil {
@@ -187,7 +184,7 @@ func Boot(ctx context.Context, dev *hw.Device, opts Options) (Result, error) {
 		return Result{}, verr
 	}
 	reasons = append(reasons, fmt.Sprintf("slot %s: %v", slot, verr))
-	alt := other(slot)
+	alt := slot.Other()
 	img, aerr := verify(ctx, dev, alt, fuses, opts)
 	if aerr != nil {
 		if !isVerifyError(aerr) {
@@ -257,15 +254,9 @@ func verify(ctx context.Context, dev *hw.Device, slot hw.Slot, fuses hw.FuseValu
 	}
 
 	fused := fuses[hw.FuseImageKeyHash]
-	var keys []crypto.PublicKey
-	for _, k := range opts.Keys {
-		h, err := mcuboot.KeyHash(k)
-		if err != nil {
-			return SlotImage{}, fmt.Errorf("bootsim: compiled-in key: %w", err)
-		}
-		if bytes.Equal(h, fused) {
-			keys = append(keys, k)
-		}
+	keys, err := mcuboot.KeysWithHash(opts.Keys, fused)
+	if err != nil {
+		return SlotImage{}, fmt.Errorf("bootsim: compiled-in key: %w", err)
 	}
 	if len(keys) == 0 {
 		if bytes.Count(fused, []byte{0}) == len(fused) {
@@ -303,14 +294,6 @@ func isVerifyError(err error) bool {
 		}
 	}
 	return mcuboot.IsImageError(err)
-}
-
-// other returns the slot that is not s.
-func other(s hw.Slot) hw.Slot {
-	if s == hw.SlotB {
-		return hw.SlotA
-	}
-	return hw.SlotB
 }
 
 // envInt parses a counter variable; anything but a decimal number is 0.

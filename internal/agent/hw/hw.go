@@ -152,6 +152,27 @@ const (
 	SlotBoot Slot = "boot"
 )
 
+// Other returns the other firmware slot of an A/B pair: b for a, a for b,
+// and "" for anything else.
+func (s Slot) Other() Slot {
+	switch s {
+	case SlotA:
+		return SlotB
+	case SlotB:
+		return SlotA
+	}
+	return ""
+}
+
+// BootSlot is the slot a boot environment points at, as the bootloader
+// reads it: boot_slot when it names slot a or b, else a.
+func BootSlot(env map[string]string) Slot {
+	if s := Slot(env[EnvBootSlot]); s == SlotA || s == SlotB {
+		return s
+	}
+	return SlotA
+}
+
 // Slots are the two firmware partitions and the bootloader partition.
 type Slots interface {
 	// Write replaces the image in slot with everything read from r and

@@ -2,6 +2,7 @@ package tufclient
 
 import (
 	"encoding/hex"
+	"slices"
 
 	"cradle"
 	"cradle/internal/tuf"
@@ -63,31 +64,32 @@ func (c *Client) Lookup(path string) (Target, error) {
 	}, nil
 }
 
-// Select is Lookup for an install: it refuses (an *Error) a target built
-// for another model (WrongHardware), one whose hardware revisions list
-// neither hwRevision nor "*" (WrongHardware), and one whose security
-// counter is below counter, the device's anti-rollback counter
-// (LowerSecurityCounter).
+// Select is Lookup for an install, then Fit.
 func (c *Client) Select(model, hwRevision string, counter uint32, path string) (Target, error) {
 	t, err := c.Lookup(path)
 	if err != nil {
 		return Target{}, err
 	}
-	if t.Custom.Model != model {
-		return Target{}, refuse(WrongHardware, path, nil, "target %s is built for model %q; this device is a %q", path, t.Custom.Model, model)
-	}
-	fits := false
-	for _, r := range t.Custom.HardwareRevisions {
-		if r == "*" || r == hwRevision {
-			fits = true
-			break
-		}
-	}
-	if !fits {
-		return Target{}, refuse(WrongHardware, path, nil, "target %s runs on hardware revisions %q, not on this device's %q", path, t.Custom.HardwareRevisions, hwRevision)
-	}
-	if t.Custom.SecurityCounter < counter {
-		return Target{}, refuse(LowerSecurityCounter, path, nil, "target %s has security counter %d, below the device's %d", path, t.Custom.SecurityCounter, counter)
+	if err := Fit(path, t.Custom, model, hwRevision, counter); err != nil {
+		return Target{}, err
 	}
 	return t, nil
+}
+
+// Fit checks a target's custom metadata against the device: it refuses
+// (an *Error) a target built for another model (WrongHardware), one whose
+// hardware revisions list neither hwRevision nor "*" (WrongHardware), and
+// one whose security counter is below counter, the device's anti-rollback
+// counter (LowerSecurityCounter).
+func Fit(path string, c tuf.Custom, model, hwRevision string, counter uint32) error {
+	if c.Model != model {
+		return refuse(WrongHardware, path, nil, "target %s is for model %q; this device is a %q", path, c.Model, model)
+	}
+	if !slices.Contains(c.HardwareRevisions, "*") && !slices.Contains(c.HardwareRevisions, hwRevision) {
+		return refuse(WrongHardware, path, nil, "target %s is for hardware revisions %v; this device is revision %q", path, c.HardwareRevisions, hwRevision)
+	}
+	if c.SecurityCounter < counter {
+		return refuse(LowerSecurityCounter, path, nil, "target %s has security counter %d, below the device's %d: a rollback", path, c.SecurityCounter, counter)
+	}
+	return nil
 }

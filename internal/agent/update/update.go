@@ -418,23 +418,7 @@ func (u *Updater) bootedSlot(ctx context.Context) (hw.Slot, error) {
 	if err != nil {
 		return "", err
 	}
-	return envSlot(env), nil
-}
-
-// envSlot is the slot the boot environment points at: boot_slot, "a"
-// when unset or not a slot (as the bootloader reads it).
-func envSlot(env map[string]string) hw.Slot {
-	if s := hw.Slot(env[hw.EnvBootSlot]); validSlot(s) {
-		return s
-	}
-	return hw.SlotA
-}
-
-func other(s hw.Slot) hw.Slot {
-	if s == hw.SlotA {
-		return hw.SlotB
-	}
-	return hw.SlotA
+	return hw.BootSlot(env), nil
 }
 
 // bootedDigest is the hex SHA-256 of the running image, "" if the slot is
@@ -475,12 +459,6 @@ func (u *Updater) fetch(ctx context.Context) error {
 		return refuseAttack(tufclient.ArbitrarySoftware, "target %s is not in the signed metadata: %v", u.st.TargetPath, err)
 	}
 	c := t.Custom
-	if c.Model != u.opts.Model {
-		return refuseAttack(tufclient.WrongHardware, "target %s is for model %q; this device is a %q", t.Path, c.Model, u.opts.Model)
-	}
-	if !slices.Contains(c.HardwareRevisions, "*") && !slices.Contains(c.HardwareRevisions, u.opts.HardwareRevision) {
-		return refuseAttack(tufclient.WrongHardware, "target %s is for hardware revisions %v; this device is revision %q", t.Path, c.HardwareRevisions, u.opts.HardwareRevision)
-	}
 	fuses, err := u.opts.Device.Fuses.Read(ctx)
 	if err != nil {
 		return err
@@ -489,8 +467,12 @@ func (u *Updater) fetch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if int(c.SecurityCounter) < have {
-		return refuseAttack(tufclient.LowerSecurityCounter, "target %s has security counter %d, below the device's %d: a rollback", t.Path, c.SecurityCounter, have)
+	if err := tufclient.Fit(t.Path, c, u.opts.Model, u.opts.HardwareRevision, uint32(have)); err != nil {
+		var e *tufclient.Error
+		if !errors.As(err, &e) {
+			return err
+		}
+		return refuseAttack(e.Attack, "%s", e.Msg)
 	}
 	if c.SecurityCounter > 64 {
 		return refuse("target %s has security counter %d; the anti-rollback fuses count to 64", t.Path, c.SecurityCounter)
@@ -505,7 +487,7 @@ func (u *Updater) fetch(ctx context.Context) error {
 	}
 	st := u.cur()
 	st.Phase, st.Length, st.SHA256, st.SecurityCounter, st.ReleaseVersion = PhaseDownloading, t.Length, sum, c.SecurityCounter, c.Version
-	st.OldSlot, st.NewSlot, st.Offset = booted, other(booted), 0
+	st.OldSlot, st.NewSlot, st.Offset = booted, booted.Other(), 0
 	if st.Delta != nil {
 		running, err := u.bootedDigest(ctx)
 		if err != nil {
@@ -934,18 +916,10 @@ func (u *Updater) trustedKeys(ctx context.Context) ([]crypto.PublicKey, error) {
 		return nil, err
 	}
 	want := fuses[hw.FuseImageKeyHash]
-	blank := !slices.ContainsFunc(want, func(b byte) bool { return b != 0 })
-	var out []crypto.PublicKey
-	for _, k := range u.opts.ImageKeys {
-		h, err := mcuboot.KeyHash(k)
-		if err != nil {
-			return nil, err
-		}
-		if blank || bytes.Equal(h, want) {
-			out = append(out, k)
-		}
+	if !slices.ContainsFunc(want, func(b byte) bool { return b != 0 }) {
+		return u.opts.ImageKeys, nil // a blank fuse: every configured key
 	}
-	return out, nil
+	return mcuboot.KeysWithHash(u.opts.ImageKeys, want)
 }
 
 // bootID is the current boot's identity, "" when unknown.
@@ -1141,11 +1115,11 @@ func (u *Updater) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if booted != u.st.NewSlot || envSlot(env) != u.st.NewSlot {
+	if booted != u.st.NewSlot || hw.BootSlot(env) != u.st.NewSlot {
 		st := u.cur()
 		st.Phase, st.Outcome = PhaseReporting, cradle.UpdateFailed
 		st.Reason = fmt.Sprintf("rollback by bootloader: the unit booted slot %s (boot_slot %s) before the commit of slot %s; nothing was committed",
-			booted, envSlot(env), u.st.NewSlot)
+			booted, hw.BootSlot(env), u.st.NewSlot)
 		return u.save(st)
 	}
 	if err := u.opts.Device.BootEnv.Set(ctx, map[string]string{hw.EnvUpgradeAvailable: "0", hw.EnvBootCount: "0"}); err != nil {
