@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -68,19 +67,7 @@ func backends(t *testing.T) []backend {
 			t.Cleanup(func() { raw.Close() })
 			return dsn, raw
 		},
-		rebind: func(q string) string {
-			var b strings.Builder
-			n := 0
-			for _, c := range q {
-				if c == '?' {
-					n++
-					b.WriteString("$" + strconv.Itoa(n))
-					continue
-				}
-				b.WriteRune(c)
-			}
-			return b.String()
-		},
+		rebind: storetest.RebindDollar,
 	})
 }
 

@@ -4,8 +4,6 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
 	"cradle/internal/sqlstore/storetest"
@@ -59,18 +57,6 @@ func postgresBackend(base string) storetest.Backend {
 			t.Cleanup(func() { raw.Close() })
 			return dsn, raw
 		},
-		Rebind: func(q string) string {
-			var b strings.Builder
-			n := 0
-			for _, c := range q {
-				if c == '?' {
-					n++
-					b.WriteString("$" + strconv.Itoa(n))
-					continue
-				}
-				b.WriteRune(c)
-			}
-			return b.String()
-		},
+		Rebind: storetest.RebindDollar,
 	}
 }

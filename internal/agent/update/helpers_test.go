@@ -374,6 +374,20 @@ func (w *world) releases(size int) (v1, v2 release) {
 }
 
 // publishDelta publishes v2 with a delta from v1 and offers it with the delta.
+// offerDelta offers v2 as offerOf does, with patch p from v1.
+func (w *world) offerDelta(v1, v2 release, p *delta.Patch) *update.Offer {
+	o := w.offerOf(v2, 1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	o.Delta = &struct {
+		URL        string `json:"url"`
+		SHA256     string `json:"sha256"`
+		Size       int64  `json:"size"`
+		FromSHA256 string `json:"from_sha256"`
+	}{URL: w.srv.URL + "/artifacts/" + p.PatchSHA256.String(), SHA256: p.PatchSHA256.String(), Size: int64(len(p.Data)), FromSHA256: v1.digest()}
+	return o
+}
+
 func (w *world) publishDelta(v1, v2 release) *delta.Patch {
 	w.t.Helper()
 	p, err := delta.Generate(v1.image, v2.image)

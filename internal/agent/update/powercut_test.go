@@ -44,17 +44,7 @@ func powerCutAtEveryWrite(t *testing.T, size, chunk int, withDelta bool) {
 	offer := func() { w.offerOf(v2, 1) }
 	if withDelta {
 		p := w.publishDelta(v1, v2)
-		offer = func() {
-			o := w.offerOf(v2, 1)
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			o.Delta = &struct {
-				URL        string `json:"url"`
-				SHA256     string `json:"sha256"`
-				Size       int64  `json:"size"`
-				FromSHA256 string `json:"from_sha256"`
-			}{URL: w.srv.URL + "/artifacts/" + p.PatchSHA256.String(), SHA256: p.PatchSHA256.String(), Size: int64(len(p.Data)), FromSHA256: v1.digest()}
-		}
+		offer = func() { w.offerDelta(v1, v2, p) }
 	} else {
 		w.publish(v2, nil)
 	}

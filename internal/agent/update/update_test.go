@@ -91,13 +91,7 @@ func TestUpdateDelta(t *testing.T) {
 	w.publish(v1, nil)
 	p := w.publishDelta(v1, v2)
 	u := w.newUnit(v1)
-	o := w.offerOf(v2, 1)
-	o.Delta = &struct {
-		URL        string `json:"url"`
-		SHA256     string `json:"sha256"`
-		Size       int64  `json:"size"`
-		FromSHA256 string `json:"from_sha256"`
-	}{URL: w.srv.URL + "/artifacts/" + p.PatchSHA256.String(), SHA256: p.PatchSHA256.String(), Size: int64(len(p.Data)), FromSHA256: v1.digest()}
+	w.offerDelta(v1, v2, p)
 	check(t, u.updater())
 	wantFinal(t, w, cradle.UpdateSucceeded, "")
 	if slot, d := u.running(); slot != hw.SlotB || d != v2.digest() {
@@ -236,17 +230,7 @@ func killInEveryState(t *testing.T, withDelta, rollback bool, seen map[update.Ph
 	offer := func() { w.offerOf(v2, 1) }
 	if withDelta {
 		p := w.publishDelta(v1, v2)
-		offer = func() {
-			o := w.offerOf(v2, 1)
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			o.Delta = &struct {
-				URL        string `json:"url"`
-				SHA256     string `json:"sha256"`
-				Size       int64  `json:"size"`
-				FromSHA256 string `json:"from_sha256"`
-			}{URL: w.srv.URL + "/artifacts/" + p.PatchSHA256.String(), SHA256: p.PatchSHA256.String(), Size: int64(len(p.Data)), FromSHA256: v1.digest()}
-		}
+		offer = func() { w.offerDelta(v1, v2, p) }
 	} else {
 		w.publish(v2, nil)
 	}

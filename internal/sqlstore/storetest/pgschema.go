@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"net/url"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -40,4 +42,20 @@ func PostgresSchema(t *testing.T, base, prefix string) string {
 	q.Set("search_path", schema)
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// RebindDollar numbers the '?' placeholders of a test's raw SQL as $1, $2,
+// … for PostgreSQL (test queries hold no '?' inside literals).
+func RebindDollar(q string) string {
+	var b strings.Builder
+	n := 0
+	for _, c := range q {
+		if c == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }
