@@ -21,9 +21,12 @@ type Device struct {
 	HardwareRevision string            `json:"hardware_revision,omitempty"`
 	Labels           map[string]string `json:"labels"`
 	State            State             `json:"state"`
-	CreatedAt        time.Time         `json:"created_at"`
-	UpdatedAt        time.Time         `json:"updated_at"`
-	StateChangedAt   time.Time         `json:"state_changed_at"`
+	// Protocol is how the device talks to Cradle (see compat.go): set when
+	// it is first admitted; cradle until then.
+	Protocol       Protocol  `json:"protocol"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+	StateChangedAt time.Time `json:"state_changed_at"`
 }
 
 // DeviceCreate is a request to register a device. The same shape is one
@@ -188,6 +191,7 @@ type DeviceFilter struct {
 	Model        *string
 	SerialPrefix *string
 	Selector     *LabelSelector
+	Protocol     *Protocol
 	// Cursor continues a listing where the previous page ended (its
 	// NextCursor). Empty starts at the beginning.
 	Cursor string

@@ -81,6 +81,10 @@ type Release struct {
 	// ImageKey is the fingerprint (SHA-256 of the DER public key, hex) of
 	// the image key that signed an MCUboot release.
 	ImageKey string `json:"image_key,omitempty"`
+	// ArtifactName is the name a foreign artifact gives itself: a Mender
+	// artifact's artifact_provides.artifact_name, a .swu's software
+	// version ("name version" from sw-description); "" otherwise.
+	ArtifactName string `json:"artifact_name,omitempty"`
 	// Deltas are the patches that turn an earlier release into this one.
 	Deltas    []ReleaseDelta `json:"deltas,omitempty"`
 	CreatedBy string         `json:"created_by"`
@@ -114,6 +118,7 @@ type ReleaseCreate struct {
 	SecurityCounter   uint32
 	Notes             string
 	ImageKey          string
+	ArtifactName      string
 }
 
 // ReleaseFilter selects releases.

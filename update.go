@@ -15,7 +15,10 @@ type PendingUpdate struct {
 	RolloutID string            `json:"rollout_id"`
 	Attempt   int               `json:"attempt"`
 	State     DeviceUpdateState `json:"state"`
-	Release   Release           `json:"release"`
+	// RolloutState is the rollout's state: running, paused, or aborted (the
+	// device's attempt may finish, but a foreign client is told to stop).
+	RolloutState RolloutState `json:"rollout_state"`
+	Release      Release      `json:"release"`
 	// Delta is the patch from the image the device said it runs, when the
 	// release has one for exactly that image.
 	Delta *ReleaseDelta `json:"delta,omitempty"`

@@ -1,0 +1,286 @@
+package cradle
+
+import (
+	"context"
+	"time"
+)
+
+// Devices that run a foreign update client (the Mender client, SWUpdate's
+// suricatta or another hawkBit DDI client) are the same device records as
+// native ones: the same lifecycle, rollouts and audit log. What differs is
+// how they authenticate and talk, which this file describes.
+//
+//   - Mender devices ask to be admitted with an auth request (their
+//     identity data and a public key, signed with the key). Each distinct
+//     (identity, key) pair is an auth set: pending until an operator
+//     accepts it (binding it to a device, created when needed), rejected,
+//     preauthorized by an operator for a device, or accepted at once when
+//     the identity's MAC address is a MAC of a provisioned or deployed
+//     device of the tenant (the factory record). An accepted set gets
+//     short-lived opaque session tokens.
+//   - hawkBit devices authenticate with a per-device target token, a
+//     per-tenant gateway token, or the device's client certificate on the
+//     mTLS listener. A gateway token also serves as a Mender tenant token.
+//   - Tokens are stored as SHA-256 hashes only, expire, and are refused
+//     once revoked, and whenever their device is suspended, in RMA or at
+//     end of life.
+//   - hawkBit action ids are small integers; each names one attempt of one
+//     device in one rollout.
+
+// Protocol is how a device talks to Cradle.
+type Protocol string
+
+// Protocols.
+const (
+	ProtocolCradle  Protocol = "cradle"  // cradle-agent: the native API and MQTT over mTLS
+	ProtocolMender  Protocol = "mender"  // the Mender device API (mender-client 3.x)
+	ProtocolHawkbit Protocol = "hawkbit" // hawkBit DDI v1 (SWUpdate suricatta, rauc-hawkbit-updater)
+)
+
+// Protocols lists the protocols in a stable order.
+var Protocols = []Protocol{ProtocolCradle, ProtocolMender, ProtocolHawkbit}
+
+// MenderAuthStatus is where a Mender auth set is.
+type MenderAuthStatus string
+
+// Mender auth set statuses.
+const (
+	MenderPending       MenderAuthStatus = "pending"
+	MenderAccepted      MenderAuthStatus = "accepted"
+	MenderRejected      MenderAuthStatus = "rejected"
+	MenderPreauthorized MenderAuthStatus = "preauthorized"
+)
+
+// Limits on the Mender and hawkBit records.
+const (
+	MaxMenderIDData       = 4096    // bytes of canonical identity data
+	MaxMenderPublicKey    = 4096    // bytes of PEM
+	MaxDeviceAttributes   = 256     // inventory attributes per device
+	MaxAttributeNameLen   = 128     // bytes
+	MaxAttributeValueLen  = 4096    // bytes of one value (a list is joined as JSON)
+	MaxUpdateLogBytes     = 1 << 20 // one attempt's log, as stored
+	MaxDDIActionID        = 1<<31 - 1
+	DefaultMenderTokenTTL = 24 * time.Hour
+)
+
+// MenderAuthSet is one (identity data, public key) pair a Mender device
+// asked to be admitted with.
+type MenderAuthSet struct {
+	// ID is "mas_" and 16 hex digits.
+	ID string `json:"id"`
+	// IDData is the identity as canonical JSON: an object with its keys
+	// sorted and no insignificant space (string values, as the client's
+	// identity script makes them).
+	IDData string `json:"id_data"`
+	// PublicKey is the device's key as PKIX PEM ("PUBLIC KEY"); RSA,
+	// ECDSA P-256 or Ed25519.
+	PublicKey string `json:"pubkey"`
+	// KeyFingerprint is the SHA-256 (hex) of the DER public key.
+	KeyFingerprint string           `json:"key_fingerprint"`
+	Status         MenderAuthStatus `json:"status"`
+	// DeviceSerial is the device the set is bound to; "" while pending
+	// (and when rejected before it was bound).
+	DeviceSerial string    `json:"device_serial,omitempty"`
+	DecidedBy    string    `json:"decided_by,omitempty"` // the actor that accepted, rejected or preauthorized it
+	Reason       string    `json:"reason,omitempty"`     // why it was rejected
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+}
+
+// MenderAuthRequest is an auth request whose X-MEN-Signature the handler
+// has already verified with PublicKey. IDData and PublicKey are in the
+// canonical forms of MenderAuthSet.
+type MenderAuthRequest struct {
+	IDData         string
+	PublicKey      string
+	KeyFingerprint string
+	// MAC is the identity's "mac" value, lower case with colons; "" when
+	// it has none. It is what automatic admission matches.
+	MAC string
+}
+
+// MenderAuthFilter selects auth sets, newest first.
+type MenderAuthFilter struct {
+	Status *MenderAuthStatus
+	Serial string // only sets bound to this device
+	// Limit: 0 means DefaultPageSize; at most MaxPageSize.
+	Limit int
+}
+
+// MenderAccept binds a pending (or rejected) auth set to a device. When
+// no device has Serial, one is created with Model and HardwareRevision in
+// state provisioned; it becomes deployed at its first admitted request.
+type MenderAccept struct {
+	Serial           string `json:"serial"`
+	Model            string `json:"model,omitempty"`
+	HardwareRevision string `json:"hardware_revision,omitempty"`
+}
+
+// MenderPreauth admits a device's identity and key ahead of its first
+// auth request. The device must exist.
+type MenderPreauth struct {
+	Serial    string `json:"serial"`
+	IDData    string `json:"id_data"` // any JSON object of strings; canonicalized
+	PublicKey string `json:"pubkey"`  // PKIX PEM
+}
+
+// DeviceTokenKind is what a device token is for.
+type DeviceTokenKind string
+
+// Device token kinds.
+const (
+	TokenMenderSession DeviceTokenKind = "mender"  // issued to an admitted Mender device at login; short-lived
+	TokenHawkbitTarget DeviceTokenKind = "target"  // a hawkBit TargetToken of one device, made by an operator
+	TokenGateway       DeviceTokenKind = "gateway" // a hawkBit GatewayToken (and Mender tenant token) of a tenant
+)
+
+// DeviceToken is a device token as stored; its secret is kept only as a
+// SHA-256 hash. The token string is "<ID>.<secret>".
+type DeviceToken struct {
+	// ID is "dtk_" and 16 hex digits.
+	ID           string          `json:"id"`
+	Kind         DeviceTokenKind `json:"kind"`
+	DeviceSerial string          `json:"device_serial,omitempty"` // "" for a gateway token
+	Name         string          `json:"name,omitempty"`
+	CreatedBy    string          `json:"created_by"`
+	CreatedAt    time.Time       `json:"created_at"`
+	ExpiresAt    *time.Time      `json:"expires_at,omitempty"` // nil: never (gateway and target tokens only)
+	RevokedAt    *time.Time      `json:"revoked_at,omitempty"`
+}
+
+// IssuedToken is a token just made, with its secret string: shown once.
+type IssuedToken struct {
+	Token  DeviceToken `json:"token"`
+	Secret string      `json:"secret"`
+}
+
+// DeviceTokenCreate asks an operator's device token: a target token of
+// Serial, or a gateway token (Serial empty) of the actor's tenant.
+type DeviceTokenCreate struct {
+	Kind      DeviceTokenKind `json:"kind"`
+	Serial    string          `json:"serial,omitempty"`
+	Name      string          `json:"name,omitempty"`
+	ExpiresAt *time.Time      `json:"expires_at,omitempty"`
+}
+
+// DeviceTokenAuth is what a valid device token stands for.
+type DeviceTokenAuth struct {
+	Token    DeviceToken
+	TenantID int64
+	// Device is the token's device; nil for a gateway token.
+	Device *Device
+}
+
+// DeviceAttribute is one inventory attribute a device reported.
+type DeviceAttribute struct {
+	Name      string    `json:"name"`
+	Value     string    `json:"value"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DDIAction is the hawkBit action that stands for one attempt of a device
+// in a rollout.
+type DDIAction struct {
+	ID        int64     `json:"id"` // 1 … MaxDDIActionID, unique in the server
+	Serial    string    `json:"serial"`
+	RolloutID string    `json:"rollout_id"`
+	Attempt   int       `json:"attempt"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// UpdateLog is the log a device sent for one attempt.
+type UpdateLog struct {
+	Serial    string    `json:"serial"`
+	RolloutID string    `json:"rollout_id"`
+	Attempt   int       `json:"attempt"`
+	Log       string    `json:"log"` // as the device sent it (Mender: its JSON messages document)
+	At        time.Time `json:"at"`
+}
+
+// ProtocolService is the store side of the Mender and hawkBit device APIs
+// and their operator controls. Every refusal and every change is audited.
+type ProtocolService interface {
+	// MenderAuthenticate admits a verified auth request in the actor's
+	// tenant (a system actor of that tenant). A new (identity, key) pair
+	// is stored as a pending set, or accepted at once (bound to the
+	// device) when req.MAC is a MAC of a provisioned or deployed device;
+	// a preauthorized set becomes accepted. For an accepted set it records
+	// the device's protocol, moves a provisioned device to deployed (as
+	// the device), and issues a session token valid for ttl.
+	// EUNAUTHORIZED saying the set is pending or rejected; EFORBIDDEN when
+	// the device is suspended, in RMA or at end of life; EINVALID for a
+	// malformed request.
+	MenderAuthenticate(ctx context.Context, req MenderAuthRequest, ttl time.Duration) (*IssuedToken, *Device, error)
+	// FindMenderAuthSets lists auth sets. Needs PermDeviceRead.
+	FindMenderAuthSets(ctx context.Context, f MenderAuthFilter) ([]*MenderAuthSet, error)
+	// FindMenderAuthSet returns one auth set. Needs PermDeviceRead.
+	// ENOTFOUND.
+	FindMenderAuthSet(ctx context.Context, id string) (*MenderAuthSet, error)
+	// AcceptMenderAuthSet accepts a pending or rejected set for a device
+	// (created when needed: then it also needs PermDeviceCreate, and a
+	// model). Needs PermDeviceTransition. Any other set bound to the same
+	// device and accepted is rejected (one key per device), and its tokens
+	// revoked. ECONFLICT for a device of another protocol or state
+	// (suspended, rma, eol), ENOTFOUND, EINVALID.
+	AcceptMenderAuthSet(ctx context.Context, id string, a MenderAccept) (*MenderAuthSet, error)
+	// RejectMenderAuthSet rejects a set and revokes its session tokens.
+	// Needs PermDeviceTransition. ENOTFOUND.
+	RejectMenderAuthSet(ctx context.Context, id, reason string) (*MenderAuthSet, error)
+	// PreauthorizeMender stores a preauthorized set for an existing
+	// device. Needs PermDeviceTransition. EINVALID (bad JSON or key),
+	// ENOTFOUND (device), ECONFLICT (the pair is already known).
+	PreauthorizeMender(ctx context.Context, p MenderPreauth) (*MenderAuthSet, error)
+
+	// CreateDeviceToken makes a target or gateway token. Needs
+	// PermTokenWrite. EINVALID, ENOTFOUND (device).
+	CreateDeviceToken(ctx context.Context, c DeviceTokenCreate) (*IssuedToken, error)
+	// FindDeviceTokens lists a device's tokens (serial "" lists the
+	// tenant's gateway tokens), newest first. Needs PermTokenRead.
+	FindDeviceTokens(ctx context.Context, serial string) ([]*DeviceToken, error)
+	// RevokeDeviceToken revokes one token of the tenant; revoking twice is
+	// a no-op. Needs PermTokenWrite. ENOTFOUND.
+	RevokeDeviceToken(ctx context.Context, id string) error
+	// RevokeDeviceTokens revokes every live token of a device and returns
+	// how many. Needs PermTokenWrite. ENOTFOUND.
+	RevokeDeviceTokens(ctx context.Context, serial string) (int, error)
+	// AuthenticateDeviceToken checks a token string across tenants (a
+	// system actor of tenant 0). EUNAUTHORIZED when it is malformed,
+	// unknown, expired or revoked, and EFORBIDDEN when its device is
+	// suspended, in RMA or at end of life; the message says which, and the
+	// refusal is audited in the token's tenant when it is known.
+	AuthenticateDeviceToken(ctx context.Context, secret string) (*DeviceTokenAuth, error)
+
+	// AdmitDevice records that a device (the actor, for itself) talks
+	// protocol p, and moves it from provisioned to deployed, audited.
+	// Cheap when nothing changes: it writes only on a change. ECONFLICT
+	// when the device is in another state than provisioned or deployed.
+	AdmitDevice(ctx context.Context, serial string, p Protocol) (*Device, error)
+
+	// SetDeviceAttributes stores inventory attributes: replace drops the
+	// ones not given, merge keeps them. A device for itself (PermTwinReport)
+	// or an operator (PermDeviceUpdate). EINVALID for too many, empty or
+	// oversize names and values. Unchanged attributes write nothing.
+	SetDeviceAttributes(ctx context.Context, serial string, attrs []DeviceAttribute, replace bool) error
+	// RemoveDeviceAttributes drops the named attributes (hawkBit's
+	// configData mode "remove"). Same permissions.
+	RemoveDeviceAttributes(ctx context.Context, serial string, names []string) error
+	// FindDeviceAttributes returns a device's attributes by name. A device
+	// for itself, or PermDeviceRead. ENOTFOUND for an unknown device.
+	FindDeviceAttributes(ctx context.Context, serial string) ([]DeviceAttribute, error)
+
+	// DDIAction returns the action of the device's attempt, making it the
+	// first time. A device for itself (PermUpdateDevice). ENOTFOUND when
+	// the device is not in the rollout.
+	DDIAction(ctx context.Context, serial, rolloutID string, attempt int) (*DDIAction, error)
+	// FindDDIAction returns the device's action id. A device for itself
+	// (PermUpdateDevice). ENOTFOUND for an unknown id or another device's.
+	FindDDIAction(ctx context.Context, serial string, id int64) (*DDIAction, error)
+
+	// StoreUpdateLog keeps the log of an attempt (the last one sent wins),
+	// audited. A device for itself (PermUpdateDevice). ETOOLARGE over
+	// MaxUpdateLogBytes; ENOTFOUND when the device is not in the rollout.
+	StoreUpdateLog(ctx context.Context, serial, rolloutID string, attempt int, log string) error
+	// FindUpdateLogs returns the logs of a device, newest first (rolloutID
+	// "" for every rollout). Needs PermDeviceRead.
+	FindUpdateLogs(ctx context.Context, serial, rolloutID string) ([]*UpdateLog, error)
+}
