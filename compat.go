@@ -1,8 +1,21 @@
 package cradle
 
 import (
+	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Devices that run a foreign update client (the Mender client, SWUpdate's
@@ -283,4 +296,95 @@ type ProtocolService interface {
 	// FindUpdateLogs returns the logs of a device, newest first (rolloutID
 	// "" for every rollout). Needs PermDeviceRead.
 	FindUpdateLogs(ctx context.Context, serial, rolloutID string) ([]*UpdateLog, error)
+}
+
+// CanonicalMenderIDData checks a Mender identity (the JSON text of the
+// auth request's id_data, or an operator's) and returns it canonical: an
+// object whose values are strings or arrays of strings, re-encoded with
+// its keys sorted and no insignificant space, so that the same identity
+// is the same text however it was spelled. mac is its "mac" value
+// normalized (lower case, colons), or "" when it has none or it is not
+// one EUI-48. EINVALID says what is wrong.
+func CanonicalMenderIDData(raw string) (canon, mac string, err error) {
+	if len(raw) > MaxMenderIDData {
+		return "", "", Errorf(EINVALID, "id_data is %d bytes; at most %d are accepted", len(raw), MaxMenderIDData)
+	}
+	dec := json.NewDecoder(strings.NewReader(raw))
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return "", "", Errorf(EINVALID, "id_data is not a JSON object of identity attributes (e.g. {\"mac\":\"02:00:00:00:00:01\"})")
+	}
+	if dec.More() {
+		return "", "", Errorf(EINVALID, "id_data has text after its JSON object")
+	}
+	if len(m) == 0 {
+		return "", "", Errorf(EINVALID, "id_data is an empty object: the device's identity needs at least one attribute")
+	}
+	for k, v := range m {
+		if k == "" || !utf8.ValidString(k) {
+			return "", "", Errorf(EINVALID, "id_data has an empty or invalid attribute name")
+		}
+		switch v := v.(type) {
+		case string:
+		case []any:
+			for _, e := range v {
+				if _, ok := e.(string); !ok {
+					return "", "", Errorf(EINVALID, "id_data attribute %q: a list may hold only strings", truncate(k, 40))
+				}
+			}
+		default:
+			return "", "", Errorf(EINVALID, "id_data attribute %q: values are strings or lists of strings", truncate(k, 40))
+		}
+	}
+	b, err := json.Marshal(m) // map keys are sorted
+	if err != nil {
+		return "", "", Errorf(EINVALID, "id_data: %v", err)
+	}
+	if s, ok := m["mac"].(string); ok {
+		if n, err := NormalizeMAC(s); err == nil {
+			mac = n
+		}
+	}
+	return string(b), mac, nil
+}
+
+// ParseDevicePublicKey reads a device's public key as PKIX PEM ("PUBLIC
+// KEY"): RSA of 2048 bits or more, ECDSA P-256, or Ed25519, the keys a
+// Mender client uses. It returns the key, the PEM re-encoded canonically,
+// and the key's fingerprint (SHA-256 of the DER, hex). EINVALID says what
+// is wrong.
+func ParseDevicePublicKey(pemText string) (pub crypto.PublicKey, canon, fingerprint string, err error) {
+	if len(pemText) > MaxMenderPublicKey {
+		return nil, "", "", Errorf(EINVALID, "public key is %d bytes; at most %d are accepted", len(pemText), MaxMenderPublicKey)
+	}
+	blk, rest := pem.Decode([]byte(pemText))
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return nil, "", "", Errorf(EINVALID, "public key is not PEM of type PUBLIC KEY (PKIX)")
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, "", "", Errorf(EINVALID, "public key PEM has text after its block")
+	}
+	pub, err = x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, "", "", Errorf(EINVALID, "public key: %v", err)
+	}
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return nil, "", "", Errorf(EINVALID, "RSA public key of %d bits: at least 2048 are needed", k.N.BitLen())
+		}
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return nil, "", "", Errorf(EINVALID, "ECDSA public key on %s: only P-256 is accepted", k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	default:
+		return nil, "", "", Errorf(EINVALID, "public key of type %T: use RSA, ECDSA P-256 or Ed25519", pub)
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, "", "", Errorf(EINVALID, "public key: %v", err)
+	}
+	sum := sha256.Sum256(der)
+	return pub, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), hex.EncodeToString(sum[:]), nil
 }
