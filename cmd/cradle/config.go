@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"cradle"
+	"cradle/internal/compat/hawkbit"
 	"cradle/internal/webhook"
 )
 
@@ -36,6 +37,7 @@ type Config struct {
 	Telemetry TelemetryConfig
 	// OTA is ota.*: release artifacts and TUF repositories.
 	OTA OTAConfig
+	Hawkbit HawkbitConfig // hawkbit.*: the hawkBit DDI API on the device listener (hawkbit.go)
 }
 
 // OTAConfig is the release side of cradle serve: the artifact store's
@@ -108,6 +110,7 @@ func DefaultConfig() Config {
 		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883", ArtifactURLTTL: 24 * time.Hour},
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
 		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour, SchedulerInterval: time.Second},
+		Hawkbit:   HawkbitConfig{Enabled: true, PollingSleep: hawkbit.DefaultPollingSleep},
 	}
 }
 
@@ -133,6 +136,7 @@ type configField struct {
 }
 
 var configFields = []configField{
+	hawkbitEnabledField, hawkbitPollingSleepField,
 	{
 		key: "data_dir", env: "CRADLE_DATA_DIR", flag: "data-dir",
 		usage: "directory for the SQLite store, the audit key and the audit witness",
@@ -447,7 +451,7 @@ var configFields = []configField{
 }
 
 // configGroups are the YAML keys that hold nested keys.
-var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetry", "ota"}
+var configGroups = []string{"log", "http", "device", "pki", "factory", "telemetry", "ota", "hawkbit"}
 
 const day = 24 * time.Hour
 

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"cradle"
+	"cradle/internal/artifact"
+	"cradle/internal/compat/hawkbit"
+	"cradle/internal/deviceapi"
+	"cradle/internal/sqlstore"
+)
+
+// The hawkBit DDI API (internal/compat/hawkbit) on the device listener, at
+// /{tenant}/controller/v1/…: for SWUpdate's suricatta and other hawkBit
+// clients, which authenticate with target or gateway tokens or the
+// device's client certificate. It is mounted as the listener's catch-all
+// public route ("/": the tenant is the path's first segment, which no
+// more specific pattern can express beside /pki/ and the others); the
+// handler authenticates every request itself and answers 404 for paths
+// that are not the DDI API's.
+
+// HawkbitConfig is hawkbit.*.
+type HawkbitConfig struct {
+	Enabled      bool          // hawkbit.enabled: serve the DDI API
+	PollingSleep time.Duration // hawkbit.polling_sleep: the polling interval told to devices
+}
+
+var hawkbitEnabledField = configField{
+	key: "hawkbit.enabled", env: "CRADLE_HAWKBIT_ENABLED", flag: "hawkbit-enabled",
+	usage: "serve the hawkBit DDI API (SWUpdate suricatta, RAUC) on the device listener: true or false",
+	set: func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		c.Hawkbit.Enabled = b
+		return nil
+	},
+	get: func(c *Config) string { return strconv.FormatBool(c.Hawkbit.Enabled) },
+}
+
+var hawkbitPollingSleepField = configField{
+	key: "hawkbit.polling_sleep", env: "CRADLE_HAWKBIT_POLLING_SLEEP", flag: "hawkbit-polling-sleep",
+	usage: "how long hawkBit devices wait between polls, such as 5m (1s to 24h)",
+	set: func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > 24*time.Hour || d%time.Second != 0 {
+			return fmt.Errorf("%q is not a whole number of seconds from 1s to 24h such as 5m", v)
+		}
+		c.Hawkbit.PollingSleep = d
+		return nil
+	},
+	get: func(c *Config) string { return c.Hawkbit.PollingSleep.String() },
+}
+
+// mountHawkbit mounts the DDI API on the listener when hawkbit.enabled.
+func mountHawkbit(cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, downloads *artifact.Handler, listener *deviceapi.Server,
+	tenantName func(context.Context, int64) (string, error), logger *slog.Logger) {
+	if !cfg.Hawkbit.Enabled {
+		return
+	}
+	h := &hawkbit.Handler{
+		Protocol: sqlstore.NewProtocolService(db), Updates: sqlstore.NewUpdateService(db), Devices: sqlstore.NewDeviceService(db),
+		Rollouts: sqlstore.NewRolloutService(db), Releases: sqlstore.NewReleaseService(db),
+		Artifacts: artifacts, Blobs: downloads, TenantName: tenantName,
+		CheckPeer: func(ctx context.Context, chain []*x509.Certificate) (*cradle.Device, error) {
+			_, dev, _, err := listener.CheckPeer(ctx, chain)
+			if err != nil {
+				if cradle.ErrorCode(err) == cradle.EINTERNAL {
+					// A refusal of the certificate checks (its own type), or a
+					// store failure: either way the device is not admitted.
+					return nil, cradle.Errorf(cradle.EUNAUTHORIZED, "%s", err.Error())
+				}
+				return nil, err
+			}
+			return dev, nil
+		},
+		DownloadDevice: downloadDevice, PollingSleep: cfg.Hawkbit.PollingSleep, Logger: logger,
+	}
+	listener.Handle("/", h, true)
+}
