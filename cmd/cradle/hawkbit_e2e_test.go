@@ -71,11 +71,11 @@ func TestHawkbitSuricatta(t *testing.T) {
 		tokens[serial] = tok.Secret
 	}
 
-	// A .swu signed by a signer certificate of the test, trusted by the
-	// devices' -k CA.
+	// A .swu (made with a throwaway signer) signed again by the PKI's
+	// release signer, whose CA the devices trust (-k).
 	dir := t.TempDir()
-	signerCA, signer := newSWUSigner(t)
-	caFile := writeFile(t, dir, "swu-ca.pem", string(certsPEM(signerCA)))
+	_, signer := newSWUSigner(t)
+	caFile := writeFile(t, dir, "swu-ca.pem", ok(t, "pki", "release-signer", "show", "--data-dir", s.dataDir, "--ca"))
 	dest := filepath.Join(dir, "installed.conf")
 	payload := "hello from a cradle rollout\n"
 	var img bytes.Buffer
@@ -84,7 +84,9 @@ func TestHawkbitSuricatta(t *testing.T) {
 		signer); err != nil {
 		t.Fatal(err)
 	}
-	file := writeFile(t, dir, "update.swu", img.String())
+	unsigned := writeFile(t, dir, "unsigned.swu", img.String())
+	file := filepath.Join(dir, "update.swu")
+	ok(t, "release", "sign-artifact", unsigned, "-o", file, "--data-dir", s.dataDir)
 	rel := decodeJSON[cradle.Release](t, ok(t, append([]string{"release", "upload", file, "--model", "swu-gw", "--version", "2.0.0",
 		"--kind", "swupdate", "--file-name", "update.swu", "--sign", "--json"}, s.api...)...))
 	if rel.Kind != cradle.ReleaseSWUpdate || rel.State != cradle.ReleaseSigned {
