@@ -120,7 +120,7 @@ func TestHawkbitSuricatta(t *testing.T) {
 	// 1. Install: suricatta finds the rollout's deployment, downloads and
 	// installs it, and after the "reboot" (-c 2) reports success.
 	ro, err := api.CreateRollout(ctx, cradle.RolloutSpec{ReleaseID: rel.ID, Target: cradle.RolloutTarget{Selector: "hb=install"},
-		Phases: []cradle.RolloutPhase{{Percent: 100}}})
+		Phases: []cradle.RolloutPhase{{Percent: 100}}, FailureThreshold: cradle.FailureThreshold{Count: 10, Action: cradle.FailurePause}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestHawkbitSuricatta(t *testing.T) {
 	// 2. Cancel: the rollout is aborted while the device's attempt is
 	// started; suricatta gets cancelAction and acknowledges it.
 	ro2, err := api.CreateRollout(ctx, cradle.RolloutSpec{ReleaseID: rel.ID, Target: cradle.RolloutTarget{Selector: "hb=cancel"},
-		Phases: []cradle.RolloutPhase{{Percent: 100}}})
+		Phases: []cradle.RolloutPhase{{Percent: 100}}, FailureThreshold: cradle.FailureThreshold{Count: 10, Action: cradle.FailurePause}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -112,7 +112,7 @@ func (e *env) device(serial string, labels map[string]string) string {
 func (e *env) rollout(group string) *cradle.Rollout {
 	e.tb.Helper()
 	ro, err := e.rollouts.CreateRollout(e.admin, cradle.RolloutSpec{ReleaseID: e.release.ID, Target: cradle.RolloutTarget{Selector: "hb=" + group},
-		Phases: []cradle.RolloutPhase{{Percent: 100}}})
+		Phases: []cradle.RolloutPhase{{Percent: 100}}, FailureThreshold: cradle.FailureThreshold{Count: 10, Action: cradle.FailurePause}})
 	if err != nil {
 		e.tb.Fatal(err)
 	}

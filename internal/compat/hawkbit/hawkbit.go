@@ -83,6 +83,8 @@ type Handler struct {
 	hashes  sync.Map // sha256 hex → *artifactHashes
 	actions sync.Map // actionKey → *actionInfo (immutable once made)
 	admit   sync.Map // tenant/serial → time of the last AdmitDevice
+	// installed remembers the action that installed what a device runs.
+	installed sync.Map // installedKey → installedAt
 }
 
 // artifactHashes are an artifact's MD5 and SHA-1, computed once.
@@ -630,6 +632,7 @@ func (h *Handler) postFeedback(w http.ResponseWriter, r *http.Request, dev *crad
 		if err := h.Updates.ReportSoftware(ctx, dev.Serial, info.release.SHA256); err != nil {
 			return err
 		}
+		h.installed.Store(installedKey{dev.TenantID, dev.Serial}, installedAt{sha256: info.release.SHA256, action: id})
 	}
 	w.WriteHeader(http.StatusOK)
 	return nil
@@ -733,44 +736,74 @@ func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cra
 }
 
 // installedAction returns the action that installed the release the
-// device runs, when it is known.
+// device runs, when it is known: remembered from the device's success
+// feedback, else found once in the release's rollouts (after a restart)
+// and remembered, found or not, for that software report.
 func (h *Handler) installedAction(ctx context.Context, dev *cradle.Device) (int64, bool) {
 	sys := system(ctx, dev.TenantID)
 	sw, err := h.Updates.FindSoftware(sys, dev.Serial)
 	if err != nil || sw.ReleaseID == "" {
 		return 0, false
 	}
+	key := installedKey{dev.TenantID, dev.Serial}
+	if v, ok := h.installed.Load(key); ok {
+		if in := v.(installedAt); in.sha256 == sw.SHA256 && (in.action != 0 || in.reported.Equal(sw.ReportedAt)) {
+			return in.action, in.action != 0
+		}
+	}
+	in := installedAt{sha256: sw.SHA256, reported: sw.ReportedAt}
 	ros, err := h.Rollouts.FindRollouts(sys, cradle.RolloutFilter{ReleaseID: sw.ReleaseID, Limit: 20})
 	if err != nil {
 		return 0, false
 	}
-	succeeded := cradle.DeviceSucceeded
 	for _, ro := range ros {
-		devs, err := h.Rollouts.FindRolloutDevices(sys, ro.ID, cradle.RolloutDeviceFilter{State: &succeeded, After: prevSerial(dev.Serial), Limit: 1})
-		if err != nil || len(devs) == 0 || devs[0].Serial != dev.Serial {
-			continue
+		if attempt, ok := h.succeededAttempt(sys, ro.ID, dev.Serial); ok {
+			a, err := h.Protocol.DDIAction(ctx, dev.Serial, ro.ID, attempt)
+			if err != nil {
+				return 0, false
+			}
+			in.action = a.ID
+			break
 		}
-		a, err := h.Protocol.DDIAction(ctx, dev.Serial, ro.ID, devs[0].Attempt)
+	}
+	h.installed.Store(key, in)
+	return in.action, in.action != 0
+}
+
+// installedKey names a device; installedAt is the action that installed
+// what it runs (0: none found for that software report).
+type installedKey struct {
+	tenant int64
+	serial string
+}
+
+type installedAt struct {
+	sha256   string
+	reported time.Time
+	action   int64
+}
+
+// succeededAttempt finds the device's succeeded attempt in a rollout,
+// paging through its succeeded devices (a bounded number of pages).
+func (h *Handler) succeededAttempt(sys context.Context, rolloutID, serial string) (int, bool) {
+	succeeded := cradle.DeviceSucceeded
+	after := ""
+	for range 50 {
+		devs, err := h.Rollouts.FindRolloutDevices(sys, rolloutID, cradle.RolloutDeviceFilter{State: &succeeded, After: after, Limit: cradle.MaxPageSize})
 		if err != nil {
 			return 0, false
 		}
-		return a.ID, true
+		for _, d := range devs {
+			if d.Serial == serial {
+				return d.Attempt, true
+			}
+		}
+		if len(devs) < cradle.MaxPageSize {
+			return 0, false
+		}
+		after = devs[len(devs)-1].Serial
 	}
 	return 0, false
-}
-
-// prevSerial is a key just below serial, so that paging "after" it starts
-// at serial itself.
-func prevSerial(s string) string {
-	if s == "" {
-		return ""
-	}
-	b := []byte(s)
-	if b[len(b)-1] > 0 {
-		b[len(b)-1]--
-		return string(b) + "\xff"
-	}
-	return string(b[:len(b)-1])
 }
 
 func (h *Handler) getInstalled(w http.ResponseWriter, r *http.Request, dev *cradle.Device, id int64) error {
@@ -778,13 +811,7 @@ func (h *Handler) getInstalled(w http.ResponseWriter, r *http.Request, dev *crad
 	if err != nil {
 		return err
 	}
-	succeeded := cradle.DeviceSucceeded
-	devs, err := h.Rollouts.FindRolloutDevices(system(r.Context(), dev.TenantID), info.action.RolloutID,
-		cradle.RolloutDeviceFilter{State: &succeeded, After: prevSerial(dev.Serial), Limit: 1})
-	if err != nil {
-		return err
-	}
-	if len(devs) == 0 || devs[0].Serial != dev.Serial || devs[0].Attempt != info.action.Attempt {
+	if attempt, ok := h.succeededAttempt(system(r.Context(), dev.TenantID), info.action.RolloutID, dev.Serial); !ok || attempt != info.action.Attempt {
 		return cradle.Errorf(cradle.ENOTFOUND, "action %d did not install anything (it is in flight, failed or canceled)", id)
 	}
 	doc, err := h.deployment(r, dev, info)
