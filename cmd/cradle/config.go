@@ -36,7 +36,7 @@ type Config struct {
 	// Telemetry is telemetry.*: retention of the time series.
 	Telemetry TelemetryConfig
 	// OTA is ota.*: release artifacts and TUF repositories.
-	OTA OTAConfig
+	OTA     OTAConfig
 	Hawkbit HawkbitConfig // hawkbit.*: the hawkBit DDI API on the device listener (hawkbit.go)
 }
 

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -117,16 +118,22 @@ func TestHawkbitSuricatta(t *testing.T) {
 	}
 	poll("SN-HB-2")
 
-	// 1. Install: suricatta finds the rollout's deployment, downloads and
-	// installs it, and after the "reboot" (-c 2) reports success.
+	// 1. Install: suricatta polls (which admits the device: deployed,
+	// protocol hawkbit) and sends its configData; then it finds the
+	// rollout's deployment, downloads and installs it, and after the
+	// "reboot" (-c 2) reports success.
+	devices := sqlstore.NewDeviceService(s.m.db)
+	first := startSuricatta(t, bin, s, rootCA, caFile, "SN-HB-1", tokens["SN-HB-1"])
+	waitUntil(t, 10*time.Second, "suricatta's first poll", func() bool {
+		d, err := devices.FindDeviceBySerial(admin, "SN-HB-1")
+		return err == nil && d.State == cradle.StateDeployed && d.Protocol == cradle.ProtocolHawkbit
+	})
 	ro, err := api.CreateRollout(ctx, cradle.RolloutSpec{ReleaseID: rel.ID, Target: cradle.RolloutTarget{Selector: "hb=install"},
 		Phases: []cradle.RolloutPhase{{Percent: 100}}, FailureThreshold: cradle.FailureThreshold{Count: 10, Action: cradle.FailurePause}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dev1 := func() *cradle.RolloutDevice { return rolloutDevice(t, api, ro.ID, "SN-HB-1") }
-	waitUntil(t, 10*time.Second, "SN-HB-1 started", func() bool { return dev1().State == cradle.DeviceStarted })
-	first := startSuricatta(t, bin, s, rootCA, caFile, "SN-HB-1", tokens["SN-HB-1"])
 	waitUntil(t, 30*time.Second, "suricatta to install the update", func() bool {
 		got, _ := os.ReadFile(dest)
 		return string(got) == payload && dev1().State == cradle.DeviceInstalling
@@ -138,11 +145,11 @@ func TestHawkbitSuricatta(t *testing.T) {
 	second := startSuricatta(t, bin, s, rootCA, caFile, "SN-HB-1", tokens["SN-HB-1"], "-c", "2")
 	waitUntil(t, 20*time.Second, "the action to be closed with success", func() bool { return dev1().State == cradle.DeviceSucceeded })
 	second.stop()
+	if out := second.output(); !strings.Contains(out, "Got state=2 from command line") || !regexp.MustCompile(`deploymentBase/\d+/feedback`).MatchString(out) {
+		t.Errorf("the restarted suricatta did not report the final state:\n%s", out)
+	}
 	if sw, err := api.FindSoftware(ctx, "SN-HB-1"); err != nil || sw.ReleaseID != rel.ID || sw.SHA256 != rel.SHA256 {
 		t.Errorf("software of SN-HB-1: %+v, %v", sw, err)
-	}
-	if d, err := sqlstore.NewDeviceService(s.m.db).FindDeviceBySerial(admin, "SN-HB-1"); err != nil || d.Protocol != cradle.ProtocolHawkbit || d.State != cradle.StateDeployed {
-		t.Errorf("device SN-HB-1: %+v, %v", d, err)
 	}
 	attrs, err := protocols.FindDeviceAttributes(cradle.NewContextWithActor(ctx, cradle.Actor{TenantID: tenant, Role: cradle.RoleDevice, Kind: "device", ID: "SN-HB-1"}), "SN-HB-1")
 	if err != nil || len(attrs) != 1 || attrs[0].Name != "board" || attrs[0].Value != "cradle-board" {
@@ -174,8 +181,8 @@ func TestHawkbitSuricatta(t *testing.T) {
 	if d := dev2(); !strings.Contains(d.Reason, hawkbit.CanceledReason) {
 		t.Errorf("canceled device: %+v", d)
 	}
-	if out := third.output(); !strings.Contains(out, "Acknowledging cancelled update") && !strings.Contains(out, "cancel") {
-		t.Errorf("suricatta did not acknowledge the cancel:\n%s", out)
+	if out := third.output(); !strings.Contains(out, "/DEFAULT/controller/v1/SN-HB-2/cancelAction/") || !regexp.MustCompile(`cancelAction/\d+/feedback`).MatchString(out) {
+		t.Errorf("suricatta did not fetch and acknowledge the cancel:\n%s", out)
 	}
 	t.Logf("done after %v", time.Since(start).Round(time.Millisecond))
 }
