@@ -136,7 +136,6 @@ type configField struct {
 }
 
 var configFields = []configField{
-	hawkbitEnabledField, hawkbitPollingSleepField,
 	{
 		key: "data_dir", env: "CRADLE_DATA_DIR", flag: "data-dir",
 		usage: "directory for the SQLite store, the audit key and the audit witness",
@@ -448,6 +447,7 @@ var configFields = []configField{
 		},
 		get: func(c *Config) string { return c.OTA.SchedulerInterval.String() },
 	},
+	hawkbitEnabledField, hawkbitPollingSleepField,
 }
 
 // configGroups are the YAML keys that hold nested keys.

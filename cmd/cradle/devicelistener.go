@@ -19,6 +19,7 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
+	"cradle/internal/compat/hawkbit"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
 	"cradle/internal/mqttapi"
@@ -47,6 +48,7 @@ type deviceListener struct {
 	// plain HTTP artifact listener (nil without device.artifact_listen).
 	accounting *downloadAccounting
 	plain      *artifactListener
+	hawkbit    *hawkbit.Handler // nil unless hawkbit.enabled
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -161,7 +163,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	if err != nil {
 		return nil, err
 	}
-	mountHawkbit(cfg, db, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
+	d.hawkbit = mountHawkbit(cfg, db, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, d.updates, metrics, logger); err != nil {
@@ -328,4 +330,7 @@ func (d *deviceListener) mountUpdates(cfg Config, artifacts *artifact.Dir, liste
 // Notify.
 func (d *deviceListener) notifyUpdates(ctx context.Context, tenantID int64, serials []string) {
 	d.updates.notify(ctx, tenantID, serials)
+	if d.hawkbit != nil {
+		d.hawkbit.Invalidate(tenantID, serials)
+	}
 }

@@ -58,11 +58,12 @@ var hawkbitPollingSleepField = configField{
 	get: func(c *Config) string { return c.Hawkbit.PollingSleep.String() },
 }
 
-// mountHawkbit mounts the DDI API on the listener when hawkbit.enabled.
+// mountHawkbit mounts the DDI API on the listener when hawkbit.enabled
+// and returns it (nil when disabled), for the rollout scheduler's Notify.
 func mountHawkbit(cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, downloads *artifact.Handler, listener *deviceapi.Server,
-	tenantName func(context.Context, int64) (string, error), logger *slog.Logger) {
+	tenantName func(context.Context, int64) (string, error), logger *slog.Logger) *hawkbit.Handler {
 	if !cfg.Hawkbit.Enabled {
-		return
+		return nil
 	}
 	h := &hawkbit.Handler{
 		Protocol: sqlstore.NewProtocolService(db), Updates: sqlstore.NewUpdateService(db), Devices: sqlstore.NewDeviceService(db),
@@ -83,4 +84,5 @@ func mountHawkbit(cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, download
 		DownloadDevice: downloadDevice, PollingSleep: cfg.Hawkbit.PollingSleep, Logger: logger,
 	}
 	listener.Handle("/", h, true)
+	return h
 }

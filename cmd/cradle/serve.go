@@ -185,10 +185,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.serveErr <- err
 	}()
 	m.retention = startRetention(cfg.Telemetry, m.db, time.Now, m.Logger)
-	// Started devices are told over MQTT when the broker runs; the
-	// others find their update when they poll.
+	// Started devices are told over MQTT when the broker runs (and the
+	// hawkBit API's poll cache forgets them); the others find their update
+	// when they poll.
 	var notify func(context.Context, int64, []string)
-	if m.device != nil && m.device.mqtt != nil {
+	if m.device != nil && (m.device.mqtt != nil || m.device.hawkbit != nil) {
 		notify = m.device.notifyUpdates
 	}
 	m.scheduler = startScheduler(cfg.OTA.SchedulerInterval, sqlstore.NewRolloutStore(m.db), notify, m.Logger)

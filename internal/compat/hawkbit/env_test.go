@@ -89,7 +89,10 @@ func newEnv(tb testing.TB) *env {
 	mux.Handle("/", e.handler)
 	e.srv = httptest.NewTLSServer(mux)
 	tb.Cleanup(e.srv.Close)
-	e.sched = &ota.Scheduler{Store: sqlstore.NewRolloutStore(db), Holder: "test", LeaseTTL: 15 * time.Second, JoinInterval: time.Minute}
+	// As the server wires it: the scheduler's Notify ends the handler's
+	// belief that a started device has nothing pending.
+	e.sched = &ota.Scheduler{Store: sqlstore.NewRolloutStore(db), Holder: "test", LeaseTTL: 15 * time.Second, JoinInterval: time.Minute,
+		Notify: func(_ context.Context, tenantID int64, serials []string) { e.handler.Invalidate(tenantID, serials) }}
 	return e
 }
 

@@ -56,6 +56,82 @@ import (
 // DefaultPollingSleep is the polling interval told to devices.
 const DefaultPollingSleep = 5 * time.Minute
 
+// DefaultPollCache is how long the base poll trusts what it read of a
+// device's update (Handler.PollCache). Invalidate ends it at once when the
+// rollout scheduler starts the device, and the device's own feedback when
+// it reports; the TTL bounds what else may change meanwhile: an abort
+// (the cancelAction link comes up to this late), a timeout, a start by
+// another replica's scheduler. Attributes and software are trusted longer:
+// only the device changes them, through this handler.
+const (
+	DefaultPollCache = 5 * time.Second
+	attrsTTL         = time.Minute
+	softwareTTL      = time.Minute
+)
+
+// Invalidate forgets what the base poll read of the devices' updates: the
+// rollout scheduler has just started them (its Notify).
+func (h *Handler) Invalidate(tenantID int64, serials []string) {
+	for _, s := range serials {
+		h.polls.Delete(installedKey{tenantID, s})
+	}
+}
+
+// pollCache is the TTL of the base poll's reading; 0 when disabled.
+func (h *Handler) pollCache() time.Duration {
+	switch {
+	case h.PollCache < 0:
+		return 0
+	case h.PollCache == 0:
+		return DefaultPollCache
+	}
+	return h.PollCache
+}
+
+// pollSeen is a cached reading of the device's update: p and a nil when
+// it had none.
+type pollSeen struct {
+	p     *cradle.PendingUpdate
+	a     *cradle.DDIAction
+	until time.Time
+}
+
+// attrsSeen is a cached answer to whether the device has attributes.
+type attrsSeen struct {
+	has   bool
+	until time.Time
+}
+
+// softwareSeen is a cached FindSoftware answer (sw nil: none reported).
+type softwareSeen struct {
+	sw    *cradle.DeviceSoftware
+	until time.Time
+}
+
+// findSoftware is FindSoftware through the cache.
+func (h *Handler) findSoftware(ctx context.Context, dev *cradle.Device) *cradle.DeviceSoftware {
+	key := installedKey{dev.TenantID, dev.Serial}
+	if v, ok := h.software.Load(key); ok && time.Now().Before(v.(softwareSeen).until) {
+		return v.(softwareSeen).sw
+	}
+	sw, err := h.Updates.FindSoftware(system(ctx, dev.TenantID), dev.Serial)
+	if err != nil {
+		if cradle.ErrorCode(err) != cradle.ENOTFOUND {
+			h.logger().Warn("hawkBit base poll: software of the device", "device", dev.Serial, "err", err)
+			return nil
+		}
+		sw = nil
+	}
+	h.software.Store(key, softwareSeen{sw: sw, until: time.Now().Add(softwareTTL)})
+	return sw
+}
+
+// reportSoftware records what the device runs, and caches it.
+func (h *Handler) reportSoftware(ctx context.Context, dev *cradle.Device, rel *cradle.Release) error {
+	h.software.Delete(installedKey{dev.TenantID, dev.Serial})
+	return h.Updates.ReportSoftware(ctx, dev.Serial, rel.SHA256)
+}
+
 // Handler serves the DDI API. Set the fields; the zero values of Logger,
 // PollingSleep and Now have defaults.
 type Handler struct {
@@ -78,13 +154,23 @@ type Handler struct {
 	// ("<tenant id>/<serial>" on the server); nil records the serial.
 	DownloadDevice func(tenantID int64, serial string) string
 	PollingSleep   time.Duration
-	Logger         *slog.Logger
+	// PollCache is how long a base poll's reading of the device's pending
+	// update is trusted: 0 means DefaultPollCache, a negative value reads
+	// the store on every poll. Feedback always reads it afresh.
+	PollCache time.Duration
+	Logger    *slog.Logger
 
 	hashes  sync.Map // sha256 hex → *artifactHashes
 	actions sync.Map // actionKey → *actionInfo (immutable once made)
 	admit   sync.Map // tenant/serial → time of the last AdmitDevice
 	// installed remembers the action that installed what a device runs.
 	installed sync.Map // installedKey → installedAt
+	// Caches of the base poll's reads, per device: its update (until
+	// Invalidate or the TTL), whether it has attributes, what it runs.
+	// The handler's own writes drop them.
+	polls    sync.Map // installedKey → pollSeen
+	hasAttrs sync.Map // installedKey → attrsSeen
+	software sync.Map // installedKey → softwareSeen
 }
 
 // artifactHashes are an artifact's MD5 and SHA-1, computed once.
@@ -333,17 +419,27 @@ func installable(k cradle.ReleaseKind) bool {
 // current returns the device's attempt in flight and its action; p is nil
 // when it has none.
 func (h *Handler) current(ctx context.Context, dev *cradle.Device) (*cradle.PendingUpdate, *cradle.DDIAction, error) {
+	key := installedKey{dev.TenantID, dev.Serial}
+	ttl := h.pollCache()
+	if v, ok := h.polls.Load(key); ok && ttl > 0 && time.Now().Before(v.(pollSeen).until) {
+		return v.(pollSeen).p, v.(pollSeen).a, nil
+	}
 	p, err := h.Updates.PendingUpdate(ctx, dev.Serial, "")
 	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
-		return nil, nil, nil
+		p, err = nil, nil
 	} else if err != nil {
 		return nil, nil, err
 	}
-	a, err := h.Protocol.DDIAction(ctx, dev.Serial, p.RolloutID, p.Attempt)
-	if err != nil {
-		return nil, nil, err
+	var a *cradle.DDIAction
+	if p != nil {
+		if a, err = h.Protocol.DDIAction(ctx, dev.Serial, p.RolloutID, p.Attempt); err != nil {
+			return nil, nil, err
+		}
+		h.remember(dev.TenantID, a, &p.Release)
 	}
-	h.remember(dev.TenantID, a, &p.Release)
+	if ttl > 0 {
+		h.polls.Store(key, pollSeen{p: p, a: a, until: time.Now().Add(ttl)})
+	}
 	return p, a, nil
 }
 
@@ -367,6 +463,7 @@ func (h *Handler) getBase(w http.ResponseWriter, r *http.Request, dev *cradle.De
 		doc.Links["cancelAction"] = link{base + "/cancelAction/" + strconv.FormatInt(a.ID, 10)}
 	case !installable(p.Release.Kind):
 		reason := fmt.Sprintf("release %s is a %s artifact, which a hawkBit DDI client (SWUpdate, RAUC) cannot install: roll out a swupdate or file release to this device", p.Release.ID, p.Release.Kind)
+		h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
 		if err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: reason}); err != nil {
 			return err
 		}
@@ -374,11 +471,17 @@ func (h *Handler) getBase(w http.ResponseWriter, r *http.Request, dev *cradle.De
 	default:
 		doc.Links["deploymentBase"] = link{base + "/deploymentBase/" + strconv.FormatInt(a.ID, 10) + "?c=" + etag(a.ID, p.Release.SHA256)}
 	}
-	attrs, err := h.Protocol.FindDeviceAttributes(ctx, dev.Serial)
-	if err != nil {
-		return err
+	key := installedKey{dev.TenantID, dev.Serial}
+	v, ok := h.hasAttrs.Load(key)
+	if !ok || time.Now().After(v.(attrsSeen).until) {
+		attrs, err := h.Protocol.FindDeviceAttributes(ctx, dev.Serial)
+		if err != nil {
+			return err
+		}
+		v = attrsSeen{has: len(attrs) > 0, until: time.Now().Add(attrsTTL)}
+		h.hasAttrs.Store(key, v)
 	}
-	if len(attrs) == 0 {
+	if !v.(attrsSeen).has {
 		doc.Links["configData"] = link{base + "/configData"}
 	}
 	if id, ok := h.installedAction(ctx, dev); ok {
@@ -625,11 +728,12 @@ func (h *Handler) postFeedback(w http.ResponseWriter, r *http.Request, dev *crad
 			return err
 		}
 	}
+	h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
 	if err := h.Updates.ReportUpdate(ctx, dev.Serial, rep); err != nil {
 		return err
 	}
 	if rep.State == cradle.UpdateSucceeded {
-		if err := h.Updates.ReportSoftware(ctx, dev.Serial, info.release.SHA256); err != nil {
+		if err := h.reportSoftware(ctx, dev, info.release); err != nil {
 			return err
 		}
 		h.installed.Store(installedKey{dev.TenantID, dev.Serial}, installedAt{sha256: info.release.SHA256, action: id})
@@ -698,6 +802,7 @@ func (h *Handler) postCancelFeedback(w http.ResponseWriter, r *http.Request, dev
 			// reports its own end.
 			break
 		}
+		h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
 		if err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: CanceledReason}); err != nil {
 			return err
 		}
@@ -719,6 +824,7 @@ func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cra
 		return err
 	}
 	ctx := r.Context()
+	h.hasAttrs.Delete(installedKey{dev.TenantID, dev.Serial})
 	if c.Mode == ModeRemove {
 		names := make([]string, len(c.Data))
 		for i, a := range c.Data {
@@ -741,8 +847,8 @@ func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cra
 // and remembered, found or not, for that software report.
 func (h *Handler) installedAction(ctx context.Context, dev *cradle.Device) (int64, bool) {
 	sys := system(ctx, dev.TenantID)
-	sw, err := h.Updates.FindSoftware(sys, dev.Serial)
-	if err != nil || sw.ReleaseID == "" {
+	sw := h.findSoftware(ctx, dev)
+	if sw == nil || sw.ReleaseID == "" {
 		return 0, false
 	}
 	key := installedKey{dev.TenantID, dev.Serial}
@@ -854,7 +960,7 @@ func (h *Handler) putInstalled(w http.ResponseWriter, r *http.Request, dev *crad
 	if sw, err := h.Updates.FindSoftware(sys, dev.Serial); err == nil && sw.SHA256 == rel.SHA256 {
 		status = http.StatusOK
 	}
-	if err := h.Updates.ReportSoftware(ctx, dev.Serial, rel.SHA256); err != nil {
+	if err := h.reportSoftware(ctx, dev, rel); err != nil {
 		return err
 	}
 	w.WriteHeader(status)
