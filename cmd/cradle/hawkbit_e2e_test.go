@@ -186,6 +186,20 @@ func TestHawkbitSuricatta(t *testing.T) {
 	if out := third.output(); !strings.Contains(out, "/DEFAULT/controller/v1/SN-HB-2/cancelAction/") || !regexp.MustCompile(`cancelAction/\d+/feedback`).MatchString(out) {
 		t.Errorf("suricatta did not fetch and acknowledge the cancel:\n%s", out)
 	}
+
+	// 3. A device with an LDevID polls with its client certificate alone;
+	// the certificate does not speak for another controller.
+	enrolled := enrollDevice(t, s, "SN-HB-CERT")
+	for path, want := range map[string]int{"/default/controller/v1/SN-HB-CERT": 200, "/default/controller/v1/SN-HB-1": 401} {
+		resp, err := enrolled.client.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s with a client certificate: %s, want %d", path, resp.Status, want)
+		}
+	}
 	t.Logf("done after %v", time.Since(start).Round(time.Millisecond))
 }
 

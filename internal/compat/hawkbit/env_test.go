@@ -114,7 +114,13 @@ func (e *env) device(serial string, labels map[string]string) string {
 // steps the scheduler until they are started.
 func (e *env) rollout(group string) *cradle.Rollout {
 	e.tb.Helper()
-	ro, err := e.rollouts.CreateRollout(e.admin, cradle.RolloutSpec{ReleaseID: e.release.ID, Target: cradle.RolloutTarget{Selector: "hb=" + group},
+	return e.rolloutOf(e.release.ID, group)
+}
+
+// rolloutOf is rollout with another release.
+func (e *env) rolloutOf(releaseID, group string) *cradle.Rollout {
+	e.tb.Helper()
+	ro, err := e.rollouts.CreateRollout(e.admin, cradle.RolloutSpec{ReleaseID: releaseID, Target: cradle.RolloutTarget{Selector: "hb=" + group},
 		Phases: []cradle.RolloutPhase{{Percent: 100}}, FailureThreshold: cradle.FailureThreshold{Count: 10, Action: cradle.FailurePause}})
 	if err != nil {
 		e.tb.Fatal(err)

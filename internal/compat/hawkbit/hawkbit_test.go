@@ -269,3 +269,28 @@ func TestFailureAndCancel(t *testing.T) {
 	// SN-1's action is not SN-2's.
 	expect(t, e.do("GET", "/default/controller/v1/SN-2/deploymentBase/"+id, tok2, ""), 404, "another device's action")
 }
+
+// A release a DDI client cannot install fails the attempt with a reason,
+// and the device is offered nothing.
+func TestUninstallableRelease(t *testing.T) {
+	e := newEnv(t)
+	tok := e.device("SN-1", map[string]string{"hb": "m"})
+	e.base(t, "SN-1", tok)
+	releases := sqlstore.NewReleaseService(e.db)
+	rel, err := releases.CreateRelease(e.admin, cradle.ReleaseCreate{Model: "swu-gw", Version: "3.0.0", Kind: cradle.ReleaseMender,
+		SHA256: e.release.SHA256, Size: e.release.Size, FileName: "app.mender", SecurityCounter: 1, ArtifactName: "app-3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := releases.MarkReleaseSigned(e.admin, rel.ID, "swu-gw/3.0.0/app.mender", nil); err != nil {
+		t.Fatal(err)
+	}
+	ro := e.rolloutOf(rel.ID, "m")
+	if doc := e.base(t, "SN-1", tok); doc.Links["deploymentBase"].Href != "" || doc.Links["cancelAction"].Href != "" {
+		t.Fatalf("base poll offered a mender release: %+v", doc)
+	}
+	e.step()
+	if s := e.state(ro.ID, "SN-1"); s.State != cradle.DeviceFailed || !strings.Contains(s.Reason, "mender artifact, which a hawkBit DDI client") {
+		t.Fatalf("after the poll: %+v", s)
+	}
+}
