@@ -213,7 +213,7 @@ func TestEndToEnd(t *testing.T) {
 		d := decodeJSON[cradle.Device](t, ok(t, "device", "create", "--serial", "SN-0002", "--model", "gw-100",
 			"--hardware-revision", "B", "--hardware-uid", "uid-2", "--state", "provisioned", "--json"))
 		wantD := cradle.Device{Serial: "SN-0002", Model: "gw-100", HardwareRevision: "B", HardwareUID: "uid-2",
-			MACs: []string{}, Labels: map[string]string{}, State: cradle.StateProvisioned}
+			MACs: []string{}, Labels: map[string]string{}, State: cradle.StateProvisioned, Protocol: cradle.ProtocolCradle}
 		if diff := cmp.Diff(wantD, d, ignoreDeviceTimes, cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("device create --json (-want +got):\n%s", diff)
 		}
