@@ -458,7 +458,9 @@ token are refused from then on; revoking a revoked token changes nothing.`,
 					return err
 				}
 				if jsonFlag {
-					return writeJSON(a.stdout, map[string]int{"revoked": 1})
+					// Revoking a revoked token succeeds too: say which
+					// token, not a count that might be wrong.
+					return writeJSON(a.stdout, map[string]string{"id": args[0]})
 				}
 				_, err = fmt.Fprintf(a.stdout, "revoked %s\n", args[0])
 				return err
@@ -476,7 +478,7 @@ token are refused from then on; revoking a revoked token changes nothing.`,
 	}
 	cmd.Flags().StringVar(&serial, "serial", "", "with --all: the device whose tokens to revoke")
 	cmd.Flags().BoolVar(&all, "all", false, "revoke every live token of --serial")
-	cmd.Flags().BoolVar(&jsonFlag, "json", false, `print {"revoked":n}`)
+	cmd.Flags().BoolVar(&jsonFlag, "json", false, `print {"revoked":n} (with --all) or {"id":"…"}`)
 	return cmd
 }
 

@@ -203,6 +203,9 @@ func TestDeviceProtocolCLI(t *testing.T) {
 	if got := cli("device", "token", "revoke", "--serial", "HB-1", "--all"); got != "revoked 1 token of device HB-1\n" {
 		t.Errorf("revoke --all printed %q", got)
 	}
+	if got := decodeJSON[map[string]int](t, cli("device", "token", "revoke", "--serial", "HB-1", "--all", "--json")); got["revoked"] != 0 {
+		t.Errorf("a second revoke --all --json: %v, want 0 revoked", got)
+	}
 	if _, err := store.AuthenticateDeviceToken(sys, it.Secret); cradle.ErrorCode(err) != cradle.EUNAUTHORIZED {
 		t.Errorf("a token after revoke --all authenticates: %v", err)
 	}
