@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -24,7 +25,8 @@ func (a *app) deviceCmd() *cobra.Command {
 	a.addClientFlags(cmd)
 	cmd.AddCommand(a.deviceCreateCmd(), a.deviceListCmd(), a.deviceShowCmd(), a.deviceLabelCmd(),
 		a.deviceTransitionCmd(), a.deviceImportCmd(), a.deviceTraceCmd(), a.deviceConfigCmd(),
-		a.deviceClaimCmd(), a.deviceTelemetryCmd(), a.deviceStatusCmd(), a.deviceCommandCmd(), a.deviceCommandsCmd())
+		a.deviceClaimCmd(), a.deviceTelemetryCmd(), a.deviceStatusCmd(), a.deviceCommandCmd(), a.deviceCommandsCmd(),
+		a.deviceMenderCmd(), a.deviceTokenCmd(), a.deviceAttributesCmd(), a.deviceLogsCmd())
 	return cmd
 }
 
@@ -88,9 +90,9 @@ type deviceList struct {
 
 func (a *app) deviceListCmd() *cobra.Command {
 	var (
-		state, model, prefix, selector, cursor string
-		limit                                  int
-		all, jsonFlag                          bool
+		state, model, protocol, prefix, selector, cursor string
+		limit                                            int
+		all, jsonFlag                                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -112,6 +114,13 @@ func (a *app) deviceListCmd() *cobra.Command {
 			}
 			if model != "" {
 				f.Model = &model
+			}
+			if protocol != "" {
+				p := cradle.Protocol(protocol)
+				if !slices.Contains(cradle.Protocols, p) {
+					return fmt.Errorf("unknown --protocol %q; use cradle, mender or hawkbit", protocol)
+				}
+				f.Protocol = &p
 			}
 			if prefix != "" {
 				f.SerialPrefix = &prefix
@@ -138,9 +147,9 @@ func (a *app) deviceListCmd() *cobra.Command {
 			if jsonFlag {
 				return writeJSON(a.stdout, out)
 			}
-			t := newTable(a.stdout, "SERIAL", "MODEL", "STATE", "LABELS", "UPDATED")
+			t := newTable(a.stdout, "SERIAL", "MODEL", "STATE", "PROTOCOL", "LABELS", "UPDATED")
 			for _, d := range out.Devices {
-				t.row(d.Serial, d.Model, string(d.State), formatLabels(d.Labels), formatTime(d.UpdatedAt))
+				t.row(d.Serial, d.Model, string(d.State), orDash(string(d.Protocol)), formatLabels(d.Labels), formatTime(d.UpdatedAt))
 			}
 			if err := t.flush(); err != nil {
 				return err
@@ -154,6 +163,7 @@ func (a *app) deviceListCmd() *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&state, "state", "", "only devices in this lifecycle state")
 	fl.StringVar(&model, "model", "", "only devices of this model")
+	fl.StringVar(&protocol, "protocol", "", "only devices that talk this protocol: cradle, mender or hawkbit")
 	fl.StringVar(&prefix, "serial-prefix", "", "only serials starting with this")
 	fl.StringVar(&selector, "selector", "", "label selector, e.g. 'env=prod,site in (a,b),!retired'")
 	fl.IntVar(&limit, "limit", 0, fmt.Sprintf("page size (default %d, at most %d)", cradle.DefaultPageSize, cradle.MaxPageSize))
@@ -161,6 +171,7 @@ func (a *app) deviceListCmd() *cobra.Command {
 	fl.BoolVar(&all, "all", false, "follow the cursor to the last page")
 	fl.BoolVar(&jsonFlag, "json", false, `print {"devices":[…],"next_cursor":"…"}`)
 	cmd.RegisterFlagCompletionFunc("state", completeStates)
+	cmd.RegisterFlagCompletionFunc("protocol", cobra.FixedCompletions([]string{"cradle", "mender", "hawkbit"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 

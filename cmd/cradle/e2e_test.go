@@ -213,7 +213,7 @@ func TestEndToEnd(t *testing.T) {
 		d := decodeJSON[cradle.Device](t, ok(t, "device", "create", "--serial", "SN-0002", "--model", "gw-100",
 			"--hardware-revision", "B", "--hardware-uid", "uid-2", "--state", "provisioned", "--json"))
 		wantD := cradle.Device{Serial: "SN-0002", Model: "gw-100", HardwareRevision: "B", HardwareUID: "uid-2",
-			MACs: []string{}, Labels: map[string]string{}, State: cradle.StateProvisioned}
+			MACs: []string{}, Labels: map[string]string{}, State: cradle.StateProvisioned, Protocol: cradle.ProtocolCradle}
 		if diff := cmp.Diff(wantD, d, ignoreDeviceTimes, cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("device create --json (-want +got):\n%s", diff)
 		}
@@ -263,13 +263,13 @@ func TestEndToEnd(t *testing.T) {
 	allSerials := []string{"SN-0001", "SN-0002", "SN-0101", "SN-0102", "SN-0201", "SN-0202", "SN-0301"}
 	t.Run("device list", func(t *testing.T) {
 		rows := tableRows(ok(t, "device", "list"))
-		if diff := cmp.Diff([]string{"SERIAL", "MODEL", "STATE", "LABELS", "UPDATED"}, rows[0]); diff != "" {
+		if diff := cmp.Diff([]string{"SERIAL", "MODEL", "STATE", "PROTOCOL", "LABELS", "UPDATED"}, rows[0]); diff != "" {
 			t.Errorf("device list header (-want +got):\n%s", diff)
 		}
 		if diff := cmp.Diff(allSerials, column(rows, 0)); diff != "" {
 			t.Errorf("device list serials (-want +got):\n%s", diff)
 		}
-		if diff := cmp.Diff([]string{"gw-200", "core", "site=hamburg,tier=core"}, []string{rows[3][1], "core", rows[3][3]}); diff != "" {
+		if diff := cmp.Diff([]string{"gw-200", "core", "site=hamburg,tier=core"}, []string{rows[3][1], "core", rows[3][4]}); diff != "" {
 			t.Errorf("device list row of SN-0101 (-want +got):\n%s", diff)
 		}
 

@@ -100,6 +100,7 @@ func writeDevice(w io.Writer, d *cradle.Device) error {
 	t.row("macs:", orDash(strings.Join(d.MACs, ",")))
 	t.row("labels:", formatLabels(d.Labels))
 	t.row("state:", string(d.State))
+	t.row("protocol:", orDash(string(d.Protocol)))
 	t.row("state changed:", formatTime(d.StateChangedAt))
 	t.row("created:", formatTime(d.CreatedAt))
 	t.row("updated:", formatTime(d.UpdatedAt))

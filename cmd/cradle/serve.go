@@ -147,6 +147,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Releases:       sqlstore.NewReleaseService(m.db),
 		Rollouts:       sqlstore.NewRolloutService(m.db),
 		Updates:        sqlstore.NewUpdateService(m.db),
+		Protocols:      sqlstore.NewProtocolService(m.db),
 		Publisher:      m.publisher,
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,

@@ -59,6 +59,9 @@ func deviceQuery(f cradle.DeviceFilter) url.Values {
 	if f.Model != nil {
 		q.Set("model", *f.Model)
 	}
+	if f.Protocol != nil {
+		q.Set("protocol", string(*f.Protocol))
+	}
 	if f.SerialPrefix != nil {
 		q.Set("serial_prefix", *f.SerialPrefix)
 	}

@@ -88,6 +88,10 @@ type Server struct {
 	// Updates serves a device's reported software and download totals;
 	// nil answers those routes with not_implemented.
 	Updates cradle.UpdateService
+	// Protocols serves the operator routes of the Mender and hawkBit
+	// device APIs: auth sets, device tokens, inventory attributes and
+	// update logs; nil answers them with not_implemented.
+	Protocols cradle.ProtocolService
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.

@@ -86,7 +86,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
 		Registerer:   prometheus.NewRegistry(),
 		MaxBodyBytes: 64 << 10,
 	}
-	for _, c := range append([]func(*httpapi.Server){withFactory(e), withClaims(e), withCommands(e), withOTA(e)}, configure...) {
+	for _, c := range append([]func(*httpapi.Server){withFactory(e), withClaims(e), withCommands(e), withOTA(e), withProtocols(e)}, configure...) {
 		c(e.api)
 	}
 	srv := httptest.NewServer(e.api.Handler())
@@ -283,6 +283,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	rows := append(append(append(slices.Clip(matrix), factoryMatrix...), claimMatrix...), commandMatrix...)
 	rows = append(rows, twinMatrix...)
 	rows = append(rows, otaMatrix...)
+	rows = append(rows, protocolMatrix...)
 	covered := map[string]bool{}
 	for _, c := range rows {
 		covered[c.method+" "+c.pattern] = true
@@ -753,7 +754,7 @@ func FuzzListDevicesQuery(f *testing.F) {
 	for _, s := range []string{
 		"", "limit=2", "state=deployed&model=gw-100", "selector=site%3Dberlin%2Ctier+in+(a,b)",
 		"serial_prefix=SN-", "cursor=abc", "limit=99999999999999999999", "selector=%ff", "a=%zz", "state=factory&state=eol",
-		"selector=!site,x!=y,z+notin+(1)", "cursor=" + strings.Repeat("A", 300),
+		"selector=!site,x!=y,z+notin+(1)", "cursor=" + strings.Repeat("A", 300), "protocol=mender", "protocol=MENDER&state=deployed",
 	} {
 		f.Add(s)
 	}

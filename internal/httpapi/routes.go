@@ -123,6 +123,18 @@ func (s *Server) routes() []route {
 		{method: "POST", pattern: "/api/v1/rollouts/{id}/approve", handle: s.approveRollout},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/software", handle: s.deviceSoftware},
 		{method: "GET", pattern: "/api/v1/devices/{serial}/downloads", handle: s.deviceDownloads},
+
+		{method: "GET", pattern: "/api/v1/mender/auth-sets", handle: s.listMenderAuthSets},
+		{method: "GET", pattern: "/api/v1/mender/auth-sets/{id}", handle: s.getMenderAuthSet},
+		{method: "POST", pattern: "/api/v1/mender/auth-sets/{id}/accept", handle: s.acceptMenderAuthSet},
+		{method: "POST", pattern: "/api/v1/mender/auth-sets/{id}/reject", handle: s.rejectMenderAuthSet},
+		{method: "POST", pattern: "/api/v1/mender/preauthorizations", handle: s.preauthorizeMender},
+		{method: "GET", pattern: "/api/v1/device-tokens", handle: s.listDeviceTokens},
+		{method: "POST", pattern: "/api/v1/device-tokens", handle: s.createDeviceToken},
+		{method: "DELETE", pattern: "/api/v1/device-tokens/{id}", handle: s.revokeDeviceToken},
+		{method: "POST", pattern: "/api/v1/devices/{serial}/tokens/revoke", handle: s.revokeDeviceTokens},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/attributes", handle: s.deviceAttributes},
+		{method: "GET", pattern: "/api/v1/devices/{serial}/update-logs", handle: s.deviceUpdateLogs},
 	}
 }
 
@@ -185,7 +197,7 @@ type DeviceList struct {
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
-	q, err := query(r, "state", "model", "serial_prefix", "selector", "cursor", "limit")
+	q, err := query(r, "state", "model", "protocol", "serial_prefix", "selector", "cursor", "limit")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -207,7 +219,7 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 }
 
 // deviceFilter reads the device list parameters of q: state, model,
-// serial_prefix, selector, cursor and limit, each optional.
+// protocol, serial_prefix, selector, cursor and limit, each optional.
 func deviceFilter(q url.Values) (cradle.DeviceFilter, error) {
 	f := cradle.DeviceFilter{Cursor: q.Get("cursor")}
 	if v, ok := q["state"]; ok {
@@ -219,6 +231,13 @@ func deviceFilter(q url.Values) (cradle.DeviceFilter, error) {
 	}
 	if v, ok := q["model"]; ok {
 		f.Model = &v[0]
+	}
+	if v, ok := q["protocol"]; ok {
+		p, err := parseProtocol(v[0])
+		if err != nil {
+			return f, err
+		}
+		f.Protocol = &p
 	}
 	if v, ok := q["serial_prefix"]; ok {
 		f.SerialPrefix = &v[0]

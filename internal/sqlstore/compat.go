@@ -196,7 +196,7 @@ func (tx *Tx) lockAuthSet(ctx context.Context, tenantID int64, where string, arg
 	return s, nil
 }
 
-// setStatus writes an auth set's decision.
+// setAuthStatus writes an auth set's decision.
 func (tx *Tx) setAuthStatus(ctx context.Context, s *authSet, status cradle.MenderAuthStatus, deviceID sql.NullInt64, serial, decidedBy, reason string) error {
 	if _, err := tx.exec(ctx, `UPDATE mender_auth_sets SET status = ?, device_id = ?, decided_by = ?, reason = ?, updated_at = ? WHERE id = ?`,
 		string(status), deviceID, decidedBy, reason, micros(tx.now), s.id); err != nil {
