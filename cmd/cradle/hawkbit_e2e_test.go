@@ -48,7 +48,8 @@ func TestHawkbitSuricatta(t *testing.T) {
 	ok(t, "release", "repo", "init", "--data-dir", s.dataDir, "--root-key-dir", filepath.Join(t.TempDir(), "offline"),
 		"--key-algorithm", "ed25519", "--insecure-plaintext-keys")
 
-	// Two devices of model swu-gw, each with a target token.
+	// Two devices of model swu-gw, each with a target token made with the
+	// operator CLI.
 	var tenant int64
 	tenants, err := sqlstore.NewTenantService(s.m.db).FindTenants(cradle.NewContextWithActor(ctx, cradle.SystemActor(0, "test")))
 	if err != nil {
@@ -65,10 +66,7 @@ func TestHawkbitSuricatta(t *testing.T) {
 	for serial, group := range map[string]string{"SN-HB-1": "install", "SN-HB-2": "cancel"} {
 		ok(t, append([]string{"device", "create", "--serial", serial, "--model", "swu-gw", "--label", "hb=" + group}, s.line...)...)
 		ok(t, append([]string{"device", "transition", serial, "provisioned"}, s.line...)...)
-		tok, err := protocols.CreateDeviceToken(admin, cradle.DeviceTokenCreate{Kind: cradle.TokenHawkbitTarget, Serial: serial, Name: "suricatta"})
-		if err != nil {
-			t.Fatal(err)
-		}
+		tok := decodeJSON[cradle.IssuedToken](t, ok(t, append([]string{"device", "token", "create", "--serial", serial, "--name", "suricatta", "--json"}, s.api...)...))
 		tokens[serial] = tok.Secret
 	}
 
