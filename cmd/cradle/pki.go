@@ -16,10 +16,10 @@ import (
 func (a *app) pkiCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pki",
-		Short: "The PKI and device certificates: init, rotate-device-ca, record, expiring, show, revoke",
+		Short: "The PKI and device certificates: init, rotate-device-ca, release-signer, record, expiring, show, revoke",
 	}
 	a.addClientFlags(cmd)
-	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd(), a.pkiInitCmd(), a.pkiRotateCmd())
+	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd(), a.pkiInitCmd(), a.pkiRotateCmd(), a.pkiReleaseSignerCmd())
 	return cmd
 }
 

@@ -38,7 +38,7 @@ import (
 //
 //	<data_dir>/pki/                 0755
 //	  root.crt manufacturing-ca.crt device-ca.crt [device-ca-2.crt …]
-//	  server.crt command-signer.crt
+//	  server.crt command-signer.crt [release-signer.crt]
 //	  ocsp-manufacturing-ca.crt ocsp-device-ca.crt [ocsp-device-ca-2.crt …]
 //	                                certificates, PEM, 0644 (pki.WriteHierarchy)
 //	  keys.yaml                     0600: every key name → the key's URI
@@ -56,8 +56,8 @@ import (
 //
 // A relative file path is relative to <data_dir>/pki, so the data
 // directory may be moved. The key names are those of internal/pki: root,
-// manufacturing-ca, device-ca, device-ca-N, server, command-signer and
-// ocsp-<CA name>. keys.yaml is written atomically (a temporary file in the
+// manufacturing-ca, device-ca, device-ca-N, server, command-signer,
+// release-signer and ocsp-<CA name>. keys.yaml is written atomically (a temporary file in the
 // same directory, synced, then renamed). The server needs only the device
 // CAs', their OCSP signers' and the server's keys (openPKI); the root key
 // is needed only to rotate the device CA and can be kept offline.
@@ -340,7 +340,11 @@ func (k *keyMaker) key(name string) (crypto.Signer, error) {
 	}
 	uri := k.uri(name)
 	resolved := resolveKeyURI(k.pkiDir, uri)
-	s, err := kms.Generate(k.ctx, resolved, k.alg, k.opts)
+	alg := k.alg
+	if name == pki.NameReleaseSigner {
+		alg = kms.ECDSAP256 // what Mender clients verify, whatever the other keys are
+	}
+	s, err := kms.Generate(k.ctx, resolved, alg, k.opts)
 	if err != nil {
 		if errors.Is(err, kms.ErrKeyExists) && isPKCS11URI(uri) {
 			return nil, fmt.Errorf("%w (a key labelled %s is in the token already, perhaps from an earlier init that failed: delete it, e.g. with pkcs11-tool --delete-object, or use another token)", err, name)
@@ -432,8 +436,9 @@ func (a *app) pkiInitCmd() *cobra.Command {
 		Short: "Create the PKI of a data directory: root, CAs, server and command-signer certificates and their keys",
 		Long: `Create the PKI of a data directory, in DIR/pki: a root CA, a manufacturing CA
 (signs IDevIDs at the factory), a device CA (signs LDevIDs at enrollment), the
-device listener's TLS certificate, the command signer, and an OCSP signer for
-each issuing CA, each with a new key. Certificates go to DIR/pki/<name>.crt,
+device listener's TLS certificate, the command signer, the release signer
+(signs Mender artifacts and SWUpdate images; always ECDSA P-256), and an OCSP
+signer for each issuing CA, each with a new key. Certificates go to DIR/pki/<name>.crt,
 file keys to DIR/pki/keys/<name>.key, and DIR/pki/keys.yaml says where each key
 is. An existing PKI is never overwritten.
 
@@ -578,6 +583,9 @@ func certNames(h *pki.Hierarchy) []string {
 	}
 	for ca := range h.IssuingCAs() {
 		names = append(names, pki.OCSPNamePrefix+ca)
+	}
+	if h.ReleaseSigner != nil {
+		names = append(names, pki.NameReleaseSigner)
 	}
 	sort.Strings(names)
 	return names

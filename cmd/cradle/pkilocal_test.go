@@ -108,7 +108,7 @@ func fileMode(t *testing.T, path string) os.FileMode {
 	return fi.Mode().Perm()
 }
 
-var initKeyNames = []string{"command-signer", "device-ca", "manufacturing-ca", "ocsp-device-ca", "ocsp-manufacturing-ca", "root", "server"}
+var initKeyNames = []string{"command-signer", "device-ca", "manufacturing-ca", "ocsp-device-ca", "ocsp-manufacturing-ca", "release-signer", "root", "server"}
 
 // TestPKIInitFileKeys: init with encrypted file keys makes the documented
 // layout, keys that openssl reads with the passphrase, certificates that

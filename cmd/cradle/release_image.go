@@ -24,14 +24,14 @@ import (
 func (a *app) releaseCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "release",
-		Short: "Releases: upload, sign, list, show, deprecate, yank; image keys, the TUF repository, MCUboot images",
+		Short: "Releases: upload, sign, list, show, deprecate, yank; image keys, the TUF repository, MCUboot images, Mender/SWUpdate signing",
 		Long: `A release is one uploaded image or artifact of a model, signed into the
 tenant's TUF repository before a rollout can use it. upload, sign, list, show,
 deprecate, yank, tuf and key are clients of the server's API. repo works on
 the data directory (the TUF repository and its offline root keys), and
-sign-image and verify-image work on local files only.`,
+sign-image, verify-image and sign-artifact work on local files only.`,
 	}
-	c.AddCommand(a.releaseSignImageCmd(), a.releaseVerifyImageCmd())
+	c.AddCommand(a.releaseSignImageCmd(), a.releaseVerifyImageCmd(), a.releaseSignArtifactCmd())
 	c.AddCommand(a.releaseClientCmds()...)
 	c.AddCommand(a.releaseRepoCmd())
 	return c

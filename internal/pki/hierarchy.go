@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -33,6 +37,7 @@ const (
 	NameDeviceCA        = "device-ca"
 	NameServer          = "server"
 	NameCommandSigner   = "command-signer"
+	NameReleaseSigner   = "release-signer"
 	OCSPNamePrefix      = "ocsp-"
 )
 
@@ -44,6 +49,7 @@ const (
 	ServerLifetime        = 397 * 24 * time.Hour
 	CommandSignerLifetime = 2 * 365 * 24 * time.Hour
 	OCSPSignerLifetime    = 180 * 24 * time.Hour
+	ReleaseSignerLifetime = 5 * 365 * 24 * time.Hour
 )
 
 // KeyFunc returns the signer of the key called name (see NameRoot …),
@@ -81,6 +87,10 @@ type Hierarchy struct {
 	// OCSPSigners maps a CA name (NameManufacturingCA, DeviceCAName(i))
 	// to its delegated OCSP signer.
 	OCSPSigners map[string]*x509.Certificate
+	// ReleaseSigner signs Mender artifacts and SWUpdate images (see
+	// ReleaseSigner the profile); nil in a PKI made before it existed,
+	// until AddReleaseSigner.
+	ReleaseSigner *x509.Certificate
 }
 
 // DeviceCAName is the name of the i-th device CA (0-based): "device-ca",
@@ -125,17 +135,19 @@ func (h *Hierarchy) CACerts() []*x509.Certificate {
 }
 
 // Init creates a hierarchy: root, manufacturing CA, device CA, server TLS
-// certificate, command signer, and one OCSP signer for each of the two
-// issuing CAs, asking opts.Keys for the keys named NameRoot,
-// NameManufacturingCA, NameDeviceCA, NameServer, NameCommandSigner,
-// "ocsp-manufacturing-ca" and "ocsp-device-ca". Every key must pass
+// certificate, command signer, release signer, and one OCSP signer for
+// each of the two issuing CAs, asking opts.Keys for the keys named
+// NameRoot, NameManufacturingCA, NameDeviceCA, NameServer,
+// NameCommandSigner, NameReleaseSigner (ECDSA P-256 or RSA: what Mender
+// verifies), "ocsp-manufacturing-ca" and "ocsp-device-ca". Every key must pass
 // KeyPolicy. A test profile marks the root with OIDTestPolicy, and so
 // every certificate under it.
 //
 // Root: self-signed, RootLifetime, pathLen 1, keyCertSign and cRLSign.
 // CAs: pathLen 0, keyCertSign, cRLSign and digitalSignature, caIssuers
 // pointing at root.crt. Server: ServerTLS profile. Command signer:
-// CommandSigner profile. OCSP signers: OCSPSigner profile. Subject and
+// CommandSigner profile. Release signer: ReleaseSigner profile. OCSP
+// signers: OCSPSigner profile. Subject and
 // authority key identifiers are set on all.
 //
 // Errors: EINVALID for bad options; a KeyFunc or signer failure wrapped.
@@ -227,6 +239,13 @@ func Init(ctx context.Context, opts InitOptions) (*Hierarchy, error) {
 	if err != nil {
 		return nil, err
 	}
+	relKey, err := key(NameReleaseSigner)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.AddReleaseSigner(ctx, rootKey, relKey.Public(), host, now); err != nil {
+		return nil, err
+	}
 	for _, ca := range []string{NameManufacturingCA, NameDeviceCA} {
 		if err := h.issueOCSPSigner(ctx, ca, key, now); err != nil {
 			return nil, err
@@ -234,6 +253,35 @@ func Init(ctx context.Context, opts InitOptions) (*Hierarchy, error) {
 	}
 	return h, nil
 }
+
+// AddReleaseSigner issues the release signer's certificate for pub under
+// the root, signed with rootKey (ReleaseSigner profile, ReleaseSignerLifetime,
+// caIssuers at urlHost as InitOptions.URLHost), and sets h.ReleaseSigner.
+// A hierarchy that has one already is refused with ECONFLICT: the old
+// certificate may still be what devices' updates are signed with. h is
+// changed only on success.
+func (h *Hierarchy) AddReleaseSigner(ctx context.Context, rootKey crypto.Signer, pub crypto.PublicKey, urlHost string, now time.Time) error {
+	if h.ReleaseSigner != nil {
+		return cradle.Errorf(cradle.ECONFLICT, "pki: the PKI has a release signer already (%s, valid until %s)", h.ReleaseSigner.Subject, h.ReleaseSigner.NotAfter.UTC().Format(time.DateOnly))
+	}
+	org := ""
+	if len(h.Root.Subject.Organization) > 0 {
+		org = h.Root.Subject.Organization[0]
+	}
+	c, err := Issue(ctx, h.Root, rootKey, pub, &x509.Certificate{},
+		append(ReleaseSigner(org, now, ReleaseSignerLifetime), KeyPolicy(),
+			Distribution{IssuingCertificate: URLs(urlHost, NameRoot).IssuingCertificate})...)
+	if err != nil {
+		return err
+	}
+	h.ReleaseSigner = c
+	return nil
+}
+
+// ReleaseSignerCAs returns the certificates a device trusts release
+// signatures with (SWUpdate's -k file): the root, which issued the release
+// signer.
+func (h *Hierarchy) ReleaseSignerCAs() []*x509.Certificate { return []*x509.Certificate{h.Root} }
 
 func issueCA(ctx context.Context, root *x509.Certificate, rootKey crypto.Signer, key KeyFunc, name, cn string, now time.Time, life time.Duration, d Distribution) (*x509.Certificate, error) {
 	k, err := key(name)
@@ -305,7 +353,7 @@ func (h *Hierarchy) RotateDeviceCA(ctx context.Context, rootKey crypto.Signer, k
 		return "", err
 	}
 	next := &Hierarchy{Root: h.Root, ManufacturingCA: h.ManufacturingCA, DeviceCAs: append(slices.Clip(h.DeviceCAs), ca),
-		Server: h.Server, CommandSigner: h.CommandSigner, OCSPSigners: map[string]*x509.Certificate{}}
+		Server: h.Server, CommandSigner: h.CommandSigner, ReleaseSigner: h.ReleaseSigner, OCSPSigners: map[string]*x509.Certificate{}}
 	for k, v := range h.OCSPSigners {
 		next.OCSPSigners[k] = v
 	}
@@ -379,6 +427,49 @@ func OCSPSigner(now time.Time, life time.Duration) []Option {
 	})}
 }
 
+// ReleaseSigner is the profile of the key that signs releases in the
+// formats of other update clients: a Mender artifact's manifest.sig and a
+// SWUpdate image's sw-description.sig (CMS). CN "<org> Release Signer",
+// keyUsage digitalSignature (critical), extended key usages
+// emailProtection (what SWUpdate checks, as an S/MIME signer) and
+// codeSigning. The key must be ECDSA P-256 or RSA, the only kinds
+// mender-artifact verifies (RuleReleaseSigner).
+func ReleaseSigner(org string, now time.Time, life time.Duration) []Option {
+	return []Option{
+		ValidateKeyFunc(RuleReleaseSigner, func(pub crypto.PublicKey) error {
+			switch k := pub.(type) {
+			case *ecdsa.PublicKey:
+				if k.Curve == elliptic.P256() {
+					return nil
+				}
+			case *rsa.PublicKey:
+				return nil
+			}
+			return fmt.Errorf("a release signer key must be ECDSA P-256 or RSA (what Mender clients verify), not %s", keyKind(pub))
+		}),
+		ModifyCertificateFunc(RuleReleaseSigner, func(t, _ *x509.Certificate) error {
+			t.Subject = pkix.Name{CommonName: org + " Release Signer", Organization: []string{org}}
+			setLeaf(t, now, life, x509.KeyUsageDigitalSignature)
+			t.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection, x509.ExtKeyUsageCodeSigning}
+			t.UnknownExtKeyUsage = nil
+			return nil
+		}),
+	}
+}
+
+// keyKind names a public key's type for a person.
+func keyKind(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + curveName(k.Curve)
+	case *rsa.PublicKey:
+		return "RSA"
+	case ed25519.PublicKey:
+		return "Ed25519"
+	}
+	return fmt.Sprintf("%T", pub)
+}
+
 func setLeaf(t *x509.Certificate, now time.Time, life time.Duration, ku x509.KeyUsage) {
 	t.NotBefore = now.UTC().Truncate(time.Second)
 	t.NotAfter = t.NotBefore.Add(life)
@@ -389,7 +480,7 @@ func setLeaf(t *x509.Certificate, now time.Time, life time.Duration, ku x509.Key
 // WriteHierarchy writes h's certificates to dir as PEM, one file each:
 //
 //	root.crt  manufacturing-ca.crt  device-ca.crt [device-ca-2.crt …]
-//	server.crt  command-signer.crt
+//	server.crt  command-signer.crt  [release-signer.crt]
 //	ocsp-manufacturing-ca.crt  ocsp-device-ca.crt [ocsp-device-ca-2.crt …]
 //
 // Each file is written atomically (a temporary file in dir, synced, then
@@ -425,12 +516,16 @@ func (h *Hierarchy) files() map[string]*x509.Certificate {
 	for ca := range h.IssuingCAs() {
 		m[OCSPNamePrefix+ca] = h.OCSPSigners[ca]
 	}
+	if h.ReleaseSigner != nil {
+		m[NameReleaseSigner] = h.ReleaseSigner
+	}
 	return m
 }
 
 // LoadHierarchy reads a hierarchy that WriteHierarchy wrote. Device CAs
 // are read as device-ca.crt, device-ca-2.crt … up to the first missing
-// number. Every file must hold exactly one certificate, every CA and leaf
+// number; release-signer.crt is read when present (PKIs made before it
+// lack it). Every file must hold exactly one certificate, every CA and leaf
 // must be signed by its issuer (the root, or for OCSP signers their CA),
 // and every issuing CA needs its OCSP signer. A missing or bad file is an
 // error naming it.
@@ -477,6 +572,11 @@ func LoadHierarchy(dir string) (*Hierarchy, error) {
 	}
 	if h.CommandSigner, err = fromRoot(NameCommandSigner); err != nil {
 		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, NameReleaseSigner+".crt")); !errors.Is(err, fs.ErrNotExist) {
+		if h.ReleaseSigner, err = fromRoot(NameReleaseSigner); err != nil {
+			return nil, err
+		}
 	}
 	for i := 0; ; i++ {
 		name := DeviceCAName(i)

@@ -45,6 +45,7 @@ func TestInitHierarchy(t *testing.T) {
 				"device-ca":             {h.DeviceCA(), h.Root, true, 0, caKU, nil},
 				"server":                {h.Server, h.Root, false, -1, x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
 				"command-signer":        {h.CommandSigner, h.Root, false, -1, x509.KeyUsageDigitalSignature, nil},
+				"release-signer":        {h.ReleaseSigner, h.Root, false, -1, x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection, x509.ExtKeyUsageCodeSigning}},
 				"ocsp-manufacturing-ca": {h.OCSPSigners[pki.NameManufacturingCA], h.ManufacturingCA, false, -1, x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}},
 				"ocsp-device-ca":        {h.OCSPSigners[pki.NameDeviceCA], h.DeviceCA(), false, -1, x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}},
 			}
@@ -108,6 +109,7 @@ func TestInitHierarchy(t *testing.T) {
 			}{
 				{"server", h.Server, nil, "sslserver"},
 				{"command signer", h.CommandSigner, nil, "any"},
+				{"release signer as an S/MIME signer (SWUpdate)", h.ReleaseSigner, nil, "smimesign"},
 				{"manufacturing CA", h.ManufacturingCA, nil, "any"},
 				{"device CA", h.DeviceCA(), nil, "any"},
 				{"OCSP signer of manufacturing CA", h.OCSPSigners[pki.NameManufacturingCA], h.ManufacturingCA, "ocsphelper"},
@@ -132,6 +134,9 @@ func TestInitHierarchy(t *testing.T) {
 				if !strings.Contains(text, want) {
 					t.Errorf("device CA text lacks %q:\n%s", want, text)
 				}
+			}
+			if h.ReleaseSigner.Subject.CommonName != "Acme Devices Release Signer" || h.ReleaseSigner.NotAfter.Sub(h.ReleaseSigner.NotBefore) != pki.ReleaseSignerLifetime {
+				t.Errorf("release signer %s, valid %s to %s", h.ReleaseSigner.Subject, h.ReleaseSigner.NotBefore, h.ReleaseSigner.NotAfter)
 			}
 			if profile == pki.ProfileTest && !strings.Contains(opensslText(t, h.Root), "Policy: 1.3.6.1.4.1.99999.1.1") {
 				t.Error("test root lacks the test policy in openssl's view")
@@ -225,7 +230,7 @@ func TestWriteLoadRotate(t *testing.T) {
 		files = append(files, e.Name())
 	}
 	wantFiles := []string{"command-signer.crt", "device-ca-2.crt", "device-ca.crt", "manufacturing-ca.crt",
-		"ocsp-device-ca-2.crt", "ocsp-device-ca.crt", "ocsp-manufacturing-ca.crt", "root.crt", "server.crt"}
+		"ocsp-device-ca-2.crt", "ocsp-device-ca.crt", "ocsp-manufacturing-ca.crt", "release-signer.crt", "root.crt", "server.crt"}
 	if diff := cmp.Diff(wantFiles, files); diff != "" {
 		t.Errorf("files (-want +got):\n%s", diff)
 	}
@@ -234,7 +239,7 @@ func TestWriteLoadRotate(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw := func(h *pki.Hierarchy) map[string][]byte {
-		m := map[string][]byte{"root": h.Root.Raw, "mca": h.ManufacturingCA.Raw, "server": h.Server.Raw, "cmd": h.CommandSigner.Raw}
+		m := map[string][]byte{"root": h.Root.Raw, "mca": h.ManufacturingCA.Raw, "server": h.Server.Raw, "cmd": h.CommandSigner.Raw, "rel": h.ReleaseSigner.Raw}
 		for i, c := range h.DeviceCAs {
 			m[pki.DeviceCAName(i)] = c.Raw
 		}
@@ -298,6 +303,10 @@ func TestWriteLoadRotate(t *testing.T) {
 				other := sharedPKI(t, pki.ProfileProduction)
 				os.WriteFile(filepath.Join(d, "device-ca.crt"), pemOf(other.h.DeviceCA()), 0o644)
 			}, "device-ca.crt is not signed by root.crt"},
+			{"foreign release signer", func(d string) {
+				other := sharedPKI(t, pki.ProfileProduction)
+				os.WriteFile(filepath.Join(d, "release-signer.crt"), pemOf(other.h.ReleaseSigner), 0o644)
+			}, "release-signer.crt is not signed by root.crt"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				d := t.TempDir()
@@ -370,4 +379,55 @@ func TestVerifyDeviceChain(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+// TestAddReleaseSigner: a PKI written before the release signer existed
+// loads without one and gets one later from the root key; a second is
+// refused, and so is a key Mender cannot verify.
+func TestAddReleaseSigner(t *testing.T) {
+	p := newPKI(t, pki.ProfileTest)
+	dir := filepath.Join(t.TempDir(), "pki")
+	if err := pki.WriteHierarchy(dir, p.h); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "release-signer.crt")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := pki.LoadHierarchy(dir)
+	if err != nil {
+		t.Fatalf("a PKI without a release signer: %v", err)
+	}
+	if old.ReleaseSigner != nil {
+		t.Fatal("a release signer from nowhere")
+	}
+	root := p.key(t, pki.NameRoot)
+	err = old.AddReleaseSigner(context.Background(), root, mustKey(t, "ed25519").Public(), hostname, t0)
+	if err == nil || !strings.Contains(err.Error(), "must be ECDSA P-256 or RSA") || old.ReleaseSigner != nil {
+		t.Fatalf("Ed25519 release signer: %v", err)
+	}
+	if err := old.AddReleaseSigner(context.Background(), root, mustKey(t, "p384").Public(), hostname, t0); err == nil {
+		t.Fatal("a P-384 release signer was issued")
+	}
+	key := mustKey(t, "p256")
+	if err := old.AddReleaseSigner(context.Background(), root, key.Public(), hostname, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.ReleaseSigner.CheckSignatureFrom(old.Root); err != nil || !pki.IsTestCertificate(old.ReleaseSigner) {
+		t.Fatalf("release signer not under the test root: %v", err)
+	}
+	if _, err := old.ReleaseSigner.Verify(x509.VerifyOptions{Roots: pool(old.ReleaseSignerCAs()...), CurrentTime: t0.Add(time.Hour),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection}}); err != nil {
+		t.Errorf("release signer does not verify for emailProtection: %v", err)
+	}
+	err = old.AddReleaseSigner(context.Background(), root, key.Public(), hostname, t0)
+	if cradle.ErrorCode(err) != cradle.ECONFLICT {
+		t.Fatalf("second release signer: %v", err)
+	}
+	if err := pki.WriteHierarchy(dir, old); err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := pki.LoadHierarchy(dir)
+	if err != nil || loaded.ReleaseSigner == nil || !loaded.ReleaseSigner.Equal(old.ReleaseSigner) {
+		t.Fatalf("reloaded: %v", err)
+	}
 }

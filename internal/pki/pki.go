@@ -7,8 +7,9 @@
 // One root CA (offline) signs three kinds of certificates directly: the
 // manufacturing CA (issues IDevIDs in the factory), the device CA (issues
 // the short-lived LDevIDs through enrollment, online in the server), and
-// two leaves: the TLS certificate of the device-facing listener and the
-// command signer. Each CA that issues device certificates has its own
+// three leaves: the TLS certificate of the device-facing listener, the
+// command signer and the release signer (signs Mender artifacts and
+// SWUpdate images, whose clients check it against the root). Each CA that issues device certificates has its own
 // delegated OCSP signer. Keys are crypto.Signer values; this package never
 // sees key material and never chooses a key store: Init asks the caller's
 // KeyFunc for each key by a documented name (see Init), so the file and
@@ -20,7 +21,8 @@
 //	├─ device-ca[-N]          5 years, pathLen 0  ── LDevIDs (90 days by default)
 //	│   └─ ocsp-device-ca[-N]     OCSP signer, id-pkix-ocsp-nocheck
 //	├─ server                 397 days, serverAuth, the listener's DNS names / IPs
-//	└─ command-signer         2 years, digitalSignature, EKU OIDCommandSigning
+//	├─ command-signer         2 years, digitalSignature, EKU OIDCommandSigning
+//	└─ release-signer         5 years, digitalSignature, EKU emailProtection + codeSigning
 //
 // OCSP signers live OCSPSignerLifetime (180 days) and are re-issued with
 // Issue and the OCSPSigner profile by their CA. Certificates signed by the

@@ -26,6 +26,7 @@ const (
 	RuleLDevID         = "ldevid"
 	RuleLDevIDLifetime = "ldevid-lifetime"
 	RuleDistribution   = "distribution"
+	RuleReleaseSigner  = "release-signer"
 )
 
 // Key policy bounds.

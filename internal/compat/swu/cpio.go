@@ -183,11 +183,13 @@ func (m *memberReader) done() error {
 	return m.c.skipPad()
 }
 
-// cpioWriter writes a crc-format archive.
+// cpioWriter writes a crc-format archive, or newc when magic is magicNewc
+// (whose check fields must then be zero).
 type cpioWriter struct {
-	w   io.Writer
-	off int64
-	ino uint32
+	w     io.Writer
+	off   int64
+	ino   uint32
+	magic string
 }
 
 func (c *cpioWriter) write(p []byte) error {
@@ -211,8 +213,12 @@ func (c *cpioWriter) header(name string, mode uint32, size int64, sum uint32) er
 	if name == trailerName {
 		ino, nlink = 0, 1
 	}
+	magic := c.magic
+	if magic == "" {
+		magic = magicCRC
+	}
 	h := fmt.Sprintf("%s%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
-		magicCRC, ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, len(name)+1, sum)
+		magic, ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, len(name)+1, sum)
 	if err := c.write([]byte(h)); err != nil {
 		return err
 	}
