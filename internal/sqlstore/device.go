@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -28,14 +29,14 @@ var _ cradle.DeviceService = (*DeviceService)(nil)
 // NewDeviceService returns the device registry of db.
 func NewDeviceService(db *DB) *DeviceService { return &DeviceService{db: db} }
 
-const deviceCols = `id, tenant_id, serial, hardware_uid, macs, model, hardware_revision, labels, state, created_at, updated_at, state_changed_at`
+const deviceCols = `id, tenant_id, serial, hardware_uid, macs, model, hardware_revision, labels, state, protocol, created_at, updated_at, state_changed_at`
 
 func scanDevice(sc interface{ Scan(...any) error }) (*cradle.Device, error) {
 	d := &cradle.Device{}
 	var macs, labels []byte
-	var state string
+	var state, protocol string
 	var created, updated, changed int64
-	if err := sc.Scan(&d.ID, &d.TenantID, &d.Serial, &d.HardwareUID, &macs, &d.Model, &d.HardwareRevision, &labels, &state, &created, &updated, &changed); err != nil {
+	if err := sc.Scan(&d.ID, &d.TenantID, &d.Serial, &d.HardwareUID, &macs, &d.Model, &d.HardwareRevision, &labels, &state, &protocol, &created, &updated, &changed); err != nil {
 		return nil, err
 	}
 	var err error
@@ -51,7 +52,7 @@ func scanDevice(sc interface{ Scan(...any) error }) (*cradle.Device, error) {
 	if d.Labels == nil {
 		d.Labels = map[string]string{}
 	}
-	d.State = cradle.State(state)
+	d.State, d.Protocol = cradle.State(state), cradle.Protocol(protocol)
 	d.CreatedAt, d.UpdatedAt, d.StateChangedAt = fromMicros(created), fromMicros(updated), fromMicros(changed)
 	return d, nil
 }
@@ -163,6 +164,12 @@ func (s *DeviceService) FindDevices(ctx context.Context, f cradle.DeviceFilter) 
 	if f.Model != nil {
 		where, args = append(where, "model = ?"), append(args, *f.Model)
 	}
+	if f.Protocol != nil {
+		if !slices.Contains(cradle.Protocols, *f.Protocol) {
+			return nil, "", cradle.Errorf(cradle.EINVALID, "unknown protocol %q: use cradle, mender or hawkbit", clip(string(*f.Protocol), 40))
+		}
+		where, args = append(where, "protocol = ?"), append(args, string(*f.Protocol))
+	}
 	if f.SerialPrefix != nil && *f.SerialPrefix != "" {
 		p := *f.SerialPrefix
 		if err := cradle.ValidateSerial(p); err != nil {
@@ -262,25 +269,35 @@ func (s *DeviceService) CreateDevice(ctx context.Context, c cradle.DeviceCreate)
 	}
 	var d *cradle.Device
 	err = s.db.write(ctx, func(tx *Tx) error {
-		now := micros(tx.now)
-		var id int64
-		err := tx.queryRow(ctx, `INSERT INTO devices (tenant_id, serial, hardware_uid, macs, model, hardware_revision, labels, state, initial_state, created_by, created_at, updated_at, state_changed_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-			a.TenantID, c.Serial, c.HardwareUID, enc.macs, c.Model, c.HardwareRevision, enc.labels, string(c.State), string(c.State), a.String(), now, now, now).Scan(&id)
-		if s.db.dialect.uniqueViolation(err) {
-			return cradle.Errorf(cradle.ECONFLICT, "device %q already exists in this tenant", c.Serial)
-		} else if err != nil {
-			return fmt.Errorf("sqlstore: create device: %w", err)
-		}
-		d = &cradle.Device{ID: id, TenantID: a.TenantID, Serial: c.Serial, HardwareUID: c.HardwareUID, MACs: c.MACs, Model: c.Model,
-			HardwareRevision: c.HardwareRevision, Labels: c.Labels, State: c.State, CreatedAt: tx.now, UpdatedAt: tx.now, StateChangedAt: tx.now}
-		// Config groups whose selector matches its labels reach it now.
-		if err := tx.twinsForNewDevices(ctx, a.TenantID, c.Serial); err != nil {
-			return err
-		}
-		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.create", Subject: "device:" + c.Serial, Details: c})
+		d, err = tx.createDevice(ctx, a, &c, enc, cradle.ProtocolCradle)
+		return err
 	})
 	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// createDevice inserts a normalized device that talks protocol p, hands it
+// the config groups its labels select and audits its creation.
+func (tx *Tx) createDevice(ctx context.Context, a cradle.Actor, c *cradle.DeviceCreate, enc deviceRow, p cradle.Protocol) (*cradle.Device, error) {
+	now := micros(tx.now)
+	var id int64
+	err := tx.queryRow(ctx, `INSERT INTO devices (tenant_id, serial, hardware_uid, macs, model, hardware_revision, labels, state, initial_state, protocol, created_by, created_at, updated_at, state_changed_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		a.TenantID, c.Serial, c.HardwareUID, enc.macs, c.Model, c.HardwareRevision, enc.labels, string(c.State), string(c.State), string(p), a.String(), now, now, now).Scan(&id)
+	if tx.db.dialect.uniqueViolation(err) {
+		return nil, cradle.Errorf(cradle.ECONFLICT, "device %q already exists in this tenant", c.Serial)
+	} else if err != nil {
+		return nil, fmt.Errorf("sqlstore: create device: %w", err)
+	}
+	d := &cradle.Device{ID: id, TenantID: a.TenantID, Serial: c.Serial, HardwareUID: c.HardwareUID, MACs: c.MACs, Model: c.Model,
+		HardwareRevision: c.HardwareRevision, Labels: c.Labels, State: c.State, Protocol: p, CreatedAt: tx.now, UpdatedAt: tx.now, StateChangedAt: tx.now}
+	// Config groups whose selector matches its labels reach it now.
+	if err := tx.twinsForNewDevices(ctx, a.TenantID, c.Serial); err != nil {
+		return nil, err
+	}
+	if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.create", Subject: "device:" + c.Serial, Details: c}); err != nil {
 		return nil, err
 	}
 	return d, nil

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"cradle"
@@ -56,11 +57,15 @@ func newReleaseID() (string, error) {
 	return "rel_" + hex.EncodeToString(b[:]), nil
 }
 
+// maxArtifactName bounds a foreign artifact's own name (Mender's
+// artifact_name, a .swu's "name version").
+const maxArtifactName = 256
+
 func releaseNotFound(id string) error {
 	return cradle.Errorf(cradle.ENOTFOUND, "release %q not found", id)
 }
 
-const releaseCols = `r.id, r.public_id, r.model, r.version, r.hardware_revisions, r.kind, r.sha256, r.size, r.file_name, r.security_counter, r.notes, r.state, r.reason, r.target_path, r.image_key, r.created_by, r.created_at, r.signed_at, r.updated_at`
+const releaseCols = `r.id, r.public_id, r.model, r.version, r.hardware_revisions, r.kind, r.sha256, r.size, r.file_name, r.security_counter, r.notes, r.state, r.reason, r.target_path, r.image_key, r.artifact_name, r.created_by, r.created_at, r.signed_at, r.updated_at`
 
 func scanRelease(sc interface{ Scan(...any) error }) (int64, *cradle.Release, error) {
 	var id, counter, created, updated int64
@@ -68,7 +73,7 @@ func scanRelease(sc interface{ Scan(...any) error }) (int64, *cradle.Release, er
 	var revs, kind, state string
 	r := &cradle.Release{}
 	if err := sc.Scan(&id, &r.ID, &r.Model, &r.Version, &revs, &kind, &r.SHA256, &r.Size, &r.FileName, &counter, &r.Notes, &state,
-		&r.Reason, &r.TargetPath, &r.ImageKey, &r.CreatedBy, &created, &signed, &updated); err != nil {
+		&r.Reason, &r.TargetPath, &r.ImageKey, &r.ArtifactName, &r.CreatedBy, &created, &signed, &updated); err != nil {
 		return 0, nil, err
 	}
 	if err := json.Unmarshal([]byte(revs), &r.HardwareRevisions); err != nil {
@@ -187,6 +192,9 @@ func (s *ReleaseService) CreateRelease(ctx context.Context, c cradle.ReleaseCrea
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	if len(c.ArtifactName) > maxArtifactName || !utf8.ValidString(c.ArtifactName) || strings.ContainsFunc(c.ArtifactName, unicode.IsControl) {
+		return nil, cradle.Errorf(cradle.EINVALID, "invalid artifact_name: at most %d bytes of UTF-8 text without control characters", maxArtifactName)
+	}
 	id, err := newReleaseID()
 	if err != nil {
 		return nil, err
@@ -237,10 +245,10 @@ func (s *ReleaseService) CreateRelease(ctx context.Context, c cradle.ReleaseCrea
 			}
 		}
 		now := tx.now
-		if _, err := tx.exec(ctx, `INSERT INTO releases (tenant_id, public_id, model, version, hardware_revisions, kind, sha256, size, file_name, security_counter, notes, state, image_key, created_by, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		if _, err := tx.exec(ctx, `INSERT INTO releases (tenant_id, public_id, model, version, hardware_revisions, kind, sha256, size, file_name, security_counter, notes, state, image_key, artifact_name, created_by, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			a.TenantID, id, c.Model, c.Version, string(revsJSON), string(c.Kind), c.SHA256, c.Size, c.FileName, int64(c.SecurityCounter), c.Notes,
-			string(cradle.ReleaseUploaded), c.ImageKey, a.String(), micros(now), micros(now)); err != nil {
+			string(cradle.ReleaseUploaded), c.ImageKey, c.ArtifactName, a.String(), micros(now), micros(now)); err != nil {
 			if tx.db.dialect.uniqueViolation(err) {
 				return cradle.Errorf(cradle.ECONFLICT, "model %q already has a release of version %q; choose another version", c.Model, c.Version)
 			}
@@ -248,13 +256,16 @@ func (s *ReleaseService) CreateRelease(ctx context.Context, c cradle.ReleaseCrea
 		}
 		out = &cradle.Release{ID: id, Model: c.Model, Version: c.Version, HardwareRevisions: c.HardwareRevisions, Kind: c.Kind, SHA256: c.SHA256,
 			Size: c.Size, FileName: c.FileName, SecurityCounter: c.SecurityCounter, Notes: c.Notes, State: cradle.ReleaseUploaded,
-			ImageKey: c.ImageKey, CreatedBy: a.String(), CreatedAt: now, UpdatedAt: now}
+			ImageKey: c.ImageKey, ArtifactName: c.ArtifactName, CreatedBy: a.String(), CreatedAt: now, UpdatedAt: now}
 		if len(out.HardwareRevisions) == 0 {
 			out.HardwareRevisions = nil
 		}
-		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "release.create", Subject: "release:" + id,
-			Details: map[string]any{"model": c.Model, "version": c.Version, "hardware_revisions": revs, "kind": c.Kind, "sha256": c.SHA256,
-				"size": c.Size, "file_name": c.FileName, "security_counter": c.SecurityCounter, "image_key": c.ImageKey}})
+		details := map[string]any{"model": c.Model, "version": c.Version, "hardware_revisions": revs, "kind": c.Kind, "sha256": c.SHA256,
+			"size": c.Size, "file_name": c.FileName, "security_counter": c.SecurityCounter, "image_key": c.ImageKey}
+		if c.ArtifactName != "" {
+			details["artifact_name"] = c.ArtifactName
+		}
+		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "release.create", Subject: "release:" + id, Details: details})
 	})
 	if refused != nil {
 		return nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "release.create.refused", Subject: subject,

@@ -63,18 +63,18 @@ func (s *UpdateService) PendingUpdate(ctx context.Context, serial, runningSHA256
 	}
 	p := &cradle.PendingUpdate{}
 	var relID int64
-	var state string
-	err = s.db.queryRow(ctx, `SELECT ro.public_id, ro.release_id, rd.attempt, rd.state FROM rollout_devices rd JOIN rollouts ro ON ro.id = rd.rollout_id
+	var state, rolloutState string
+	err = s.db.queryRow(ctx, `SELECT ro.public_id, ro.release_id, rd.attempt, rd.state, ro.state FROM rollout_devices rd JOIN rollouts ro ON ro.id = rd.rollout_id
 		JOIN releases r ON r.id = ro.release_id
 		WHERE rd.device_id = ? AND ro.tenant_id = ? AND rd.state IN ('started', 'downloading', 'installing') AND ro.state IN ('running', 'paused', 'aborted')
 			AND r.state <> 'yanked'
-		ORDER BY ro.id DESC LIMIT 1`, devID, a.TenantID).Scan(&p.RolloutID, &relID, &p.Attempt, &state)
+		ORDER BY ro.id DESC LIMIT 1`, devID, a.TenantID).Scan(&p.RolloutID, &relID, &p.Attempt, &state, &rolloutState)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, cradle.Errorf(cradle.ENOTFOUND, "device %q has no update in progress", serial)
 	} else if err != nil {
 		return nil, fmt.Errorf("sqlstore: pending update: %w", err)
 	}
-	p.State = cradle.DeviceUpdateState(state)
+	p.State, p.RolloutState = cradle.DeviceUpdateState(state), cradle.RolloutState(rolloutState)
 	rs, err := findReleases(ctx, s.db.query, `r.id = ?`, ``, relID)
 	if err != nil {
 		return nil, err

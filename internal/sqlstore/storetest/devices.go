@@ -38,7 +38,7 @@ func testDeviceCreate(t *testing.T, e *Env) {
 	}
 	want := &cradle.Device{ID: d.ID, TenantID: d.TenantID, Serial: "SN-0001", HardwareUID: "uid-ABC",
 		MACs: []string{"02:00:5e:10:00:01", "02:00:5e:10:00:02"}, Model: "gw-100", HardwareRevision: "B2",
-		Labels: map[string]string{"site": "berlin"}, State: cradle.StateFactory, CreatedAt: Epoch, UpdatedAt: Epoch, StateChangedAt: Epoch}
+		Labels: map[string]string{"site": "berlin"}, State: cradle.StateFactory, Protocol: cradle.ProtocolCradle, CreatedAt: Epoch, UpdatedAt: Epoch, StateChangedAt: Epoch}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("device (-want +got):\n%s", diff)
 	}

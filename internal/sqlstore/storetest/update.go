@@ -93,7 +93,7 @@ func testUpdatePending(t *testing.T, e *Env) {
 
 	p := must[*cradle.PendingUpdate](t)(k.upd.PendingUpdate(k.device("SN-1"), "SN-1", base.SHA256))
 	wantDelta := deltaFrom(base, rel)
-	want := &cradle.PendingUpdate{RolloutID: ro, Attempt: 1, State: cradle.DeviceStarted, Release: *rel, Delta: &wantDelta}
+	want := &cradle.PendingUpdate{RolloutID: ro, Attempt: 1, State: cradle.DeviceStarted, RolloutState: cradle.RolloutRunning, Release: *rel, Delta: &wantDelta}
 	if diff := cmp.Diff(want, p); diff != "" {
 		t.Fatalf("pending update (-want +got):\n%s", diff)
 	}
