@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,25 +35,6 @@ type menderClient struct {
 	cmd  *exec.Cmd
 	dir  string
 	out  *lockedBuffer
-}
-
-// lockedBuffer is the daemon's output, written by exec's copier and read
-// by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // needMender finds the mender client and what runs it in a private mount
@@ -231,7 +211,7 @@ func TestMenderClient(t *testing.T) {
 	}
 	for _, serial := range []string{"SN-MENDER-A", "SN-MENDER-B"} {
 		waitUntil(t, 20*time.Second, serial+" deployed, talking Mender", func() bool {
-			d, err := api.FindDevice(ctx, serial)
+			d, err := api.FindDeviceBySerial(ctx, serial)
 			return err == nil && d.State == cradle.StateDeployed && d.Protocol == cradle.ProtocolMender
 		})
 	}

@@ -257,7 +257,7 @@ func (e *env) exec(q string, args ...any) {
 // events lists the queued reports of a rollout as "kind/attempt/reason".
 func (e *env) events(rolloutID string) []string {
 	e.t.Helper()
-	rows, err := e.raw.Query(`SELECT ev.kind, ev.attempt, ev.reason FROM rollout_events ev JOIN rollouts r ON r.id = ev.rollout_id WHERE r.public_id = ? ORDER BY ev.id`, rolloutID)
+	rows, err := e.raw.Query(`SELECT ev.kind, ev.attempt, ev.reason FROM rollout_events ev JOIN rollouts r ON r.id = ev.rollout_id WHERE r.public_id = ? ORDER BY ev.seq`, rolloutID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
