@@ -99,6 +99,7 @@ exit 0
 		"UpdatePollIntervalSeconds": 1, "InventoryPollIntervalSeconds": 1, "RetryPollIntervalSeconds": 1,
 	})
 	writeFile(t, dir, "etc/mender.conf", string(conf))
+	writeFile(t, dir, "fallback.conf", "{}") // the client refuses an empty one (/dev/null)
 	mounts := ""
 	for _, m := range [][2]string{{"identity", "/usr/share/mender/identity"}, {"inventory", "/usr/share/mender/inventory"},
 		{"modules", "/usr/share/mender/modules/v3"}, {"etc", "/etc/mender"}} {
@@ -106,7 +107,7 @@ exit 0
 	}
 	c := &menderClient{t: t, name: name, dir: dir, out: &lockedBuffer{}}
 	c.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
-		mounts+`exec "$0" --config /etc/mender/mender.conf --fallback-config /dev/null --data "$1" --no-syslog -l info daemon`,
+		mounts+`exec "$0" --config /etc/mender/mender.conf --fallback-config "$1/../fallback.conf" --data "$1" --no-syslog -l info daemon`,
 		bin, filepath.Join(dir, "data"))
 	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
 	if err := c.cmd.Start(); err != nil {
@@ -310,7 +311,8 @@ func uploadMender(t *testing.T, s *pkiServer, version string, art []byte) *cradl
 func menderRollout(t *testing.T, api *httpapi.Client, release, serial string) string {
 	t.Helper()
 	ro, err := api.CreateRollout(context.Background(), cradle.RolloutSpec{ReleaseID: release, Target: cradle.RolloutTarget{Serials: []string{serial}},
-		Phases: []cradle.RolloutPhase{{Percent: 100}}, RateLimit: 1000})
+		Phases: []cradle.RolloutPhase{{Percent: 100}}, RateLimit: 1000,
+		FailureThreshold: cradle.FailureThreshold{Count: 1, Action: cradle.FailurePause}})
 	if err != nil {
 		t.Fatal(err)
 	}
