@@ -26,7 +26,7 @@ import (
 
 // env is the Mender API over a real SQLite store, served by httptest.
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	db        *sqlstore.DB
 	raw       *sql.DB // the same file, for fixture rollouts
 	protocols *sqlstore.ProtocolService
@@ -38,7 +38,7 @@ type env struct {
 	key       deviceKey
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "cradle.db")
@@ -73,7 +73,7 @@ func newEnv(t *testing.T) *env {
 			exp := time.Now().Add(time.Hour)
 			return "https://" + r.Host + signer.Sign(artifact.Ticket{Digest: d, Device: dev.Serial, Expires: exp}), exp, nil
 		}}
-	e.srv = httptest.NewServer(s.Handler())
+	e.srv = httptest.NewTLSServer(s.Handler())
 	t.Cleanup(e.srv.Close)
 	return e
 }
