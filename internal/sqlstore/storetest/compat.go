@@ -372,6 +372,91 @@ func testMenderAcceptRefusals(t *testing.T, e *Env) {
 	wantCode(t, err, cradle.EINVALID)
 	_, err = k.ps.PreauthorizeMender(k.admin, cradle.MenderPreauth{Serial: "SN-HB", IDData: r.IDData, PublicKey: r.PublicKey})
 	wantCode(t, err, cradle.ECONFLICT, "hawkbit")
+	_, err = k.ps.PreauthorizeMender(k.admin, cradle.MenderPreauth{Serial: "SN-RMA", IDData: r.IDData, PublicKey: r.PublicKey})
+	wantCode(t, err, cradle.ECONFLICT, "rma")
+
+	// A preauthorized device sent to RMA before its first request: the
+	// request is refused and leaves everything as it was.
+	k.newDevice("SN-P", cradle.StateProvisioned)
+	rp := menderRequest(t, "02:00:00:00:01:02", "p")
+	pre := must[*cradle.MenderAuthSet](t)(k.ps.PreauthorizeMender(k.admin, cradle.MenderPreauth{Serial: "SN-P", IDData: rp.IDData, PublicKey: rp.PublicKey}))
+	if _, err := k.e.Devices.TransitionDevice(k.admin, "SN-P", cradle.DeviceTransition{To: cradle.StateRMA}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = k.ps.MenderAuthenticate(k.sys, rp, time.Hour)
+	wantCode(t, err, cradle.EFORBIDDEN, "rma")
+	if s := must[*cradle.MenderAuthSet](t)(k.ps.FindMenderAuthSet(k.admin, pre.ID)); s.Status != cradle.MenderPreauthorized {
+		t.Fatalf("set after a refused login: %+v", s)
+	}
+	if d := k.find("SN-P"); d.Protocol != cradle.ProtocolCradle || d.State != cradle.StateRMA {
+		t.Fatalf("device after a refused login: %+v", d)
+	}
+	if n := k.count(`SELECT COUNT(*) FROM device_tokens`); n != 0 {
+		t.Fatalf("%d tokens after refused logins", n)
+	}
+	if got := k.lastActions(1); got[0] != "mender.auth.refused" {
+		t.Fatalf("audit: %v", got)
+	}
+}
+
+// testMenderConcurrent sends first requests at the same time: one pair
+// from many connections is one pending set, and many keys with the MAC
+// of one device admit only one of them.
+func testMenderConcurrent(t *testing.T, e *Env) {
+	k := newCompatKit(t, e, "acme")
+	k.newDevice("SN-1", cradle.StateProvisioned, "02:00:00:00:00:01")
+	const n = 6
+	run := func(req func(i int) cradle.MenderAuthRequest) (ok int, errs []error) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				_, _, err := k.ps.MenderAuthenticate(k.sys, req(i), time.Hour)
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil {
+					ok++
+				} else {
+					errs = append(errs, err)
+				}
+			})
+		}
+		wg.Wait()
+		return ok, errs
+	}
+	same := menderRequest(t, "02:00:00:00:00:77", "same")
+	ok, errs := run(func(int) cradle.MenderAuthRequest { return same })
+	if ok != 0 || len(errs) != n {
+		t.Fatalf("%d admitted", ok)
+	}
+	for _, err := range errs {
+		wantCode(t, err, cradle.EUNAUTHORIZED, "pending")
+	}
+	if c := k.count(`SELECT COUNT(*) FROM mender_auth_sets`); c != 1 {
+		t.Fatalf("%d sets for one pair", c)
+	}
+	if got := k.actions(); slices.Index(got, "mender.auth.pending") != len(got)-1 {
+		t.Fatalf("audit: %v", got)
+	}
+
+	keys := make([]cradle.MenderAuthRequest, n)
+	for i := range keys {
+		keys[i] = menderRequest(t, "02:00:00:00:00:01", fmt.Sprint(i))
+	}
+	ok, errs = run(func(i int) cradle.MenderAuthRequest { return keys[i] })
+	if ok != 1 {
+		t.Fatalf("%d keys admitted for one device, want 1 (%v)", ok, errs)
+	}
+	for _, err := range errs {
+		wantCode(t, err, cradle.EUNAUTHORIZED, "pending")
+	}
+	acc := must[[]*cradle.MenderAuthSet](t)(k.ps.FindMenderAuthSets(k.admin, cradle.MenderAuthFilter{Serial: "SN-1"}))
+	if len(acc) != 1 || acc[0].Status != cradle.MenderAccepted {
+		t.Fatalf("sets of SN-1: %+v", acc)
+	}
+	if d := k.find("SN-1"); d.State != cradle.StateDeployed {
+		t.Fatalf("device: %+v", d)
+	}
 }
 
 func testDeviceTokens(t *testing.T, e *Env) {
