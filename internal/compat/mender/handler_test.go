@@ -209,6 +209,14 @@ func TestInventory(t *testing.T) {
 	wantError(t, "oversize inventory", code, got, http.StatusRequestEntityTooLarge, "larger than")
 	code, got, _ = e.do("GET", "/api/devices/v1/nothing", tok, nil)
 	wantError(t, "unknown route", code, got, http.StatusNotFound, "not a route")
+	// A suspended device's token is refused with 403, and so is its login.
+	if _, err := sqlstore.NewDeviceService(e.db).TransitionDevice(e.admin, "SN-2", cradle.DeviceTransition{To: cradle.StateSuspended, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	code, got, _ = e.do("PUT", path, tok, []byte(`[]`))
+	wantError(t, "suspended device", code, got, http.StatusForbidden, "suspended")
+	code, got, _ = e.login("02:00:00:00:00:02", "")
+	wantError(t, "suspended device's login", code, got, http.StatusForbidden, "suspended")
 }
 
 func (e *env) attributes(serial string) string {
