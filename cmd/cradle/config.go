@@ -36,6 +36,8 @@ type Config struct {
 	Telemetry TelemetryConfig
 	// OTA is ota.*: release artifacts and TUF repositories.
 	OTA OTAConfig
+	// Mender is mender.*: the Mender device API (mender.go).
+	Mender MenderConfig
 }
 
 // OTAConfig is the release side of cradle serve: the artifact store's
@@ -108,6 +110,7 @@ func DefaultConfig() Config {
 		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883", ArtifactURLTTL: 24 * time.Hour},
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
 		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour, SchedulerInterval: time.Second},
+		Mender:    defaultMenderConfig(),
 	}
 }
 
