@@ -61,7 +61,7 @@ func menderTool(t *testing.T, args ...string) (string, error) {
 
 // menderArtifact writes a single-file module artifact with mender-artifact,
 // signed with keyFile unless it is "".
-func menderArtifact(t *testing.T, dir, name, keyFile string) string {
+func menderArtifactFile(t *testing.T, dir, name, keyFile string) string {
 	t.Helper()
 	payload := filepath.Join(dir, "app.conf")
 	if err := os.WriteFile(payload, []byte("answer=42\n"), 0o644); err != nil {
@@ -266,7 +266,7 @@ func TestSignArtifactMender(t *testing.T) {
 
 	for _, tc := range []struct{ name, key string }{{"unsigned", ""}, {"signed by another key", otherKey}} {
 		t.Run(tc.name, func(t *testing.T) {
-			in := menderArtifact(t, t.TempDir(), "in.mender", tc.key)
+			in := menderArtifactFile(t, t.TempDir(), "in.mender", tc.key)
 			out := filepath.Join(t.TempDir(), "signed.mender")
 			res := decodeJSON[signedRelease](t, ok(t, "release", "sign-artifact", in, "-o", out, "--data-dir", dataDir, "--json"))
 			if res.Kind != "mender" || res.Name != "release-7" || res.Signer != "CN=Acme Release Signer,O=Acme" || res.File != out {
@@ -286,7 +286,7 @@ func TestSignArtifactMender(t *testing.T) {
 	}
 
 	// Another key (--key, no certificate needed for Mender), in place.
-	path := menderArtifact(t, t.TempDir(), "a.mender", "")
+	path := menderArtifactFile(t, t.TempDir(), "a.mender", "")
 	ok(t, "release", "sign-artifact", path, "-o", path, "--key", otherKey)
 	if msg, err := menderTool(t, "validate", "-k", otherPub, path); err != nil {
 		t.Fatalf("validate after signing in place with --key: %v\n%s", err, msg)
@@ -432,7 +432,7 @@ func TestSignArtifactRefusals(t *testing.T) {
 	mcu := make([]byte, 64)
 	binary.LittleEndian.PutUint32(mcu, mcuboot.ImageMagic)
 	os.WriteFile(p("app.img"), mcu, 0o644)
-	good := menderArtifact(t, dir, "good.mender", "")
+	good := menderArtifactFile(t, dir, "good.mender", "")
 	art, _ := os.ReadFile(good)
 	damaged := bytes.Clone(art)
 	damaged[bytes.Index(art, []byte("data/0000.tar.gz"))+512+40] ^= 0xff // inside data/0000.tar.gz
@@ -495,7 +495,7 @@ func TestSignArtifactPKCS11(t *testing.T) {
 	pub := writeShow(t, dataDir, dir, "release.pub", "--pubkey")
 	ca := writeShow(t, dataDir, dir, "ca.pem", "--ca")
 
-	art := menderArtifact(t, dir, "a.mender", "")
+	art := menderArtifactFile(t, dir, "a.mender", "")
 	ok(t, "release", "sign-artifact", art, "-o", art, "--data-dir", dataDir)
 	if msg, err := menderTool(t, "validate", "-k", pub, art); err != nil {
 		t.Fatalf("mender-artifact validate: %v\n%s", err, msg)
