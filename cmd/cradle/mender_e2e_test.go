@@ -57,7 +57,9 @@ func needMender(t *testing.T) string {
 // startMender runs a daemon with identity mac, device type, an inventory
 // script and, when ecKey, a P-256 key made here (else the client makes
 // its RSA key), against the device listener of s.
-func startMender(t *testing.T, bin string, s *pkiServer, name, mac, deviceType string, ecKey bool) *menderClient {
+// verifyKey, when set, is the ArtifactVerifyKey file: the client then
+// installs only artifacts signed by that key.
+func startMender(t *testing.T, bin string, s *pkiServer, name, mac, deviceType string, ecKey bool, verifyKey string) *menderClient {
 	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{"data", "identity", "inventory", "etc", "modules"} {
@@ -94,10 +96,14 @@ exit 0
 		der, _ := x509.MarshalPKCS8PrivateKey(k)
 		writeFile(t, dir, "data/mender-agent.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})))
 	}
-	conf, _ := json.Marshal(map[string]any{
+	cfg := map[string]any{
 		"ServerURL": s.m.device.Addr(), "ServerCertificate": filepath.Join(pkiDirOf(s.dataDir), "root.crt"),
 		"UpdatePollIntervalSeconds": 1, "InventoryPollIntervalSeconds": 1, "RetryPollIntervalSeconds": 1,
-	})
+	}
+	if verifyKey != "" {
+		cfg["ArtifactVerifyKey"] = verifyKey
+	}
+	conf, _ := json.Marshal(cfg)
 	writeFile(t, dir, "etc/mender.conf", string(conf))
 	writeFile(t, dir, "fallback.conf", "{}") // the client refuses an empty one (/dev/null)
 	mounts := ""
@@ -191,8 +197,13 @@ func TestMenderClient(t *testing.T) {
 	if _, err := api.CreateDevice(ctx, cradle.DeviceCreate{Serial: "SN-MENDER-B", MACs: []string{macB}, Model: "gw-mender", State: cradle.StateProvisioned}); err != nil {
 		t.Fatal(err)
 	}
-	a := startMender(t, bin, s, "a", macA, "gw-mender", false)
-	b := startMender(t, bin, s, "b", macB, "gw-mender", true)
+	// A trusts only artifacts signed by the PKI's release signer.
+	verifyKey := filepath.Join(t.TempDir(), "release-signer.pub")
+	if err := os.WriteFile(verifyKey, []byte(ok(t, "pki", "release-signer", "show", "--data-dir", s.dataDir, "--pubkey")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := startMender(t, bin, s, "a", macA, "gw-mender", false, verifyKey)
+	b := startMender(t, bin, s, "b", macB, "gw-mender", true, "")
 
 	var pending *cradle.MenderAuthSet
 	waitUntil(t, 20*time.Second, "device A's pending auth set", func() bool {
@@ -236,11 +247,49 @@ func TestMenderClient(t *testing.T) {
 		})
 	}
 
-	// 3. A single-file deployment to A by a Cradle rollout.
+	// 3. A single-file deployment to A by a Cradle rollout. A refuses
+	// the artifact unsigned, and installs it signed by Cradle's release
+	// signer (cradle release sign-artifact).
 	dest := t.TempDir()
 	content := bytes.Repeat([]byte("cradle mender payload\n"), 600) // the client wants ≥ 4096 bytes
 	rand.Read(content[:2048])
-	okRel := uploadMender(t, s, "2.0.0", menderArtifact(t, "app-2.0.0", "single-file", "gw-mender", dest, "app.conf", content))
+	unsignedRel := uploadMender(t, s, "1.9.0", menderArtifact(t, "app-1.9.0", "single-file", "gw-mender", dest, "app.conf", content))
+	roUnsigned := menderRollout(t, api, unsignedRel.ID, "SN-MENDER-A")
+	waitUntil(t, 30*time.Second, "A refusing the unsigned artifact", func() bool {
+		a.poke()
+		r, err := api.FindRollout(ctx, roUnsigned)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Status.Phases[0].Failed == 1
+	})
+	if _, err := os.Stat(filepath.Join(dest, "app.conf")); err == nil {
+		t.Fatalf("A installed an unsigned artifact despite its ArtifactVerifyKey")
+	}
+	waitUntil(t, 20*time.Second, "A's log of the refused artifact", func() bool {
+		logs, err := protocols.FindUpdateLogs(admin, "SN-MENDER-A", roUnsigned)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(logs) > 0 && !strings.Contains(strings.ToLower(logs[0].Log), "signature") {
+			t.Fatalf("A's log of the unsigned artifact does not speak of its signature:\n%s", clipText(logs[0].Log, 2000))
+		}
+		return len(logs) > 0
+	})
+	if _, err := api.AbortRollout(ctx, roUnsigned, "unsigned"); err != nil {
+		t.Fatal(err)
+	}
+	artDir := t.TempDir()
+	unsigned, signed := filepath.Join(artDir, "app.mender"), filepath.Join(artDir, "app.signed.mender")
+	if err := os.WriteFile(unsigned, menderArtifact(t, "app-2.0.0", "single-file", "gw-mender", dest, "app.conf", content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, "release", "sign-artifact", unsigned, "-o", signed, "--data-dir", s.dataDir)
+	signedBytes, err := os.ReadFile(signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	okRel := uploadMender(t, s, "2.0.0", signedBytes)
 	if okRel.Kind != cradle.ReleaseMender {
 		t.Fatalf("release %+v, want a mender release", okRel)
 	}
