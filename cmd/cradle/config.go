@@ -36,7 +36,9 @@ type Config struct {
 	// Telemetry is telemetry.*: retention of the time series.
 	Telemetry TelemetryConfig
 	// OTA is ota.*: release artifacts and TUF repositories.
-	OTA     OTAConfig
+	OTA OTAConfig
+	// Mender is mender.*: the Mender device API (mender.go).
+	Mender  MenderConfig
 	Hawkbit HawkbitConfig // hawkbit.*: the hawkBit DDI API on the device listener (hawkbit.go)
 }
 
@@ -110,6 +112,7 @@ func DefaultConfig() Config {
 		Device:    DeviceConfig{Listen: ":8443", LDevIDLifetime: 90 * 24 * time.Hour, MQTTListen: ":8883", ArtifactURLTTL: 24 * time.Hour},
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
 		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour, SchedulerInterval: time.Second},
+		Mender:    defaultMenderConfig(),
 		Hawkbit:   HawkbitConfig{Enabled: true, PollingSleep: hawkbit.DefaultPollingSleep},
 	}
 }

@@ -32,7 +32,8 @@ import (
 // EST enrollment (/.well-known/est/), the OCSP responder (/pki/ocsp), CRLs
 // and CA certificates (/pki/crl/, /pki/ca/), the device API under
 // /device/v1/ (updates and TUF metadata in deviceupdate.go), and artifact
-// downloads at signed URLs under /artifacts/ (artifacts.go).
+// downloads at signed URLs under /artifacts/ (artifacts.go), and the
+// Mender device API under /api/devices/ (mender.go).
 type deviceListener struct {
 	authority *pki.Authority
 	ln        net.Listener
@@ -163,6 +164,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	if err != nil {
 		return nil, err
 	}
+	mountMender(cfg, listener, sqlstore.NewProtocolService(db), d.updates, tenants.FindTenantByName, logger)
 	d.hawkbit = mountHawkbit(cfg, db, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {

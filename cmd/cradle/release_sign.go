@@ -206,7 +206,7 @@ func signRelease(in, out string, s *releaseSigner) (*signedRelease, error) {
 		err = bw.Flush()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", in, err)
+		return nil, explain(err, in)
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return nil, err
@@ -224,7 +224,7 @@ func signRelease(in, out string, s *releaseSigner) (*signedRelease, error) {
 	if kind == cradle.ReleaseMender {
 		a, err := menderartifact.Parse(bufio.NewReaderSize(tmp, 256<<10), menderartifact.Options{Keys: []crypto.PublicKey{s.Key.Public()}})
 		if err != nil {
-			return nil, fmt.Errorf("%s: the signed artifact does not verify: %w", in, err)
+			return nil, explain(err, in+": the signed artifact does not verify")
 		}
 		res.Name = a.Name
 	} else {
@@ -232,7 +232,7 @@ func signRelease(in, out string, s *releaseSigner) (*signedRelease, error) {
 		roots.AddCert(s.Chain[len(s.Chain)-1])
 		img, err := swu.Parse(tmp, swu.Options{Roots: roots})
 		if err != nil {
-			return nil, fmt.Errorf("%s: the signed image does not verify: %w", in, err)
+			return nil, explain(err, in+": the signed image does not verify")
 		}
 		res.Name = img.Description.Version
 	}
@@ -258,6 +258,16 @@ func signRelease(in, out string, s *releaseSigner) (*signedRelease, error) {
 		return nil, err
 	}
 	return res, nil
+}
+
+// explain puts context before err's message; a *cradle.Error keeps its
+// code, and its message (all the CLI prints of it) gets the context.
+func explain(err error, context string) error {
+	var ce *cradle.Error
+	if errors.As(err, &ce) {
+		return cradle.Errorf(ce.Code, "%s: %s", context, ce.Message)
+	}
+	return fmt.Errorf("%s: %w", context, err)
 }
 
 func (a *app) releaseSignArtifactCmd() *cobra.Command {

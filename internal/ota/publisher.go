@@ -16,6 +16,8 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
+	"cradle/internal/compat/menderartifact"
+	"cradle/internal/compat/swu"
 	"cradle/internal/delta"
 	"cradle/internal/mcuboot"
 	"cradle/internal/tuf"
@@ -170,15 +172,17 @@ func (p *Publisher) UploadRelease(ctx context.Context, u cradle.ReleaseUpload, b
 	} else if err := CheckKind(head, kind); err != nil {
 		return nil, err
 	}
+	var artifactName string
 	switch kind {
 	case cradle.ReleaseMender, cradle.ReleaseSWUpdate:
-		if err := p.checkForeign(kind, io.NewSectionReader(rd, 0, u.Size), u); err != nil {
+		if artifactName, err = p.checkForeign(kind, io.NewSectionReader(rd, 0, u.Size), u); err != nil {
 			return nil, err
 		}
 	}
 	c := cradle.ReleaseCreate{
 		Model: u.Model, Version: u.Version, HardwareRevisions: u.HardwareRevisions, Kind: kind,
 		SHA256: digest.String(), Size: u.Size, FileName: u.FileName, SecurityCounter: u.SecurityCounter, Notes: u.Notes,
+		ArtifactName: artifactName,
 	}
 	if kind == cradle.ReleaseMCUboot {
 		if _, err := rd.Seek(0, io.SeekStart); err != nil {
@@ -210,21 +214,42 @@ func (p *Publisher) UploadRelease(ctx context.Context, u cradle.ReleaseUpload, b
 
 // checkForeign parses a whole Mender artifact or SWUpdate image from the
 // artifact store, streaming, and checks it against the release's model or
-// hardware revisions (CheckMenderArtifact, CheckSWUpdateImage). Refusals
-// are the parsers' own cradle.Errors; a failing read is internal.
-func (p *Publisher) checkForeign(kind cradle.ReleaseKind, r io.Reader, u cradle.ReleaseUpload) error {
+// hardware revisions (CheckMenderArtifact, CheckSWUpdateImage), and
+// returns the name the artifact gives itself (the release's ArtifactName):
+// a Mender artifact's artifact_name, which the Mender client compares with
+// the one it runs, or a .swu's "name version" (SWUpdateArtifactName).
+// Refusals are the parsers' own cradle.Errors; a failing read is internal.
+func (p *Publisher) checkForeign(kind cradle.ReleaseKind, r io.Reader, u cradle.ReleaseUpload) (string, error) {
 	var err error
+	var name string
 	switch kind {
 	case cradle.ReleaseMender:
-		_, err = CheckMenderArtifact(r, u.Model, MenderPayloadFactor*p.maxSize())
+		var a *menderartifact.Artifact
+		if a, err = CheckMenderArtifact(r, u.Model, MenderPayloadFactor*p.maxSize()); err == nil {
+			name = a.Name
+		}
 	case cradle.ReleaseSWUpdate:
-		_, err = CheckSWUpdateImage(r, u.HardwareRevisions)
+		var img *swu.Image
+		if img, err = CheckSWUpdateImage(r, u.HardwareRevisions); err == nil {
+			name = SWUpdateArtifactName(img)
+		}
 	}
 	var ce *cradle.Error
 	if err != nil && !errors.As(err, &ce) {
-		return fmt.Errorf("ota: read the uploaded artifact: %w", err)
+		return "", fmt.Errorf("ota: read the uploaded artifact: %w", err)
 	}
-	return err
+	return name, err
+}
+
+// SWUpdateArtifactName is the name a .swu gives itself: sw-description's
+// software name and version, "name version", or the version alone when
+// it has no name.
+func SWUpdateArtifactName(img *swu.Image) string {
+	sw := img.Description.Root.Get("software")
+	if n := sw.Get("name"); n != nil && n.Kind == swu.KindString && strings.TrimSpace(n.Str) != "" {
+		return strings.TrimSpace(n.Str) + " " + img.Description.Version
+	}
+	return img.Description.Version
 }
 
 // verifyImage checks an MCUboot image against the image keys of model.

@@ -710,3 +710,21 @@ func fromNullMicros(n sql.NullInt64) *time.Time {
 	t := fromMicros(n.Int64)
 	return &t
 }
+
+// queryPrepared is query for a query of constant text on a hot path,
+// prepared once like queryRowPrepared (a device's update check reads its
+// release and deltas with it). Queries built from filters must not use it.
+func (db *DB) queryPrepared(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st, ok := db.stmts.Load(q); ok {
+		return st.(*sql.Stmt).QueryContext(ctx, args...)
+	}
+	st, err := db.rdb.PrepareContext(ctx, db.dialect.rebind(q))
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := db.stmts.LoadOrStore(q, st); loaded {
+		st.Close()
+		st = prev.(*sql.Stmt)
+	}
+	return st.QueryContext(ctx, args...)
+}

@@ -64,7 +64,7 @@ func (s *UpdateService) PendingUpdate(ctx context.Context, serial, runningSHA256
 	p := &cradle.PendingUpdate{}
 	var relID int64
 	var state, rolloutState string
-	err = s.db.queryRow(ctx, `SELECT ro.public_id, ro.release_id, rd.attempt, rd.state, ro.state FROM rollout_devices rd JOIN rollouts ro ON ro.id = rd.rollout_id
+	err = s.db.queryRowPrepared(ctx, `SELECT ro.public_id, ro.release_id, rd.attempt, rd.state, ro.state FROM rollout_devices rd JOIN rollouts ro ON ro.id = rd.rollout_id
 		JOIN releases r ON r.id = ro.release_id
 		WHERE rd.device_id = ? AND ro.tenant_id = ? AND rd.state IN ('started', 'downloading', 'installing') AND ro.state IN ('running', 'paused', 'aborted')
 			AND r.state <> 'yanked'
@@ -75,7 +75,7 @@ func (s *UpdateService) PendingUpdate(ctx context.Context, serial, runningSHA256
 		return nil, fmt.Errorf("sqlstore: pending update: %w", err)
 	}
 	p.State, p.RolloutState = cradle.DeviceUpdateState(state), cradle.RolloutState(rolloutState)
-	rs, err := findReleases(ctx, s.db.query, `r.id = ?`, ``, relID)
+	rs, err := findReleases(ctx, s.db.queryPrepared, `r.id = ?`, ``, relID) // constant texts: one release
 	if err != nil {
 		return nil, err
 	}

@@ -27,7 +27,9 @@
 // the raw 64-byte r‖s (not DER), as in mender-artifact's signer. When
 // Options.Keys is set, Parse requires a signature by one of those keys and
 // checks it before it reads the header; without keys a signature is
-// reported (Artifact.Signed) but not checked.
+// reported (Artifact.Signed) but not checked. Resign adds or replaces the
+// signature of an existing artifact, streaming, and leaves every other
+// entry as it was.
 //
 // # Streaming and bounds
 //

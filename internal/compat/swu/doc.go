@@ -27,5 +27,6 @@
 // certificate embedded (like openssl cms -sign -outform DER -nosmimecap
 // -binary) and the payloads. CMS comes from github.com/smallstep/pkcs7;
 // the signer's certificate chain and key usage are checked here with
-// crypto/x509.
+// crypto/x509. Resign adds or replaces the signature of an existing image,
+// streaming, and keeps its payloads and cpio format.
 package swu

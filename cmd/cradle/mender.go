@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"cradle"
+	"cradle/internal/artifact"
+	"cradle/internal/compat/mender"
+	"cradle/internal/deviceapi"
+)
+
+// The Mender device API (internal/compat/mender) on the device listener,
+// under /api/devices/, as public routes: the Mender client presents no
+// client certificate; it logs in with a signed auth request and then
+// carries a session token. Artifacts come from the same signed URLs as
+// the native agent's (artifacts.go).
+
+// MenderConfig is mender.*.
+type MenderConfig struct {
+	Enabled       bool          // mender.enabled: serve the Mender device API on the device listener
+	DefaultTenant string        // mender.default_tenant: the tenant of devices that send no tenant token
+	TokenTTL      time.Duration // mender.token_ttl: the lifetime of a Mender session token
+}
+
+func defaultMenderConfig() MenderConfig {
+	return MenderConfig{Enabled: true, DefaultTenant: "default", TokenTTL: cradle.DefaultMenderTokenTTL}
+}
+
+// The mender.* settings join the configuration table here, so that the
+// shared config.go carries only the Config field.
+func init() {
+	configGroups = append(configGroups, "mender")
+	configFields = append(configFields, []configField{
+		{
+			key: "mender.enabled", env: "CRADLE_MENDER_ENABLED", flag: "mender-enabled",
+			usage: "serve the Mender device API (mender-client 3.x) under /api/devices/ on the device listener",
+			set: func(c *Config, v string) error {
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return fmt.Errorf("%q is not true or false", v)
+				}
+				c.Mender.Enabled = b
+				return nil
+			},
+			get: func(c *Config) string { return strconv.FormatBool(c.Mender.Enabled) },
+		},
+		{
+			key: "mender.default_tenant", env: "CRADLE_MENDER_DEFAULT_TENANT", flag: "mender-default-tenant",
+			usage: "the tenant of Mender devices that send no tenant token; empty: a tenant token is required",
+			set: func(c *Config, v string) error {
+				if v != "" {
+					if err := cradle.ValidateTenantName(v); err != nil {
+						return errors.New(cradle.ErrorMessage(err))
+					}
+				}
+				c.Mender.DefaultTenant = v
+				return nil
+			},
+			get: func(c *Config) string { return c.Mender.DefaultTenant },
+		},
+		{
+			key: "mender.token_ttl", env: "CRADLE_MENDER_TOKEN_TTL", flag: "mender-token-ttl",
+			usage: "how long a Mender session token stays valid, from 1m to 720h",
+			set: func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < time.Minute || d > 720*time.Hour {
+					return fmt.Errorf("%q is not a duration from 1m to 720h, such as 24h", v)
+				}
+				c.Mender.TokenTTL = d
+				return nil
+			},
+			get: func(c *Config) string { return c.Mender.TokenTTL.String() },
+		},
+	}...)
+}
+
+// tenantIDByName resolves a tenant name to its id, remembering it once
+// found (tenants are not renamed).
+type tenantIDByName struct {
+	name string
+	find func(ctx context.Context, name string) (*cradle.Tenant, error)
+
+	mu sync.Mutex
+	id int64
+}
+
+func (t *tenantIDByName) get(ctx context.Context) (int64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.id != 0 {
+		return t.id, nil
+	}
+	tn, err := t.find(ctx, t.name)
+	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+		return 0, cradle.Errorf(cradle.EUNAUTHORIZED, "the default tenant %q of this server does not exist: configure the device with a tenant token", t.name)
+	} else if err != nil {
+		return 0, err
+	}
+	t.id = tn.ID
+	return t.id, nil
+}
+
+// mountMender mounts the Mender device API on the listener when
+// mender.enabled, over the protocol and update services, with download
+// URLs signed like the native agent's.
+func mountMender(cfg Config, l *deviceapi.Server, protocols cradle.ProtocolService, updates *deviceUpdates,
+	findTenant func(ctx context.Context, name string) (*cradle.Tenant, error), logger *slog.Logger) {
+	if !cfg.Mender.Enabled {
+		return
+	}
+	s := &mender.Server{
+		Protocols: protocols, Updates: updates.svc, TokenTTL: cfg.Mender.TokenTTL, Logger: logger.With("api", "mender"),
+		SignURL: func(r *http.Request, dev *cradle.Device, rel *cradle.Release) (string, time.Time, error) {
+			d, err := artifact.ParseDigest(rel.SHA256)
+			if err != nil {
+				return "", time.Time{}, fmt.Errorf("release %s: artifact digest %q: %w", rel.ID, rel.SHA256, err)
+			}
+			exp := updates.now().Add(updates.ttl)
+			return updates.baseURL(r) + updates.artifacts.Signer.Sign(artifact.Ticket{Digest: d, Device: downloadDevice(dev.TenantID, dev.Serial), Expires: exp}), exp, nil
+		},
+	}
+	if cfg.Mender.DefaultTenant != "" {
+		s.DefaultTenant = (&tenantIDByName{name: cfg.Mender.DefaultTenant, find: findTenant}).get
+	}
+	s.Routes(func(pattern string, h http.Handler) { l.Handle(pattern, h, true) })
+}
