@@ -51,6 +51,7 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
+	"cradle/internal/compat/pollcache"
 )
 
 // DefaultPollingSleep is the polling interval told to devices.
@@ -72,9 +73,7 @@ const (
 // Invalidate forgets what the base poll read of the devices' updates: the
 // rollout scheduler has just started them (its Notify).
 func (h *Handler) Invalidate(tenantID int64, serials []string) {
-	for _, s := range serials {
-		h.polls.Delete(installedKey{tenantID, s})
-	}
+	h.polls.Invalidate(tenantID, serials)
 }
 
 // pollCache is the TTL of the base poll's reading; 0 when disabled.
@@ -91,45 +90,33 @@ func (h *Handler) pollCache() time.Duration {
 // pollSeen is a cached reading of the device's update: p and a nil when
 // it had none.
 type pollSeen struct {
-	p     *cradle.PendingUpdate
-	a     *cradle.DDIAction
-	until time.Time
+	p *cradle.PendingUpdate
+	a *cradle.DDIAction
 }
 
-// attrsSeen is a cached answer to whether the device has attributes.
-type attrsSeen struct {
-	has   bool
-	until time.Time
-}
-
-// softwareSeen is a cached FindSoftware answer (sw nil: none reported).
-type softwareSeen struct {
-	sw    *cradle.DeviceSoftware
-	until time.Time
-}
-
-// findSoftware is FindSoftware through the cache.
+// findSoftware is FindSoftware through the cache (nil: none reported, or
+// the store failed, which is logged).
 func (h *Handler) findSoftware(ctx context.Context, dev *cradle.Device) *cradle.DeviceSoftware {
-	key := installedKey{dev.TenantID, dev.Serial}
-	if v, ok := h.software.Load(key); ok && time.Now().Before(v.(softwareSeen).until) {
-		return v.(softwareSeen).sw
-	}
-	sw, err := h.Updates.FindSoftware(system(ctx, dev.TenantID), dev.Serial)
-	if err != nil {
-		if cradle.ErrorCode(err) != cradle.ENOTFOUND {
-			h.logger().Warn("hawkBit base poll: software of the device", "device", dev.Serial, "err", err)
-			return nil
+	sw, err := h.software.Fill(dev.TenantID, dev.Serial, softwareTTL, func() (*cradle.DeviceSoftware, error) {
+		sw, err := h.Updates.FindSoftware(system(ctx, dev.TenantID), dev.Serial)
+		if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+			return nil, nil
 		}
-		sw = nil
+		return sw, err
+	})
+	if err != nil {
+		h.logger().Warn("hawkBit base poll: software of the device", "device", dev.Serial, "err", err)
+		return nil
 	}
-	h.software.Store(key, softwareSeen{sw: sw, until: time.Now().Add(softwareTTL)})
 	return sw
 }
 
-// reportSoftware records what the device runs, and caches it.
+// reportSoftware records what the device runs, and drops what the cache
+// held of it.
 func (h *Handler) reportSoftware(ctx context.Context, dev *cradle.Device, rel *cradle.Release) error {
-	h.software.Delete(installedKey{dev.TenantID, dev.Serial})
-	return h.Updates.ReportSoftware(ctx, dev.Serial, rel.SHA256)
+	err := h.Updates.ReportSoftware(ctx, dev.Serial, rel.SHA256)
+	h.software.Delete(dev.TenantID, dev.Serial)
+	return err
 }
 
 // Handler serves the DDI API. Set the fields; the zero values of Logger,
@@ -167,10 +154,10 @@ type Handler struct {
 	installed sync.Map // installedKey → installedAt
 	// Caches of the base poll's reads, per device: its update (until
 	// Invalidate or the TTL), whether it has attributes, what it runs.
-	// The handler's own writes drop them.
-	polls    sync.Map // installedKey → pollSeen
-	hasAttrs sync.Map // installedKey → attrsSeen
-	software sync.Map // installedKey → softwareSeen
+	// The handler's own writes drop them, after writing.
+	polls    pollcache.Cache[pollSeen]
+	hasAttrs pollcache.Cache[bool]
+	software pollcache.Cache[*cradle.DeviceSoftware]
 }
 
 // artifactHashes are an artifact's MD5 and SHA-1, computed once.
@@ -419,28 +406,21 @@ func installable(k cradle.ReleaseKind) bool {
 // current returns the device's attempt in flight and its action; p is nil
 // when it has none.
 func (h *Handler) current(ctx context.Context, dev *cradle.Device) (*cradle.PendingUpdate, *cradle.DDIAction, error) {
-	key := installedKey{dev.TenantID, dev.Serial}
-	ttl := h.pollCache()
-	if v, ok := h.polls.Load(key); ok && ttl > 0 && time.Now().Before(v.(pollSeen).until) {
-		return v.(pollSeen).p, v.(pollSeen).a, nil
-	}
-	p, err := h.Updates.PendingUpdate(ctx, dev.Serial, "")
-	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
-		p, err = nil, nil
-	} else if err != nil {
-		return nil, nil, err
-	}
-	var a *cradle.DDIAction
-	if p != nil {
-		if a, err = h.Protocol.DDIAction(ctx, dev.Serial, p.RolloutID, p.Attempt); err != nil {
-			return nil, nil, err
+	seen, err := h.polls.Fill(dev.TenantID, dev.Serial, h.pollCache(), func() (pollSeen, error) {
+		p, err := h.Updates.PendingUpdate(ctx, dev.Serial, "")
+		if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+			return pollSeen{}, nil
+		} else if err != nil {
+			return pollSeen{}, err
+		}
+		a, err := h.Protocol.DDIAction(ctx, dev.Serial, p.RolloutID, p.Attempt)
+		if err != nil {
+			return pollSeen{}, err
 		}
 		h.remember(dev.TenantID, a, &p.Release)
-	}
-	if ttl > 0 {
-		h.polls.Store(key, pollSeen{p: p, a: a, until: time.Now().Add(ttl)})
-	}
-	return p, a, nil
+		return pollSeen{p: p, a: a}, nil
+	})
+	return seen.p, seen.a, err
 }
 
 func (h *Handler) getBase(w http.ResponseWriter, r *http.Request, dev *cradle.Device) error {
@@ -463,25 +443,23 @@ func (h *Handler) getBase(w http.ResponseWriter, r *http.Request, dev *cradle.De
 		doc.Links["cancelAction"] = link{base + "/cancelAction/" + strconv.FormatInt(a.ID, 10)}
 	case !installable(p.Release.Kind):
 		reason := fmt.Sprintf("release %s is a %s artifact, which a hawkBit DDI client (SWUpdate, RAUC) cannot install: roll out a swupdate or file release to this device", p.Release.ID, p.Release.Kind)
-		h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
-		if err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: reason}); err != nil {
+		err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: reason})
+		h.polls.Delete(dev.TenantID, dev.Serial)
+		if err != nil {
 			return err
 		}
 		h.logger().Warn("hawkBit device offered a release it cannot install", "device", dev.Serial, "release", p.Release.ID, "kind", p.Release.Kind)
 	default:
 		doc.Links["deploymentBase"] = link{base + "/deploymentBase/" + strconv.FormatInt(a.ID, 10) + "?c=" + etag(a.ID, p.Release.SHA256)}
 	}
-	key := installedKey{dev.TenantID, dev.Serial}
-	v, ok := h.hasAttrs.Load(key)
-	if !ok || time.Now().After(v.(attrsSeen).until) {
+	has, err := h.hasAttrs.Fill(dev.TenantID, dev.Serial, attrsTTL, func() (bool, error) {
 		attrs, err := h.Protocol.FindDeviceAttributes(ctx, dev.Serial)
-		if err != nil {
-			return err
-		}
-		v = attrsSeen{has: len(attrs) > 0, until: time.Now().Add(attrsTTL)}
-		h.hasAttrs.Store(key, v)
+		return len(attrs) > 0, err
+	})
+	if err != nil {
+		return err
 	}
-	if !v.(attrsSeen).has {
+	if !has {
 		doc.Links["configData"] = link{base + "/configData"}
 	}
 	if id, ok := h.installedAction(ctx, dev); ok {
@@ -728,8 +706,9 @@ func (h *Handler) postFeedback(w http.ResponseWriter, r *http.Request, dev *crad
 			return err
 		}
 	}
-	h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
-	if err := h.Updates.ReportUpdate(ctx, dev.Serial, rep); err != nil {
+	err = h.Updates.ReportUpdate(ctx, dev.Serial, rep)
+	h.polls.Delete(dev.TenantID, dev.Serial)
+	if err != nil {
 		return err
 	}
 	if rep.State == cradle.UpdateSucceeded {
@@ -802,8 +781,9 @@ func (h *Handler) postCancelFeedback(w http.ResponseWriter, r *http.Request, dev
 			// reports its own end.
 			break
 		}
-		h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
-		if err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: CanceledReason}); err != nil {
+		err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: CanceledReason})
+		h.polls.Delete(dev.TenantID, dev.Serial)
+		if err != nil {
 			return err
 		}
 	case ExecRejected:
@@ -824,7 +804,6 @@ func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cra
 		return err
 	}
 	ctx := r.Context()
-	h.hasAttrs.Delete(installedKey{dev.TenantID, dev.Serial})
 	if c.Mode == ModeRemove {
 		names := make([]string, len(c.Data))
 		for i, a := range c.Data {
@@ -834,6 +813,7 @@ func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cra
 	} else {
 		err = h.Protocol.SetDeviceAttributes(ctx, dev.Serial, c.Data, c.Mode == ModeReplace)
 	}
+	h.hasAttrs.Delete(dev.TenantID, dev.Serial)
 	if err != nil {
 		return err
 	}
