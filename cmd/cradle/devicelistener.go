@@ -20,6 +20,7 @@ import (
 	"cradle"
 	"cradle/internal/artifact"
 	"cradle/internal/compat/hawkbit"
+	"cradle/internal/compat/mender"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
 	"cradle/internal/mqttapi"
@@ -50,6 +51,7 @@ type deviceListener struct {
 	accounting *downloadAccounting
 	plain      *artifactListener
 	hawkbit    *hawkbit.Handler // nil unless hawkbit.enabled
+	mender     *mender.Server   // nil unless mender.enabled
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -164,7 +166,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	if err != nil {
 		return nil, err
 	}
-	mountMender(cfg, listener, sqlstore.NewProtocolService(db), d.updates, tenants.FindTenantByName, logger)
+	d.mender = mountMender(cfg, listener, sqlstore.NewProtocolService(db), d.updates, tenants.FindTenantByName, logger)
 	d.hawkbit = mountHawkbit(cfg, db, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {
@@ -334,5 +336,8 @@ func (d *deviceListener) notifyUpdates(ctx context.Context, tenantID int64, seri
 	d.updates.notify(ctx, tenantID, serials)
 	if d.hawkbit != nil {
 		d.hawkbit.Invalidate(tenantID, serials)
+	}
+	if d.mender != nil {
+		d.mender.Invalidate(tenantID, serials)
 	}
 }

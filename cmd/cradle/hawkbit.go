@@ -28,6 +28,7 @@ import (
 type HawkbitConfig struct {
 	Enabled      bool          // hawkbit.enabled: serve the DDI API
 	PollingSleep time.Duration // hawkbit.polling_sleep: the polling interval told to devices
+	PollCache    time.Duration // hawkbit.poll_cache: how long a base poll trusts its reading of the device's update; 0 disables
 }
 
 var hawkbitEnabledField = configField{
@@ -58,6 +59,20 @@ var hawkbitPollingSleepField = configField{
 	get: func(c *Config) string { return c.Hawkbit.PollingSleep.String() },
 }
 
+var hawkbitPollCacheField = configField{
+	key: "hawkbit.poll_cache", env: "CRADLE_HAWKBIT_POLL_CACHE", flag: "hawkbit-poll-cache",
+	usage: "how long a base poll trusts what it read of the device's pending update, from 0 (read it every time) to 1m",
+	set: func(c *Config, v string) error {
+		d, err := parsePollCache(v)
+		if err != nil {
+			return err
+		}
+		c.Hawkbit.PollCache = d
+		return nil
+	},
+	get: func(c *Config) string { return c.Hawkbit.PollCache.String() },
+}
+
 // mountHawkbit mounts the DDI API on the listener when hawkbit.enabled
 // and returns it (nil when disabled), for the rollout scheduler's Notify.
 func mountHawkbit(cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, downloads *artifact.Handler, listener *deviceapi.Server,
@@ -81,7 +96,8 @@ func mountHawkbit(cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, download
 			}
 			return dev, nil
 		},
-		DownloadDevice: downloadDevice, PollingSleep: cfg.Hawkbit.PollingSleep, Logger: logger,
+		DownloadDevice: downloadDevice, PollingSleep: cfg.Hawkbit.PollingSleep,
+		PollCache: pollCacheTTL(cfg.Hawkbit.PollCache), Logger: logger,
 	}
 	listener.Handle("/", h, true)
 	return h
