@@ -7,9 +7,12 @@
 // Cradle's "default"), and the controller id is the device serial. A
 // request authenticates with "Authorization: TargetToken <t>" (a token of
 // that device), "GatewayToken <t>" (a token of the tenant; the device must
-// be registered already) or the device's client certificate on the TLS
+// be registered already, and be a hawkBit device or a provisioned one on
+// its first contact: a gateway token never takes over a device of another
+// protocol) or the device's client certificate (its LDevID) on the TLS
 // connection; then it acts as the device. Refusals: 401 for missing, wrong
-// or revoked credentials, 403 for a suspended, RMA or end-of-life device.
+// or revoked credentials, 403 for a suspended, RMA or end-of-life device,
+// an IDevID or a gateway token used for a device it may not act for.
 //
 // An action is one attempt of one device in one rollout
 // (cradle.ProtocolService.DDIAction); its id is a decimal string below
@@ -27,7 +30,7 @@
 // "<file>.MD5SUM"; the module id is the action id, so a device fetches only
 // what it was offered. MD5 and SHA-1, which DDI clients check and a release
 // does not record, are computed from the artifact store once per artifact
-// and kept in memory.
+// and kept in memory (a bounded cache, as what actions stand for).
 package hawkbit
 
 import (
