@@ -131,17 +131,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			}
 			s.logger().Warn("device refused", "path", r.URL.Path, "remote", r.RemoteAddr, "status", rf.status, "reason", rf.msg)
 			http.Error(w, rf.msg, rf.status)
-			if s.Audit != nil {
-				tenant, actor, subject := int64(0), "anonymous", "certificate:none"
-				if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-					subject = "certificate:" + cradle.SerialHex(r.TLS.PeerCertificates[0].SerialNumber)
-				}
-				if rf.cert != nil {
-					tenant, actor = rf.cert.TenantID, "device:"+rf.cert.DeviceSerial+"(device)"
-				}
-				s.Audit(r.Context(), tenant, actor, cradle.AuditEvent{Action: "device.auth.refused", Subject: subject,
-					Details: map[string]string{"reason": rf.msg, "path": r.URL.Path, "remote": r.RemoteAddr}})
-			}
+			s.AuditRefusal(r, rf)
 			return
 		}
 		cs := *r.TLS
@@ -152,6 +142,45 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		r2.TLS = &cs
 		next.ServeHTTP(w, r2)
 	})
+}
+
+// Refuse makes a refusal of a device that passed CheckPeer, for a rule of
+// the caller's own (an IDevID where an LDevID is required): status is 401
+// or 403, and cert names the device's tenant for AuditRefusal.
+func Refuse(status int, msg string, cert *cradle.Certificate) error {
+	return &refusal{status: status, msg: msg, cert: cert}
+}
+
+// RefusalStatus returns the status of a refusal by CheckPeer or Refuse
+// (401 for the certificate, 403 for the device's state); false for any
+// other error, such as a failure of the store, which is not the device's
+// fault (500).
+func RefusalStatus(err error) (int, bool) {
+	var rf *refusal
+	if errors.As(err, &rf) {
+		return rf.status, true
+	}
+	return 0, false
+}
+
+// AuditRefusal records a refusal of the request's client certificate
+// (an error of CheckPeer or Refuse) as the listener does for its own
+// routes: device.auth.refused, in the certificate's tenant when it is on
+// record, else in tenant 0. Other errors and a nil Audit record nothing.
+func (s *Server) AuditRefusal(r *http.Request, err error) {
+	var rf *refusal
+	if s.Audit == nil || !errors.As(err, &rf) {
+		return
+	}
+	tenant, actor, subject := int64(0), "anonymous", "certificate:none"
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		subject = "certificate:" + cradle.SerialHex(r.TLS.PeerCertificates[0].SerialNumber)
+	}
+	if rf.cert != nil {
+		tenant, actor = rf.cert.TenantID, "device:"+rf.cert.DeviceSerial+"(device)"
+	}
+	s.Audit(r.Context(), tenant, actor, cradle.AuditEvent{Action: "device.auth.refused", Subject: subject,
+		Details: map[string]string{"reason": rf.msg, "path": r.URL.Path, "remote": r.RemoteAddr}})
 }
 
 func (s *Server) logger() *slog.Logger {

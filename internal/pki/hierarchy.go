@@ -144,8 +144,10 @@ func (h *Hierarchy) CACerts() []*x509.Certificate {
 // every certificate under it.
 //
 // Root: self-signed, RootLifetime, pathLen 1, keyCertSign and cRLSign.
-// CAs: pathLen 0, keyCertSign, cRLSign and digitalSignature, caIssuers
-// pointing at root.crt. Server: ServerTLS profile. Command signer:
+// CAs: pathLen 0, keyCertSign and cRLSign only, caIssuers pointing at
+// root.crt. Not digitalSignature: OpenSSL's S/MIME purpose check accepts a
+// CA certificate without EKU that has it, so an online issuing CA could
+// otherwise sign .swu images that devices trusting the root install. Server: ServerTLS profile. Command signer:
 // CommandSigner profile. Release signer: ReleaseSigner profile. OCSP
 // signers: OCSPSigner profile. Subject and
 // authority key identifiers are set on all.
@@ -295,7 +297,7 @@ func issueCA(ctx context.Context, root *x509.Certificate, rootKey crypto.Signer,
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}, KeyPolicy(), d)
 }
 
