@@ -21,6 +21,7 @@ import (
 	"cradle/internal/artifact"
 	"cradle/internal/compat/hawkbit"
 	"cradle/internal/compat/mender"
+	"cradle/internal/compat/tokencache"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
 	"cradle/internal/mqttapi"
@@ -52,6 +53,9 @@ type deviceListener struct {
 	plain      *artifactListener
 	hawkbit    *hawkbit.Handler // nil unless hawkbit.enabled
 	mender     *mender.Server   // nil unless mender.enabled
+	// protocols is the server's ProtocolService, with its token cache
+	// (shared with the operator API, whose revocations flush it).
+	protocols *tokencache.Service
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -166,8 +170,9 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	if err != nil {
 		return nil, err
 	}
-	d.mender = mountMender(cfg, listener, sqlstore.NewProtocolService(db), d.updates, tenants.FindTenantByName, logger)
-	d.hawkbit = mountHawkbit(cfg, db, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
+	d.protocols = tokencache.Wrap(sqlstore.NewProtocolService(db))
+	d.mender = mountMender(cfg, listener, d.protocols, d.updates, tenants.FindTenantByName, logger)
+	d.hawkbit = mountHawkbit(cfg, db, d.protocols, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, d.updates, metrics, logger); err != nil {

@@ -76,13 +76,13 @@ var hawkbitPollCacheField = configField{
 
 // mountHawkbit mounts the DDI API on the listener when hawkbit.enabled
 // and returns it (nil when disabled), for the rollout scheduler's Notify.
-func mountHawkbit(cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, downloads *artifact.Handler, listener *deviceapi.Server,
+func mountHawkbit(cfg Config, db *sqlstore.DB, protocols cradle.ProtocolService, artifacts *artifact.Dir, downloads *artifact.Handler, listener *deviceapi.Server,
 	tenantName func(context.Context, int64) (string, error), logger *slog.Logger) *hawkbit.Handler {
 	if !cfg.Hawkbit.Enabled {
 		return nil
 	}
 	h := &hawkbit.Handler{
-		Protocol: sqlstore.NewProtocolService(db), Updates: sqlstore.NewUpdateService(db), Devices: sqlstore.NewDeviceService(db),
+		Protocol: protocols, Updates: sqlstore.NewUpdateService(db), Devices: sqlstore.NewDeviceService(db),
 		Rollouts: sqlstore.NewRolloutService(db), Releases: sqlstore.NewReleaseService(db),
 		Artifacts: artifacts, Blobs: downloads, TenantName: tenantName,
 		CheckPeer: func(r *http.Request, chain []*x509.Certificate) (*cradle.Device, error) {

@@ -130,8 +130,20 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 
 	devices := sqlstore.NewDeviceService(m.db)
-	if m.device != nil && m.device.mqtt != nil {
-		devices.OnTransition = disconnectOnTransition(m.device.mqtt, m.Logger)
+	var protocols cradle.ProtocolService = sqlstore.NewProtocolService(m.db)
+	if m.device != nil {
+		protocols = m.device.protocols
+		var disconnect func(*cradle.Device, cradle.State)
+		if m.device.mqtt != nil {
+			disconnect = disconnectOnTransition(m.device.mqtt, m.Logger)
+		}
+		tokens := m.device.protocols.Cache
+		devices.OnTransition = func(d *cradle.Device, from cradle.State) {
+			tokens.Flush() // a suspended, rma or eol device's tokens are refused now
+			if disconnect != nil {
+				disconnect(d, from)
+			}
+		}
 	}
 	m.otaJobs = startOTA(cfg, m.db, artifacts, sqlstore.NewReleaseService(m.db), sqlstore.NewRolloutService(m.db), m.Logger)
 	m.publisher = m.otaJobs.publisher
@@ -147,7 +159,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Releases:       sqlstore.NewReleaseService(m.db),
 		Rollouts:       sqlstore.NewRolloutService(m.db),
 		Updates:        sqlstore.NewUpdateService(m.db),
-		Protocols:      sqlstore.NewProtocolService(m.db),
+		Protocols:      protocols,
 		Publisher:      m.publisher,
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,

@@ -12,6 +12,7 @@ import (
 
 	"cradle"
 	"cradle/internal/compat/mender"
+	"cradle/internal/compat/tokencache"
 )
 
 // benchClients is how many requests are in flight at once.
@@ -30,7 +31,15 @@ func BenchmarkDeploymentsNext(b *testing.B) {
 		cache time.Duration
 	}{{"cached", 0}, {"uncached", -1}} {
 		b.Run(mode.name, func(b *testing.B) {
-			benchmarkNext(b, newEnv(b, func(s *mender.Server) { s.PollCache = mode.cache }))
+			// As the server runs it: the poll cache and the token cache
+			// (internal/compat/tokencache); uncached reads the store for
+			// both on every check.
+			benchmarkNext(b, newEnv(b, func(s *mender.Server) {
+				s.PollCache = mode.cache
+				if mode.cache >= 0 {
+					s.Protocols = tokencache.Wrap(s.Protocols)
+				}
+			}))
 		})
 	}
 }
