@@ -92,6 +92,9 @@ type Server struct {
 	// device APIs: auth sets, device tokens, inventory attributes and
 	// update logs; nil answers them with not_implemented.
 	Protocols cradle.ProtocolService
+	// Revocations revokes whole devices (revoke.go); nil answers those
+	// routes with not_implemented.
+	Revocations cradle.RevocationService
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.
