@@ -412,4 +412,3 @@ func (f *revokeFixture) crl(t *testing.T, hc *http.Client) *x509.RevocationList 
 	}
 	return crl
 }
-
