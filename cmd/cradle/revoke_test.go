@@ -412,3 +412,144 @@ func (f *revokeFixture) crl(t *testing.T, hc *http.Client) *x509.RevocationList 
 	}
 	return crl
 }
+
+// TestReturnForRepairEndToEnd sends an enrolled device (with telemetry, a
+// live MQTT session, a hawkBit target token and a cached OCSP answer) for
+// repair: the move to rma revokes its operational credentials at once,
+// its IDevID stays good; the factory re-provisions it, it enrolls again
+// with its IDevID and gets a new LDevID, the old one stays revoked, and
+// its history (transitions, audit, telemetry) is all there.
+func TestReturnForRepairEndToEnd(t *testing.T) {
+	f := newRevokeFixture(t)
+	ctx := t.Context()
+	serial := "RMA-0001"
+	d := f.enroll(t, serial)
+	old := d.ldevid
+	hc := f.https(old)
+	if st := f.post(t, hc, "/device/v1/telemetry", `{"metrics":{"health.cpu_pct":42}}`); st != http.StatusNoContent {
+		t.Fatalf("telemetry before the repair: %d", st)
+	}
+	tok, err := f.admin.CreateDeviceToken(ctx, cradle.DeviceTokenCreate{Kind: cradle.TokenHawkbitTarget, Serial: serial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	public := f.https(tls.Certificate{})
+	if st := f.ocsp(t, public, old.Leaf, f.h.DeviceCA()); st.Status != ocsp.Good {
+		t.Fatalf("OCSP before the repair: %d", st.Status)
+	}
+	conn, err := mqtt.Dial(ctx, mqtt.Options{Addr: f.s.m.device.mqtt.Addr().String(), ClientID: serial,
+		TLS: &tls.Config{RootCAs: f.roots, Certificates: []tls.Certificate{old}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	// The operator sends it for repair.
+	start := time.Now()
+	ok(t, append([]string{"device", "transition", serial, "rma", "--reason", "radio dead"}, f.s.api...)...)
+	select {
+	case <-conn.Done():
+		t.Logf("move to rma to MQTT disconnection: %v (including the CLI's request)", time.Since(start))
+	case <-time.After(time.Second):
+		t.Fatal("the MQTT session outlived the move to rma by a second")
+	}
+	if st := f.ocsp(t, public, old.Leaf, f.h.DeviceCA()); st.Status != ocsp.Revoked || st.RevocationReason != ocsp.CessationOfOperation {
+		t.Errorf("OCSP of the LDevID after the move to rma: status %d, reason %d", st.Status, st.RevocationReason)
+	}
+	if st := f.ocsp(t, public, d.idevid.Leaf, f.h.ManufacturingCA); st.Status != ocsp.Good {
+		t.Errorf("OCSP of the IDevID after the move to rma: %d, want good", st.Status)
+	}
+	if st := f.status(t, public, "GET", "/default/controller/v1/"+serial, "TargetToken "+tok.Secret); st != http.StatusUnauthorized {
+		t.Errorf("hawkBit token after the move to rma: %d", st)
+	}
+	if st := f.post(t, hc, "/device/v1/telemetry", `{"metrics":{"health.cpu_pct":1}}`); st != http.StatusUnauthorized && st != http.StatusForbidden {
+		t.Errorf("telemetry with the old LDevID after the move to rma: %d", st)
+	}
+	// Not even re-enrollment with the IDevID while in rma.
+	if c, _ := f.est(d.idevid); c != nil {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{SerialNumber: serial}}, key)
+		if _, err := c.SimpleEnroll(ctx, csr); err == nil {
+			t.Error("a device in rma enrolled")
+		}
+	}
+
+	// The factory re-provisions it; it enrolls again with its IDevID.
+	ok(t, append([]string{"device", "transition", serial, "provisioned", "--reason", "repaired: radio replaced"}, f.s.line...)...)
+	renewed := f.enrollWith(t, d.idevid, serial, false)
+	if renewed.Leaf.SerialNumber.Cmp(old.Leaf.SerialNumber) == 0 {
+		t.Fatal("the repaired device got its old LDevID back")
+	}
+	if st := f.ocsp(t, public, old.Leaf, f.h.DeviceCA()); st.Status != ocsp.Revoked {
+		t.Errorf("the old LDevID after the re-enrollment: %d, want revoked", st.Status)
+	}
+	if st := f.post(t, f.https(renewed), "/device/v1/telemetry", `{"metrics":{"health.cpu_pct":7}}`); st != http.StatusNoContent {
+		t.Errorf("telemetry with the new LDevID: %d", st)
+	}
+	if st := f.post(t, f.https(old), "/device/v1/telemetry", `{"metrics":{"health.cpu_pct":1}}`); st != http.StatusUnauthorized && st != http.StatusForbidden {
+		t.Errorf("telemetry with the old LDevID after the repair: %d", st)
+	}
+	c2, err := mqtt.Dial(ctx, mqtt.Options{Addr: f.s.m.device.mqtt.Addr().String(), ClientID: serial,
+		TLS: &tls.Config{RootCAs: f.roots, Certificates: []tls.Certificate{renewed}}})
+	if err != nil {
+		t.Fatalf("MQTT with the new LDevID: %v", err)
+	}
+	c2.Close()
+
+	// History: transitions, certificates, audit, telemetry.
+	hist, err := f.admin.FindDeviceHistory(ctx, serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var path []string
+	for _, h := range hist {
+		path = append(path, string(h.To))
+	}
+	if got := strings.Join(path, " "); got != "provisioned deployed rma provisioned deployed" {
+		t.Errorf("history: %s", got)
+	}
+	device := serial
+	certs, _, err := f.admin.FindCertificates(ctx, cradle.CertificateFilter{DeviceSerial: &device})
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := map[string]cradle.CertStatus{}
+	for _, c := range certs {
+		status[c.Serial] = c.Status
+	}
+	if len(certs) != 3 || status[cradle.SerialHex(d.idevid.Leaf.SerialNumber)] != cradle.CertValid ||
+		status[cradle.SerialHex(old.Leaf.SerialNumber)] != cradle.CertRevoked || status[cradle.SerialHex(renewed.Leaf.SerialNumber)] != cradle.CertValid {
+		t.Errorf("certificates after the repair: %v", status)
+	}
+	subject := "device:" + serial
+	entries, err := f.admin.FindAuditEntries(ctx, cradle.AuditFilter{Subject: &subject, Limit: cradle.MaxPageSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, e := range entries {
+		actions = append(actions, e.Action)
+	}
+	for _, want := range []string{"device.create", "device.transition", "device.credentials.revoke"} {
+		if !slices.Contains(actions, want) {
+			t.Errorf("audit of %s lacks %s: %v", serial, want, actions)
+		}
+	}
+	pts, err := sqlstore.NewTelemetryService(f.s.m.db).QueryTelemetry(cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test")),
+		cradle.TelemetryQuery{Serial: serial, Metric: "health.cpu_pct"})
+	if err != nil || len(pts) != 2 {
+		t.Errorf("telemetry kept across the repair: %v, %v", pts, err)
+	}
+}
+
+// post sends a JSON body on the device listener and returns the status.
+func (f *revokeFixture) post(t *testing.T, hc *http.Client, path, body string) int {
+	t.Helper()
+	resp, err := hc.Post(f.s.m.device.Addr()+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
