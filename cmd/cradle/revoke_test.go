@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -13,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +30,7 @@ import (
 	"cradle/internal/httpapi"
 	"cradle/internal/pki"
 	"cradle/internal/sqlstore"
+	"cradle/internal/testkit"
 )
 
 // revokeFixture is the real server with its PKI, the manufacturing CA's
@@ -552,4 +555,89 @@ func (f *revokeFixture) post(t *testing.T, hc *http.Client, path, body string) i
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestRevokeDevicesBulk revokes a fleet at once with cradle device revoke
+// --selector on SQLite: the devices are imported and each given an
+// LDevID of the device CA, then one call revokes them all, regenerating
+// and signing the CRL before it returns; openssl parses and verifies the
+// CRL and finds every serial in it. 500 devices by default;
+// CRADLE_REVOKE_BULK=10000 for the figure of the issue.
+func TestRevokeDevicesBulk(t *testing.T) {
+	openssl := testkit.NeedProgram(t, "openssl")
+	n := 500
+	if v, err := strconv.Atoi(os.Getenv("CRADLE_REVOKE_BULK")); err == nil && v > 0 {
+		n = v
+	}
+	f := newRevokeFixture(t)
+	ctx := t.Context()
+	var csv strings.Builder
+	csv.WriteString("serial,model,labels,state\n")
+	for i := range n {
+		fmt.Fprintf(&csv, "BULK-%05d,gw-100,fleet=bulk,provisioned\n", i)
+	}
+	csv.WriteString("KEEP-00001,gw-100,fleet=other,provisioned\n")
+	if _, err := f.admin.ImportDevices(ctx, cradle.ImportCSV, strings.NewReader(csv.String())); err != nil {
+		t.Fatal(err)
+	}
+	caName := pki.DeviceCAName(len(f.h.DeviceCAs) - 1)
+	_, keys, closeKeys, err := openPKI(ctx, f.s.dataDir, noPrompt(), caName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeKeys()
+	devKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certs := sqlstore.NewCertificateService(f.s.m.db)
+	setup := time.Now()
+	for i := range n + 1 {
+		serial := fmt.Sprintf("BULK-%05d", i)
+		if i == n {
+			serial = "KEEP-00001"
+		}
+		// Enrolled as the device itself, as EST does.
+		_, err := certs.IssueCertificate(cradle.NewContextWithActor(ctx, deviceActor(1, serial)), cradle.CertificateIssue{DeviceSerial: serial, Kind: cradle.CertLDevID, Deploy: true,
+			States: []cradle.State{cradle.StateProvisioned},
+			Issue: func(ctx context.Context, d *cradle.Device) (*x509.Certificate, error) {
+				return pki.Issue(ctx, f.h.DeviceCA(), keys[caName], devKey.Public(), &x509.Certificate{},
+					append(pki.LDevID(pki.LDevIDPolicy{}, "default", d.Serial, time.Now()), pki.URLs("127.0.0.1", caName))...)
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("setup: %d devices imported and enrolled in %v", n+1, time.Since(setup).Round(time.Millisecond))
+
+	start := time.Now()
+	out := ok(t, append([]string{"device", "revoke", "--selector", "fleet=bulk", "--reason", "keyCompromise", "--json"}, f.s.api...)...)
+	took := time.Since(start)
+	r := decodeJSON[cradle.BulkRevocation](t, out)
+	if len(r.Devices) != n || r.Certificates != n || slices.Contains(r.Devices, "KEEP-00001") {
+		t.Fatalf("bulk revocation: %d devices, %d certificates", len(r.Devices), r.Certificates)
+	}
+
+	// The CRL the call regenerated: served at once, parsed and verified by
+	// openssl, listing every serial.
+	crlStart := time.Now()
+	crl := f.crl(t, f.https(tls.Certificate{}))
+	if len(crl.RevokedCertificateEntries) < n {
+		t.Fatalf("the CRL lists %d certificates, want at least %d", len(crl.RevokedCertificateEntries), n)
+	}
+	t.Logf("revoked %d devices (%d certificates) in %v with the CLI, CRL regeneration included; CRL of %d entries, %d bytes, fetched and parsed in %v",
+		len(r.Devices), r.Certificates, took.Round(time.Millisecond), len(crl.RevokedCertificateEntries), len(crl.Raw), time.Since(crlStart).Round(time.Millisecond))
+	dir := t.TempDir()
+	crlFile := writeFile(t, dir, "device-ca.crl", string(crl.Raw))
+	chain := writeFile(t, dir, "chain.pem", string(certsPEM(f.h.DeviceCA(), f.h.Root)))
+	o, err := exec.Command(openssl, "crl", "-inform", "DER", "-in", crlFile, "-CAfile", chain, "-noout", "-text").CombinedOutput()
+	if err != nil || !strings.Contains(string(o), "verify OK") {
+		t.Fatalf("openssl crl: %v\n%s", err, clipTail(string(o), 2000))
+	}
+	if got := strings.Count(string(o), "Serial Number:"); got != len(crl.RevokedCertificateEntries) {
+		t.Errorf("openssl lists %d serials, Go %d", got, len(crl.RevokedCertificateEntries))
+	}
+	// The device outside the selector keeps its certificate.
+	keep := "KEEP-00001"
+	kept, _, err := f.admin.FindCertificates(ctx, cradle.CertificateFilter{DeviceSerial: &keep})
+	if err != nil || len(kept) != 1 || kept[0].Status != cradle.CertValid {
+		t.Errorf("the device outside the selector: %+v, %v", kept, err)
+	}
 }
