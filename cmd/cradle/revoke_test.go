@@ -641,3 +641,28 @@ func TestRevokeDevicesBulk(t *testing.T) {
 		t.Errorf("the device outside the selector: %+v, %v", kept, err)
 	}
 }
+
+// TestDeviceRevokeCLI runs cradle device revoke on one device: it lists
+// what it revoked, a second run revokes nothing, the audit chain holds,
+// and the command's misuses are refused.
+func TestDeviceRevokeCLI(t *testing.T) {
+	f := newRevokeFixture(t)
+	d := f.enroll(t, "CLI-0001")
+	out := ok(t, append([]string{"device", "revoke", "CLI-0001", "--reason", "keyCompromise"}, f.s.api...)...)
+	for _, want := range []string{"revoked device CLI-0001 (keyCompromise): 2 credentials", "certificate:idevid", "certificate:ldevid",
+		cradle.SerialHex(d.ldevid.Leaf.SerialNumber), cradle.SerialHex(d.idevid.Leaf.SerialNumber)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if out := ok(t, append([]string{"device", "revoke", "CLI-0001", "--reason", "keyCompromise"}, f.s.api...)...); !strings.Contains(out, "0 credentials") {
+		t.Errorf("second revocation:\n%s", out)
+	}
+	if out := ok(t, append([]string{"audit", "verify"}, f.s.api...)...); strings.Contains(out, "broken") {
+		t.Errorf("audit verify:\n%s", out)
+	}
+	fails(t, "give either a device serial or --selector", append([]string{"device", "revoke", "--reason", "keyCompromise"}, f.s.api...)...)
+	fails(t, "give either a device serial or --selector", append([]string{"device", "revoke", "CLI-0001", "--selector", "a=b", "--reason", "keyCompromise"}, f.s.api...)...)
+	fails(t, "unknown revocation reason", append([]string{"device", "revoke", "CLI-0001", "--reason", "bored"}, f.s.api...)...)
+	fails(t, "not found", append([]string{"device", "revoke", "CLI-404", "--reason", "keyCompromise"}, f.s.api...)...)
+}
