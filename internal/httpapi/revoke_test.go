@@ -9,6 +9,21 @@ import (
 	"cradle/internal/sqlstore"
 )
 
+// withRevocations gives the server the store's revocation service.
+func withRevocations(e *env) func(*httpapi.Server) {
+	return func(s *httpapi.Server) { s.Revocations = sqlstore.NewRevocationService(e.db) }
+}
+
+// revocationMatrix is the authorization matrix of the revocation routes:
+// they need certificate.revoke (admin, operator).
+var revocationMatrix = []call{
+	{"POST", "/api/v1/devices/{serial}/revoke", func(e *env, r cradle.Role) (string, string, string) {
+		e.issueCert("REV-" + string(r))
+		return "/api/v1/devices/REV-" + string(r) + "/revoke", "application/json", `{"reason":"keyCompromise"}`
+	}, [4]int{200, 200, 403, 403}},
+	{"POST", "/api/v1/device-revocations", jsonCall("/api/v1/device-revocations", `{"selector":"fleet=none","reason":"keyCompromise"}`), [4]int{200, 200, 403, 403}},
+}
+
 // TestRevocationOpenAPISchemas holds the schemas of the device revocation
 // routes equal to their Go types.
 func TestRevocationOpenAPISchemas(t *testing.T) {
@@ -23,7 +38,6 @@ func TestRevocationOpenAPISchemas(t *testing.T) {
 // through the API and the client.
 func TestRevokeDeviceRoutes(t *testing.T) {
 	e := newEnv(t)
-	e.api.Revocations = sqlstore.NewRevocationService(e.db) // read per request
 	cert := e.issueCert("SN-1")
 	tok := e.deviceToken("SN-1")
 	cl := e.client(cradle.RoleOperator)
@@ -81,7 +95,7 @@ func TestRevokeDeviceRoutes(t *testing.T) {
 
 // TestRevokeWithoutService answers 501.
 func TestRevokeWithoutService(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, func(s *httpapi.Server) { s.Revocations = nil })
 	if resp := e.doJSON("POST", "/api/v1/devices/SN-1/revoke", e.tokens[cradle.RoleAdmin], `{"reason":"keyCompromise"}`); resp.status != http.StatusNotImplemented {
 		t.Errorf("status %d, want 501", resp.status)
 	}
