@@ -52,7 +52,8 @@ type Server struct {
 	Tokens  cradle.TokenService
 	Audit   cradle.AuditService
 	// Certificates serves the certificate routes. Revoking through it must
-	// also reach the CRL and OCSP (the wiring passes a service that does).
+	// also reach the CRL and OCSP (the server's store notifies the PKI of
+	// every revocation).
 	Certificates cradle.CertificateService
 	// Factory serves the factory routes: batches, MAC ranges, stations,
 	// unit allocations and trace records.
