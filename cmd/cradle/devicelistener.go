@@ -105,10 +105,9 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		Policy:  pki.LDevIDPolicy{Lifetime: cfg.Device.LDevIDLifetime},
 		URLHost: deviceURLHost(cfg, h),
 		Logger:  logger,
-		OnRevoke: func(issuer *x509.Certificate, serial *big.Int) {
-			responder.Invalidate(issuer, serial)
-			d.disconnect(ctx, store, serial)
-		},
+		// Revocations reach the listener through the store's notifier
+		// (d.revocations, revoke.go), which calls Revoked.
+		OnRevoke: func(issuer *x509.Certificate, serial *big.Int) { responder.Invalidate(issuer, serial) },
 	}
 	if err := d.authority.Policy.Validate(); err != nil {
 		return nil, fmt.Errorf("serve: device.ldevid_lifetime: %w", err)
@@ -183,6 +182,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		d.updates.broker = d.mqtt
 		db.SetTwinNotifier(twin.notify)
 	}
+	db.SetRevocationNotifier(d.revocations)
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
 	if err != nil {
 		if d.mqtt != nil {

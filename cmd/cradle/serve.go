@@ -122,7 +122,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if m.device, err = newDeviceListener(ctx, cfg, m.db, artifacts, h, keys, metrics, m.Logger); err != nil {
 			return err
 		}
-		certs = m.device.authority.WrapCertificates(certs)
+		// Revocations reach the CRLs, the OCSP cache and the MQTT
+		// sessions through the store's revocation notifier (revoke.go).
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("serve: %w", err)
 	} else {
@@ -160,6 +161,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Rollouts:       sqlstore.NewRolloutService(m.db),
 		Updates:        sqlstore.NewUpdateService(m.db),
 		Protocols:      protocols,
+		Revocations:    sqlstore.NewRevocationService(m.db),
 		Publisher:      m.publisher,
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,

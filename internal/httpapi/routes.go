@@ -54,6 +54,8 @@ func (s *Server) routes() []route {
 		{method: "GET", pattern: "/api/v1/devices/{serial}/transitions", handle: s.deviceHistory},
 		{method: "POST", pattern: "/api/v1/devices/{serial}/transitions", handle: s.transitionDevice},
 		{method: "POST", pattern: "/api/v1/device-imports", handle: s.importDevices},
+		{method: "POST", pattern: "/api/v1/devices/{serial}/revoke", handle: s.revokeDevice},
+		{method: "POST", pattern: "/api/v1/device-revocations", handle: s.revokeDevices},
 
 		{method: "GET", pattern: "/api/v1/audit", handle: s.listAudit},
 		{method: "GET", pattern: "/api/v1/audit/verify", handle: s.verifyAudit},

@@ -219,6 +219,12 @@ func (a *Authority) regenerateLocked(ctx context.Context, name string) error {
 	return nil
 }
 
+// Revoked brings the CRLs and the OCSP cache up to date after certs were
+// revoked by the store directly (the store's revocation notifier): each
+// device CA's CRL is regenerated once, and OnRevoke told of each
+// certificate.
+func (a *Authority) Revoked(ctx context.Context, certs []*cradle.Certificate) { a.revoked(ctx, certs) }
+
 // revoked brings the CRLs and the OCSP cache up to date after certs were
 // revoked.
 func (a *Authority) revoked(ctx context.Context, certs []*cradle.Certificate) {

@@ -375,8 +375,8 @@ func (s *ProtocolService) MenderAuthenticate(ctx context.Context, req cradle.Men
 
 // newAuthSet stores the first request of an (identity, key) pair: accepted
 // and bound when its MAC names exactly one provisioned or deployed device
-// of the tenant that talks cradle or mender and has no accepted set, else
-// pending.
+// of the tenant that talks cradle or mender and has no accepted or rejected
+// set, else pending.
 func (tx *Tx) newAuthSet(ctx context.Context, a cradle.Actor, req cradle.MenderAuthRequest, idSum string) (*authSet, error) {
 	pub, err := newPublicID("mas_")
 	if err != nil {
@@ -440,12 +440,15 @@ func (tx *Tx) autoAdmitDevice(ctx context.Context, tenantID int64, mac string) (
 		return nil, nil
 	}
 	var n int
-	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status = ?`,
-		tenantID, found[0].ID, string(cradle.MenderAccepted)).Scan(&n); err != nil {
+	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status IN (?, ?)`,
+		tenantID, found[0].ID, string(cradle.MenderAccepted), string(cradle.MenderRejected)).Scan(&n); err != nil {
 		return nil, fmt.Errorf("sqlstore: mender auth: %w", err)
 	}
 	if n > 0 {
-		return nil, nil // a second key of an admitted device waits for an operator
+		// A second key of an admitted device waits for an operator, and
+		// so does a new key of a device whose key was rejected (revoked,
+		// returned for repair): its MAC alone does not admit it again.
+		return nil, nil
 	}
 	return found[0], nil
 }

@@ -165,6 +165,7 @@ func Run(t *testing.T, b Backend) {
 		{"RolloutAbortInFlight", testRolloutAbortInFlight},
 		{"MenderAuth", testMenderAuth}, {"MenderAcceptRefusals", testMenderAcceptRefusals}, {"MenderSessionCleanup", testMenderSessionCleanup}, {"MenderConcurrent", testMenderConcurrent}, {"DeviceTokens", testDeviceTokens},
 		{"AdmitDevice", testAdmitDevice}, {"DeviceAttributes", testDeviceAttributes}, {"DDIActions", testDDIActions}, {"UpdateLogs", testUpdateLogs}, {"CompatFields", testCompatFields},
+		{"RevokeDevice", testRevokeDevice}, {"RevokeDevicesBulk", testRevokeDevicesBulk}, {"RevokeOnRMA", testRevokeOnRMA},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newEnv(t, b)) })
