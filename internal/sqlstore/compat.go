@@ -209,6 +209,7 @@ func (tx *Tx) setAuthStatus(ctx context.Context, s *authSet, status cradle.Mende
 // revokeSetTokens revokes the live session tokens of an auth set and
 // returns how many.
 func (tx *Tx) revokeSetTokens(ctx context.Context, setID int64) (int64, error) {
+	tx.tokensRevoked = true
 	res, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE auth_set_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
 		micros(tx.now), setID, micros(tx.now))
 	if err != nil {
@@ -915,6 +916,7 @@ func (s *ProtocolService) RevokeDeviceToken(ctx context.Context, id string) erro
 		if revoked.Valid {
 			return nil
 		}
+		tx.tokensRevoked = true
 		if _, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE tenant_id = ? AND public_id = ?`, micros(tx.now), a.TenantID, id); err != nil {
 			return fmt.Errorf("sqlstore: revoke device token: %w", err)
 		}
@@ -935,6 +937,7 @@ func (s *ProtocolService) RevokeDeviceTokens(ctx context.Context, serial string)
 		if err != nil {
 			return err
 		}
+		tx.tokensRevoked = true
 		res, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE tenant_id = ? AND device_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
 			micros(tx.now), a.TenantID, d.ID, micros(tx.now))
 		if err != nil {

@@ -22,7 +22,8 @@ func NewRevocationService(db *DB) *RevocationService { return &RevocationService
 
 // SetRevocationNotifier sets the function told, after each commit, of the
 // certificates revoked in it (whatever revoked them: an operator, a move
-// to rma, decommissioning). It runs on the committing goroutine, before
+// to rma, decommissioning); it is also told, with the certificates
+// revoked (maybe none), after a commit that revoked device tokens. It runs on the committing goroutine, before
 // the call that revoked returns, and must be prompt. Set it before
 // serving.
 func (db *DB) SetRevocationNotifier(fn func([]*cradle.Certificate)) { db.onRevoke = fn }
@@ -120,6 +121,7 @@ func (tx *Tx) revokeCredentials(ctx context.Context, a cradle.Actor, devices map
 		if err := rows.Err(); err != nil {
 			return nil, fmt.Errorf("sqlstore: revoke device tokens: %w", err)
 		}
+		tx.tokensRevoked = true
 		if _, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ?`+tokWhere, append([]any{now}, tokArgs...)...); err != nil {
 			return nil, fmt.Errorf("sqlstore: revoke device tokens: %w", err)
 		}

@@ -393,6 +393,9 @@ type Tx struct {
 	// revoked are the certificates revoked in the transaction, for the
 	// revocation notifier.
 	revoked []*cradle.Certificate
+	// tokensRevoked: the transaction revoked device tokens (the notifier
+	// is told even when no certificate was revoked, for token caches).
+	tokensRevoked bool
 }
 
 func (tx *Tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
@@ -436,7 +439,7 @@ func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
 	if len(tx.twins) > 0 && db.onTwin != nil {
 		db.onTwin(tx.twins)
 	}
-	if len(tx.revoked) > 0 && db.onRevoke != nil {
+	if (len(tx.revoked) > 0 || tx.tokensRevoked) && db.onRevoke != nil {
 		db.onRevoke(tx.revoked)
 	}
 	return nil
