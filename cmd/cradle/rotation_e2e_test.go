@@ -1,16 +1,32 @@
 package main
 
 import (
+	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
 	"cradle"
+	"cradle/internal/agent/tufclient"
+	"cradle/internal/agent/update"
+	"cradle/internal/kms"
+	"cradle/internal/ota"
+	"cradle/internal/tuf"
 )
 
 // TestImageKeyRotationUpload: the image key of a model is rotated through
@@ -72,5 +88,182 @@ func TestImageKeyRotationUpload(t *testing.T) {
 	rels := decodeJSON[struct{ Releases []cradle.Release }](t, cli("release", "list", "--model", "sensor-x", "--json")).Releases
 	if len(rels) != 2 {
 		t.Fatalf("releases after the refused upload: %+v, want the two accepted", rels)
+	}
+}
+
+// TestReleaseRepoTwoRotationsAgentClient: the operator's commands rotate
+// the targets key (root v2), the root keys to a new key (v3), the targets
+// key again (v4) and the root keys to 2 of 3 new keys (v5); a target is
+// then signed as the server signs one. The agent's own TUF client
+// (update.TUF over tufclient), trusting only root v1 from the factory,
+// follows the chain to v5 and finds the target. Targets metadata forged
+// with either retired targets key (its file is still on disk) is then
+// refused with the typed arbitrary-software refusal of the targets role.
+func TestReleaseRepoTwoRotationsAgentClient(t *testing.T) {
+	isolateCLI(t)
+	setPassphrase(t, "")
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	rootDir := filepath.Join(t.TempDir(), "offline")
+	ok(t, "release", "repo", "init", "--data-dir", dataDir, "--root-key-dir", rootDir, "--key-algorithm", "ed25519", "--insecure-plaintext-keys")
+	repoDir := ota.RepositoryDir(dataDir, "default")
+	tenantDir := ota.TenantDir(dataDir, "default")
+	rootV1, err := os.ReadFile(filepath.Join(repoDir, "1.root.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retired []string
+	rotateTargets := func(rootKeys ...string) {
+		t.Helper()
+		keys, err := ota.ReadOnlineKeys(dataDir, "default")
+		if err != nil {
+			t.Fatal(err)
+		}
+		retired = append(retired, filepath.Join(tenantDir, keys["targets"]))
+		args := []string{"release", "repo", "rotate-key", "--data-dir", dataDir, "--role", "targets", "--insecure-plaintext-keys"}
+		for _, k := range rootKeys {
+			args = append(args, "--root-key", k)
+		}
+		ok(t, args...)
+	}
+	rotateRoot := func(dir string, n, threshold int, rootKeys ...string) {
+		t.Helper()
+		args := []string{"release", "repo", "rotate-root", "--data-dir", dataDir, "--new-root-keys", fmt.Sprint(n), "--threshold", fmt.Sprint(threshold),
+			"--new-root-key-dir", dir, "--insecure-plaintext-keys"}
+		for _, k := range rootKeys {
+			args = append(args, "--root-key", k)
+		}
+		if r := cradleCLI(t, "", args...); r.code != 0 {
+			t.Fatalf("rotate-root: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+	}
+	v1Root := filepath.Join(rootDir, "root-1.key")
+	rotateTargets(v1Root)
+	dir3 := filepath.Join(t.TempDir(), "offline-3")
+	rotateRoot(dir3, 1, 1, v1Root)
+	v3Root := filepath.Join(dir3, "root-v3-1.key")
+	rotateTargets(v3Root)
+	dir5 := filepath.Join(t.TempDir(), "offline-5")
+	rotateRoot(dir5, 3, 2, v3Root)
+	st := decodeJSON[cradle.RepositoryStatus](t, ok(t, "release", "repo", "status", "--data-dir", dataDir, "--json"))
+	if r := st.Roles["root"]; r.Version != 5 || r.Threshold != 2 || len(r.KeyIDs) != 3 {
+		t.Fatalf("root after two rotations of each kind: %+v, want version 5, 2 of 3", r)
+	}
+
+	content := []byte("firmware 3")
+	sum := sha256.Sum256(content)
+	repos := &ota.Repos{DataDir: dataDir}
+	defer repos.Close()
+	if err := repos.Do(ctx, "default", func(r *tuf.Repository, s tuf.Signers) error {
+		c := tuf.Custom{Model: "gw", HardwareRevisions: []string{"*"}, Version: "3", SecurityCounter: 3}
+		if err := r.AddTarget("gw/3/fw.bin", tuf.Target{Length: int64(len(content)), SHA256: sum[:], Custom: c}); err != nil {
+			return err
+		}
+		return r.Publish(ctx, s)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	overlay := map[string][]byte{}
+	files := http.StripPrefix("/device/v1/tuf/", http.FileServer(http.Dir(repoDir)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		b, ok := overlay[strings.TrimPrefix(r.URL.Path, "/device/v1/tuf/")]
+		mu.Unlock()
+		if ok {
+			w.Write(b)
+			return
+		}
+		files.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	agentDir := t.TempDir()
+	client := &update.TUF{Dir: agentDir, TrustedRoot: rootV1, HTTP: srv.Client()}
+	if err := client.Refresh(ctx, srv.URL+"/device/v1/tuf/"); err != nil {
+		t.Fatalf("the agent's client trusting root v1: %v", err)
+	}
+	if tg, err := client.Target("gw/3/fw.bin"); err != nil || tg.SHA256 != sum || tg.Custom.SecurityCounter != 3 {
+		t.Fatalf("target after the rotations: %+v, %v", tg, err)
+	}
+	b, _ := os.ReadFile(filepath.Join(agentDir, "root.json"))
+	if md, err := metadata.Root().FromBytes(b); err != nil || md.Signed.Version != 5 {
+		t.Fatalf("the agent trusts %v (%v), want root v5", md, err)
+	}
+
+	// Forgeries by a thief of a retired targets key and of the online
+	// snapshot and timestamp keys.
+	online, err := ota.ReadOnlineKeys(dataDir, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	openKey := func(path string) crypto.Signer {
+		t.Helper()
+		k, err := kms.Open(ctx, path, kms.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	snapKey, tsKey := openKey(filepath.Join(tenantDir, online["snapshot"])), openKey(filepath.Join(tenantDir, online["timestamp"]))
+	sign := func(md interface {
+		ClearSignatures()
+		ToBytes(bool) ([]byte, error)
+	}, signFn func() error) []byte {
+		t.Helper()
+		if err := signFn(); err != nil {
+			t.Fatal(err)
+		}
+		b, err := md.ToBytes(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for i, path := range retired {
+		key := openKey(path)
+		tb, _ := os.ReadFile(filepath.Join(repoDir, "targets.json"))
+		targets, err := metadata.Targets().FromBytes(tb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets.Signed.Version += int64(10 * (i + 1))
+		targets.Signed.Targets["gw/3/fw.bin"].Length++
+		targets.ClearSignatures()
+		tBytes := sign(targets, func() error { _, err := targets.Sign(tuf.MetadataSigner(key)); return err })
+		sb, _ := os.ReadFile(filepath.Join(repoDir, "snapshot.json"))
+		snap, err := metadata.Snapshot().FromBytes(sb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap.Signed.Version += int64(10 * (i + 1))
+		tsum := sha256.Sum256(tBytes)
+		snap.Signed.Meta["targets.json"] = &metadata.MetaFiles{Version: targets.Signed.Version, Length: int64(len(tBytes)), Hashes: metadata.Hashes{"sha256": tsum[:]}}
+		snap.ClearSignatures()
+		sBytes := sign(snap, func() error { _, err := snap.Sign(tuf.MetadataSigner(snapKey)); return err })
+		tsb, _ := os.ReadFile(filepath.Join(repoDir, "timestamp.json"))
+		ts, err := metadata.Timestamp().FromBytes(tsb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts.Signed.Version += int64(10 * (i + 1))
+		ssum := sha256.Sum256(sBytes)
+		ts.Signed.Meta["snapshot.json"] = &metadata.MetaFiles{Version: snap.Signed.Version, Length: int64(len(sBytes)), Hashes: metadata.Hashes{"sha256": ssum[:]}}
+		ts.ClearSignatures()
+		tsBytes := sign(ts, func() error { _, err := ts.Sign(tuf.MetadataSigner(tsKey)); return err })
+		mu.Lock()
+		overlay[fmt.Sprintf("%d.targets.json", targets.Signed.Version)] = tBytes
+		overlay[fmt.Sprintf("%d.snapshot.json", snap.Signed.Version)] = sBytes
+		overlay["timestamp.json"] = tsBytes
+		mu.Unlock()
+
+		err = client.Refresh(ctx, srv.URL+"/device/v1/tuf/")
+		var refusal *tufclient.Error
+		if !errors.As(err, &refusal) || refusal.Attack != tufclient.ArbitrarySoftware || refusal.Role != "targets" {
+			t.Fatalf("targets signed by retired key %d: %v, want an arbitrary-software refusal of targets", i+1, err)
+		}
+		if _, err := client.Target("gw/3/fw.bin"); err == nil {
+			t.Fatal("a target is answered after a refused refresh")
+		}
 	}
 }
