@@ -119,7 +119,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	}
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(h.Root)
-	for _, c := range h.IssuingCAs() {
+	for _, c := range h.AcceptedCAs() { // retired device CAs are no issuers
 		inter.AddCert(c)
 	}
 	serverKey := keys[pki.NameServer]
@@ -130,8 +130,13 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	listener := &deviceapi.Server{
 		Certificate: tls.Certificate{Certificate: [][]byte{h.Server.Raw, h.Root.Raw}, PrivateKey: serverKey, Leaf: h.Server},
 		Roots:       roots, Intermediates: inter,
-		CheckChain: func(c []*x509.Certificate) error { return pki.CheckProfile(c, production) },
-		Certs:      store, Devices: sqlstore.NewDeviceService(db), Logger: logger,
+		CheckChain: func(c []*x509.Certificate) error {
+			if err := pki.CheckProfile(c, production); err != nil {
+				return err
+			}
+			return h.CheckNotRetired(c)
+		},
+		Certs: store, Devices: sqlstore.NewDeviceService(db), Logger: logger,
 		Audit: audit.RecordRefusal,
 	}
 	// Every refusal of an EST request is audited here, in the device's
@@ -249,11 +254,15 @@ func (d *deviceListener) start() {
 		t := time.NewTicker(pki.DefaultCRLValidity / 8)
 		defer t.Stop()
 		for {
-			for i := range d.authority.Hierarchy.DeviceCAs {
+			for i, ca := range d.authority.Hierarchy.DeviceCAs {
+				if !time.Now().Before(ca.NotAfter) {
+					continue // an expired CA publishes no CRL
+				}
 				if _, err := d.authority.CRL(context.Background(), pki.DeviceCAName(i)); err != nil {
 					d.logger.Error("refreshing a CRL", "ca", pki.DeviceCAName(i), "err", err)
 				}
 			}
+			logRetirableCAs(context.Background(), d.authority.Hierarchy, d.authority.CAStore, time.Now(), d.logger)
 			select {
 			case <-d.stop:
 				return

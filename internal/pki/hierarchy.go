@@ -91,6 +91,9 @@ type Hierarchy struct {
 	// ReleaseSigner the profile); nil in a PKI made before it existed,
 	// until AddReleaseSigner.
 	ReleaseSigner *x509.Certificate
+	// Retired maps the names of retired device CAs to when they were
+	// retired (RetireDeviceCA); nil when none is.
+	Retired map[string]time.Time
 }
 
 // DeviceCAName is the name of the i-th device CA (0-based): "device-ca",
@@ -123,14 +126,12 @@ func (h *Hierarchy) IssuingCAs() map[string]*x509.Certificate {
 
 // CACerts returns what EST /cacerts serves: the current device CA first
 // (the issuer of what enrollment returns), then older device CAs newest
-// first (their LDevIDs stay valid until they expire), the manufacturing
+// first (their LDevIDs stay valid until they expire; retired ones are
+// left out), the manufacturing
 // CA, and the root last. A client that installs them all can verify every
 // device certificate the deployment has issued and the server's own.
 func (h *Hierarchy) CACerts() []*x509.Certificate {
-	out := make([]*x509.Certificate, 0, len(h.DeviceCAs)+2)
-	for i := len(h.DeviceCAs) - 1; i >= 0; i-- {
-		out = append(out, h.DeviceCAs[i])
-	}
+	out := h.activeDeviceCAs()
 	return append(out, h.ManufacturingCA, h.Root)
 }
 
@@ -355,7 +356,8 @@ func (h *Hierarchy) RotateDeviceCA(ctx context.Context, rootKey crypto.Signer, k
 		return "", err
 	}
 	next := &Hierarchy{Root: h.Root, ManufacturingCA: h.ManufacturingCA, DeviceCAs: append(slices.Clip(h.DeviceCAs), ca),
-		Server: h.Server, CommandSigner: h.CommandSigner, ReleaseSigner: h.ReleaseSigner, OCSPSigners: map[string]*x509.Certificate{}}
+		Server: h.Server, CommandSigner: h.CommandSigner, ReleaseSigner: h.ReleaseSigner, OCSPSigners: map[string]*x509.Certificate{},
+		Retired: h.Retired}
 	for k, v := range h.OCSPSigners {
 		next.OCSPSigners[k] = v
 	}
@@ -500,6 +502,9 @@ func WriteHierarchy(dir string, h *Hierarchy) error {
 			return fmt.Errorf("pki: write hierarchy: %w", err)
 		}
 	}
+	if err := writeRetired(dir, h); err != nil {
+		return fmt.Errorf("pki: write hierarchy: %w", err)
+	}
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync() // the renames are durable once the directory is synced; not every file system supports it
 		d.Close()
@@ -602,6 +607,9 @@ func LoadHierarchy(dir string) (*Hierarchy, error) {
 			return nil, fmt.Errorf("pki: load hierarchy: %s%s.crt is not signed by %s.crt: %w", OCSPNamePrefix, name, name, err)
 		}
 		h.OCSPSigners[name] = c
+	}
+	if err := readRetired(dir, h); err != nil {
+		return nil, err
 	}
 	return h, nil
 }

@@ -152,7 +152,7 @@ func Run(t *testing.T, b Backend) {
 		{"AuditTamper", testAuditTamper},
 		{"AuditWitness", testAuditWitness},
 		{"AuditWrongKey", testAuditWrongKey},
-		{"Certificates", testCertificates},
+		{"Certificates", testCertificates}, {"CertificateDependents", testCertificateDependents},
 		{"FactoryBatches", testFactoryBatches}, {"FactoryMACRanges", testFactoryMACRanges}, {"FactoryStations", testFactoryStations}, {"FactoryPermissions", testFactoryPermissions}, {"FactoryAllocate", testFactoryAllocate}, {"FactoryTraces", testFactoryTraces}, {"FactoryRMA", testFactoryRMA}, {"FactoryConcurrentAllocation", testFactoryConcurrentAllocation}, {"FactoryOutbox", testFactoryOutbox},
 		{"TelemetryRecordQuery", testTelemetryRecordQuery}, {"TelemetryRefusals", testTelemetryRefusals}, {"TelemetryRetention", testTelemetryRetention},
 		{"Claims", testClaims},
