@@ -56,6 +56,7 @@ type deviceListener struct {
 	// protocols is the server's ProtocolService, with its token cache
 	// (shared with the operator API, whose revocations flush it).
 	protocols *tokencache.Service
+	decom     *decommissioning
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -165,6 +166,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		return nil, err
 	}
 	d.commands.mount(listener)
+	d.decom = newDecommissioning(db, d, listener)
 	twin, err := newDeviceTwin(db, metrics, logger)
 	if err != nil {
 		return nil, err
