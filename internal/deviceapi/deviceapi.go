@@ -20,6 +20,12 @@
 // Failures of 1 to 3 answer 401, of 4 answer 403, as text/plain, and each
 // is logged. Routes marked public (CA certificates, CRLs, OCSP) serve
 // anyone, with or without a certificate.
+//
+// Quarantine: a suspended device passes check 4 only on the routes mounted
+// with HandleRemediation, one by one (the native update routes); their
+// handlers see the device's state and hand such a device remediation
+// updates only. Every other route, and CheckPeer (the MQTT broker), still
+// refuses it.
 package deviceapi
 
 import (
@@ -76,6 +82,19 @@ func (s *Server) Handle(pattern string, h http.Handler, public bool) {
 	s.mux.Handle(pattern, h)
 }
 
+// HandleRemediation mounts h at a ServeMux pattern for devices that pass
+// every check, and for suspended devices too: the narrow door of
+// quarantine, through which a suspended device fetches and reports a
+// remediation update. h must itself limit a device whose State is
+// suspended to remediation releases. Devices in RMA or at end of life are
+// refused as on every route.
+func (s *Server) HandleRemediation(pattern string, h http.Handler) {
+	if s.mux == nil {
+		s.mux = http.NewServeMux()
+	}
+	s.mux.Handle(pattern, s.authenticateWith(h, true))
+}
+
 // Handler returns the listener's handler.
 func (s *Server) Handler() http.Handler {
 	if s.mux == nil {
@@ -120,8 +139,14 @@ type refusal struct {
 func (r *refusal) Error() string { return r.msg }
 
 func (s *Server) authenticate(next http.Handler) http.Handler {
+	return s.authenticateWith(next, false)
+}
+
+// authenticateWith runs the checks; suspended lets a suspended device
+// through (HandleRemediation).
+func (s *Server) authenticateWith(next http.Handler, suspended bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		chains, dev, rec, err := s.check(r)
+		chains, dev, rec, err := s.check(r, suspended)
 		if err != nil {
 			var rf *refusal
 			if !errors.As(err, &rf) {
@@ -162,11 +187,11 @@ func (s *Server) logger() *slog.Logger {
 }
 
 // check runs the checks of the package doc.
-func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
+func (s *Server) check(r *http.Request, suspended bool) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate: present the device's IDevID (to enroll) or its LDevID"}
 	}
-	return s.CheckPeer(r.Context(), r.TLS.PeerCertificates)
+	return s.checkPeer(r.Context(), r.TLS.PeerCertificates, suspended)
 }
 
 // CheckPeer runs the checks of the package doc on a client certificate
@@ -174,6 +199,11 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 // returns the verified chains, the device and the certificate's record,
 // or an error saying why the device is refused.
 func (s *Server) CheckPeer(ctx context.Context, peer []*x509.Certificate) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
+	return s.checkPeer(ctx, peer, false)
+}
+
+// checkPeer is CheckPeer; suspended lets a suspended device pass.
+func (s *Server) checkPeer(ctx context.Context, peer []*x509.Certificate, suspended bool) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
 	if len(peer) == 0 {
 		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate"}
 	}
@@ -219,7 +249,11 @@ func (s *Server) CheckPeer(ctx context.Context, peer []*x509.Certificate) ([][]*
 		return nil, nil, nil, fmt.Errorf("deviceapi: device of certificate %s: %w", rec.Serial, err)
 	}
 	switch dev.State {
-	case cradle.StateSuspended, cradle.StateRMA, cradle.StateEOL:
+	case cradle.StateSuspended:
+		if !suspended {
+			return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is suspended: it may only fetch remediation updates; an operator must move it back to deployed first", dev.Serial), rec}
+		}
+	case cradle.StateRMA, cradle.StateEOL:
 		return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is %s: it may not use the device API; an operator must move it back to deployed first", dev.Serial, dev.State), rec}
 	}
 	return chains, dev, rec, nil
