@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -24,6 +25,7 @@ import (
 	"cradle"
 	"cradle/internal/agent"
 	"cradle/internal/agent/hw"
+	"cradle/internal/artifact"
 	"cradle/internal/ota"
 	"cradle/internal/sqlstore"
 )
@@ -285,4 +287,100 @@ func agentHTTPClient(t *testing.T, ctx context.Context, dev *hw.Device, stateDir
 		Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: signer}}}}}
 	t.Cleanup(hc.CloseIdleConnections)
 	return hc
+}
+
+// TestQuarantineRoutes: what a suspended device reaches on the device
+// listener, request by request. With a remediation pending it gets the
+// offer, the TUF metadata, the remediation's target (not another
+// release's), and may report on it; telemetry, twin and commands stay
+// refused. When the release is no longer a remediation, the door closes.
+func TestQuarantineRoutes(t *testing.T) {
+	s := startPKIServer(t, nil)
+	m, ctx := s.m, t.Context()
+	dev := enrollDevice(t, s, "SN-Q1")
+	base := m.device.Addr()
+	admin := cradle.NewContextWithActor(ctx, cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "token", ID: "test"})
+
+	store := openArtifactStore(Config{DataDir: s.dataDir})
+	releases := sqlstore.NewReleaseService(m.db)
+	blobs := map[string][]byte{}
+	release := func(version string, remediation bool) *cradle.Release {
+		t.Helper()
+		image := make([]byte, 4096)
+		rand.Read(image)
+		sum := sha256.Sum256(image)
+		if _, err := store.Put(ctx, bytes.NewReader(image), artifact.Expect{Digest: sum, Size: int64(len(image))}); err != nil {
+			t.Fatal(err)
+		}
+		rel, err := releases.CreateRelease(admin, cradle.ReleaseCreate{Model: "gw-100", Version: version, Kind: cradle.ReleaseFile,
+			SHA256: hex.EncodeToString(sum[:]), Size: int64(len(image)), FileName: "app.bin", SecurityCounter: 1, Remediation: remediation})
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := "gw-100/" + version + "/app.bin"
+		blobs[path] = image
+		if rel, err = releases.MarkReleaseSigned(admin, rel.ID, path, nil); err != nil {
+			t.Fatal(err)
+		}
+		return rel
+	}
+	normal, fix := release("1.1.0", false), release("1.1.1", true)
+	publishTUF(t, s.dataDir, cradle.DefaultTenantName, blobs)
+	targetURL := func(r *cradle.Release) string {
+		return base + "/device/v1/tuf/targets/gw-100/" + r.Version + "/" + r.SHA256 + ".app.bin"
+	}
+	if _, err := sqlstore.NewDeviceService(m.db).TransitionDevice(admin, "SN-Q1", cradle.DeviceTransition{To: cradle.StateSuspended, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	get := func(what, url string, want int) []byte {
+		t.Helper()
+		resp, body := fetch(t, dev.client, "GET", url, nil)
+		wantStatus(t, what, resp, body, want)
+		return body
+	}
+	post := func(what, path, body string, want int) {
+		t.Helper()
+		resp, got := fetch(t, dev.client, "POST", base+path, []byte(body), "Content-Type", "application/json")
+		wantStatus(t, what, resp, got, want)
+	}
+
+	// Nothing pending: no offer, no metadata; the rest refused.
+	get("offer with nothing pending", base+"/device/v1/update", http.StatusNoContent)
+	get("TUF metadata with nothing pending", base+"/device/v1/tuf/timestamp.json", http.StatusForbidden)
+	get("twin", base+"/device/v1/twin", http.StatusForbidden)
+	get("commands", base+"/device/v1/commands", http.StatusForbidden)
+	post("telemetry", "/device/v1/telemetry", `{"metrics":{"t":1}}`, http.StatusForbidden)
+
+	ro, err := sqlstore.NewRolloutService(m.db).CreateRollout(admin, cradle.RolloutSpec{ReleaseID: fix.ID,
+		Target: cradle.RolloutTarget{Serials: []string{"SN-Q1"}}, Phases: []cradle.RolloutPhase{{Percent: 100}},
+		FailureThreshold: cradle.FailureThreshold{Count: 1, Action: cradle.FailurePause}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc updateDocument
+	if err := json.Unmarshal(get("offer of the remediation", base+"/device/v1/update", http.StatusOK), &doc); err != nil || doc.Release.ID != fix.ID || doc.RolloutID != ro.ID {
+		t.Fatalf("offer %+v, %v; want release %s of rollout %s", doc, err, fix.ID, ro.ID)
+	}
+	get("TUF metadata", base+"/device/v1/tuf/timestamp.json", http.StatusOK)
+	get("TUF root", base+"/device/v1/tuf/root.json", http.StatusOK)
+	if got := get("the remediation's target", targetURL(fix), http.StatusOK); !bytes.Equal(got, blobs["gw-100/1.1.1/app.bin"]) {
+		t.Fatal("the remediation's target differs from its image")
+	}
+	get("another release's target", targetURL(normal), http.StatusForbidden)
+	if resp, body := fetch(t, dev.anonymous, "GET", doc.Artifact.URL, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(body, blobs["gw-100/1.1.1/app.bin"]) {
+		t.Fatalf("the signed download of the remediation: %d", resp.StatusCode)
+	}
+	post("a report on the remediation", "/device/v1/update/status", fmt.Sprintf(`{"rollout_id":%q,"attempt":1,"state":"downloading"}`, ro.ID), http.StatusNoContent)
+	post("software: another release's image", "/device/v1/software", fmt.Sprintf(`{"sha256":%q}`, normal.SHA256), http.StatusForbidden)
+	post("software: the remediation's image", "/device/v1/software", fmt.Sprintf(`{"sha256":%q}`, fix.SHA256), http.StatusNoContent)
+	post("telemetry with a remediation pending", "/device/v1/telemetry", `{"metrics":{"t":1}}`, http.StatusForbidden)
+
+	// No longer a remediation: the attempt is no longer offered.
+	if _, err := releases.SetReleaseRemediation(admin, fix.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	get("offer of a release no longer a remediation", base+"/device/v1/update", http.StatusNoContent)
+	get("TUF metadata without a remediation", base+"/device/v1/tuf/timestamp.json", http.StatusForbidden)
+	get("the former remediation's target", targetURL(fix), http.StatusForbidden)
+	post("a report on it", "/device/v1/update/status", fmt.Sprintf(`{"rollout_id":%q,"attempt":1,"state":"installing"}`, ro.ID), http.StatusForbidden)
 }
