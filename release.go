@@ -20,6 +20,12 @@ import (
 // (a TUF target), deprecated (still a target and still installable, but no
 // new rollout may use it), yanked (removed from the TUF repository; its
 // active rollouts are aborted). Yanked is final.
+//
+// A release may be flagged as remediation (at upload, or later): the only
+// kind of update a suspended (quarantined) device is offered. A rollout of
+// a remediation release targets suspended devices as well as deployed
+// ones; a rollout of any other release skips suspended devices, and a
+// device suspended during such a rollout is offered nothing more from it.
 
 // ReleaseKind is what an uploaded artifact is.
 type ReleaseKind string
@@ -85,6 +91,9 @@ type Release struct {
 	// artifact's artifact_provides.artifact_name, a .swu's software
 	// version ("name version" from sw-description); "" otherwise.
 	ArtifactName string `json:"artifact_name,omitempty"`
+	// Remediation flags an update that suspended devices may receive
+	// (quarantine): see the life of a release above.
+	Remediation bool `json:"remediation,omitempty"`
 	// Deltas are the patches that turn an earlier release into this one.
 	Deltas    []ReleaseDelta `json:"deltas,omitempty"`
 	CreatedBy string         `json:"created_by"`
@@ -119,6 +128,7 @@ type ReleaseCreate struct {
 	Notes             string
 	ImageKey          string
 	ArtifactName      string
+	Remediation       bool
 }
 
 // ReleaseFilter selects releases.
@@ -166,6 +176,13 @@ type ReleaseService interface {
 	// Needs PermReleaseWrite. ECONFLICT for a move the life above does
 	// not allow (a yanked release stays yanked).
 	SetReleaseState(ctx context.Context, id string, to ReleaseState, reason string) (*Release, error)
+	// SetReleaseRemediation flags a release as remediation, or clears the
+	// flag; the change is audited ("release.remediation"), setting it to
+	// what it is changes nothing. Needs PermReleaseWrite. ECONFLICT for a
+	// yanked release. Rollouts already created keep the targets they
+	// were created with; what a suspended device is offered follows the
+	// flag at once.
+	SetReleaseRemediation(ctx context.Context, id string, remediation bool) (*Release, error)
 	// ReferencedArtifacts calls fn with the SHA-256 (hex) of every
 	// artifact and patch a release of any tenant refers to, for the
 	// artifact store's garbage collection. Needs the system role.
@@ -207,6 +224,8 @@ type ReleaseUpload struct {
 	// given, must match it.
 	SecurityCounter uint32
 	Notes           string
+	// Remediation flags the release as one suspended devices may receive.
+	Remediation bool
 	// Sign signs the release into the TUF repository right after the
 	// upload (see ReleasePublisher.SignRelease).
 	Sign bool

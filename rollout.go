@@ -469,6 +469,11 @@ type RolloutDevice struct {
 	ActiveRollout string `json:"active_rollout,omitempty"`
 }
 
+// RolloutSkipSuspended is the reason a rollout records for a suspended
+// device it skips: only a rollout of a remediation release (see Release)
+// updates a suspended device.
+const RolloutSkipSuspended = "suspended: only remediation updates"
+
 // RolloutCandidate is a device of a rollout's target as the store finds it:
 // deployed, of the release's model and hardware revisions, matching the
 // target.
@@ -478,6 +483,11 @@ type RolloutCandidate struct {
 	// ActiveRollout is the ID of another active rollout the device is in,
 	// or "".
 	ActiveRollout string
+	// SkipReason, when not empty, says why the store keeps the device out
+	// of the rollout although it matches the target (a suspended device
+	// and a release that is not a remediation): the device is recorded
+	// as skipped with this reason.
+	SkipReason string
 }
 
 // RolloutFilter selects rollouts.

@@ -41,6 +41,17 @@ import (
 // TUF client check them first. A target is served only when its digest
 // and path are in the device's own tenant's published targets.json, so a
 // device cannot read another tenant's blobs by digest.
+//
+// Quarantine: these routes, and no other route of the device listener, are
+// mounted with deviceapi's HandleRemediation, so a suspended device reaches
+// them, for a remediation release only. The store offers it nothing else
+// (PendingUpdate), refuses its reports on any other rollout and its
+// software reports of any other image; the TUF routes serve it only while
+// a remediation is pending, and of the targets only that release's image
+// and patches. The artifact URLs are signed per offer (and so only for a
+// remediation). Telemetry, twin, commands, attestation, MQTT and EST
+// (re-enrollment included) stay refused, and the foreign protocols (Mender,
+// hawkBit) refuse a suspended device's token.
 type deviceUpdates struct {
 	svc       cradle.UpdateService
 	artifacts *artifact.Handler // the signer and store of the download URLs
@@ -73,11 +84,11 @@ const (
 
 // routes mounts the HTTPS routes.
 func (u *deviceUpdates) routes(l *deviceapi.Server) {
-	l.Handle("GET /device/v1/update", http.HandlerFunc(u.getUpdate), false)
-	l.Handle("POST /device/v1/update/status", http.HandlerFunc(u.postStatus), false)
-	l.Handle("POST /device/v1/software", http.HandlerFunc(u.postSoftware), false)
-	l.Handle("GET /device/v1/tuf/{file}", http.HandlerFunc(u.getMetadata), false)
-	l.Handle("GET /device/v1/tuf/targets/{path...}", http.HandlerFunc(u.getTarget), false)
+	l.HandleRemediation("GET /device/v1/update", http.HandlerFunc(u.getUpdate))
+	l.HandleRemediation("POST /device/v1/update/status", http.HandlerFunc(u.postStatus))
+	l.HandleRemediation("POST /device/v1/software", http.HandlerFunc(u.postSoftware))
+	l.HandleRemediation("GET /device/v1/tuf/{file}", http.HandlerFunc(u.getMetadata))
+	l.HandleRemediation("GET /device/v1/tuf/targets/{path...}", http.HandlerFunc(u.getTarget))
 }
 
 // updateDocument is the answer of GET /device/v1/update (documented in
@@ -352,8 +363,25 @@ func (u *deviceUpdates) repositoryDir(ctx context.Context, dev *cradle.Device) (
 	return ota.RepositoryDir(u.dataDir, name), nil
 }
 
+// remediation returns the remediation a suspended device may fetch now:
+// its pending update, when that is a remediation release (EFORBIDDEN
+// otherwise). It returns nil for a device that is not suspended.
+func (u *deviceUpdates) remediation(ctx context.Context, dev *cradle.Device) (*cradle.PendingUpdate, error) {
+	if dev.State != cradle.StateSuspended {
+		return nil, nil
+	}
+	p, err := u.svc.PendingUpdate(ctx, dev.Serial, "")
+	if cradle.ErrorCode(err) == cradle.ENOTFOUND || (err == nil && !p.Release.Remediation) {
+		return nil, cradle.Errorf(cradle.EFORBIDDEN, "device %q is suspended: it may fetch update metadata and targets only while a remediation update is pending for it", dev.Serial)
+	}
+	return p, err
+}
+
 func (u *deviceUpdates) getMetadata(w http.ResponseWriter, r *http.Request) {
 	dev, err := operational(r)
+	if err == nil {
+		_, err = u.remediation(r.Context(), dev)
+	}
 	if err != nil {
 		writeDeviceError(w, u.logger, err)
 		return
@@ -488,6 +516,10 @@ func (u *deviceUpdates) publishedTargets(dir string) (map[string]string, error) 
 
 func (u *deviceUpdates) getTarget(w http.ResponseWriter, r *http.Request) {
 	dev, err := operational(r)
+	var fix *cradle.PendingUpdate
+	if err == nil {
+		fix, err = u.remediation(r.Context(), dev)
+	}
 	if err != nil {
 		writeDeviceError(w, u.logger, err)
 		return
@@ -495,6 +527,10 @@ func (u *deviceUpdates) getTarget(w http.ResponseWriter, r *http.Request) {
 	path, digest, ok := parseTargetURLPath(r.PathValue("path"))
 	if !ok {
 		writeDeviceError(w, u.logger, cradle.Errorf(cradle.ENOTFOUND, "no TUF target at %q: target URLs are DIR/SHA256.NAME under /device/v1/tuf/targets/", clipText(r.PathValue("path"), 120)))
+		return
+	}
+	if fix != nil && !remediationTarget(&fix.Release, path) {
+		writeDeviceError(w, u.logger, cradle.Errorf(cradle.EFORBIDDEN, "device %q is suspended: of the targets it may fetch only those of remediation release %s", dev.Serial, fix.Release.ID))
 		return
 	}
 	dir, err := u.repositoryDir(r.Context(), dev)
@@ -512,6 +548,20 @@ func (u *deviceUpdates) getTarget(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u.artifacts.ServeBlob(w, r, digest, downloadDevice(dev.TenantID, dev.Serial))
+}
+
+// remediationTarget says whether path is rel's target or one of its
+// patches.
+func remediationTarget(rel *cradle.Release, path string) bool {
+	if path == rel.TargetPath {
+		return true
+	}
+	for _, d := range rel.Deltas {
+		if path == d.TargetPath {
+			return true
+		}
+	}
+	return false
 }
 
 // notify publishes an update notice to each of serials (devices of

@@ -22,7 +22,7 @@ import (
 // server: uploads, the release records and their life, image keys and the
 // TUF repository's status.
 func (a *app) releaseClientCmds() []*cobra.Command {
-	cmds := []*cobra.Command{a.releaseUploadCmd(), a.releaseSignCmd(), a.releaseListCmd(), a.releaseShowCmd(),
+	cmds := []*cobra.Command{a.releaseUploadCmd(), a.releaseSignCmd(), a.releaseListCmd(), a.releaseShowCmd(), a.releaseFlagCmd(),
 		a.releaseStateCmd("deprecate", "Deprecate a release: still installable, but no new rollout may use it",
 			func(ctx context.Context, cl *httpapi.Client, id, reason string) (*cradle.Release, error) {
 				return cl.DeprecateRelease(ctx, id, reason)
@@ -49,6 +49,9 @@ func (a *app) writeRelease(r *cradle.Release) error {
 	t.row("state:", string(r.State))
 	if r.Reason != "" {
 		t.row("reason:", r.Reason)
+	}
+	if r.Remediation {
+		t.row("remediation:", "yes (suspended devices receive it)")
 	}
 	t.row("file:", r.FileName)
 	t.row("size:", fmt.Sprintf("%d (%s)", r.Size, humanBytes(r.Size)))
@@ -90,7 +93,7 @@ func fileDigest(f *os.File) (string, int64, error) {
 
 func (a *app) releaseUploadCmd() *cobra.Command {
 	var (
-		jsonFlag, sign              bool
+		jsonFlag, sign, remediation bool
 		model, version, kind, notes string
 		fileName, secCnt            string
 		hardwareRevisions           []string
@@ -112,7 +115,7 @@ artifact (.mender), a SWUpdate image (.swu) or another file takes
 				return fmt.Errorf("--model and --version are required")
 			}
 			u := cradle.ReleaseUpload{Model: model, Version: version, HardwareRevisions: hardwareRevisions,
-				Kind: cradle.ReleaseKind(kind), FileName: fileName, Notes: notes, Sign: sign}
+				Kind: cradle.ReleaseKind(kind), FileName: fileName, Notes: notes, Sign: sign, Remediation: remediation}
 			if kind != "" && !slices.Contains(cradle.ReleaseKinds, u.Kind) {
 				return fmt.Errorf("invalid --kind %q: use mcuboot, mender, swupdate or file", kind)
 			}
@@ -162,6 +165,7 @@ artifact (.mender), a SWUpdate image (.swu) or another file takes
 	cmd.Flags().StringVar(&notes, "notes", "", "release notes")
 	cmd.Flags().StringVar(&fileName, "file-name", "", "the name in the TUF target path <model>/<version>/<name> (default: the file's base name)")
 	cmd.Flags().BoolVar(&sign, "sign", false, "sign it into the TUF repository right after the upload")
+	cmd.Flags().BoolVar(&remediation, "remediation", false, "flag it as a remediation: the only kind of update a suspended device receives")
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print the release as JSON")
 	cmd.RegisterFlagCompletionFunc("kind", cobra.FixedCompletions([]string{"mcuboot", "mender", "swupdate", "file"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
@@ -177,6 +181,33 @@ func (a *app) releaseSignCmd() *cobra.Command {
 			return cl.SignRelease(ctx, args[0])
 		}, a.writeRelease),
 	}
+	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print the release as JSON")
+	return cmd
+}
+
+// releaseFlagCmd is "cradle release flag ID --remediation[=false]".
+func (a *app) releaseFlagCmd() *cobra.Command {
+	var jsonFlag, remediation bool
+	cmd := &cobra.Command{
+		Use:   "flag ID --remediation[=false]",
+		Short: "Flag a release as remediation (the only updates suspended devices receive), or clear the flag",
+		Long: `Flag a release as remediation, or clear the flag with --remediation=false.
+A suspended (quarantined) device receives only remediation updates: a rollout
+of a remediation release targets suspended devices as well as deployed ones,
+a rollout of any other release skips them. The change is audited.`,
+		Example: `  cradle release flag rel_0123456789abcdef0123 --remediation
+  cradle release flag rel_0123456789abcdef0123 --remediation=false`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("remediation") {
+				return fmt.Errorf("--remediation is required: --remediation flags the release, --remediation=false clears the flag")
+			}
+			return runPrint(a, &jsonFlag, func(ctx context.Context, cl *httpapi.Client, args []string) (*cradle.Release, error) {
+				return cl.SetReleaseRemediation(ctx, args[0], remediation)
+			}, a.writeRelease)(cmd, args)
+		},
+	}
+	cmd.Flags().BoolVar(&remediation, "remediation", false, "flag the release as remediation (=false clears the flag)")
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, "print the release as JSON")
 	return cmd
 }

@@ -26,6 +26,12 @@
 // Failures of 1 to 3 answer 401, of 4 answer 403, as text/plain, and each
 // is logged. Routes marked public (CA certificates, CRLs, OCSP) serve
 // anyone, with or without a certificate.
+//
+// Quarantine: a suspended device passes check 4 only on the routes mounted
+// with HandleRemediation, one by one (the native update routes); their
+// handlers see the device's state and hand such a device remediation
+// updates only. Every other route, and CheckPeer (the MQTT broker), still
+// refuses it.
 package deviceapi
 
 import (
@@ -81,7 +87,7 @@ func (s *Server) Handle(pattern string, h http.Handler, public bool) {
 		s.mux = http.NewServeMux()
 	}
 	if !public {
-		h = s.authenticate(h, false)
+		h = s.authenticate(h, routePlain)
 	}
 	s.mux.Handle(pattern, h)
 }
@@ -95,7 +101,7 @@ func (s *Server) HandleDecommissioning(pattern string, h http.Handler) {
 	if s.mux == nil {
 		s.mux = http.NewServeMux()
 	}
-	s.mux.Handle(pattern, s.authenticate(h, true))
+	s.mux.Handle(pattern, s.authenticate(h, routeDecommissioning))
 }
 
 type decommissioningKey struct{}
@@ -105,6 +111,19 @@ type decommissioningKey struct{}
 func Decommissioning(ctx context.Context) bool {
 	v, _ := ctx.Value(decommissioningKey{}).(bool)
 	return v
+}
+
+// HandleRemediation mounts h at a ServeMux pattern for devices that pass
+// every check, and for suspended devices too: the narrow door of
+// quarantine, through which a suspended device fetches and reports a
+// remediation update. h must itself limit a device whose State is
+// suspended to remediation releases. Devices in RMA or at end of life are
+// refused as on every route.
+func (s *Server) HandleRemediation(pattern string, h http.Handler) {
+	if s.mux == nil {
+		s.mux = http.NewServeMux()
+	}
+	s.mux.Handle(pattern, s.authenticate(h, routeRemediation))
 }
 
 // Handler returns the listener's handler.
@@ -150,11 +169,20 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.msg }
 
-func (s *Server) authenticate(next http.Handler, decommissioning bool) http.Handler {
+// routeKind is what a route lets in beyond devices that pass every check.
+type routeKind int
+
+const (
+	routePlain           routeKind = iota
+	routeDecommissioning           // also a device being wiped (HandleDecommissioning)
+	routeRemediation               // also a suspended device (HandleRemediation)
+)
+
+func (s *Server) authenticate(next http.Handler, kind routeKind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		chains, dev, rec, err := s.check(r)
+		chains, dev, rec, err := s.check(r, kind == routeRemediation)
 		wiping := false
-		if decommissioning && err != nil {
+		if kind == routeDecommissioning && err != nil {
 			var ok bool
 			if ok, chains, dev, rec = s.checkWiping(r); ok {
 				err, wiping = nil, true
@@ -264,11 +292,11 @@ func (s *Server) checkWiping(r *http.Request) (bool, [][]*x509.Certificate, *cra
 }
 
 // check runs the checks of the package doc.
-func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
+func (s *Server) check(r *http.Request, suspended bool) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate: present the device's IDevID (to enroll) or its LDevID"}
 	}
-	return s.CheckPeer(r.Context(), r.TLS.PeerCertificates)
+	return s.checkPeer(r.Context(), r.TLS.PeerCertificates, suspended)
 }
 
 // CheckPeer runs the checks of the package doc on a client certificate
@@ -276,6 +304,11 @@ func (s *Server) check(r *http.Request) ([][]*x509.Certificate, *cradle.Device, 
 // returns the verified chains, the device and the certificate's record,
 // or an error saying why the device is refused.
 func (s *Server) CheckPeer(ctx context.Context, peer []*x509.Certificate) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
+	return s.checkPeer(ctx, peer, false)
+}
+
+// checkPeer is CheckPeer; suspended lets a suspended device pass.
+func (s *Server) checkPeer(ctx context.Context, peer []*x509.Certificate, suspended bool) ([][]*x509.Certificate, *cradle.Device, *cradle.Certificate, error) {
 	if len(peer) == 0 {
 		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate"}
 	}
@@ -299,7 +332,11 @@ func (s *Server) CheckPeer(ctx context.Context, peer []*x509.Certificate) ([][]*
 		return nil, nil, nil, fmt.Errorf("deviceapi: device of certificate %s: %w", rec.Serial, err)
 	}
 	switch dev.State {
-	case cradle.StateSuspended, cradle.StateRMA, cradle.StateEOL:
+	case cradle.StateSuspended:
+		if !suspended {
+			return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is suspended: it may only fetch remediation updates; an operator must move it back to deployed first", dev.Serial), rec}
+		}
+	case cradle.StateRMA, cradle.StateEOL:
 		return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is %s: it may not use the device API; an operator must move it back to deployed first", dev.Serial, dev.State), rec}
 	}
 	return chains, dev, rec, nil

@@ -80,6 +80,7 @@ type env struct {
 	admin   context.Context
 	audit   *sqlstore.AuditService
 	wiping  map[string]bool // serials whose decommissioning is wiping
+	srv     *deviceapi.Server
 }
 
 // refusals counts the device.auth.refused entries of a tenant.
@@ -122,7 +123,7 @@ func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 		Audit:  sqlstore.NewAuditService(db).RecordRefusal,
 		Wiping: func(_ context.Context, d *cradle.Device) (bool, error) { return e.wiping[d.Serial], nil },
 	}
-	e.audit = sqlstore.NewAuditService(db)
+	e.audit, e.srv = sqlstore.NewAuditService(db), s
 	s.HandleDecommissioning("GET /wipe", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		d, _, _ := deviceapi.DeviceFromContext(r.Context())
 		fmt.Fprintf(w, "%s %s decommissioning=%v", d.Serial, d.State, deviceapi.Decommissioning(r.Context()))
@@ -133,6 +134,13 @@ func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 		fmt.Fprintf(w, "%s %s %s %d", a, d.State, c.Serial, len(r.TLS.VerifiedChains))
 	}), false)
 	s.Handle("GET /public", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "public") }), true)
+	// The quarantine's narrow door: an update route a suspended device may
+	// reach, beside a route it may not.
+	s.HandleRemediation("GET /device/v1/update", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d, _, _ := deviceapi.DeviceFromContext(r.Context())
+		fmt.Fprintf(w, "update for %s %s", d.Serial, d.State)
+	}))
+	s.Handle("GET /device/v1/telemetry", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "telemetry") }), false)
 	srv := httptest.NewUnstartedServer(s.Handler())
 	srv.TLS = s.TLSConfig()
 	srv.StartTLS()
@@ -239,6 +247,62 @@ func TestChecks(t *testing.T) {
 	e.clock.Add(400 * 24 * time.Hour)
 	if status, body := e.get("/who", good); status != 401 || !strings.Contains(body, "expired at") {
 		t.Errorf("an expired certificate: %d %q", status, body)
+	}
+}
+
+// TestRemediationRoutes: a suspended device reaches the routes mounted
+// with HandleRemediation, and those alone; the other checks hold there.
+func TestRemediationRoutes(t *testing.T) {
+	e := newEnv(t, nil)
+	good := e.device("SN-GOOD", cradle.StateDeployed)
+	suspended := e.device("SN-SUSP", cradle.StateSuspended)
+	rma := e.device("SN-RMA", cradle.StateRMA)
+	revoked := e.device("SN-REV", cradle.StateSuspended)
+	rec, err := e.certs.LookupCertificate(cradle.NewContextWithActor(t.Context(), cradle.SystemActor(0, "t")), revoked.cert.SerialNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.certs.RevokeCertificate(e.admin, rec.Serial, cradle.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		path   string
+		client *node
+		status int
+		body   string
+	}{
+		{"deployed: update", "/device/v1/update", good, 200, "update for SN-GOOD deployed"},
+		{"deployed: telemetry", "/device/v1/telemetry", good, 200, "telemetry"},
+		{"suspended: update", "/device/v1/update", suspended, 200, "update for SN-SUSP suspended"},
+		{"suspended: telemetry", "/device/v1/telemetry", suspended, 403, `device "SN-SUSP" is suspended: it may only fetch remediation updates`},
+		{"suspended: another route", "/who", suspended, 403, `device "SN-SUSP" is suspended`},
+		// An RMA device is refused: 403 for its state, or 401 where the
+		// move to rma revoked its certificate.
+		{"rma: update", "/device/v1/update", rma, 0, ""},
+		{"suspended and revoked: update", "/device/v1/update", revoked, 401, "was revoked"},
+		{"no certificate: update", "/device/v1/update", nil, 401, "no client certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := e.get(tc.path, tc.client)
+			if tc.status == 0 {
+				if status != 401 && status != 403 {
+					t.Errorf("%d %q; want a refusal (401 or 403)", status, body)
+				}
+				return
+			}
+			if status != tc.status || !strings.Contains(body, tc.body) {
+				t.Errorf("%d %q; want %d containing %q", status, body, tc.status, tc.body)
+			}
+		})
+	}
+	// The broker's check (CheckPeer) refuses a suspended device: MQTT is
+	// not an update route.
+	if _, _, _, err := e.srv.CheckPeer(t.Context(), []*x509.Certificate{suspended.cert}); err == nil || !strings.Contains(err.Error(), "suspended") {
+		t.Fatalf("CheckPeer of a suspended device: %v", err)
+	}
+	if _, d, _, err := e.srv.CheckPeer(t.Context(), []*x509.Certificate{good.cert}); err != nil || d.Serial != "SN-GOOD" {
+		t.Fatalf("CheckPeer of a deployed device: %v", err)
 	}
 }
 

@@ -38,6 +38,13 @@ type ReasonRequest struct {
 	Reason string `json:"reason"`
 }
 
+// RemediationRequest is the body of POST /api/v1/releases/{id}/remediation:
+// whether the release is a remediation, the only kind of update a
+// suspended device receives.
+type RemediationRequest struct {
+	Remediation *bool `json:"remediation"`
+}
+
 // ImageKeyCreate is the body of POST /api/v1/image-keys: a PEM public key
 // ("PUBLIC KEY", ECDSA P-256 or Ed25519) trusted for one model's images.
 type ImageKeyCreate struct {
@@ -70,7 +77,7 @@ func (s *Server) publisher() (cradle.ReleasePublisher, error) {
 
 // uploadParams are the query parameters of an upload; hardware_revision
 // may repeat, the others are given at most once.
-var uploadParams = []string{"model", "version", "hardware_revision", "kind", "file_name", "sha256", "security_counter", "notes", "sign"}
+var uploadParams = []string{"model", "version", "hardware_revision", "kind", "file_name", "sha256", "security_counter", "notes", "sign", "remediation"}
 
 // releaseUpload reads the upload metadata of a request's query.
 func releaseUpload(r *http.Request) (cradle.ReleaseUpload, error) {
@@ -108,13 +115,15 @@ func releaseUpload(r *http.Request) (cradle.ReleaseUpload, error) {
 		}
 		u.SecurityCounter = uint32(n)
 	}
-	if v, ok := q["sign"]; ok {
-		switch v[0] {
-		case "true":
-			u.Sign = true
-		case "false":
-		default:
-			return u, cradle.Errorf(cradle.EINVALID, "query parameter sign=%q: use true or false", truncate(v[0], 40))
+	for name, dst := range map[string]*bool{"sign": &u.Sign, "remediation": &u.Remediation} {
+		if v, ok := q[name]; ok {
+			switch v[0] {
+			case "true":
+				*dst = true
+			case "false":
+			default:
+				return u, cradle.Errorf(cradle.EINVALID, "query parameter %s=%q: use true or false", name, truncate(v[0], 40))
+			}
 		}
 	}
 	return u, nil
@@ -279,6 +288,29 @@ func (s *Server) releaseStateChange(w http.ResponseWriter, r *http.Request, chan
 	s.writeJSON(w, r, http.StatusOK, rel)
 }
 
+func (s *Server) setReleaseRemediation(w http.ResponseWriter, r *http.Request) {
+	svc, err := s.releases()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var req RemediationRequest
+	if err := s.decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Remediation == nil {
+		s.writeError(w, r, cradle.Errorf(cradle.EINVALID, "remediation is required: true to flag the release as an update suspended devices receive, false to clear the flag"))
+		return
+	}
+	rel, err := svc.SetReleaseRemediation(r.Context(), r.PathValue("id"), *req.Remediation)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, r, http.StatusOK, rel)
+}
+
 func (s *Server) repositoryStatus(w http.ResponseWriter, r *http.Request) {
 	pub, err := s.publisher()
 	if err == nil {
@@ -383,6 +415,9 @@ func uploadQuery(u cradle.ReleaseUpload) url.Values {
 	if u.Sign {
 		q.Set("sign", "true")
 	}
+	if u.Remediation {
+		q.Set("remediation", "true")
+	}
 	return q
 }
 
@@ -451,6 +486,12 @@ func (c *Client) DeprecateRelease(ctx context.Context, id, reason string) (*crad
 // YankRelease implements cradle.ReleasePublisher.
 func (c *Client) YankRelease(ctx context.Context, id, reason string) (*cradle.Release, error) {
 	return sendJSON[cradle.Release](ctx, c, http.MethodPost, releasePath(id)+"/yank", ReasonRequest{Reason: reason})
+}
+
+// SetReleaseRemediation flags a release as remediation, or clears the
+// flag.
+func (c *Client) SetReleaseRemediation(ctx context.Context, id string, remediation bool) (*cradle.Release, error) {
+	return sendJSON[cradle.Release](ctx, c, http.MethodPost, releasePath(id)+"/remediation", RemediationRequest{Remediation: &remediation})
 }
 
 // RepositoryStatus implements cradle.ReleasePublisher.

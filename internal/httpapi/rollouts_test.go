@@ -199,6 +199,9 @@ var otaMatrix = []call{
 	{"POST", "/api/v1/releases/{id}/yank", func(e *env, r cradle.Role) (string, string, string) {
 		return "/api/v1/releases/" + e.uploaded("yank-"+string(r), true).ID + "/yank", "application/json", `{"reason":"matrix"}`
 	}, [4]int{200, 200, 403, 403}},
+	{"POST", "/api/v1/releases/{id}/remediation", func(e *env, r cradle.Role) (string, string, string) {
+		return "/api/v1/releases/" + e.uploaded("fix-"+string(r), true).ID + "/remediation", "application/json", `{"remediation":true}`
+	}, [4]int{200, 200, 403, 403}},
 	{"GET", "/api/v1/tuf", jsonCall("/api/v1/tuf", ""), [4]int{200, 200, 403, 200}},
 	{"GET", "/api/v1/releases", jsonCall("/api/v1/releases?model=gw-100&state=signed&limit=5", ""), [4]int{200, 200, 403, 200}},
 	{"GET", "/api/v1/releases/{id}", func(e *env, r cradle.Role) (string, string, string) {

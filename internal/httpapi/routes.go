@@ -115,6 +115,7 @@ func (s *Server) routes() []route {
 		{method: "POST", pattern: "/api/v1/releases/{id}/sign", handle: s.signRelease},
 		{method: "POST", pattern: "/api/v1/releases/{id}/deprecate", handle: s.deprecateRelease},
 		{method: "POST", pattern: "/api/v1/releases/{id}/yank", handle: s.yankRelease},
+		{method: "POST", pattern: "/api/v1/releases/{id}/remediation", handle: s.setReleaseRemediation},
 		{method: "GET", pattern: "/api/v1/tuf", handle: s.repositoryStatus},
 		{method: "GET", pattern: "/api/v1/image-keys", handle: s.listImageKeys},
 		{method: "POST", pattern: "/api/v1/image-keys", handle: s.addImageKey},

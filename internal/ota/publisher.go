@@ -182,7 +182,7 @@ func (p *Publisher) UploadRelease(ctx context.Context, u cradle.ReleaseUpload, b
 	c := cradle.ReleaseCreate{
 		Model: u.Model, Version: u.Version, HardwareRevisions: u.HardwareRevisions, Kind: kind,
 		SHA256: digest.String(), Size: u.Size, FileName: u.FileName, SecurityCounter: u.SecurityCounter, Notes: u.Notes,
-		ArtifactName: artifactName,
+		ArtifactName: artifactName, Remediation: u.Remediation,
 	}
 	if kind == cradle.ReleaseMCUboot {
 		if _, err := rd.Seek(0, io.SeekStart); err != nil {

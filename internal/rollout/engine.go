@@ -234,7 +234,8 @@ func (e *Engine) touch(i int32) {
 
 // CheckTarget applies the conflict rule and refuses an empty target: for
 // an explicit serial list, every serial must be among the candidates and
-// none may be in another active rollout (ECONFLICT naming them); for a
+// none may be in another active rollout (ECONFLICT naming them) unless it
+// is skipped for a reason of the store's anyway; for a
 // selector, every candidate must match it. Errors are EINVALID unless said.
 func CheckTarget(spec *cradle.RolloutSpec, target []Candidate) error {
 	if len(target) == 0 {
@@ -245,7 +246,7 @@ func CheckTarget(spec *cradle.RolloutSpec, target []Candidate) error {
 		var busy []string
 		for _, c := range target {
 			found[c.Serial] = true
-			if c.ActiveRollout != "" {
+			if c.ActiveRollout != "" && c.SkipReason == "" {
 				busy = append(busy, fmt.Sprintf("%s (rollout %s)", c.Serial, c.ActiveRollout))
 			}
 		}
@@ -280,8 +281,8 @@ func CheckTarget(spec *cradle.RolloutSpec, target []Candidate) error {
 }
 
 // Begin starts a draft rollout over its target (see CheckTarget): it puts
-// every device in a phase, or skips it when it is in another active
-// rollout. Devices of an explicit list keep the list's order, so the first
+// every device in a phase, or skips it when the store gave a skip reason
+// or it is in another active rollout. Devices of an explicit list keep the list's order, so the first
 // ones listed are the canaries; a selector's devices are shuffled by a hash
 // of the rollout ID and the serial, so canaries spread over the fleet and
 // the order is the same on every server. Then it plans (see Plan).
@@ -327,7 +328,7 @@ func (e *Engine) Begin(target []Candidate) (Plan, error) {
 	}
 	eligible := 0
 	for _, c := range target {
-		if c.ActiveRollout == "" {
+		if c.ActiveRollout == "" && c.SkipReason == "" {
 			eligible++
 		}
 	}
@@ -336,10 +337,13 @@ func (e *Engine) Begin(target []Candidate) (Plan, error) {
 	for _, k := range order {
 		c := target[k]
 		d := cradle.RolloutDevice{Serial: c.Serial, Labels: c.Labels, State: cradle.DevicePending, ActiveRollout: c.ActiveRollout}
-		if c.ActiveRollout != "" {
+		switch {
+		case c.SkipReason != "":
+			d.State, d.Phase, d.Reason = cradle.DeviceSkipped, -1, c.SkipReason
+		case c.ActiveRollout != "":
 			d.State, d.Phase = cradle.DeviceSkipped, -1
 			d.Reason = fmt.Sprintf("in active rollout %s", c.ActiveRollout)
-		} else {
+		default:
 			for placed >= cradle.PhaseSize(e.r.Phases, phase, eligible) && phase < len(e.r.Phases)-1 {
 				phase++
 			}

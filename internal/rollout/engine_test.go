@@ -579,3 +579,38 @@ func TestLoadContinuesWhereItStopped(t *testing.T) {
 		t.Fatalf("loading a status that does not fit its spec: %v", err)
 	}
 }
+
+// TestSkipReason: a candidate the store gives a skip reason (a suspended
+// device and a release that is not a remediation) is recorded as skipped
+// with it, is not counted for the phase sizes, and does not trip the
+// conflict rule of an explicit list even when another rollout holds it.
+func TestSkipReason(t *testing.T) {
+	spec := baseSpec()
+	spec.Target = cradle.RolloutTarget{Serials: []string{"D0000", "D0001", "D0002", "D0003", "D0004"}}
+	spec.Phases = []cradle.RolloutPhase{{Percent: 50}, {Percent: 100}}
+	cands := candidates(5, nil)
+	cands[1].SkipReason = cradle.RolloutSkipSuspended
+	cands[1].ActiveRollout = "r-old"
+	e, _, p := begin(t, spec, cands)
+	// Four eligible: 50% is two (of five it would be three).
+	if diff := cmp.Diff([]string{"D0000", "D0002"}, serials(p)); diff != "" {
+		t.Fatalf("first phase (-want +got):\n%s", diff)
+	}
+	r := e.Rollout()
+	if r.Status.Devices != 5 || r.Status.Skipped != 1 {
+		t.Fatalf("status: %d devices, %d skipped", r.Status.Devices, r.Status.Skipped)
+	}
+	for _, d := range e.Devices() {
+		if d.Serial == "D0001" && (d.State != cradle.DeviceSkipped || d.Reason != cradle.RolloutSkipSuspended || d.Phase != -1) {
+			t.Fatalf("skipped device %+v", d)
+		}
+	}
+	// Without the reason, the same hold is a conflict.
+	cands[1].SkipReason = ""
+	e2, err := rollout.New("r2", spec, rollout.Options{Clock: &fakeClock{t: t0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e2.Begin(cands)
+	wantCode(t, err, cradle.ECONFLICT, "D0001 (rollout r-old)")
+}

@@ -65,7 +65,7 @@ func releaseNotFound(id string) error {
 	return cradle.Errorf(cradle.ENOTFOUND, "release %q not found", id)
 }
 
-const releaseCols = `r.id, r.public_id, r.model, r.version, r.hardware_revisions, r.kind, r.sha256, r.size, r.file_name, r.security_counter, r.notes, r.state, r.reason, r.target_path, r.image_key, r.artifact_name, r.created_by, r.created_at, r.signed_at, r.updated_at`
+const releaseCols = `r.id, r.public_id, r.model, r.version, r.hardware_revisions, r.kind, r.sha256, r.size, r.file_name, r.security_counter, r.notes, r.state, r.reason, r.target_path, r.image_key, r.artifact_name, r.remediation, r.created_by, r.created_at, r.signed_at, r.updated_at`
 
 func scanRelease(sc interface{ Scan(...any) error }) (int64, *cradle.Release, error) {
 	var id, counter, created, updated int64
@@ -73,7 +73,7 @@ func scanRelease(sc interface{ Scan(...any) error }) (int64, *cradle.Release, er
 	var revs, kind, state string
 	r := &cradle.Release{}
 	if err := sc.Scan(&id, &r.ID, &r.Model, &r.Version, &revs, &kind, &r.SHA256, &r.Size, &r.FileName, &counter, &r.Notes, &state,
-		&r.Reason, &r.TargetPath, &r.ImageKey, &r.ArtifactName, &r.CreatedBy, &created, &signed, &updated); err != nil {
+		&r.Reason, &r.TargetPath, &r.ImageKey, &r.ArtifactName, &r.Remediation, &r.CreatedBy, &created, &signed, &updated); err != nil {
 		return 0, nil, err
 	}
 	if err := json.Unmarshal([]byte(revs), &r.HardwareRevisions); err != nil {
@@ -245,10 +245,10 @@ func (s *ReleaseService) CreateRelease(ctx context.Context, c cradle.ReleaseCrea
 			}
 		}
 		now := tx.now
-		if _, err := tx.exec(ctx, `INSERT INTO releases (tenant_id, public_id, model, version, hardware_revisions, kind, sha256, size, file_name, security_counter, notes, state, image_key, artifact_name, created_by, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		if _, err := tx.exec(ctx, `INSERT INTO releases (tenant_id, public_id, model, version, hardware_revisions, kind, sha256, size, file_name, security_counter, notes, state, image_key, artifact_name, remediation, created_by, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			a.TenantID, id, c.Model, c.Version, string(revsJSON), string(c.Kind), c.SHA256, c.Size, c.FileName, int64(c.SecurityCounter), c.Notes,
-			string(cradle.ReleaseUploaded), c.ImageKey, c.ArtifactName, a.String(), micros(now), micros(now)); err != nil {
+			string(cradle.ReleaseUploaded), c.ImageKey, c.ArtifactName, c.Remediation, a.String(), micros(now), micros(now)); err != nil {
 			if tx.db.dialect.uniqueViolation(err) {
 				return cradle.Errorf(cradle.ECONFLICT, "model %q already has a release of version %q; choose another version", c.Model, c.Version)
 			}
@@ -256,7 +256,7 @@ func (s *ReleaseService) CreateRelease(ctx context.Context, c cradle.ReleaseCrea
 		}
 		out = &cradle.Release{ID: id, Model: c.Model, Version: c.Version, HardwareRevisions: c.HardwareRevisions, Kind: c.Kind, SHA256: c.SHA256,
 			Size: c.Size, FileName: c.FileName, SecurityCounter: c.SecurityCounter, Notes: c.Notes, State: cradle.ReleaseUploaded,
-			ImageKey: c.ImageKey, ArtifactName: c.ArtifactName, CreatedBy: a.String(), CreatedAt: now, UpdatedAt: now}
+			ImageKey: c.ImageKey, ArtifactName: c.ArtifactName, Remediation: c.Remediation, CreatedBy: a.String(), CreatedAt: now, UpdatedAt: now}
 		if len(out.HardwareRevisions) == 0 {
 			out.HardwareRevisions = nil
 		}
@@ -264,6 +264,9 @@ func (s *ReleaseService) CreateRelease(ctx context.Context, c cradle.ReleaseCrea
 			"size": c.Size, "file_name": c.FileName, "security_counter": c.SecurityCounter, "image_key": c.ImageKey}
 		if c.ArtifactName != "" {
 			details["artifact_name"] = c.ArtifactName
+		}
+		if c.Remediation {
+			details["remediation"] = true
 		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "release.create", Subject: "release:" + id, Details: details})
 	})
@@ -479,6 +482,50 @@ func (s *ReleaseService) SetReleaseState(ctx context.Context, id string, to crad
 	})
 	if refused != nil {
 		return nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: action + ".refused", Subject: subject}, refused)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SetReleaseRemediation flags a release as remediation or clears the flag.
+func (s *ReleaseService) SetReleaseRemediation(ctx context.Context, id string, remediation bool) (*cradle.Release, error) {
+	subject := "release:" + id
+	a, err := s.db.authorize(ctx, cradle.PermReleaseWrite, "release.remediation", subject)
+	if err != nil {
+		return nil, err
+	}
+	var out *cradle.Release
+	var refused error
+	err = s.db.write(ctx, func(tx *Tx) error {
+		if err := tx.lockTenant(ctx, a.TenantID); err != nil {
+			return err
+		}
+		rid, r, err := tx.lockRelease(ctx, a.TenantID, id)
+		if err != nil {
+			return err
+		}
+		if r.State == cradle.ReleaseYanked {
+			refused = cradle.Errorf(cradle.ECONFLICT, "release %s is yanked: it is never offered again, as remediation or otherwise", id)
+			return refused
+		}
+		if r.Remediation == remediation {
+			out, err = findRelease(ctx, tx.query, a.TenantID, id)
+			return err
+		}
+		if _, err := tx.exec(ctx, `UPDATE releases SET remediation = ?, updated_at = ? WHERE id = ?`, remediation, micros(tx.now), rid); err != nil {
+			return fmt.Errorf("sqlstore: release remediation: %w", err)
+		}
+		if out, err = findRelease(ctx, tx.query, a.TenantID, id); err != nil {
+			return err
+		}
+		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "release.remediation", Subject: subject,
+			Details: map[string]any{"from": r.Remediation, "to": remediation, "model": r.Model, "version": r.Version}})
+	})
+	if refused != nil {
+		return nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "release.remediation.refused", Subject: subject,
+			Details: map[string]any{"to": remediation, "reason": cradle.ErrorMessage(refused)}}, refused)
 	}
 	if err != nil {
 		return nil, err

@@ -58,6 +58,25 @@ type releaseTarget struct {
 	model     string
 	revisions []string // empty: every hardware revision of the model
 	state     cradle.ReleaseState
+	// remediation: the rollout may update suspended devices too.
+	remediation bool
+}
+
+// admits says whether a device in state st is a candidate of a rollout of
+// the release, and the reason it is skipped if it is one but may not be
+// updated: deployed devices are candidates; suspended ones are too, and
+// skipped unless the release is a remediation.
+func (r *releaseTarget) admits(st string) (ok bool, skip string) {
+	switch cradle.State(st) {
+	case cradle.StateDeployed:
+		return true, ""
+	case cradle.StateSuspended:
+		if r.remediation {
+			return true, ""
+		}
+		return true, cradle.RolloutSkipSuspended
+	}
+	return false, ""
 }
 
 func (r *releaseTarget) fits(revision string) bool {
@@ -70,8 +89,8 @@ func loadRelease(ctx context.Context, q interface {
 }, tenantID int64, publicID string) (*releaseTarget, error) {
 	r := &releaseTarget{publicID: publicID}
 	var revs, state string
-	err := q.queryRow(ctx, `SELECT id, model, hardware_revisions, state FROM releases WHERE tenant_id = ? AND public_id = ?`, tenantID, publicID).
-		Scan(&r.id, &r.model, &revs, &state)
+	err := q.queryRow(ctx, `SELECT id, model, hardware_revisions, state, remediation FROM releases WHERE tenant_id = ? AND public_id = ?`, tenantID, publicID).
+		Scan(&r.id, &r.model, &revs, &state, &r.remediation)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, cradle.Errorf(cradle.ENOTFOUND, "release %q not found", publicID)
 	} else if err != nil {
@@ -127,25 +146,55 @@ func activeHolders(ctx context.Context, q interface {
 	return out, nil
 }
 
-// selectorCandidates returns the deployed devices of the tenant of the
-// release's model and revisions whose labels match sel, skipping those in
-// skip (device row IDs), with their row IDs.
+// quarantinedHolds returns the suspended devices of the tenant that only
+// active rollouts of releases other than remediations hold (a row not
+// skipped): rollouts that will offer them nothing while they stay
+// suspended (UpdateService.PendingUpdate).
+func quarantinedHolds(ctx context.Context, tx *Tx, tenantID int64) ([]int64, error) {
+	rows, err := tx.query(ctx, `SELECT rd.device_id FROM rollouts r JOIN rollout_devices rd ON rd.rollout_id = r.id
+		JOIN releases rel ON rel.id = r.release_id JOIN devices d ON d.id = rd.device_id
+		WHERE r.tenant_id = ? AND r.state IN (?, ?) AND rd.state <> ? AND d.state = ?
+		GROUP BY rd.device_id HAVING MAX(CASE WHEN rel.remediation = ? THEN 1 ELSE 0 END) = 0`,
+		tenantID, string(cradle.RolloutRunning), string(cradle.RolloutPaused), string(cradle.DeviceSkipped), string(cradle.StateSuspended), true)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: quarantined devices in rollouts: %w", err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("sqlstore: quarantined devices in rollouts: %w", err)
+		}
+		out = append(out, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlstore: quarantined devices in rollouts: %w", err)
+	}
+	return out, nil
+}
+
+// selectorCandidates returns the deployed and suspended devices of the
+// tenant of the release's model and revisions whose labels match sel,
+// leaving out those in skip (device row IDs), with their row IDs. A
+// suspended device carries a skip reason unless the release is a
+// remediation (releaseTarget.admits).
 func selectorCandidates(ctx context.Context, q interface {
 	query(context.Context, string, ...any) (*sql.Rows, error)
 }, tenantID int64, rel *releaseTarget, sel *cradle.LabelSelector, skip func(int64) bool) ([]rollout.Candidate, []int64, error) {
-	rows, err := q.query(ctx, `SELECT id, serial, hardware_revision, labels FROM devices WHERE tenant_id = ? AND state = ? AND model = ? ORDER BY id`,
-		tenantID, string(cradle.StateDeployed), rel.model)
+	rows, err := q.query(ctx, `SELECT id, serial, hardware_revision, state, labels FROM devices WHERE tenant_id = ? AND state IN (?, ?) AND model = ? ORDER BY id`,
+		tenantID, string(cradle.StateDeployed), string(cradle.StateSuspended), rel.model)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sqlstore: rollout target: %w", err)
 	}
 	defer rows.Close()
 	var cands []rollout.Candidate
 	var ids []int64
-	var serial, rev string
+	var serial, rev, state string
 	var labels sql.RawBytes
 	for rows.Next() {
 		var id int64
-		if err := rows.Scan(&id, &serial, &rev, &labels); err != nil {
+		if err := rows.Scan(&id, &serial, &rev, &state, &labels); err != nil {
 			return nil, nil, fmt.Errorf("sqlstore: rollout target: %w", err)
 		}
 		if !rel.fits(rev) || (skip != nil && skip(id)) {
@@ -158,7 +207,8 @@ func selectorCandidates(ctx context.Context, q interface {
 		if !sel.Matches(m) {
 			continue
 		}
-		cands = append(cands, rollout.Candidate{Serial: serial, Labels: m})
+		_, skipReason := rel.admits(state)
+		cands = append(cands, rollout.Candidate{Serial: serial, Labels: m, SkipReason: skipReason})
 		ids = append(ids, id)
 	}
 	if err := rows.Err(); err != nil {
@@ -168,8 +218,9 @@ func selectorCandidates(ctx context.Context, q interface {
 }
 
 // listCandidates looks up an explicit serial list: every serial must name
-// a deployed device of the release's model and revisions (EINVALID naming
-// up to five offenders).
+// a deployed or suspended device of the release's model and revisions
+// (EINVALID naming up to five offenders); a suspended one is skipped
+// unless the release is a remediation (releaseTarget.admits).
 func listCandidates(ctx context.Context, tx *Tx, tenantID int64, rel *releaseTarget, serials []string) ([]rollout.Candidate, []int64, error) {
 	type dev struct {
 		id          int64
@@ -213,17 +264,21 @@ func listCandidates(ctx context.Context, tx *Tx, tenantID int64, rel *releaseTar
 	ids := make([]int64, 0, len(serials))
 	for _, s := range serials {
 		d, ok := found[s]
+		admitted, skipReason := false, ""
+		if ok {
+			admitted, skipReason = rel.admits(d.state)
+		}
 		switch {
 		case !ok:
 			bad = append(bad, fmt.Sprintf("%q (no such device)", s))
-		case d.state != string(cradle.StateDeployed):
+		case !admitted:
 			bad = append(bad, fmt.Sprintf("%q (%s, not deployed)", s, d.state))
 		case d.model != rel.model:
 			bad = append(bad, fmt.Sprintf("%q (model %s)", s, d.model))
 		case !rel.fits(d.rev):
 			bad = append(bad, fmt.Sprintf("%q (hardware revision %q)", s, d.rev))
 		default:
-			cands = append(cands, rollout.Candidate{Serial: s, Labels: d.labels})
+			cands = append(cands, rollout.Candidate{Serial: s, Labels: d.labels, SkipReason: skipReason})
 			ids = append(ids, d.id)
 		}
 	}
@@ -390,6 +445,18 @@ func (s *RolloutService) CreateRollout(ctx context.Context, spec cradle.RolloutS
 		held, err := activeHolders(ctx, tx, a.TenantID, 0)
 		if err != nil {
 			return err
+		}
+		if rel.remediation {
+			// A suspended device is offered nothing more by the rollout of
+			// a release that is not a remediation: that rollout does not
+			// hold it against a remediation.
+			stuck, err := quarantinedHolds(ctx, tx, a.TenantID)
+			if err != nil {
+				return err
+			}
+			for _, id := range stuck {
+				delete(held, id)
+			}
 		}
 		var cands []rollout.Candidate
 		var ids []int64

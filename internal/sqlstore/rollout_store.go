@@ -123,9 +123,10 @@ func (s *RolloutStore) RolloutEvents(ctx context.Context, tenantID int64, id str
 }
 
 // RolloutJoiners returns, for a dynamic rollout that is running or paused,
-// the deployed devices of its release's model and hardware revisions that
-// match its selector and are not in it, each with the other active rollout
-// that holds it, if any. It returns none for any other rollout.
+// the deployed devices (and suspended ones, for a remediation release) of
+// its release's model and hardware revisions that match its selector and
+// are not in it, each with the other active rollout that holds it, if any.
+// It returns none for any other rollout.
 func (s *RolloutStore) RolloutJoiners(ctx context.Context, tenantID int64, id string) ([]cradle.RolloutCandidate, error) {
 	sr, err := s.find(ctx, tenantID, id)
 	if err != nil {
@@ -167,13 +168,17 @@ func (s *RolloutStore) RolloutJoiners(ctx context.Context, tenantID int64, id st
 	if err != nil {
 		return nil, err
 	}
+	// A suspended device does not join a rollout that would skip it: it
+	// joins when it is deployed again.
+	out := []cradle.RolloutCandidate{}
 	for i := range cands {
+		if cands[i].SkipReason != "" {
+			continue
+		}
 		cands[i].ActiveRollout = held[ids[i]]
+		out = append(out, cands[i])
 	}
-	if cands == nil {
-		cands = []cradle.RolloutCandidate{}
-	}
-	return cands, nil
+	return out, nil
 }
 
 // errStepRefused rolls a SaveRollout back whose lease or revision moved on.

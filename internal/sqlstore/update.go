@@ -21,6 +21,10 @@ import (
 //     digest is exactly the one the device runs; a yanked release is never
 //     handed out (its attempts time out in the engine), and of two
 //     rollouts with an attempt in flight the newest wins;
+//   - a suspended device (quarantine) is handed out only a remediation
+//     release: an attempt of another rollout is left to time out, its
+//     reports are refused, and a software report must name the image of a
+//     remediation release of its tenant (EFORBIDDEN, audited);
 //   - a report is queued as a rollout_events row for the scheduler, which
 //     feeds it to the rollout engine; the row's kind is the state reported
 //     (the engine's event kinds);
@@ -65,10 +69,10 @@ func (s *UpdateService) PendingUpdate(ctx context.Context, serial, runningSHA256
 	var relID int64
 	var state, rolloutState string
 	err = s.db.queryRowPrepared(ctx, `SELECT ro.public_id, ro.release_id, rd.attempt, rd.state, ro.state FROM rollout_devices rd JOIN rollouts ro ON ro.id = rd.rollout_id
-		JOIN releases r ON r.id = ro.release_id
+		JOIN releases r ON r.id = ro.release_id JOIN devices d ON d.id = rd.device_id
 		WHERE rd.device_id = ? AND ro.tenant_id = ? AND rd.state IN ('started', 'downloading', 'installing') AND ro.state IN ('running', 'paused', 'aborted')
-			AND r.state <> 'yanked'
-		ORDER BY ro.id DESC LIMIT 1`, devID, a.TenantID).Scan(&p.RolloutID, &relID, &p.Attempt, &state, &rolloutState)
+			AND r.state <> 'yanked' AND (d.state <> 'suspended' OR r.remediation = ?)
+		ORDER BY ro.id DESC LIMIT 1`, devID, a.TenantID, true).Scan(&p.RolloutID, &relID, &p.Attempt, &state, &rolloutState)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, cradle.Errorf(cradle.ENOTFOUND, "device %q has no update in progress", serial)
 	} else if err != nil {
@@ -122,15 +126,23 @@ func (s *UpdateService) ReportUpdate(ctx context.Context, serial string, r cradl
 	if err != nil {
 		return err
 	}
-	return s.db.write(ctx, func(tx *Tx) error {
+	var refused error
+	err = s.db.write(ctx, func(tx *Tx) error {
 		var rolloutID int64
 		var state cradle.DeviceUpdateState
-		err := tx.queryRow(ctx, `SELECT ro.id, rd.state FROM rollouts ro JOIN rollout_devices rd ON rd.rollout_id = ro.id
-			WHERE ro.tenant_id = ? AND ro.public_id = ? AND rd.device_id = ?`, a.TenantID, r.RolloutID, devID).Scan(&rolloutID, &state)
+		var devState string
+		var remediation bool
+		err := tx.queryRow(ctx, `SELECT ro.id, rd.state, d.state, r.remediation FROM rollouts ro JOIN rollout_devices rd ON rd.rollout_id = ro.id
+			JOIN releases r ON r.id = ro.release_id JOIN devices d ON d.id = rd.device_id
+			WHERE ro.tenant_id = ? AND ro.public_id = ? AND rd.device_id = ?`, a.TenantID, r.RolloutID, devID).Scan(&rolloutID, &state, &devState, &remediation)
 		if errors.Is(err, sql.ErrNoRows) {
 			return cradle.Errorf(cradle.ENOTFOUND, "device %q is not in rollout %q", serial, clip(r.RolloutID, 40))
 		} else if err != nil {
 			return fmt.Errorf("sqlstore: update report: %w", err)
+		}
+		if devState == string(cradle.StateSuspended) && !remediation {
+			refused = cradle.Errorf(cradle.EFORBIDDEN, "device %q is suspended: it reports only on remediation updates, and rollout %s is not one", serial, r.RolloutID)
+			return refused
 		}
 		if !state.InFlight() {
 			// The device's update has ended (or never started): the
@@ -147,6 +159,11 @@ func (s *UpdateService) ReportUpdate(ctx context.Context, serial string, r cradl
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "update.report", Subject: subject,
 			Details: map[string]any{"rollout": r.RolloutID, "attempt": r.Attempt, "state": r.State, "reason": r.Reason}})
 	})
+	if refused != nil {
+		return s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "update.report.refused", Subject: subject,
+			Details: map[string]any{"rollout": r.RolloutID, "state": r.State, "reason": cradle.ErrorMessage(refused)}}, refused)
+	}
+	return err
 }
 
 // ReportSoftware records the image a device runs. Reporting the same
@@ -163,7 +180,23 @@ func (s *UpdateService) ReportSoftware(ctx context.Context, serial, sha256 strin
 	if err != nil {
 		return err
 	}
-	return s.db.write(ctx, func(tx *Tx) error {
+	var refused error
+	err = s.db.write(ctx, func(tx *Tx) error {
+		var devState string
+		if err := tx.queryRow(ctx, `SELECT state FROM devices WHERE id = ?`, devID).Scan(&devState); err != nil {
+			return fmt.Errorf("sqlstore: report software: %w", err)
+		}
+		if devState == string(cradle.StateSuspended) {
+			var n int
+			if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM releases WHERE tenant_id = ? AND sha256 = ? AND remediation = ? AND state <> 'yanked'`,
+				a.TenantID, sha256, true).Scan(&n); err != nil {
+				return fmt.Errorf("sqlstore: report software: %w", err)
+			}
+			if n == 0 {
+				refused = cradle.Errorf(cradle.EFORBIDDEN, "device %q is suspended: it reports only the image of a remediation release, and %s is none", serial, sha256)
+				return refused
+			}
+		}
 		var prev string
 		err := tx.queryRow(ctx, `SELECT sha256 FROM device_software WHERE device_id = ?`, devID).Scan(&prev)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
@@ -179,6 +212,11 @@ func (s *UpdateService) ReportSoftware(ctx context.Context, serial, sha256 strin
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "update.software", Subject: "device:" + serial,
 			Details: map[string]any{"sha256": sha256, "previous": prev}})
 	})
+	if refused != nil {
+		return s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "update.software.refused", Subject: "device:" + serial,
+			Details: map[string]any{"sha256": sha256, "reason": cradle.ErrorMessage(refused)}}, refused)
+	}
+	return err
 }
 
 // FindSoftware returns what a device last reported running, with the

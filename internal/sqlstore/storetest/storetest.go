@@ -163,6 +163,7 @@ func Run(t *testing.T, b Backend) {
 		{"UpdatePending", testUpdatePending}, {"UpdateReports", testUpdateReports}, {"UpdateSoftware", testUpdateSoftware}, {"UpdateDownloads", testUpdateDownloads}, {"UpdateAbortedReports", testUpdateAbortedReports},
 		{"RolloutCreate", testRolloutCreate}, {"RolloutRefusals", testRolloutRefusals}, {"RolloutDecisions", testRolloutDecisions}, {"Leases", testLeases}, {"RolloutFencing", testRolloutFencing}, {"RolloutEvents", testRolloutEvents}, {"RolloutJoiners", testRolloutJoiners}, {"RolloutConcurrentCreate", testRolloutConcurrentCreate},
 		{"RolloutAbortInFlight", testRolloutAbortInFlight},
+		{"ReleaseRemediation", testReleaseRemediation}, {"RolloutQuarantine", testRolloutQuarantine}, {"UpdateQuarantine", testUpdateQuarantine},
 		{"MenderAuth", testMenderAuth}, {"MenderAcceptRefusals", testMenderAcceptRefusals}, {"MenderSessionCleanup", testMenderSessionCleanup}, {"MenderConcurrent", testMenderConcurrent}, {"DeviceTokens", testDeviceTokens},
 		{"DecommissionExecute", testDecommissionExecute}, {"DecommissionApprovers", testDecommissionApprovers},
 		{"AdmitDevice", testAdmitDevice}, {"DeviceAttributes", testDeviceAttributes}, {"DDIActions", testDDIActions}, {"UpdateLogs", testUpdateLogs}, {"CompatFields", testCompatFields},
