@@ -50,6 +50,7 @@ type deviceListener struct {
 	accounting *downloadAccounting
 	plain      *artifactListener
 	hawkbit    *hawkbit.Handler // nil unless hawkbit.enabled
+	decom      *decommissioning
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -155,6 +156,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		return nil, err
 	}
 	d.commands.mount(listener)
+	d.decom = newDecommissioning(db, d, listener)
 	twin, err := newDeviceTwin(db, metrics, logger)
 	if err != nil {
 		return nil, err

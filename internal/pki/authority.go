@@ -254,6 +254,11 @@ func (a *Authority) revoked(ctx context.Context, certs []*cradle.Certificate) {
 	}
 }
 
+// Revoked brings the CRLs and the OCSP cache up to date after certs were
+// revoked by another path than WrapCertificates (decommissioning revokes
+// in the transaction that moves the device to eol).
+func (a *Authority) Revoked(ctx context.Context, certs []*cradle.Certificate) { a.revoked(ctx, certs) }
+
 // WrapCertificates returns s with revocations that also reach the CRLs
 // and the OCSP cache: give it to every transport that can revoke.
 func (a *Authority) WrapCertificates(s cradle.CertificateService) cradle.CertificateService {

@@ -164,6 +164,7 @@ func Run(t *testing.T, b Backend) {
 		{"RolloutCreate", testRolloutCreate}, {"RolloutRefusals", testRolloutRefusals}, {"RolloutDecisions", testRolloutDecisions}, {"Leases", testLeases}, {"RolloutFencing", testRolloutFencing}, {"RolloutEvents", testRolloutEvents}, {"RolloutJoiners", testRolloutJoiners}, {"RolloutConcurrentCreate", testRolloutConcurrentCreate},
 		{"RolloutAbortInFlight", testRolloutAbortInFlight},
 		{"MenderAuth", testMenderAuth}, {"MenderAcceptRefusals", testMenderAcceptRefusals}, {"MenderSessionCleanup", testMenderSessionCleanup}, {"MenderConcurrent", testMenderConcurrent}, {"DeviceTokens", testDeviceTokens},
+		{"DecommissionExecute", testDecommissionExecute}, {"DecommissionApprovers", testDecommissionApprovers},
 		{"AdmitDevice", testAdmitDevice}, {"DeviceAttributes", testDeviceAttributes}, {"DDIActions", testDDIActions}, {"UpdateLogs", testUpdateLogs}, {"CompatFields", testCompatFields},
 	}
 	for _, tt := range tests {
