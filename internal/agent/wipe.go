@@ -204,7 +204,7 @@ func (id *Identity) buildTombstone(ctx context.Context, w *WipeProgress, now tim
 		if err != nil {
 			return fmt.Errorf("agent: wipe: %w", err)
 		}
-		ts := cradle.Tombstone{Serial: f.serial, CommandID: w.CommandID, Sequence: w.Sequence, Erased: objs,
+		ts := cradle.Tombstone{Serial: f.serial, CommandID: w.CommandID, Sequence: w.Sequence, Erased: tombstoneList(objs),
 			Lifecycle: string(hw.LifecycleEOL), At: now.UTC()}
 		st, err := id.signTombstone(ctx, cur, ts)
 		if err != nil {
@@ -351,10 +351,51 @@ func (id *Identity) signTombstone(ctx context.Context, c *Credential, t cradle.T
 	if err != nil {
 		return nil, err
 	}
-	if err := VerifyPayload(tc.Leaf.PublicKey, payload, sig); err != nil {
-		return nil, fmt.Errorf("the key store's signature does not verify with the LDevID: %w", err)
+	st := &cradle.SignedTombstone{Payload: payload, Signature: sig, Certificate: tc.Leaf.Raw}
+	// What the server checks first; a key store that signs wrongly is
+	// caught here.
+	if _, _, err := cradle.VerifyTombstone(*st); err != nil {
+		return nil, err
 	}
-	return &cradle.SignedTombstone{Payload: payload, Signature: sig, Certificate: tc.Leaf.Raw}, nil
+	return st, nil
+}
+
+// tombstoneList is objs as a tombstone carries them, within
+// cradle.MaxTombstoneObjects and its name length: past the bound, the
+// state directory's files are named by their top directory ("spool/…"),
+// and what still does not fit is counted in a last entry. A long name
+// keeps its end.
+func tombstoneList(objs []cradle.ErasedObject) []cradle.ErasedObject {
+	const maxName = 256
+	clip := func(o cradle.ErasedObject) cradle.ErasedObject {
+		if len(o.Name) > maxName {
+			o.Name = "…" + strings.ToValidUTF8(o.Name[len(o.Name)-(maxName-len("…")):], "")
+		}
+		return o
+	}
+	if len(objs) > cradle.MaxTombstoneObjects {
+		var folded []cradle.ErasedObject
+		for _, o := range objs {
+			if o.Store == "state" && !filepath.IsAbs(o.Name) {
+				if top, _, ok := strings.Cut(o.Name, string(filepath.Separator)); ok {
+					o = cradle.ErasedObject{Store: "state", Kind: o.Kind, Name: top + "/…"}
+				}
+			}
+			if !slices.Contains(folded, o) {
+				folded = append(folded, o)
+			}
+		}
+		objs = folded
+	}
+	var out []cradle.ErasedObject
+	for i, o := range objs {
+		if len(out) == cradle.MaxTombstoneObjects-1 && len(objs) > cradle.MaxTombstoneObjects {
+			out = append(out, cradle.ErasedObject{Store: "state", Kind: "config", Name: fmt.Sprintf("… and %d more files", len(objs)-i)})
+			break
+		}
+		out = append(out, clip(o))
+	}
+	return out
 }
 
 // SignPayload signs payload as tombstones are signed: ECDSA (ASN.1) or
@@ -368,28 +409,6 @@ func SignPayload(s crypto.Signer, payload []byte) ([]byte, error) {
 		return s.Sign(rand.Reader, d[:], crypto.SHA256)
 	}
 	return nil, fmt.Errorf("agent: cannot sign with a %T key", s.Public())
-}
-
-// VerifyPayload checks a signature made by SignPayload.
-func VerifyPayload(pub crypto.PublicKey, payload, sig []byte) error {
-	d := sha256.Sum256(payload)
-	switch k := pub.(type) {
-	case ed25519.PublicKey:
-		if ed25519.Verify(k, payload, sig) {
-			return nil
-		}
-	case *ecdsa.PublicKey:
-		if ecdsa.VerifyASN1(k, d[:], sig) {
-			return nil
-		}
-	case *rsa.PublicKey:
-		if rsa.VerifyPKCS1v15(k, crypto.SHA256, d[:], sig) == nil {
-			return nil
-		}
-	default:
-		return fmt.Errorf("agent: unsupported %T key", pub)
-	}
-	return errors.New("agent: bad signature")
 }
 
 // sendTombstone delivers t, retrying transient failures.

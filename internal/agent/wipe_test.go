@@ -67,17 +67,14 @@ func (in *tombstoneInbox) serve(w http.ResponseWriter, r *http.Request) {
 	if err := cert.CheckSignatureFrom(in.s.h.DeviceCA()); err != nil {
 		in.t.Errorf("tombstone certificate not from the device CA: %v", err)
 	}
-	if err := agent.VerifyPayload(cert.PublicKey, st.Payload, st.Signature); err != nil {
-		in.t.Errorf("tombstone signature: %v", err)
+	ts, _, err := cradle.VerifyTombstone(st)
+	if err != nil {
+		in.t.Errorf("tombstone: %v", err)
 		http.Error(w, "signature", http.StatusBadRequest)
 		return
 	}
-	var ts cradle.Tombstone
-	if err := json.Unmarshal(st.Payload, &ts); err != nil {
-		in.t.Errorf("tombstone payload: %v", err)
-	}
 	in.mu.Lock()
-	in.got = append(in.got, ts)
+	in.got = append(in.got, *ts)
 	in.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -413,4 +410,29 @@ func TestWipeResumesAfterPowerCut(t *testing.T) {
 			w.checkWiped(t, dev)
 		})
 	}
+}
+
+// TestWipeManyFiles: a state directory with more files than a tombstone
+// may list is named by directory in the tombstone, which the server's
+// checks (cradle.VerifyTombstone) accept; every file is erased.
+func TestWipeManyFiles(t *testing.T) {
+	s := newESTStack(t, pki.LDevIDPolicy{Lifetime: 30 * 24 * time.Hour})
+	inbox := newTombstoneInbox(t, s)
+	w := newWipeUnit(t, s, commandPKI(t, "Acme"), "SN-MANY", hw.KeyStoreFile, nil, agent.WipeOptions{})
+	for i := range cradle.MaxTombstoneObjects + 44 {
+		if err := os.WriteFile(filepath.Join(w.u.opts.StateDir, "spool", fmt.Sprintf("seg-%03d", i)), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res := w.wipe(t); res.Status != command.StatusDone {
+		t.Fatalf("wipe result %+v", res)
+	}
+	got := inbox.received()
+	if len(got) != 1 {
+		t.Fatalf("%d tombstones received, want 1", len(got))
+	}
+	if n := len(got[0].Erased); n > cradle.MaxTombstoneObjects || !slices.Contains(got[0].Erased, cradle.ErasedObject{Store: "state", Kind: "config", Name: "spool/…"}) {
+		t.Errorf("tombstone of %d objects: %+v", n, got[0].Erased)
+	}
+	w.checkWiped(t, w.u.dev)
 }
