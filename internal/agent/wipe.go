@@ -202,7 +202,9 @@ func (id *Identity) buildTombstone(ctx context.Context, w *WipeProgress, now tim
 	if cur := id.state.Current; cur != nil {
 		f, err := id.readFactory(ctx)
 		if err != nil {
-			return fmt.Errorf("agent: wipe: %w", err)
+			// Without the serial no tombstone; the wipe goes on.
+			id.opts.Logger.Error("wipe: cannot read the factory data for the tombstone; wiping without one", "err", err)
+			return id.saveWipe()
 		}
 		ts := cradle.Tombstone{Serial: f.serial, CommandID: w.CommandID, Sequence: w.Sequence, Erased: tombstoneList(objs),
 			Lifecycle: string(hw.LifecycleEOL), At: now.UTC()}
@@ -213,6 +215,10 @@ func (id *Identity) buildTombstone(ctx context.Context, w *WipeProgress, now tim
 			w.Tombstone = st
 		}
 	}
+	return id.saveWipe()
+}
+
+func (id *Identity) saveWipe() error {
 	if err := SaveState(id.opts.StateDir, id.state); err != nil {
 		return fmt.Errorf("agent: wipe: %w", err)
 	}
