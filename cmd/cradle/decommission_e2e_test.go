@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -91,14 +92,18 @@ func TestDecommissionEndToEnd(t *testing.T) {
 	}
 	device.CloseIdleConnections() // offline from here on
 
-	// The admin decommissions the offline device.
-	admin := cradle.NewContextWithActor(ctx, cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "test", ID: "admin"})
-	x, err := m.device.decom.svc.RequestDecommission(admin, serial, "end of service")
-	if err != nil {
-		t.Fatal(err)
+	// The admin decommissions the offline device with the CLI.
+	fails(t, "decommission_approvers", append([]string{"policy", "set", "--decommission-approvers", "3"}, api...)...)
+	if out := ok(t, append([]string{"policy", "set", "--decommission-approvers", "1"}, api...)...); !strings.Contains(out, "decommission_approvers:  1") {
+		t.Fatalf("policy set:\n%s", out)
 	}
+	fails(t, "--reason", append([]string{"device", "decommission", serial}, api...)...)
+	x := decodeJSON[cradle.Decommission](t, ok(t, append([]string{"device", "decommission", serial, "--reason", "end of service", "--json"}, api...)...))
 	if x.State != cradle.DecommissionWiping || len(x.Revoked) != 2 {
 		t.Fatalf("decommissioning: %+v", x)
+	}
+	if out := ok(t, append([]string{"device", "decommission", "show", serial}, api...)...); !strings.Contains(out, "wiping") || !strings.Contains(out, "certificate:ldevid") {
+		t.Fatalf("decommission show:\n%s", out)
 	}
 
 	// Revoked at once: the device CA's CRL lists the LDevID, for
@@ -189,9 +194,13 @@ func TestDecommissionEndToEnd(t *testing.T) {
 	}
 
 	// The certificate shows the confirmation, signed with the audit key.
-	cert, err := m.device.decom.svc.DecommissionCertificate(admin, serial)
-	if err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	ok(t, append([]string{"device", "decommission", "certificate", serial, "-o", dir + "/cert.json"}, api...)...)
+	ok(t, append([]string{"device", "decommission", "certificate", serial, "--html", "-o", dir + "/cert.html"}, api...)...)
+	raw, _ := os.ReadFile(dir + "/cert.json")
+	cert := decodeJSON[cradle.DecommissionCertificate](t, string(raw))
+	if page, _ := os.ReadFile(dir + "/cert.html"); !strings.Contains(string(page), "Wipe confirmed") || !strings.Contains(string(page), serial) {
+		t.Errorf("the HTML certificate:\n%s", page)
 	}
 	if err := cert.Verify(m.db.AuditPublicKey()); err != nil {
 		t.Fatalf("certificate signature: %v", err)

@@ -161,6 +161,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.api.StationIssuer = m.device.issueStation
 		m.api.Profile = cradle.Profile(m.device.authority.Hierarchy.Profile())
 		m.api.Commands = pushingCommands{CommandService: m.device.commands.store, relay: m.device.commands}
+		m.api.Decommissions = m.device.decom.svc
 	}
 	if cfg.Factory.WebhookURL != "" {
 		if m.webhook, err = startWebhook(ctx, cfg.Factory, m.db, m.Logger); err != nil {

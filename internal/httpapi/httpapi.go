@@ -72,6 +72,10 @@ type Server struct {
 	// Commands serves the device command routes; nil when the server has
 	// no command signer (the routes answer not_implemented).
 	Commands cradle.CommandService
+	// Decommissions serves the decommissioning routes; nil when the
+	// server has no command signer to sign wipe commands (the routes
+	// answer not_implemented).
+	Decommissions cradle.DecommissionService
 	// Twins serves the configuration twin routes: device twins, config
 	// groups, config schemas and the drift listing.
 	Twins cradle.TwinService
