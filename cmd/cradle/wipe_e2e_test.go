@@ -26,7 +26,8 @@ import (
 // destroys its keys, erases its files, sets the lifecycle fuse word to eol
 // and exits with status 3. The server's record is confirmed with that
 // tombstone, and the decommissioning certificate lists the revocations and
-// the confirmation. Started again, the agent refuses to run.
+// the confirmation. Started again, the agent refuses to run. The
+// operator works through the CLI (cradle device decommission …).
 func TestAgentWipeEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs cradle-agent")
@@ -74,11 +75,7 @@ config:
 		return err == nil
 	})
 
-	admin := cradle.NewContextWithActor(ctx, cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "test", ID: "admin"})
-	x, err := l.m.device.decom.svc.RequestDecommission(admin, serial, "end of service")
-	if err != nil {
-		t.Fatal(err)
-	}
+	x := decodeJSON[cradle.Decommission](t, ok(t, append([]string{"device", "decommission", serial, "--reason", "end of service", "--json"}, srv...)...))
 	if x.State != cradle.DecommissionWiping {
 		t.Fatalf("decommissioning: %+v", x)
 	}
@@ -97,10 +94,7 @@ config:
 	}
 
 	// The server: confirmed by the tombstone, which names what the unit erased.
-	rec, err := l.m.device.decom.svc.FindDecommission(admin, serial)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec := decodeJSON[cradle.Decommission](t, ok(t, append([]string{"device", "decommission", "show", serial, "--json"}, srv...)...))
 	if rec.State != cradle.DecommissionConfirmed || rec.ConfirmedAt == nil || rec.Tombstone == nil {
 		t.Fatalf("decommissioning after the wipe: %+v", rec)
 	}
@@ -114,10 +108,9 @@ config:
 			t.Errorf("the tombstone does not list %+v: %+v", o, rec.Tombstone.Erased)
 		}
 	}
-	cert, err := l.m.device.decom.svc.DecommissionCertificate(admin, serial)
-	if err != nil {
-		t.Fatal(err)
-	}
+	certFile := filepath.Join(t.TempDir(), "cert.json")
+	ok(t, append([]string{"device", "decommission", "certificate", serial, "-o", certFile}, srv...)...)
+	cert := decodeJSON[cradle.DecommissionCertificate](t, string(mustRead(t, certFile)))
 	if err := cert.Verify(l.m.db.AuditPublicKey()); err != nil {
 		t.Fatalf("certificate signature: %v", err)
 	}
