@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -116,11 +117,19 @@ func (r *logRing) Bytes() []byte {
 // the identity, to replace the device key now.
 type rekeyRequest chan error
 
+// wipeRequest asks the identity loop to carry out a verified wipe
+// command (agent.Identity.Wipe); done gets its outcome.
+type wipeRequest struct {
+	commandID string
+	sequence  uint64
+	done      chan error
+}
+
 // features builds the twin applier and the command executor of a unit,
 // whose commands are verified with the factory root and serial.
 // Rekey requests go to rekeys, served by stepIdentity.
 func features(cfg *agentConfig, dev *hw.Device, root *x509.Certificate, serial string, rt func() *agent.Runtime, ring *logRing,
-	rekeys chan<- rekeyRequest, log *slog.Logger, now func() time.Time) (*twin.Applier, *agent.Executor, error) {
+	rekeys chan<- rekeyRequest, wipes chan<- wipeRequest, log *slog.Logger, now func() time.Time) (*twin.Applier, *agent.Executor, error) {
 	applier, err := twin.New(twin.Options{StateDir: filepath.Join(cfg.StateDir, "twin"), SchemaFile: cfg.Config.Schema,
 		Handlers: cfg.handlers(), Now: now, Logger: log})
 	if err != nil {
@@ -151,6 +160,20 @@ func features(cfg *agentConfig, dev *hw.Device, root *x509.Certificate, serial s
 			case err := <-done:
 				return err
 			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+		Wipe: func(ctx context.Context, commandID string, sequence uint64) error {
+			req := wipeRequest{commandID: commandID, sequence: sequence, done: make(chan error, 1)}
+			select {
+			case wipes <- req:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			select {
+			case err := <-req.done:
+				return err
+			case <-ctx.Done(): // the wipe stops the channel before it erases
 				return ctx.Err()
 			}
 		},
@@ -276,4 +299,20 @@ func newUpdater(ctx context.Context, cfg *agentConfig, dev *hw.Device, rt *agent
 		Reboot: reboot, BootID: bootID,
 		HealthHook: cfg.Update.HealthHook, HealthTimeout: cfg.Update.HealthTimeout, Now: now, Logger: log,
 	})
+}
+
+// wipeFiles are the files outside the state directory that the agent
+// wrote and a wipe erases: the twin's file handlers' targets and a spool
+// kept elsewhere.
+func (c *agentConfig) wipeFiles() []string {
+	var files []string
+	for _, h := range c.Config.Handlers {
+		if h.File != "" {
+			files = append(files, h.File)
+		}
+	}
+	if rel, err := filepath.Rel(c.StateDir, c.Spool.Dir); err != nil || strings.HasPrefix(rel, "..") {
+		files = append(files, c.Spool.Dir)
+	}
+	return files
 }

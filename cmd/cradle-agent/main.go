@@ -7,8 +7,10 @@
 // hands to the device, signed into the tenant's TUF repository
 // (`cradle release sign`) and checked against it, is written into the
 // inactive A/B slot, verified as an MCUboot image, booted on trial, and
-// committed after its health checks or rolled back. Wiping its credentials
-// at decommissioning is not built yet.
+// committed after its health checks or rolled back. At decommissioning a
+// signed wipe command makes it send a tombstone signed with its LDevID key,
+// destroy its keys, erase its files and set the lifecycle fuse word to
+// end-of-life; it then exits with status 3 and refuses to run again.
 //
 // It has two commands. `cradle-agent run --config FILE` is the agent
 // proper (see agent.example.yaml; `run --help` lists the configuration).

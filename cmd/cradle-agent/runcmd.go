@@ -47,7 +47,7 @@ Desired configuration documents are checked against the model's JSON Schema
 and applied by the handlers in order; the agent reports the version it
 applied, or why it rejected the document (the running configuration is
 kept) or why a handler failed (the handlers that ran are rolled back).
-Commands (ping, reboot, upload-logs, rekey, set-config) run only when their
+Commands (ping, reboot, upload-logs, rekey, set-config, wipe) run only when their
 signature chains to the factory root, they name this unit, have not expired
 and carry a sequence above the last one accepted; each gets a result.
 
@@ -118,7 +118,13 @@ The configuration is YAML (see agent.example.yaml):
     level: info                       # debug, info, warn, error
     format: text                      # text or json
 
-Exit status: 0 stopped by a signal, 1 failed (the error is on stderr), 2 usage error.
+A verified wipe command (decommissioning) sends a tombstone signed with the
+LDevID key, destroys the agent's keys, erases state_dir, the files of the
+config handlers and the spool, sets the lifecycle fuse word to eol and exits;
+a wipe cut short resumes at the next start, and a wiped unit never runs again.
+
+Exit status: 0 stopped by a signal, 1 failed (the error is on stderr), 2 usage
+error, 3 the unit is decommissioned (wiped).
 `
 
 // agentConfig is the YAML configuration of cradle-agent run.
@@ -280,10 +286,18 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	ring := &logRing{} // the agent's own log, for upload-logs commands
 	if err := runUnit(ctx, cfg, cfg.logger(io.MultiWriter(stderr, ring)), ring, time.Now); err != nil {
 		fmt.Fprintf(stderr, "error: %v\n", err)
+		if errors.Is(err, agent.ErrDecommissioned) {
+			return exitDecommissioned
+		}
 		return 1
 	}
 	return 0
 }
+
+// exitDecommissioned is the exit status of a run on a wiped unit (and of
+// the run that wiped it): the service manager is told not to restart it
+// (RestartPreventExitStatus in cradle-agent.service).
+const exitDecommissioned = 3
 
 // runUnit opens the unit and steps its identity until ctx is done, with
 // the channel (telemetry, twin, commands) beside it once the unit has an
@@ -291,6 +305,9 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 // waiting (not provisioned, no such device, a bad key store, an unusable
 // spool).
 func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logRing, now func() time.Time) error {
+	if err := agent.CheckDecommissioned(cfg.StateDir); err != nil {
+		return err
+	}
 	dev, err := hw.OpenSimDevice(cfg.Device)
 	if err != nil {
 		return err
@@ -307,6 +324,15 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	id, err := agent.OpenIdentity(agent.IdentityOptions{Device: dev, StateDir: cfg.StateDir, ServerURL: cfg.Server, Logger: log}, now())
 	if err != nil {
 		return err
+	}
+	wipeOpts := agent.WipeOptions{KeyStore: cfg.KeyStore.Kind, Files: cfg.wipeFiles()}
+	if id.WipeInProgress() {
+		// A wipe a power cut or a kill interrupted: finish it, nothing else.
+		log.Warn("resuming the interrupted wipe")
+		if err := id.ResumeWipe(ctx, now(), wipeOpts); err != nil {
+			return err
+		}
+		return agent.CheckDecommissioned(cfg.StateDir)
 	}
 	// The factory root and serial, read once: commands are verified with
 	// them, and the root is the channel's only trust anchor.
@@ -328,7 +354,8 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	var up *update.Updater
 	var attested atomic.Bool // the identity's verdict, kept by stepIdentity
 	rekeys := make(chan rekeyRequest)
-	applier, executor, err := features(cfg, dev, root, serial, func() *agent.Runtime { return rt }, ring, rekeys, log, now)
+	wipes := make(chan wipeRequest)
+	applier, executor, err := features(cfg, dev, root, serial, func() *agent.Runtime { return rt }, ring, rekeys, wipes, log, now)
 	if err != nil {
 		return err
 	}
@@ -350,21 +377,33 @@ func runUnit(ctx context.Context, cfg *agentConfig, log *slog.Logger, ring *logR
 	if up, err = newUpdater(ctx, cfg, dev, rt, log, now); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	// The channel and the updater run on their own context, so that a
+	// wipe can stop them (Quiesce) before it erases their files.
+	chCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	wg.Go(func() { rt.Run(ctx) })
+	wg.Go(func() { rt.Run(chCtx) })
 	if up != nil {
-		wg.Go(func() { up.Run(ctx, cfg.Update.PollInterval) })
+		wg.Go(func() { up.Run(chCtx, cfg.Update.PollInterval) })
+	}
+	wipeOpts.Quiesce = func() {
+		cancel()
+		wg.Wait()
+		sp.Close()
 	}
 	log.Info("cradle-agent running", "device", cfg.Device, "server", cfg.Server, "mqtt", cfg.mqttAddr, "status", id.State().Status)
-	return stepIdentity(ctx, id, rt, &attested, rekeys, log, now)
+	err = stepIdentity(ctx, id, rt, &attested, rekeys, wipes, wipeOpts, log, now)
+	if errors.Is(err, agent.ErrDecommissioned) {
+		return agent.CheckDecommissioned(cfg.StateDir)
+	}
+	return err
 }
 
 // stepIdentity steps the identity until ctx is done, giving the runtime
 // each new LDevID.
-func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, attested *atomic.Bool, rekeys <-chan rekeyRequest, log *slog.Logger, now func() time.Time) error {
+func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, attested *atomic.Bool, rekeys <-chan rekeyRequest,
+	wipes <-chan wipeRequest, wipeOpts agent.WipeOptions, log *slog.Logger, now func() time.Time) error {
 	var given string // the certificate chain the runtime has
 	for {
 		next, err := id.Step(ctx, now())
@@ -406,6 +445,17 @@ func stepIdentity(ctx context.Context, id *agent.Identity, rt *agent.Runtime, at
 				log.Warn("rekey", "err", err)
 			}
 			done <- err
+		case req := <-wipes:
+			// A wipe command: it stops the channel, erases, and the
+			// agent exits; a failed one is resumed at the next start.
+			t.Stop()
+			err := id.Wipe(ctx, req.commandID, req.sequence, now(), wipeOpts)
+			req.done <- err
+			if err != nil {
+				log.Error("wipe failed; it resumes at the next start", "err", err)
+				return err
+			}
+			return agent.ErrDecommissioned
 		}
 	}
 }

@@ -48,6 +48,10 @@ type CommandActions struct {
 	Rekey func(ctx context.Context) error
 	// SetConfig applies a set-config command's args, a JSON object.
 	SetConfig func(ctx context.Context, args json.RawMessage) error
+	// Wipe decommissions the unit (see Identity.Wipe): tombstone, then
+	// crypto-erase. Its result rarely reaches the server, whose LDevID
+	// check now refuses the unit; the tombstone is the confirmation.
+	Wipe func(ctx context.Context, commandID string, sequence uint64) error
 }
 
 // ExecutorOptions configures NewExecutor.
@@ -194,7 +198,10 @@ func (e *Executor) run(ctx context.Context, cmd *command.Command) error {
 		}
 		return a.SetConfig(ctx, args)
 	case command.KindWipe:
-		return errors.New("wipe is not supported yet by this agent; decommission the device through its lifecycle")
+		if a.Wipe == nil {
+			return unsupported(cmd.Kind)
+		}
+		return a.Wipe(ctx, cmd.ID, cmd.Sequence)
 	}
 	return fmt.Errorf("unknown command kind %q", cmd.Kind)
 }

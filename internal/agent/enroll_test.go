@@ -51,6 +51,9 @@ type estStack struct {
 	down atomic.Bool
 	// requests counts requests that reached the listener.
 	requests atomic.Int64
+	// tombstone, when set, serves agent.TombstonePath (the server side of
+	// decommissioning is not part of this stack).
+	tombstone atomic.Pointer[http.HandlerFunc]
 
 	mu         sync.Mutex
 	serverCert *tls.Certificate
@@ -109,6 +112,10 @@ func newESTStack(t testing.TB, policy pki.LDevIDPolicy) *estStack {
 			panic(http.ErrAbortHandler)
 		}
 		s.requests.Add(1)
+		if h := s.tombstone.Load(); h != nil && r.URL.Path == agent.TombstonePath {
+			(*h)(w, r)
+			return
+		}
 		inner.ServeHTTP(w, r)
 	})
 	// Not httptest: its own certificate would win over GetCertificate for
@@ -175,10 +182,20 @@ func (s *estStack) setClock(now time.Time) {
 // device on record as provisioned with its IDevID.
 func (s *estStack) provision(dir, serial string) *hw.Device {
 	s.t.Helper()
+	return s.provisionWith(dir, serial, nil)
+}
+
+// provisionWith is provision with the unit's keys in keys (nil: the
+// simulated unit's key files).
+func (s *estStack) provisionWith(dir, serial string, keys hw.KeyStore) *hw.Device {
+	s.t.Helper()
 	ctx := context.Background()
 	dev, err := hw.CreateSimDevice(dir, "uid-"+serial)
 	if err != nil {
 		s.t.Fatal(err)
+	}
+	if keys != nil {
+		dev.Keys = keys
 	}
 	key, err := dev.Keys.CreateKey(ctx, agent.DefaultKeyName, hw.ECDSAP256)
 	if err != nil {

@@ -87,6 +87,10 @@ type State struct {
 	// attestation; nil while not attested (a key store without a TPM
 	// never is).
 	Attestation *Attestation `json:"attestation,omitempty"`
+	// Wipe is set, before anything is erased, while a wipe command is
+	// being carried out: a start that finds it finishes the wipe
+	// (ResumeWipe) and does nothing else.
+	Wipe *WipeProgress `json:"wipe,omitempty"`
 }
 
 // Attestation records a TPM attestation the server verified.
@@ -152,6 +156,11 @@ func ParseState(b []byte) (*State, error) {
 		}
 		if _, err := parseChain([]byte(c.Chain)); err != nil {
 			return nil, fmt.Errorf("agent: state file: LDevID with key %s: %w", c.KeyName, err)
+		}
+	}
+	if w := s.Wipe; w != nil {
+		if err := w.check(); err != nil {
+			return nil, fmt.Errorf("agent: state file: wipe: %w", err)
 		}
 	}
 	if s.CACerts != "" {

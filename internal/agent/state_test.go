@@ -101,6 +101,9 @@ func TestParseStateRefuses(t *testing.T) {
 		{"bad key name", `{"version":1,"status":"enrolled","current":{"key_name":"idevid","chain":` + jsonString(cert) + `}}`, "not ldevid-<n>"},
 		{"bad chain", `{"version":1,"status":"enrolled","current":{"key_name":"ldevid-1","chain":"nope"}}`, "not PEM"},
 		{"negative failures", `{"version":1,"status":"unenrolled","failures":-1}`, "negative"},
+		{"wipe without command", `{"version":1,"status":"unenrolled","wipe":{"phase":"erase"}}`, "no command ID"},
+		{"wipe in an unknown phase", `{"version":1,"status":"unenrolled","wipe":{"command_id":"c","phase":"later"}}`, "unknown phase"},
+		{"wipe of a nameless object", `{"version":1,"status":"unenrolled","wipe":{"command_id":"c","phase":"erase","erase":[{"store":"state","kind":"config"}]}}`, "without store or name"},
 		{"oversize", `{"version":1,"last_error":"` + strings.Repeat("x", 1<<20) + `"}`, "more than"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,6 +128,7 @@ func FuzzParseState(f *testing.F) {
 	f.Add([]byte(`{"version":1,"status":"unenrolled"}`))
 	f.Add([]byte(`{"version":1,"status":"confirming","current":{"key_name":"ldevid-1","chain":""}}`))
 	f.Add([]byte(`{"version":99}`))
+	f.Add([]byte(`{"version":1,"status":"unenrolled","wipe":{"command_id":"cmd_1","sequence":3,"phase":"erase","erase":[{"store":"file","kind":"key","name":"idevid"},{"store":"state","kind":"secret","name":"state.json"}],"delivered":true,"started_at":"2026-05-01T12:00:00Z","tombstone":{"payload":"e30=","signature":"AQ==","certificate":"Ag=="}}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := agent.ParseState(b)
 		if err != nil {

@@ -86,7 +86,9 @@ func (s *PKCS11KeyStore) Key(ctx context.Context, name string) (crypto.Signer, e
 }
 
 // DestroyKey closes the signers handed out for name, then destroys the
-// key pair's objects (and a certificate sharing its id) in the token.
+// key pair's objects (and the certificates sharing its id) in the token,
+// and every certificate labelled name. It wraps ErrNotFound only when the
+// token held none of them.
 func (s *PKCS11KeyStore) DestroyKey(ctx context.Context, name string) error {
 	if err := checkKeyName(name); err != nil {
 		return err
@@ -99,7 +101,15 @@ func (s *PKCS11KeyStore) DestroyKey(ctx context.Context, name string) error {
 	for _, sg := range held {
 		errs = append(errs, kms.Close(sg))
 	}
-	if err := kms.Destroy(ctx, s.uri(name), kms.Options{}); err != nil {
+	err := kms.Destroy(ctx, s.uri(name), kms.Options{})
+	if err != nil && !errors.Is(err, kms.ErrKeyNotFound) {
+		return kmsError("destroy key", name, err)
+	}
+	n, cerr := kms.DestroyPKCS11Certificates(ctx, s.uri(name), kms.Options{})
+	if cerr != nil {
+		return fmt.Errorf("hw: destroy the certificates labelled %s: %w", name, cerr)
+	}
+	if err != nil && n == 0 {
 		return kmsError("destroy key", name, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -142,4 +152,13 @@ func kmsError(op, name string, err error) error {
 		return &storeError{op: op, name: name, err: err, kind: ErrNotFound}
 	}
 	return fmt.Errorf("hw: %s %s: %w", op, name, err)
+}
+
+// ListKeys returns the labels of the key pairs in the token.
+func (s *PKCS11KeyStore) ListKeys(ctx context.Context) ([]string, error) {
+	names, err := kms.ListPKCS11Labels(ctx, kms.PKCS11URI{Token: s.token, ModulePath: s.module, PINSource: s.pinFile}, kms.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("hw: list the keys of token %q: %w", s.token, err)
+	}
+	return names, nil
 }

@@ -44,3 +44,8 @@ func (s *PKCS11KeyStore) DestroyKey(ctx context.Context, name string) error {
 
 // Close does nothing.
 func (s *PKCS11KeyStore) Close() error { return nil }
+
+// ListKeys fails: see NewPKCS11KeyStore.
+func (s *PKCS11KeyStore) ListKeys(ctx context.Context) ([]string, error) {
+	return nil, fmt.Errorf("hw: pkcs11 key store: %w", kms.ErrNoPKCS11)
+}

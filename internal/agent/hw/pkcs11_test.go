@@ -8,9 +8,15 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"cradle/internal/agent/hw"
 	"cradle/internal/testkit"
@@ -128,4 +134,51 @@ func TestPKCS11KeyStoreRefusals(t *testing.T) {
 			t.Errorf("NewPKCS11KeyStore(%q, %q, %q): %v, want ErrInvalid", tc.module, tc.token, tc.pin, err)
 		}
 	}
+}
+
+// TestPKCS11ListAndDestroyLabelled: ListKeys names the token's key pairs;
+// DestroyKey also destroys a certificate labelled with the key's name (as
+// pkcs11-tool writes one), and a certificate alone under that name.
+func TestPKCS11ListAndDestroyLabelled(t *testing.T) {
+	ctx := context.Background()
+	ks, h := newPKCS11Store(t)
+	for _, n := range []string{"ldevid-1", "idevid"} {
+		if _, err := ks.CreateKey(ctx, n, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := ks.ListKeys(ctx); err != nil || strings.Join(got, ",") != "idevid,ldevid-1" {
+		t.Fatalf("ListKeys: %v, %v", got, err)
+	}
+	tool := testkit.NeedProgram(t, "pkcs11-tool")
+	der := filepath.Join(t.TempDir(), "cert.der")
+	os.WriteFile(der, selfSignedDER(t), 0o600)
+	for _, label := range []string{"idevid", "orphan-cert"} {
+		testkit.Run(t, tool, "--module", h.Module, "--token-label", "se", "--login", "--pin", h.PIN,
+			"--write-object", der, "--type", "cert", "--label", label, "--id", "77")
+	}
+	if err := ks.DestroyKey(ctx, "idevid"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.DestroyKey(ctx, "orphan-cert"); err != nil {
+		t.Fatalf("DestroyKey of a name only a certificate has: %v", err)
+	}
+	out := h.Objects(t, "se")
+	if strings.Contains(out, "idevid") || strings.Contains(out, "orphan-cert") || !strings.Contains(out, "ldevid-1") {
+		t.Errorf("objects after destroying idevid and orphan-cert:\n%s", out)
+	}
+	if err := ks.DestroyKey(ctx, "idevid"); !errors.Is(err, hw.ErrNotFound) {
+		t.Errorf("second DestroyKey: %v, want ErrNotFound", err)
+	}
+}
+
+func selfSignedDER(t *testing.T) []byte {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "c"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
