@@ -165,6 +165,9 @@ func Run(t *testing.T, b Backend) {
 		{"RolloutAbortInFlight", testRolloutAbortInFlight},
 		{"MenderAuth", testMenderAuth}, {"MenderAcceptRefusals", testMenderAcceptRefusals}, {"MenderSessionCleanup", testMenderSessionCleanup}, {"MenderConcurrent", testMenderConcurrent}, {"DeviceTokens", testDeviceTokens},
 		{"AdmitDevice", testAdmitDevice}, {"DeviceAttributes", testDeviceAttributes}, {"DDIActions", testDDIActions}, {"UpdateLogs", testUpdateLogs}, {"CompatFields", testCompatFields},
+		{"MenderAutoAdmitProvisionedOnly", testMenderAutoAdmitProvisionedOnly}, {"MenderTenantTokens", testMenderTenantTokens}, {"ProtocolSwitch", testProtocolSwitch},
+		{"MenderPendingCap", testMenderPendingCap}, {"RefusalAuditLimit", testRefusalAuditLimit}, {"RevokeTokensRejectsSets", testRevokeTokensRejectsSets},
+		{"DeviceTokenCleanup", testDeviceTokenCleanup},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newEnv(t, b)) })
