@@ -45,14 +45,34 @@ import (
 //     mTLS listener.
 //   - A device talks one protocol. It never switches between the foreign
 //     ones (mender and hawkbit). It moves from cradle to a foreign one
-//     while it is provisioned, or later only when an operator chose it:
-//     hawkbit when it has a live target token, mender when it has an
-//     accepted auth set. Other switches are refused (ECONFLICT), audited.
+//     while it is provisioned, or later only when an operator chose it
+//     (hawkbit when it has a live target token, mender when it has an
+//     accepted auth set) or the device chose it itself, proven by its own
+//     credential, its client certificate (NewContextWithOwnCredential).
+//     A tenant-wide credential (a gateway token) never switches a
+//     deployed device. Other switches are refused (ECONFLICT), audited.
 //   - Tokens are stored as SHA-256 hashes only, expire, and are refused
 //     once revoked, and whenever their device is suspended, in RMA or at
 //     end of life.
 //   - hawkBit action ids are small integers; each names one attempt of one
 //     device in one rollout.
+
+type ownCredentialKey struct{}
+
+// NewContextWithOwnCredential marks a device's request as authenticated
+// by a credential of the device's own (its client certificate), not a
+// tenant-wide one: AdmitDevice may then move a deployed native device to
+// a foreign protocol, which is the device's own choice.
+func NewContextWithOwnCredential(ctx context.Context) context.Context {
+	return context.WithValue(ctx, ownCredentialKey{}, true)
+}
+
+// OwnCredentialFromContext reports whether ctx was marked by
+// NewContextWithOwnCredential.
+func OwnCredentialFromContext(ctx context.Context) bool {
+	v, _ := ctx.Value(ownCredentialKey{}).(bool)
+	return v
+}
 
 // Protocol is how a device talks to Cradle.
 type Protocol string
@@ -301,9 +321,10 @@ type ProtocolService interface {
 	// Cheap when nothing changes: it writes only on a change. ECONFLICT
 	// when the device is in another state than provisioned or deployed,
 	// or the switch of protocol is not allowed (see the rules above:
-	// never mender ↔ hawkbit; cradle → either only while provisioned or
-	// when an operator chose it). Refusals are audited, at most once a
-	// minute per device and process.
+	// never mender ↔ hawkbit; cradle → either only while provisioned,
+	// when an operator chose it, or when ctx carries the device's own
+	// credential). Refusals are audited, at most once a minute per device
+	// and process.
 	AdmitDevice(ctx context.Context, serial string, p Protocol) (*Device, error)
 
 	// SetDeviceAttributes stores inventory attributes: replace drops the

@@ -164,7 +164,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	if err != nil {
 		return nil, err
 	}
-	mountMender(cfg, listener, sqlstore.NewProtocolService(db), d.updates, tenants.FindTenantByName, logger)
+	mountMender(cfg, listener, sqlstore.NewProtocolService(db).SetMenderAutoAdmit(cfg.Mender.AutoAdmit), d.updates, tenants.FindTenantByName, logger)
 	d.hawkbit = mountHawkbit(cfg, db, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {

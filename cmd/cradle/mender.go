@@ -27,10 +27,11 @@ type MenderConfig struct {
 	Enabled       bool          // mender.enabled: serve the Mender device API on the device listener
 	DefaultTenant string        // mender.default_tenant: the tenant of devices that send no tenant token
 	TokenTTL      time.Duration // mender.token_ttl: the lifetime of a Mender session token
+	AutoAdmit     bool          // mender.auto_admit: admit a new key by the MAC of a provisioned device
 }
 
 func defaultMenderConfig() MenderConfig {
-	return MenderConfig{Enabled: true, DefaultTenant: "default", TokenTTL: cradle.DefaultMenderTokenTTL}
+	return MenderConfig{Enabled: true, DefaultTenant: "default", TokenTTL: cradle.DefaultMenderTokenTTL, AutoAdmit: true}
 }
 
 // The mender.* settings join the configuration table here, so that the
@@ -77,6 +78,19 @@ func init() {
 				return nil
 			},
 			get: func(c *Config) string { return c.Mender.TokenTTL.String() },
+		},
+		{
+			key: "mender.auto_admit", env: "CRADLE_MENDER_AUTO_ADMIT", flag: "mender-auto-admit",
+			usage: "admit a new Mender key at once when its MAC is a provisioned device's (never a deployed one); false: an operator accepts every key",
+			set: func(c *Config, v string) error {
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return fmt.Errorf("%q is not true or false", v)
+				}
+				c.Mender.AutoAdmit = b
+				return nil
+			},
+			get: func(c *Config) string { return strconv.FormatBool(c.Mender.AutoAdmit) },
 		},
 	}...)
 }

@@ -1167,9 +1167,11 @@ func (s *ProtocolService) AdmitDevice(ctx context.Context, serial string, p crad
 // checkProtocolSwitch returns the refusal (ECONFLICT) of locked device d
 // switching to protocol p, or nil when the switch is allowed: never
 // between the foreign protocols, and from cradle to a foreign one only
-// while d is provisioned, or when an operator chose it (hawkbit: d has a
-// live target token; mender: d has an accepted auth set). Back to cradle
-// (the native agent, with its device certificate) is allowed.
+// while d is provisioned, when the device proved itself with its own
+// credential (cradle.OwnCredentialFromContext), or when an operator chose
+// it (hawkbit: d has a live target token; mender: d has an accepted auth
+// set). Back to cradle (the native agent, with its device certificate)
+// is allowed.
 func (tx *Tx) checkProtocolSwitch(ctx context.Context, d *cradle.Device, p cradle.Protocol) (refused, err error) {
 	foreign := func(p cradle.Protocol) bool { return p == cradle.ProtocolMender || p == cradle.ProtocolHawkbit }
 	switch {
@@ -1177,7 +1179,7 @@ func (tx *Tx) checkProtocolSwitch(ctx context.Context, d *cradle.Device, p cradl
 		return nil, nil
 	case foreign(d.Protocol):
 		return cradle.Errorf(cradle.ECONFLICT, "device %q talks %s: it may not switch to %s", d.Serial, d.Protocol, p), nil
-	case d.State == cradle.StateProvisioned:
+	case d.State == cradle.StateProvisioned, cradle.OwnCredentialFromContext(ctx):
 		return nil, nil
 	}
 	var n int

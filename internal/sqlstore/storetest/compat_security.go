@@ -143,8 +143,15 @@ func testProtocolSwitch(t *testing.T, e *Env) {
 		t.Fatalf("audit a minute later: %s %v", ent.Action, d)
 	}
 
-	// An operator's target token lets a deployed native device switch to
-	// hawkbit; a provisioned one switches freely.
+	// The device's own credential (its client certificate) lets a
+	// deployed native device switch; so does an operator's target token;
+	// a provisioned one switches freely.
+	k.newDevice("SN-C", cradle.StateDeployed)
+	if d := must[*cradle.Device](t)(k.ps.AdmitDevice(cradle.NewContextWithOwnCredential(k.device("SN-C")), "SN-C", cradle.ProtocolHawkbit)); d.Protocol != cradle.ProtocolHawkbit {
+		t.Fatalf("with its own credential: %+v", d)
+	}
+	_, err = k.ps.AdmitDevice(cradle.NewContextWithOwnCredential(k.device("SN-C")), "SN-C", cradle.ProtocolMender)
+	wantCode(t, err, cradle.ECONFLICT, "talks hawkbit")
 	must[*cradle.IssuedToken](t)(k.ps.CreateDeviceToken(k.admin, cradle.DeviceTokenCreate{Kind: cradle.TokenHawkbitTarget, Serial: "SN-D"}))
 	if d := must[*cradle.Device](t)(k.ps.AdmitDevice(k.device("SN-D"), "SN-D", cradle.ProtocolHawkbit)); d.Protocol != cradle.ProtocolHawkbit {
 		t.Fatalf("with a target token: %+v", d)
