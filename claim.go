@@ -171,6 +171,10 @@ type TenantPolicy struct {
 	// in the quarantine group: the label quarantine=true, removed when
 	// it is claimed. Off by default.
 	QuarantineUnclaimed bool `json:"quarantine_unclaimed"`
+	// DecommissionApprovers is how many admins must agree to
+	// decommission a device: 0 or 1 (the requester alone), or 2 (a second
+	// admin approves).
+	DecommissionApprovers int `json:"decommission_approvers,omitempty"`
 }
 
 // ClaimService binds devices to sites and owners by their claim codes, and

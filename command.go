@@ -19,7 +19,7 @@ const (
 	CommandRekey      CommandKind = "rekey"
 	CommandSetConfig  CommandKind = "set-config"
 	CommandPing       CommandKind = "ping"
-	CommandWipe       CommandKind = "wipe" // not issued yet: decommissioning comes later
+	CommandWipe       CommandKind = "wipe" // issued only by decommissioning (DecommissionService)
 )
 
 // CommandKinds lists every kind a device knows, in a stable order.
@@ -78,7 +78,7 @@ func (r *CommandRequest) Normalize() error {
 		return Errorf(EINVALID, "unknown command kind %q: use one of reboot, upload-logs, rekey, set-config, ping", r.Kind)
 	}
 	if r.Kind == CommandWipe {
-		return Errorf(EINVALID, "command kind wipe is not supported yet: decommission the device through its lifecycle instead")
+		return Errorf(EINVALID, "command kind wipe is issued only by decommissioning: cradle device decommission SERIAL --reason R")
 	}
 	if len(r.Args) > MaxCommandArgsSize {
 		return Errorf(EINVALID, "command args of %d bytes are over the %d-byte limit", len(r.Args), MaxCommandArgsSize)

@@ -23,7 +23,7 @@ func TestCommandRequestNormalize(t *testing.T) {
 		{"null args", cradle.CommandRequest{Kind: "reboot", Args: []byte("null")}, "", 3600, ""},
 		{"max ttl", cradle.CommandRequest{Kind: "ping", TTLSeconds: 30 * 24 * 3600}, "", 30 * 24 * 3600, ""},
 		{"unknown kind", cradle.CommandRequest{Kind: "format"}, `unknown command kind "format"`, 0, ""},
-		{"wipe", cradle.CommandRequest{Kind: "wipe"}, "not supported yet", 0, ""},
+		{"wipe", cradle.CommandRequest{Kind: "wipe"}, "issued only by decommissioning", 0, ""},
 		{"args not object", cradle.CommandRequest{Kind: "ping", Args: []byte(`[1]`)}, "must be a JSON object", 0, ""},
 		{"args broken", cradle.CommandRequest{Kind: "ping", Args: []byte(`{"a":`)}, "must be a JSON object", 0, ""},
 		{"ttl too short", cradle.CommandRequest{Kind: "ping", TTLSeconds: 59}, "invalid command ttl of 59 seconds", 0, ""},

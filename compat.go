@@ -30,8 +30,8 @@ import (
 //     preauthorized by an operator for a device, or accepted at once when
 //     the identity's MAC address is a MAC of exactly one provisioned
 //     device of the tenant (a factory record not yet in service) that
-//     talks cradle or mender and has no other accepted or preauthorized
-//     set. A deployed device is never admitted by its MAC: a MAC is no
+//     talks cradle or mender and has no accepted, preauthorized or
+//     rejected set. A deployed device is never admitted by its MAC: a MAC is no
 //     secret, and the device already has its credentials. The server may
 //     turn automatic admission off (mender.auto_admit). An accepted set
 //     gets short-lived opaque session tokens. At most

@@ -273,7 +273,11 @@ func (a *app) policyCmd() *cobra.Command {
 quarantine_unclaimed: when on, a device that enrolls before it is claimed
 ("cradle device claim") gets the label quarantine=true, so that config groups
 and rollouts can hold it apart (selector quarantine=true, or !quarantine to
-leave it out); claiming it removes the label. Off by default.`,
+leave it out); claiming it removes the label. Off by default.
+
+decommission_approvers: how many admins must agree to decommission a device
+("cradle device decommission"): 0 or 1, the requester alone (the default), or
+2, a second admin approves.`,
 	}
 	a.addClientFlags(cmd)
 	var jsonFlag bool
@@ -295,20 +299,34 @@ leave it out); claiming it removes the label. Off by default.`,
 	}
 	show.Flags().BoolVar(&jsonFlag, "json", false, `print {"quarantine_unclaimed":…}`)
 	var quarantine bool
+	var approvers int
 	set := &cobra.Command{
-		Use:     "set --quarantine-unclaimed=true|false",
-		Short:   "Change the tenant's policy (admin)",
-		Example: `  cradle policy set --quarantine-unclaimed=true`,
-		Args:    cobra.NoArgs,
+		Use:   "set [--quarantine-unclaimed=true|false] [--decommission-approvers N]",
+		Short: "Change the tenant's policy (admin)",
+		Example: `  cradle policy set --quarantine-unclaimed=true
+  cradle policy set --decommission-approvers 2`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("quarantine-unclaimed") {
-				return fmt.Errorf("nothing to change: give --quarantine-unclaimed=true or --quarantine-unclaimed=false")
+			q, d := cmd.Flags().Changed("quarantine-unclaimed"), cmd.Flags().Changed("decommission-approvers")
+			if !q && !d {
+				return fmt.Errorf("nothing to change: give --quarantine-unclaimed=true|false or --decommission-approvers 0|1|2")
 			}
 			cl, err := a.client()
 			if err != nil {
 				return err
 			}
-			p, err := cl.UpdatePolicy(cmd.Context(), cradle.TenantPolicy{QuarantineUnclaimed: quarantine})
+			// The flags not given keep their values.
+			p, err := cl.FindPolicy(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if q {
+				p.QuarantineUnclaimed = quarantine
+			}
+			if d {
+				p.DecommissionApprovers = approvers
+			}
+			p, err = cl.UpdatePolicy(cmd.Context(), *p)
 			if err != nil {
 				return err
 			}
@@ -316,6 +334,7 @@ leave it out); claiming it removes the label. Off by default.`,
 		},
 	}
 	set.Flags().BoolVar(&quarantine, "quarantine-unclaimed", false, "label devices that enroll unclaimed quarantine=true")
+	set.Flags().IntVar(&approvers, "decommission-approvers", 0, "admins who must agree to decommission a device: 0 or 1 (the requester alone) or 2")
 	set.Flags().BoolVar(&jsonFlag, "json", false, "print the policy as JSON")
 	cmd.AddCommand(show, set)
 	return cmd
@@ -327,5 +346,11 @@ func (a *app) writePolicy(p *cradle.TenantPolicy, jsonFlag bool) error {
 	}
 	t := newTable(a.stdout)
 	t.row("quarantine_unclaimed:", strconv.FormatBool(p.QuarantineUnclaimed))
+	if err := t.flush(); err != nil {
+		return err
+	}
+	// A table of its own, so that the line above keeps its alignment.
+	t = newTable(a.stdout)
+	t.row("decommission_approvers:", strconv.Itoa(max(p.DecommissionApprovers, 1)))
 	return t.flush()
 }

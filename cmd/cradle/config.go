@@ -113,7 +113,7 @@ func DefaultConfig() Config {
 		Telemetry: TelemetryConfig{RawRetention: 7 * day, RollupRetention: 400 * day, PruneInterval: time.Hour},
 		OTA:       OTAConfig{MaxImageSize: cradle.DefaultMaxImageSize, GCInterval: time.Hour, GCGrace: day, RefreshInterval: time.Hour, SchedulerInterval: time.Second},
 		Mender:    defaultMenderConfig(),
-		Hawkbit:   HawkbitConfig{Enabled: true, PollingSleep: hawkbit.DefaultPollingSleep},
+		Hawkbit:   HawkbitConfig{Enabled: true, PollingSleep: hawkbit.DefaultPollingSleep, PollCache: hawkbit.DefaultPollCache},
 	}
 }
 
@@ -450,7 +450,7 @@ var configFields = []configField{
 		},
 		get: func(c *Config) string { return c.OTA.SchedulerInterval.String() },
 	},
-	hawkbitEnabledField, hawkbitPollingSleepField,
+	hawkbitEnabledField, hawkbitPollingSleepField, hawkbitPollCacheField,
 }
 
 // configGroups are the YAML keys that hold nested keys.

@@ -26,7 +26,8 @@ func (a *app) deviceCmd() *cobra.Command {
 	cmd.AddCommand(a.deviceCreateCmd(), a.deviceListCmd(), a.deviceShowCmd(), a.deviceLabelCmd(),
 		a.deviceTransitionCmd(), a.deviceImportCmd(), a.deviceTraceCmd(), a.deviceConfigCmd(),
 		a.deviceClaimCmd(), a.deviceTelemetryCmd(), a.deviceStatusCmd(), a.deviceCommandCmd(), a.deviceCommandsCmd(),
-		a.deviceMenderCmd(), a.deviceTokenCmd(), a.deviceAttributesCmd(), a.deviceLogsCmd())
+		a.deviceMenderCmd(), a.deviceTokenCmd(), a.deviceAttributesCmd(), a.deviceLogsCmd(), a.deviceRevokeCmd(),
+		a.deviceDecommissionCmd())
 	return cmd
 }
 

@@ -31,7 +31,8 @@ import (
 // per result.
 type commandRelay struct {
 	store   *sqlstore.CommandService
-	mqtt    *mqttapi.Broker // nil without device.mqtt_listen; set after the broker is made
+	sign    sqlstore.CommandSigner // the command signer, for the wipe commands of decommissioning
+	mqtt    *mqttapi.Broker        // nil without device.mqtt_listen; set after the broker is made
 	refused prometheus.Counter
 	logger  *slog.Logger
 }
@@ -50,12 +51,14 @@ func newCommandRelay(db *sqlstore.DB, h *pki.Hierarchy, keys map[string]crypto.S
 		return nil, fmt.Errorf("serve: command metrics: %w", err)
 	}
 	sign := func(c command.Command) ([]byte, error) { return command.Sign(c, key, chain) }
-	return &commandRelay{store: sqlstore.NewCommandService(db, sign), refused: refused, logger: logger}, nil
+	return &commandRelay{store: sqlstore.NewCommandService(db, sign), sign: sign, refused: refused, logger: logger}, nil
 }
 
 // mount adds the device routes to the listener.
 func (c *commandRelay) mount(l *deviceapi.Server) {
-	l.Handle("GET /device/v1/commands", http.HandlerFunc(c.httpPending), false)
+	// A device being decommissioned still gets its wipe command here
+	// (and only it: see httpPending).
+	l.HandleDecommissioning("GET /device/v1/commands", http.HandlerFunc(c.httpPending))
 	l.Handle("POST /device/v1/commands/result", http.HandlerFunc(c.httpResult), false)
 	l.Handle("POST /device/v1/commands/{id}/logs", http.HandlerFunc(c.httpLogs), false)
 }
@@ -78,14 +81,18 @@ func operational(r *http.Request) (*cradle.Device, error) {
 }
 
 // pending returns the envelopes to send to the device and marks them
-// delivered; only (optional) limits them to one command.
-func (c *commandRelay) pending(ctx context.Context, serial, only string) ([]json.RawMessage, error) {
+// delivered; only (optional) limits them to one command, wipeOnly to the
+// wipe command of a device being decommissioned.
+func (c *commandRelay) pending(ctx context.Context, serial, only string, wipeOnly bool) ([]json.RawMessage, error) {
 	cs, err := c.store.PendingCommands(ctx, serial)
 	if err != nil {
 		return nil, err
 	}
 	envs, ids := []json.RawMessage{}, []string{}
 	for _, cmd := range cs {
+		if wipeOnly && cmd.Kind != cradle.CommandWipe {
+			continue
+		}
 		if only == "" || cmd.ID == only {
 			envs, ids = append(envs, cmd.Envelope), append(ids, cmd.ID)
 		}
@@ -107,7 +114,7 @@ func (c *commandRelay) httpPending(w http.ResponseWriter, r *http.Request) {
 		writeDeviceError(w, c.logger, err)
 		return
 	}
-	envs, err := c.pending(r.Context(), dev.Serial, "")
+	envs, err := c.pending(r.Context(), dev.Serial, "", dev.State == cradle.StateEOL)
 	if err != nil {
 		writeDeviceError(w, c.logger.With("device", dev.Serial), err)
 		return

@@ -20,6 +20,8 @@ import (
 	"cradle"
 	"cradle/internal/artifact"
 	"cradle/internal/compat/hawkbit"
+	"cradle/internal/compat/mender"
+	"cradle/internal/compat/tokencache"
 	"cradle/internal/deviceapi"
 	"cradle/internal/est"
 	"cradle/internal/mqttapi"
@@ -50,6 +52,11 @@ type deviceListener struct {
 	accounting *downloadAccounting
 	plain      *artifactListener
 	hawkbit    *hawkbit.Handler // nil unless hawkbit.enabled
+	mender     *mender.Server   // nil unless mender.enabled
+	// protocols is the server's ProtocolService, with its token cache
+	// (shared with the operator API, whose revocations flush it).
+	protocols *tokencache.Service
+	decom     *decommissioning
 }
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
@@ -99,10 +106,9 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		Policy:  pki.LDevIDPolicy{Lifetime: cfg.Device.LDevIDLifetime},
 		URLHost: deviceURLHost(cfg, h),
 		Logger:  logger,
-		OnRevoke: func(issuer *x509.Certificate, serial *big.Int) {
-			responder.Invalidate(issuer, serial)
-			d.disconnect(ctx, store, serial)
-		},
+		// Revocations reach the listener through the store's notifier
+		// (d.revocations, revoke.go), which calls Revoked.
+		OnRevoke: func(issuer *x509.Certificate, serial *big.Int) { responder.Invalidate(issuer, serial) },
 	}
 	if err := d.authority.Policy.Validate(); err != nil {
 		return nil, fmt.Errorf("serve: device.ldevid_lifetime: %w", err)
@@ -114,7 +120,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	}
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(h.Root)
-	for _, c := range h.IssuingCAs() {
+	for _, c := range h.AcceptedCAs() { // retired device CAs are no issuers
 		inter.AddCert(c)
 	}
 	serverKey := keys[pki.NameServer]
@@ -125,8 +131,13 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	listener := &deviceapi.Server{
 		Certificate: tls.Certificate{Certificate: [][]byte{h.Server.Raw, h.Root.Raw}, PrivateKey: serverKey, Leaf: h.Server},
 		Roots:       roots, Intermediates: inter,
-		CheckChain: func(c []*x509.Certificate) error { return pki.CheckProfile(c, production) },
-		Certs:      store, Devices: sqlstore.NewDeviceService(db), Logger: logger,
+		CheckChain: func(c []*x509.Certificate) error {
+			if err := pki.CheckProfile(c, production); err != nil {
+				return err
+			}
+			return h.CheckNotRetired(c)
+		},
+		Certs: store, Devices: sqlstore.NewDeviceService(db), Logger: logger,
 		Audit: audit.RecordRefusal,
 	}
 	// Every refusal of an EST request is audited here, in the device's
@@ -155,6 +166,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		return nil, err
 	}
 	d.commands.mount(listener)
+	d.decom = newDecommissioning(db, d, listener)
 	twin, err := newDeviceTwin(db, metrics, logger)
 	if err != nil {
 		return nil, err
@@ -164,8 +176,9 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	if err != nil {
 		return nil, err
 	}
-	mountMender(cfg, listener, sqlstore.NewProtocolService(db).SetMenderAutoAdmit(cfg.Mender.AutoAdmit), d.updates, tenants.FindTenantByName, logger)
-	d.hawkbit = mountHawkbit(cfg, db, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
+	d.protocols = tokencache.Wrap(sqlstore.NewProtocolService(db).SetMenderAutoAdmit(cfg.Mender.AutoAdmit))
+	d.mender = mountMender(cfg, listener, d.protocols, d.updates, tenants.FindTenantByName, logger)
+	d.hawkbit = mountHawkbit(cfg, db, d.protocols, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, d.updates, metrics, logger); err != nil {
@@ -176,6 +189,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		d.updates.broker = d.mqtt
 		db.SetTwinNotifier(twin.notify)
 	}
+	db.SetRevocationNotifier(d.revocations)
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
 	if err != nil {
 		if d.mqtt != nil {
@@ -242,11 +256,15 @@ func (d *deviceListener) start() {
 		t := time.NewTicker(pki.DefaultCRLValidity / 8)
 		defer t.Stop()
 		for {
-			for i := range d.authority.Hierarchy.DeviceCAs {
+			for i, ca := range d.authority.Hierarchy.DeviceCAs {
+				if !time.Now().Before(ca.NotAfter) {
+					continue // an expired CA publishes no CRL
+				}
 				if _, err := d.authority.CRL(context.Background(), pki.DeviceCAName(i)); err != nil {
 					d.logger.Error("refreshing a CRL", "ca", pki.DeviceCAName(i), "err", err)
 				}
 			}
+			logRetirableCAs(context.Background(), d.authority.Hierarchy, d.authority.CAStore, time.Now(), d.logger)
 			select {
 			case <-d.stop:
 				return
@@ -334,5 +352,8 @@ func (d *deviceListener) notifyUpdates(ctx context.Context, tenantID int64, seri
 	d.updates.notify(ctx, tenantID, serials)
 	if d.hawkbit != nil {
 		d.hawkbit.Invalidate(tenantID, serials)
+	}
+	if d.mender != nil {
+		d.mender.Invalidate(tenantID, serials)
 	}
 }

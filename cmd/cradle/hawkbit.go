@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 type HawkbitConfig struct {
 	Enabled      bool          // hawkbit.enabled: serve the DDI API
 	PollingSleep time.Duration // hawkbit.polling_sleep: the polling interval told to devices
+	PollCache    time.Duration // hawkbit.poll_cache: how long a base poll trusts its reading of the device's update; 0 disables
 }
 
 var hawkbitEnabledField = configField{
@@ -58,31 +60,63 @@ var hawkbitPollingSleepField = configField{
 	get: func(c *Config) string { return c.Hawkbit.PollingSleep.String() },
 }
 
+var hawkbitPollCacheField = configField{
+	key: "hawkbit.poll_cache", env: "CRADLE_HAWKBIT_POLL_CACHE", flag: "hawkbit-poll-cache",
+	usage: "how long a base poll trusts what it read of the device's pending update, from 0 (read it every time) to 1m",
+	set: func(c *Config, v string) error {
+		d, err := parsePollCache(v)
+		if err != nil {
+			return err
+		}
+		c.Hawkbit.PollCache = d
+		return nil
+	},
+	get: func(c *Config) string { return c.Hawkbit.PollCache.String() },
+}
+
 // mountHawkbit mounts the DDI API on the listener when hawkbit.enabled
 // and returns it (nil when disabled), for the rollout scheduler's Notify.
-func mountHawkbit(cfg Config, db *sqlstore.DB, artifacts *artifact.Dir, downloads *artifact.Handler, listener *deviceapi.Server,
+func mountHawkbit(cfg Config, db *sqlstore.DB, protocols cradle.ProtocolService, artifacts *artifact.Dir, downloads *artifact.Handler, listener *deviceapi.Server,
 	tenantName func(context.Context, int64) (string, error), logger *slog.Logger) *hawkbit.Handler {
 	if !cfg.Hawkbit.Enabled {
 		return nil
 	}
 	h := &hawkbit.Handler{
-		Protocol: sqlstore.NewProtocolService(db), Updates: sqlstore.NewUpdateService(db), Devices: sqlstore.NewDeviceService(db),
+		Protocol: protocols, Updates: sqlstore.NewUpdateService(db), Devices: sqlstore.NewDeviceService(db),
 		Rollouts: sqlstore.NewRolloutService(db), Releases: sqlstore.NewReleaseService(db),
 		Artifacts: artifacts, Blobs: downloads, TenantName: tenantName,
-		CheckPeer: func(ctx context.Context, chain []*x509.Certificate) (*cradle.Device, error) {
-			_, dev, _, err := listener.CheckPeer(ctx, chain)
-			if err != nil {
-				if cradle.ErrorCode(err) == cradle.EINTERNAL {
-					// A refusal of the certificate checks (its own type), or a
-					// store failure: either way the device is not admitted.
-					return nil, cradle.Errorf(cradle.EUNAUTHORIZED, "%s", err.Error())
-				}
-				return nil, err
-			}
-			return dev, nil
+		CheckPeer: func(r *http.Request, chain []*x509.Certificate) (*cradle.Device, error) {
+			return hawkbitPeer(listener, r, chain)
 		},
-		DownloadDevice: downloadDevice, PollingSleep: cfg.Hawkbit.PollingSleep, Logger: logger,
+		DownloadDevice: downloadDevice, PollingSleep: cfg.Hawkbit.PollingSleep,
+		PollCache: pollCacheTTL(cfg.Hawkbit.PollCache), Logger: logger,
 	}
 	listener.Handle("/", h, true)
 	return h
+}
+
+// hawkbitPeer checks a DDI request's client certificate as the listener
+// checks its own routes, and requires the operational certificate
+// (LDevID), as MQTT and commands do: an IDevID only enrolls. A refusal
+// keeps its status (401 for the certificate, 403 for the device's state
+// or an IDevID) and is audited as the listener audits its own; a failure
+// of the store is not the device's fault and answers 500.
+func hawkbitPeer(listener *deviceapi.Server, r *http.Request, chain []*x509.Certificate) (*cradle.Device, error) {
+	_, dev, rec, err := listener.CheckPeer(r.Context(), chain)
+	if err == nil && rec.Kind != cradle.CertLDevID {
+		err = deviceapi.Refuse(http.StatusForbidden, fmt.Sprintf("certificate %s is an %s: the hawkBit DDI API takes the operational certificate (LDevID) from enrollment", rec.Serial, rec.Kind), rec)
+	}
+	if err == nil {
+		return dev, nil
+	}
+	status, refused := deviceapi.RefusalStatus(err)
+	if !refused {
+		return nil, fmt.Errorf("hawkbit: checking the client certificate: %v", err)
+	}
+	listener.AuditRefusal(r, err)
+	code := cradle.EUNAUTHORIZED
+	if status == http.StatusForbidden {
+		code = cradle.EFORBIDDEN
+	}
+	return nil, cradle.Errorf(code, "%s", err.Error())
 }

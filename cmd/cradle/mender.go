@@ -27,11 +27,12 @@ type MenderConfig struct {
 	Enabled       bool          // mender.enabled: serve the Mender device API on the device listener
 	DefaultTenant string        // mender.default_tenant: the tenant of devices that send no tenant token
 	TokenTTL      time.Duration // mender.token_ttl: the lifetime of a Mender session token
+	PollCache     time.Duration // mender.poll_cache: how long an update check trusts its reading of the device's update; 0 disables
 	AutoAdmit     bool          // mender.auto_admit: admit a new key by the MAC of a provisioned device
 }
 
 func defaultMenderConfig() MenderConfig {
-	return MenderConfig{Enabled: true, DefaultTenant: "default", TokenTTL: cradle.DefaultMenderTokenTTL, AutoAdmit: true}
+	return MenderConfig{Enabled: true, DefaultTenant: "default", TokenTTL: cradle.DefaultMenderTokenTTL, PollCache: mender.DefaultPollCache, AutoAdmit: true}
 }
 
 // The mender.* settings join the configuration table here, so that the
@@ -80,6 +81,19 @@ func init() {
 			get: func(c *Config) string { return c.Mender.TokenTTL.String() },
 		},
 		{
+			key: "mender.poll_cache", env: "CRADLE_MENDER_POLL_CACHE", flag: "mender-poll-cache",
+			usage: "how long an update check trusts what it read of the device's pending update, from 0 (read it every time) to 1m",
+			set: func(c *Config, v string) error {
+				d, err := parsePollCache(v)
+				if err != nil {
+					return err
+				}
+				c.Mender.PollCache = d
+				return nil
+			},
+			get: func(c *Config) string { return c.Mender.PollCache.String() },
+		},
+		{
 			key: "mender.auto_admit", env: "CRADLE_MENDER_AUTO_ADMIT", flag: "mender-auto-admit",
 			usage: "admit a new Mender key at once when its MAC is a provisioned device's (never a deployed one); false: an operator accepts every key",
 			set: func(c *Config, v string) error {
@@ -93,6 +107,25 @@ func init() {
 			get: func(c *Config) string { return strconv.FormatBool(c.Mender.AutoAdmit) },
 		},
 	}...)
+}
+
+// parsePollCache reads a poll cache TTL (mender.poll_cache,
+// hawkbit.poll_cache): 0 to 1m.
+func parsePollCache(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > time.Minute {
+		return 0, fmt.Errorf("%q is not a duration from 0s to 1m, such as 5s", v)
+	}
+	return d, nil
+}
+
+// pollCacheTTL is a configured poll cache TTL as the handlers take it,
+// where 0 means their default.
+func pollCacheTTL(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // tenantIDByName resolves a tenant name to its id, remembering it once
@@ -123,14 +156,16 @@ func (t *tenantIDByName) get(ctx context.Context) (int64, error) {
 
 // mountMender mounts the Mender device API on the listener when
 // mender.enabled, over the protocol and update services, with download
-// URLs signed like the native agent's.
+// URLs signed like the native agent's, and returns it (nil when disabled),
+// for the rollout scheduler's Notify.
 func mountMender(cfg Config, l *deviceapi.Server, protocols cradle.ProtocolService, updates *deviceUpdates,
-	findTenant func(ctx context.Context, name string) (*cradle.Tenant, error), logger *slog.Logger) {
+	findTenant func(ctx context.Context, name string) (*cradle.Tenant, error), logger *slog.Logger) *mender.Server {
 	if !cfg.Mender.Enabled {
-		return
+		return nil
 	}
 	s := &mender.Server{
-		Protocols: protocols, Updates: updates.svc, TokenTTL: cfg.Mender.TokenTTL, Logger: logger.With("api", "mender"),
+		Protocols: protocols, Updates: updates.svc, TokenTTL: cfg.Mender.TokenTTL, PollCache: pollCacheTTL(cfg.Mender.PollCache),
+		Logger: logger.With("api", "mender"),
 		SignURL: func(r *http.Request, dev *cradle.Device, rel *cradle.Release) (string, time.Time, error) {
 			d, err := artifact.ParseDigest(rel.SHA256)
 			if err != nil {
@@ -144,4 +179,5 @@ func mountMender(cfg Config, l *deviceapi.Server, protocols cradle.ProtocolServi
 		s.DefaultTenant = (&tenantIDByName{name: cfg.Mender.DefaultTenant, find: findTenant}).get
 	}
 	s.Routes(func(pattern string, h http.Handler) { l.Handle(pattern, h, true) })
+	return s
 }

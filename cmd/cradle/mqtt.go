@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"math/big"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -95,19 +94,4 @@ func newBroker(cfg Config, listener *deviceapi.Server, roots *x509.CertPool, aud
 	}
 	logger.Info("MQTT broker", "addr", b.Addr().String())
 	return b, nil
-}
-
-// disconnect closes the live MQTT sessions of the device whose
-// certificate serial was just revoked.
-func (d *deviceListener) disconnect(ctx context.Context, store *sqlstore.CertificateService, serial *big.Int) {
-	if d.mqtt == nil {
-		return
-	}
-	rec, err := store.LookupCertificate(cradle.NewContextWithActor(context.WithoutCancel(ctx), cradle.SystemActor(0, "mqtt")), serial)
-	if err != nil || rec.DeviceSerial == "" {
-		return
-	}
-	if n := d.mqtt.Disconnect(mqttapi.Device{TenantID: rec.TenantID, Serial: rec.DeviceSerial}); n > 0 {
-		d.logger.Info("MQTT sessions closed on revocation", "tenant", rec.TenantID, "device", rec.DeviceSerial, "sessions", n)
-	}
 }

@@ -19,7 +19,8 @@ func (a *app) pkiCmd() *cobra.Command {
 		Short: "The PKI and device certificates: init, rotate-device-ca, release-signer, record, expiring, show, revoke",
 	}
 	a.addClientFlags(cmd)
-	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd(), a.pkiInitCmd(), a.pkiRotateCmd(), a.pkiReleaseSignerCmd())
+	cmd.AddCommand(a.pkiExpiringCmd(), a.pkiShowCmd(), a.pkiRevokeCmd(), a.pkiRecordCmd(), a.pkiInitCmd(), a.pkiRotateCmd(), a.pkiReleaseSignerCmd(),
+		a.pkiRetireCACmd(), a.pkiCAStatusCmd())
 	return cmd
 }
 

@@ -418,6 +418,16 @@ func TestSignArtifactSWUpdate(t *testing.T) {
 	if out := swupdateCheck(t, opensslSigned(relCert, relKey), ca); !swupdateAccepted(out) {
 		t.Fatalf("swupdate refused the release signer through openssl cms:\n%s", out)
 	}
+	// The online issuing CAs cannot sign images: their certificates have
+	// no digitalSignature, which OpenSSL's S/MIME check would otherwise
+	// accept from a CA certificate without EKU.
+	for _, name := range []string{"device-ca", "manufacturing-ca"} {
+		cert := filepath.Join(pkiDirOf(dataDir), name+".crt")
+		key := filepath.Join(pkiDirOf(dataDir), "keys", name+".key")
+		if out := swupdateCheck(t, opensslSigned(cert, key), ca); swupdateAccepted(out) {
+			t.Fatalf("swupdate accepted an image signed by the %s's key:\n%s", name, out)
+		}
+	}
 }
 
 // TestSignArtifactRefusals: what is neither format, a damaged artifact,

@@ -122,7 +122,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if m.device, err = newDeviceListener(ctx, cfg, m.db, artifacts, h, keys, metrics, m.Logger); err != nil {
 			return err
 		}
-		certs = m.device.authority.WrapCertificates(certs)
+		// Revocations reach the CRLs, the OCSP cache and the MQTT
+		// sessions through the store's revocation notifier (revoke.go).
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("serve: %w", err)
 	} else {
@@ -130,8 +131,20 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 
 	devices := sqlstore.NewDeviceService(m.db)
-	if m.device != nil && m.device.mqtt != nil {
-		devices.OnTransition = disconnectOnTransition(m.device.mqtt, m.Logger)
+	var protocols cradle.ProtocolService = sqlstore.NewProtocolService(m.db)
+	if m.device != nil {
+		protocols = m.device.protocols
+		var disconnect func(*cradle.Device, cradle.State)
+		if m.device.mqtt != nil {
+			disconnect = disconnectOnTransition(m.device.mqtt, m.Logger)
+		}
+		tokens := m.device.protocols.Cache
+		devices.OnTransition = func(d *cradle.Device, from cradle.State) {
+			tokens.Flush() // a suspended, rma or eol device's tokens are refused now
+			if disconnect != nil {
+				disconnect(d, from)
+			}
+		}
 	}
 	m.otaJobs = startOTA(cfg, m.db, artifacts, sqlstore.NewReleaseService(m.db), sqlstore.NewRolloutService(m.db), m.Logger)
 	m.publisher = m.otaJobs.publisher
@@ -147,7 +160,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Releases:       sqlstore.NewReleaseService(m.db),
 		Rollouts:       sqlstore.NewRolloutService(m.db),
 		Updates:        sqlstore.NewUpdateService(m.db),
-		Protocols:      sqlstore.NewProtocolService(m.db),
+		Protocols:      protocols,
+		Revocations:    sqlstore.NewRevocationService(m.db),
 		Publisher:      m.publisher,
 		Ready:          m.db.Ping,
 		Logger:         m.Logger,
@@ -161,6 +175,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.api.StationIssuer = m.device.issueStation
 		m.api.Profile = cradle.Profile(m.device.authority.Hierarchy.Profile())
 		m.api.Commands = pushingCommands{CommandService: m.device.commands.store, relay: m.device.commands}
+		m.api.Decommissions = m.device.decom.svc
 	}
 	if cfg.Factory.WebhookURL != "" {
 		if m.webhook, err = startWebhook(ctx, cfg.Factory, m.db, m.Logger); err != nil {

@@ -44,6 +44,7 @@ type estStack struct {
 	clock   *storetest.Clock
 	devices *sqlstore.DeviceService
 	certs   cradle.CertificateService
+	auth    *pki.Authority
 	url     string
 	// down makes every connection fail, in the TLS handshake or, for one
 	// already open, by dropping the request without an answer.
@@ -80,7 +81,7 @@ func newESTStack(t testing.TB, policy pki.LDevIDPolicy) *estStack {
 		TenantName: func(context.Context, int64) (string, error) { return "default", nil },
 		Policy:     policy, URLHost: "127.0.0.1", Clock: s.clock,
 	}
-	s.certs = auth.WrapCertificates(store)
+	s.certs, s.auth = auth.WrapCertificates(store), auth
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(s.h.Root)
 	for _, c := range s.h.IssuingCAs() {
@@ -91,8 +92,13 @@ func newESTStack(t testing.TB, policy pki.LDevIDPolicy) *estStack {
 	listener := &deviceapi.Server{
 		Certificate: tls.Certificate{Certificate: [][]byte{s.h.Server.Raw}, PrivateKey: s.keys[pki.NameServer]},
 		Roots:       roots, Intermediates: inter,
-		CheckChain: func(c []*x509.Certificate) error { return pki.CheckProfile(c, false) },
-		Certs:      store, Devices: s.devices, Clock: s.clock,
+		CheckChain: func(c []*x509.Certificate) error {
+			if err := pki.CheckProfile(c, false); err != nil {
+				return err
+			}
+			return s.h.CheckNotRetired(c)
+		},
+		Certs: store, Devices: s.devices, Clock: s.clock,
 	}
 	estServer := &est.Server{CA: auth, Now: s.clock.Now}
 	listener.Handle("GET /.well-known/est/cacerts", estServer, true)

@@ -14,6 +14,12 @@
 //     recorded by the factory station) and not revoked;
 //  4. its device is not suspended, in RMA or at end of life.
 //
+// One narrow exception, for routes mounted with HandleDecommissioning
+// only: a device at end of life whose decommissioning is wiping may still
+// present its LDevID revoked for cessationOfOperation (decommissioning
+// revoked it), so that it can fetch its wipe command and send its
+// tombstone. Every other route refuses it as above.
+//
 // A request that passes carries the device as the actor of its context
 // (role device), and its verified chain in r.TLS.VerifiedChains, for the
 // handlers mounted behind it (EST, and later the native device API).
@@ -60,6 +66,10 @@ type Server struct {
 	// Audit, when set, records each refusal: in the tenant of the
 	// certificate when it is on record, else in tenant 0.
 	Audit func(ctx context.Context, tenantID int64, actor string, ev cradle.AuditEvent)
+	// Wiping reports whether an eol device's decommissioning waits for
+	// its wipe (state wiping); routes mounted with HandleDecommissioning
+	// let such a device in. Nil lets none in.
+	Wiping func(ctx context.Context, d *cradle.Device) (bool, error)
 
 	mux *http.ServeMux
 }
@@ -71,9 +81,30 @@ func (s *Server) Handle(pattern string, h http.Handler, public bool) {
 		s.mux = http.NewServeMux()
 	}
 	if !public {
-		h = s.authenticate(h)
+		h = s.authenticate(h, false)
 	}
 	s.mux.Handle(pattern, h)
+}
+
+// HandleDecommissioning mounts h like Handle (not public), and also lets
+// in a device being decommissioned: at eol, its decommissioning wiping
+// (Wiping), presenting its LDevID revoked for cessationOfOperation.
+// Handlers tell such a request by Decommissioning. Only the routes that
+// hand out the wipe command and take the tombstone are mounted so.
+func (s *Server) HandleDecommissioning(pattern string, h http.Handler) {
+	if s.mux == nil {
+		s.mux = http.NewServeMux()
+	}
+	s.mux.Handle(pattern, s.authenticate(h, true))
+}
+
+type decommissioningKey struct{}
+
+// Decommissioning reports whether the request's device was let in by the
+// exception of HandleDecommissioning: it is being decommissioned.
+func Decommissioning(ctx context.Context) bool {
+	v, _ := ctx.Value(decommissioningKey{}).(bool)
+	return v
 }
 
 // Handler returns the listener's handler.
@@ -119,9 +150,16 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.msg }
 
-func (s *Server) authenticate(next http.Handler) http.Handler {
+func (s *Server) authenticate(next http.Handler, decommissioning bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		chains, dev, rec, err := s.check(r)
+		wiping := false
+		if decommissioning && err != nil {
+			var ok bool
+			if ok, chains, dev, rec = s.checkWiping(r); ok {
+				err, wiping = nil, true
+			}
+		}
 		if err != nil {
 			var rf *refusal
 			if !errors.As(err, &rf) {
@@ -131,27 +169,59 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			}
 			s.logger().Warn("device refused", "path", r.URL.Path, "remote", r.RemoteAddr, "status", rf.status, "reason", rf.msg)
 			http.Error(w, rf.msg, rf.status)
-			if s.Audit != nil {
-				tenant, actor, subject := int64(0), "anonymous", "certificate:none"
-				if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-					subject = "certificate:" + cradle.SerialHex(r.TLS.PeerCertificates[0].SerialNumber)
-				}
-				if rf.cert != nil {
-					tenant, actor = rf.cert.TenantID, "device:"+rf.cert.DeviceSerial+"(device)"
-				}
-				s.Audit(r.Context(), tenant, actor, cradle.AuditEvent{Action: "device.auth.refused", Subject: subject,
-					Details: map[string]string{"reason": rf.msg, "path": r.URL.Path, "remote": r.RemoteAddr}})
-			}
+			s.AuditRefusal(r, rf)
 			return
 		}
 		cs := *r.TLS
 		cs.VerifiedChains = chains
 		ctx := cradle.NewContextWithActor(r.Context(), cradle.Actor{TenantID: dev.TenantID, Role: cradle.RoleDevice, Kind: "device", ID: dev.Serial})
 		ctx = context.WithValue(ctx, deviceKey{}, authenticated{device: dev, cert: rec})
+		if wiping {
+			ctx = context.WithValue(ctx, decommissioningKey{}, true)
+		}
 		r2 := r.WithContext(ctx)
 		r2.TLS = &cs
 		next.ServeHTTP(w, r2)
 	})
+}
+
+// Refuse makes a refusal of a device that passed CheckPeer, for a rule of
+// the caller's own (an IDevID where an LDevID is required): status is 401
+// or 403, and cert names the device's tenant for AuditRefusal.
+func Refuse(status int, msg string, cert *cradle.Certificate) error {
+	return &refusal{status: status, msg: msg, cert: cert}
+}
+
+// RefusalStatus returns the status of a refusal by CheckPeer or Refuse
+// (401 for the certificate, 403 for the device's state); false for any
+// other error, such as a failure of the store, which is not the device's
+// fault (500).
+func RefusalStatus(err error) (int, bool) {
+	var rf *refusal
+	if errors.As(err, &rf) {
+		return rf.status, true
+	}
+	return 0, false
+}
+
+// AuditRefusal records a refusal of the request's client certificate
+// (an error of CheckPeer or Refuse) as the listener does for its own
+// routes: device.auth.refused, in the certificate's tenant when it is on
+// record, else in tenant 0. Other errors and a nil Audit record nothing.
+func (s *Server) AuditRefusal(r *http.Request, err error) {
+	var rf *refusal
+	if s.Audit == nil || !errors.As(err, &rf) {
+		return
+	}
+	tenant, actor, subject := int64(0), "anonymous", "certificate:none"
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		subject = "certificate:" + cradle.SerialHex(r.TLS.PeerCertificates[0].SerialNumber)
+	}
+	if rf.cert != nil {
+		tenant, actor = rf.cert.TenantID, "device:"+rf.cert.DeviceSerial+"(device)"
+	}
+	s.Audit(r.Context(), tenant, actor, cradle.AuditEvent{Action: "device.auth.refused", Subject: subject,
+		Details: map[string]string{"reason": rf.msg, "path": r.URL.Path, "remote": r.RemoteAddr}})
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -159,6 +229,38 @@ func (s *Server) logger() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return s.Logger
+}
+
+// checkWiping runs the checks of the package doc with the exception of
+// HandleDecommissioning: the chain verifies, the leaf is an LDevID on
+// record revoked for cessationOfOperation, and its device is at eol with
+// its decommissioning wiping. Any failure is false; the caller answers
+// with the refusal of the ordinary checks.
+func (s *Server) checkWiping(r *http.Request) (bool, [][]*x509.Certificate, *cradle.Device, *cradle.Certificate) {
+	if s.Wiping == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return false, nil, nil, nil
+	}
+	chains, err := s.verifyChain(r.TLS.PeerCertificates)
+	if err != nil {
+		return false, nil, nil, nil
+	}
+	ctx := r.Context()
+	rec, err := s.Certs.LookupCertificate(cradle.NewContextWithActor(ctx, cradle.SystemActor(0, "device-listener")), r.TLS.PeerCertificates[0].SerialNumber)
+	if err != nil || rec.Kind != cradle.CertLDevID || rec.Status != cradle.CertRevoked || rec.Reason == nil || *rec.Reason != cradle.ReasonCessationOfOperation {
+		return false, nil, nil, nil
+	}
+	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(rec.TenantID, "device-listener"))
+	dev, err := s.Devices.FindDeviceBySerial(sys, rec.DeviceSerial)
+	if err != nil || dev.State != cradle.StateEOL {
+		return false, nil, nil, nil
+	}
+	if ok, err := s.Wiping(sys, dev); err != nil || !ok {
+		if err != nil {
+			s.logger().Error("device listener: decommissioning state", "device", dev.Serial, "err", err)
+		}
+		return false, nil, nil, nil
+	}
+	return true, chains, dev, rec
 }
 
 // check runs the checks of the package doc.
@@ -178,31 +280,9 @@ func (s *Server) CheckPeer(ctx context.Context, peer []*x509.Certificate) ([][]*
 		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: "no client certificate"}
 	}
 	leaf := peer[0]
-	inter := x509.NewCertPool()
-	if s.Intermediates != nil {
-		inter = s.Intermediates.Clone()
-	}
-	for _, c := range peer[1:] {
-		inter.AddCert(c)
-	}
-	now := cradle.Now(s.Clock)
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: s.Roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	chains, err := s.verifyChain(peer)
 	if err != nil {
-		return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s (%s) is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), leaf.Subject, verifyReason(err, leaf, now))}
-	}
-	if s.CheckChain != nil {
-		var last error
-		ok := false
-		for _, c := range chains {
-			if last = s.CheckChain(c); last == nil {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return nil, nil, nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), last)}
-		}
+		return nil, nil, nil, err
 	}
 	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(0, "device-listener"))
 	rec, err := s.Certs.LookupCertificate(sys, leaf.SerialNumber)
@@ -223,6 +303,38 @@ func (s *Server) CheckPeer(ctx context.Context, peer []*x509.Certificate) ([][]*
 		return nil, nil, nil, &refusal{http.StatusForbidden, fmt.Sprintf("device %q is %s: it may not use the device API; an operator must move it back to deployed first", dev.Serial, dev.State), rec}
 	}
 	return chains, dev, rec, nil
+}
+
+// verifyChain runs checks 1 and 2 of the package doc.
+func (s *Server) verifyChain(peer []*x509.Certificate) ([][]*x509.Certificate, error) {
+	leaf := peer[0]
+	inter := x509.NewCertPool()
+	if s.Intermediates != nil {
+		inter = s.Intermediates.Clone()
+	}
+	for _, c := range peer[1:] {
+		inter.AddCert(c)
+	}
+	now := cradle.Now(s.Clock)
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: s.Roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s (%s) is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), leaf.Subject, verifyReason(err, leaf, now))}
+	}
+	if s.CheckChain != nil {
+		var last error
+		ok := false
+		for _, c := range chains {
+			if last = s.CheckChain(c); last == nil {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return nil, &refusal{status: http.StatusUnauthorized, msg: fmt.Sprintf("client certificate %s is not accepted: %v", cradle.SerialHex(leaf.SerialNumber), last)}
+		}
+	}
+	return chains, nil
 }
 
 func reasonOf(c *cradle.Certificate) string {

@@ -79,6 +79,7 @@ type env struct {
 	devices *sqlstore.DeviceService
 	admin   context.Context
 	audit   *sqlstore.AuditService
+	wiping  map[string]bool // serials whose decommissioning is wiping
 }
 
 // refusals counts the device.auth.refused entries of a tenant.
@@ -95,7 +96,7 @@ func (e *env) refusals(tenant int64) int {
 func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 	t.Helper()
 	ctx := t.Context()
-	e := &env{t: t, clock: storetest.NewClock(epoch)}
+	e := &env{t: t, clock: storetest.NewClock(epoch), wiping: map[string]bool{}}
 	_, key, _ := ed25519.GenerateKey(nil)
 	db, err := sqlstore.Open(ctx, filepath.Join(t.TempDir(), "cradle.db"), sqlstore.Options{AuditKey: key, Clock: e.clock})
 	if err != nil {
@@ -118,9 +119,14 @@ func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 		Certificate: tls.Certificate{Certificate: [][]byte{server.cert.Raw}, PrivateKey: server.key},
 		Roots:       roots, Intermediates: inter, CheckChain: checkChain,
 		Certs: e.certs, Devices: e.devices, Clock: e.clock,
-		Audit: sqlstore.NewAuditService(db).RecordRefusal,
+		Audit:  sqlstore.NewAuditService(db).RecordRefusal,
+		Wiping: func(_ context.Context, d *cradle.Device) (bool, error) { return e.wiping[d.Serial], nil },
 	}
 	e.audit = sqlstore.NewAuditService(db)
+	s.HandleDecommissioning("GET /wipe", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d, _, _ := deviceapi.DeviceFromContext(r.Context())
+		fmt.Fprintf(w, "%s %s decommissioning=%v", d.Serial, d.State, deviceapi.Decommissioning(r.Context()))
+	}))
 	s.Handle("GET /who", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, _ := cradle.ActorFromContext(r.Context())
 		d, c, _ := deviceapi.DeviceFromContext(r.Context())
@@ -246,5 +252,62 @@ func TestCheckChain(t *testing.T) {
 	d := e.device("SN-1", cradle.StateDeployed)
 	if status, body := e.get("/who", d); status != 401 || !strings.Contains(body, "chains to a test root") {
 		t.Errorf("%d %q", status, body)
+	}
+}
+
+// TestDecommissioningException: only routes mounted with
+// HandleDecommissioning let in an eol device whose wipe is pending, and
+// only with its LDevID revoked for cessationOfOperation.
+func TestDecommissioningException(t *testing.T) {
+	e := newEnv(t, nil)
+	admin := cradle.NewContextWithActor(t.Context(), cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "test", ID: "admin"})
+	retire := func(n *node, serial string, reason cradle.RevocationReason) {
+		t.Helper()
+		if _, err := e.certs.RevokeCertificate(e.admin, cradle.SerialHex(n.cert.SerialNumber), reason); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.devices.TransitionDevice(admin, serial, cradle.DeviceTransition{To: cradle.StateEOL}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := e.device("SN-GOOD", cradle.StateDeployed)
+	wiping := e.device("SN-WIPE", cradle.StateDeployed)
+	retire(wiping, "SN-WIPE", cradle.ReasonCessationOfOperation)
+	e.wiping["SN-WIPE"] = true
+	done := e.device("SN-DONE", cradle.StateDeployed)
+	retire(done, "SN-DONE", cradle.ReasonCessationOfOperation)
+	compromised := e.device("SN-COMP", cradle.StateDeployed)
+	retire(compromised, "SN-COMP", cradle.ReasonKeyCompromise)
+	e.wiping["SN-COMP"] = true
+	unrevoked := e.device("SN-EOL", cradle.StateDeployed)
+	if _, err := e.devices.TransitionDevice(admin, "SN-EOL", cradle.DeviceTransition{To: cradle.StateEOL}); err != nil {
+		t.Fatal(err)
+	}
+	e.wiping["SN-EOL"] = true
+	suspended := e.device("SN-SUSP", cradle.StateSuspended)
+	e.wiping["SN-SUSP"] = true
+
+	for _, tc := range []struct {
+		name   string
+		path   string
+		client *node
+		status int
+		body   string
+	}{
+		{"a deployed device", "/wipe", good, 200, "SN-GOOD deployed decommissioning=false"},
+		{"being wiped", "/wipe", wiping, 200, "SN-WIPE eol decommissioning=true"},
+		{"being wiped, another route", "/who", wiping, 401, "cessationOfOperation"},
+		{"wipe confirmed", "/wipe", done, 401, "was revoked"},
+		{"revoked for key compromise", "/wipe", compromised, 401, "keyCompromise"},
+		{"eol, certificate not revoked", "/wipe", unrevoked, 403, "is eol"},
+		{"suspended", "/wipe", suspended, 403, "is suspended"},
+		{"no certificate", "/wipe", nil, 401, "no client certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := e.get(tc.path, tc.client)
+			if status != tc.status || !strings.Contains(body, tc.body) {
+				t.Errorf("%d %q; want %d containing %q", status, body, tc.status, tc.body)
+			}
+		})
 	}
 }

@@ -115,7 +115,7 @@ func TestCommands(t *testing.T) {
 		{"not deployed", "POST", "/api/v1/devices/GW-NEW/commands", `{"kind":"ping"}`, 409, cradle.ECONFLICT, "deployed"},
 		{"unknown device", "POST", "/api/v1/devices/NOPE/commands", `{"kind":"ping"}`, 404, cradle.ENOTFOUND, "NOPE"},
 		{"unknown kind", "POST", "/api/v1/devices/GW-1/commands", `{"kind":"explode"}`, 400, cradle.EINVALID, "explode"},
-		{"wipe", "POST", "/api/v1/devices/GW-1/commands", `{"kind":"wipe"}`, 400, cradle.EINVALID, "not supported yet"},
+		{"wipe", "POST", "/api/v1/devices/GW-1/commands", `{"kind":"wipe"}`, 400, cradle.EINVALID, "issued only by decommissioning"},
 		{"ttl", "POST", "/api/v1/devices/GW-1/commands", `{"kind":"ping","ttl_seconds":5}`, 400, cradle.EINVALID, "ttl"},
 		{"args", "POST", "/api/v1/devices/GW-1/commands", `{"kind":"ping","args":[1]}`, 400, cradle.EINVALID, "JSON object"},
 		{"unknown field", "POST", "/api/v1/devices/GW-1/commands", `{"kind":"ping","sequence":9}`, 400, cradle.EINVALID, "sequence"},

@@ -52,7 +52,8 @@ type Server struct {
 	Tokens  cradle.TokenService
 	Audit   cradle.AuditService
 	// Certificates serves the certificate routes. Revoking through it must
-	// also reach the CRL and OCSP (the wiring passes a service that does).
+	// also reach the CRL and OCSP (the server's store notifies the PKI of
+	// every revocation).
 	Certificates cradle.CertificateService
 	// Factory serves the factory routes: batches, MAC ranges, stations,
 	// unit allocations and trace records.
@@ -72,6 +73,10 @@ type Server struct {
 	// Commands serves the device command routes; nil when the server has
 	// no command signer (the routes answer not_implemented).
 	Commands cradle.CommandService
+	// Decommissions serves the decommissioning routes; nil when the
+	// server has no command signer to sign wipe commands (the routes
+	// answer not_implemented).
+	Decommissions cradle.DecommissionService
 	// Twins serves the configuration twin routes: device twins, config
 	// groups, config schemas and the drift listing.
 	Twins cradle.TwinService
@@ -92,6 +97,9 @@ type Server struct {
 	// device APIs: auth sets, device tokens, inventory attributes and
 	// update logs; nil answers them with not_implemented.
 	Protocols cradle.ProtocolService
+	// Revocations revokes whole devices (revoke.go); nil answers those
+	// routes with not_implemented.
+	Revocations cradle.RevocationService
 	// StationIssuer issues a factory station's certificate for the key
 	// of csr, and returns it with the chain up to the root (issuing CA
 	// first). Nil when the server has no PKI: stations cannot enroll.

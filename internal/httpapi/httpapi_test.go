@@ -86,7 +86,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Server)) *env {
 		Registerer:   prometheus.NewRegistry(),
 		MaxBodyBytes: 64 << 10,
 	}
-	for _, c := range append([]func(*httpapi.Server){withFactory(e), withClaims(e), withCommands(e), withOTA(e), withProtocols(e)}, configure...) {
+	for _, c := range append([]func(*httpapi.Server){withFactory(e), withClaims(e), withCommands(e), withDecommissions(e), withOTA(e), withProtocols(e), withRevocations(e)}, configure...) {
 		c(e.api)
 	}
 	srv := httptest.NewServer(e.api.Handler())
@@ -284,6 +284,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	rows = append(rows, twinMatrix...)
 	rows = append(rows, otaMatrix...)
 	rows = append(rows, protocolMatrix...)
+	rows = append(rows, revocationMatrix...)
+	rows = append(rows, decommissionMatrix...)
 	covered := map[string]bool{}
 	for _, c := range rows {
 		covered[c.method+" "+c.pattern] = true

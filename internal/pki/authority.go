@@ -147,10 +147,11 @@ func csrDevice(csr *x509.CertificateRequest) string {
 	return csr.Subject.CommonName
 }
 
-// deviceCAName returns the name of the device CA c is, or "".
+// deviceCAName returns the name of the device CA c is, or "" (also for
+// a retired one: its certificates renew nothing).
 func (a *Authority) deviceCAName(c *x509.Certificate) string {
 	for i, ca := range a.Hierarchy.DeviceCAs {
-		if bytes.Equal(ca.Raw, c.Raw) {
+		if bytes.Equal(ca.Raw, c.Raw) && !a.Hierarchy.IsRetired(DeviceCAName(i)) {
 			return DeviceCAName(i)
 		}
 	}
@@ -195,6 +196,10 @@ func (a *Authority) regenerateLocked(ctx context.Context, name string) error {
 	}
 	sys := systemContext(ctx)
 	now := a.now()
+	if !now.Before(ca.NotAfter) {
+		// A retired CA's CRL is published until the CA itself expires.
+		return cradle.Errorf(cradle.ENOTFOUND, "no CRL named %q: the CA expired at %s", name, ca.NotAfter.UTC().Format(time.RFC3339))
+	}
 	entries, err := a.CAStore.RevokedCertificates(sys, issuerKeyID(ca), now)
 	if err != nil {
 		return fmt.Errorf("pki: CRL %s: %w", name, err)
@@ -218,6 +223,12 @@ func (a *Authority) regenerateLocked(ctx context.Context, name string) error {
 	a.logger().Info("CRL published", "ca", name, "number", number, "entries", len(entries))
 	return nil
 }
+
+// Revoked brings the CRLs and the OCSP cache up to date after certs were
+// revoked by the store directly (the store's revocation notifier): each
+// device CA's CRL is regenerated once, and OnRevoke told of each
+// certificate.
+func (a *Authority) Revoked(ctx context.Context, certs []*cradle.Certificate) { a.revoked(ctx, certs) }
 
 // revoked brings the CRLs and the OCSP cache up to date after certs were
 // revoked.

@@ -91,6 +91,9 @@ type Hierarchy struct {
 	// ReleaseSigner the profile); nil in a PKI made before it existed,
 	// until AddReleaseSigner.
 	ReleaseSigner *x509.Certificate
+	// Retired maps the names of retired device CAs to when they were
+	// retired (RetireDeviceCA); nil when none is.
+	Retired map[string]time.Time
 }
 
 // DeviceCAName is the name of the i-th device CA (0-based): "device-ca",
@@ -123,14 +126,12 @@ func (h *Hierarchy) IssuingCAs() map[string]*x509.Certificate {
 
 // CACerts returns what EST /cacerts serves: the current device CA first
 // (the issuer of what enrollment returns), then older device CAs newest
-// first (their LDevIDs stay valid until they expire), the manufacturing
+// first (their LDevIDs stay valid until they expire; retired ones are
+// left out), the manufacturing
 // CA, and the root last. A client that installs them all can verify every
 // device certificate the deployment has issued and the server's own.
 func (h *Hierarchy) CACerts() []*x509.Certificate {
-	out := make([]*x509.Certificate, 0, len(h.DeviceCAs)+2)
-	for i := len(h.DeviceCAs) - 1; i >= 0; i-- {
-		out = append(out, h.DeviceCAs[i])
-	}
+	out := h.activeDeviceCAs()
 	return append(out, h.ManufacturingCA, h.Root)
 }
 
@@ -144,8 +145,10 @@ func (h *Hierarchy) CACerts() []*x509.Certificate {
 // every certificate under it.
 //
 // Root: self-signed, RootLifetime, pathLen 1, keyCertSign and cRLSign.
-// CAs: pathLen 0, keyCertSign, cRLSign and digitalSignature, caIssuers
-// pointing at root.crt. Server: ServerTLS profile. Command signer:
+// CAs: pathLen 0, keyCertSign and cRLSign only, caIssuers pointing at
+// root.crt. Not digitalSignature: OpenSSL's S/MIME purpose check accepts a
+// CA certificate without EKU that has it, so an online issuing CA could
+// otherwise sign .swu images that devices trusting the root install. Server: ServerTLS profile. Command signer:
 // CommandSigner profile. Release signer: ReleaseSigner profile. OCSP
 // signers: OCSPSigner profile. Subject and
 // authority key identifiers are set on all.
@@ -295,7 +298,7 @@ func issueCA(ctx context.Context, root *x509.Certificate, rootKey crypto.Signer,
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}, KeyPolicy(), d)
 }
 
@@ -353,7 +356,8 @@ func (h *Hierarchy) RotateDeviceCA(ctx context.Context, rootKey crypto.Signer, k
 		return "", err
 	}
 	next := &Hierarchy{Root: h.Root, ManufacturingCA: h.ManufacturingCA, DeviceCAs: append(slices.Clip(h.DeviceCAs), ca),
-		Server: h.Server, CommandSigner: h.CommandSigner, ReleaseSigner: h.ReleaseSigner, OCSPSigners: map[string]*x509.Certificate{}}
+		Server: h.Server, CommandSigner: h.CommandSigner, ReleaseSigner: h.ReleaseSigner, OCSPSigners: map[string]*x509.Certificate{},
+		Retired: h.Retired}
 	for k, v := range h.OCSPSigners {
 		next.OCSPSigners[k] = v
 	}
@@ -498,6 +502,9 @@ func WriteHierarchy(dir string, h *Hierarchy) error {
 			return fmt.Errorf("pki: write hierarchy: %w", err)
 		}
 	}
+	if err := writeRetired(dir, h); err != nil {
+		return fmt.Errorf("pki: write hierarchy: %w", err)
+	}
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync() // the renames are durable once the directory is synced; not every file system supports it
 		d.Close()
@@ -600,6 +607,9 @@ func LoadHierarchy(dir string) (*Hierarchy, error) {
 			return nil, fmt.Errorf("pki: load hierarchy: %s%s.crt is not signed by %s.crt: %w", OCSPNamePrefix, name, name, err)
 		}
 		h.OCSPSigners[name] = c
+	}
+	if err := readRetired(dir, h); err != nil {
+		return nil, err
 	}
 	return h, nil
 }

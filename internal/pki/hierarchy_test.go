@@ -38,7 +38,7 @@ func TestInitHierarchy(t *testing.T) {
 				ku         x509.KeyUsage
 				eku        []x509.ExtKeyUsage
 			}
-			caKU := x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature
+			caKU := x509.KeyUsageCertSign | x509.KeyUsageCRLSign
 			certs := map[string]want{
 				"root":                  {h.Root, h.Root, true, 1, x509.KeyUsageCertSign | x509.KeyUsageCRLSign, nil},
 				"manufacturing-ca":      {h.ManufacturingCA, h.Root, true, 0, caKU, nil},

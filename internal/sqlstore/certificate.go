@@ -348,6 +348,7 @@ func (tx *Tx) revoke(ctx context.Context, a cradle.Actor, c *cradle.Certificate,
 	}
 	now := tx.now
 	c.Status, c.RevokedAt, c.Reason = cradle.CertRevoked, &now, &reason
+	tx.revoked = append(tx.revoked, c)
 	return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "certificate.revoke", Subject: "certificate:" + c.Serial,
 		Details: map[string]string{"device": c.DeviceSerial, "reason": reason.String(), "issuer": c.Issuer}})
 }

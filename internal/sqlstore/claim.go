@@ -176,14 +176,14 @@ func (s *ClaimService) ClaimDevice(ctx context.Context, serial string, c cradle.
 
 // findPolicy reads a tenant's policy; the zero policy when none was set.
 func findPolicy(ctx context.Context, q querier, tenantID int64) (*cradle.TenantPolicy, error) {
-	var quarantine int
-	err := q.queryRow(ctx, `SELECT quarantine_unclaimed FROM tenant_policies WHERE tenant_id = ?`, tenantID).Scan(&quarantine)
+	var quarantine, approvers int
+	err := q.queryRow(ctx, `SELECT quarantine_unclaimed, decommission_approvers FROM tenant_policies WHERE tenant_id = ?`, tenantID).Scan(&quarantine, &approvers)
 	if errors.Is(err, sql.ErrNoRows) {
 		return &cradle.TenantPolicy{}, nil
 	} else if err != nil {
 		return nil, fmt.Errorf("sqlstore: find policy: %w", err)
 	}
-	return &cradle.TenantPolicy{QuarantineUnclaimed: quarantine != 0}, nil
+	return &cradle.TenantPolicy{QuarantineUnclaimed: quarantine != 0, DecommissionApprovers: approvers}, nil
 }
 
 // FindPolicy returns the actor's tenant policy.
@@ -201,14 +201,17 @@ func (s *ClaimService) UpdatePolicy(ctx context.Context, p cradle.TenantPolicy) 
 	if err != nil {
 		return nil, err
 	}
+	if p.DecommissionApprovers < 0 || p.DecommissionApprovers > 2 {
+		return nil, cradle.Errorf(cradle.EINVALID, "invalid decommission_approvers %d: use 0 or 1 (the requesting admin alone) or 2 (a second admin approves)", p.DecommissionApprovers)
+	}
 	q := 0
 	if p.QuarantineUnclaimed {
 		q = 1
 	}
 	err = s.db.write(ctx, func(tx *Tx) error {
-		if _, err := tx.exec(ctx, `INSERT INTO tenant_policies (tenant_id, quarantine_unclaimed, updated_at) VALUES (?, ?, ?)
-			ON CONFLICT (tenant_id) DO UPDATE SET quarantine_unclaimed = excluded.quarantine_unclaimed, updated_at = excluded.updated_at`,
-			a.TenantID, q, micros(tx.now)); err != nil {
+		if _, err := tx.exec(ctx, `INSERT INTO tenant_policies (tenant_id, quarantine_unclaimed, decommission_approvers, updated_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT (tenant_id) DO UPDATE SET quarantine_unclaimed = excluded.quarantine_unclaimed, decommission_approvers = excluded.decommission_approvers, updated_at = excluded.updated_at`,
+			a.TenantID, q, p.DecommissionApprovers, micros(tx.now)); err != nil {
 			return fmt.Errorf("sqlstore: update policy: %w", err)
 		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "policy.update", Subject: "policy", Details: p})

@@ -96,26 +96,8 @@ func (s *CommandService) IssueCommand(ctx context.Context, serial string, r crad
 			refused = cradle.Errorf(cradle.ECONFLICT, "device %q is %s; commands go only to deployed devices", serial, d.State)
 			return refused
 		}
-		var last int64
-		if err := tx.queryRow(ctx, `SELECT COALESCE(MAX(sequence), 0) FROM device_commands WHERE device_id = ?`, d.ID).Scan(&last); err != nil {
-			return fmt.Errorf("sqlstore: issue command: %w", err)
-		}
-		now := tx.now.Truncate(time.Microsecond)
-		cmd := command.Command{ID: id, Device: serial, Kind: command.Kind(r.Kind), Args: r.Args, Sequence: uint64(last) + 1,
-			IssuedAt: now, ExpiresAt: now.Add(time.Duration(r.TTLSeconds) * time.Second)}
-		env, err := s.sign(cmd)
-		if err != nil {
-			return fmt.Errorf("sqlstore: issue command: sign: %w", err)
-		}
-		if _, err := tx.exec(ctx, `INSERT INTO device_commands (tenant_id, device_id, public_id, sequence, kind, args, envelope, state, issued_by, issued_at, expires_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			a.TenantID, d.ID, id, int64(cmd.Sequence), string(r.Kind), string(r.Args), env, string(cradle.CommandPending), a.String(), micros(cmd.IssuedAt), micros(cmd.ExpiresAt)); err != nil {
-			return fmt.Errorf("sqlstore: issue command: %w", err)
-		}
-		out = &cradle.DeviceCommand{ID: id, Device: serial, Kind: r.Kind, Args: r.Args, Sequence: cmd.Sequence, State: cradle.CommandPending,
-			IssuedBy: a.String(), IssuedAt: cmd.IssuedAt, ExpiresAt: cmd.ExpiresAt, Results: []cradle.CommandResult{}}
-		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "command.issue", Subject: subject,
-			Details: map[string]any{"id": id, "kind": r.Kind, "sequence": cmd.Sequence, "expires_at": cmd.ExpiresAt, "args": string(r.Args)}})
+		out, err = tx.issueCommand(ctx, a, d, s.sign, id, r)
+		return err
 	})
 	if refused != nil {
 		return nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "command.issue.refused", Subject: subject,
@@ -125,6 +107,33 @@ func (s *CommandService) IssueCommand(ctx context.Context, serial string, r crad
 		return nil, err
 	}
 	return out, nil
+}
+
+// issueCommand signs r (normalized by the caller) for the locked device d
+// with its next sequence number, stores it pending and audits it. The
+// sequence is allocated under the device's row lock, so it is strictly
+// increasing and never reused.
+func (tx *Tx) issueCommand(ctx context.Context, a cradle.Actor, d *cradle.Device, sign CommandSigner, id string, r cradle.CommandRequest) (*cradle.DeviceCommand, error) {
+	var last int64
+	if err := tx.queryRow(ctx, `SELECT COALESCE(MAX(sequence), 0) FROM device_commands WHERE device_id = ?`, d.ID).Scan(&last); err != nil {
+		return nil, fmt.Errorf("sqlstore: issue command: %w", err)
+	}
+	now := tx.now.Truncate(time.Microsecond)
+	cmd := command.Command{ID: id, Device: d.Serial, Kind: command.Kind(r.Kind), Args: r.Args, Sequence: uint64(last) + 1,
+		IssuedAt: now, ExpiresAt: now.Add(time.Duration(r.TTLSeconds) * time.Second)}
+	env, err := sign(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: issue command: sign: %w", err)
+	}
+	if _, err := tx.exec(ctx, `INSERT INTO device_commands (tenant_id, device_id, public_id, sequence, kind, args, envelope, state, issued_by, issued_at, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.TenantID, d.ID, id, int64(cmd.Sequence), string(r.Kind), string(r.Args), env, string(cradle.CommandPending), a.String(), micros(cmd.IssuedAt), micros(cmd.ExpiresAt)); err != nil {
+		return nil, fmt.Errorf("sqlstore: issue command: %w", err)
+	}
+	out := &cradle.DeviceCommand{ID: id, Device: d.Serial, Kind: r.Kind, Args: r.Args, Sequence: cmd.Sequence, State: cradle.CommandPending,
+		IssuedBy: a.String(), IssuedAt: cmd.IssuedAt, ExpiresAt: cmd.ExpiresAt, Results: []cradle.CommandResult{}}
+	return out, tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "command.issue", Subject: "device:" + d.Serial,
+		Details: map[string]any{"id": id, "kind": r.Kind, "sequence": cmd.Sequence, "expires_at": cmd.ExpiresAt, "args": string(r.Args)}})
 }
 
 // results fills in the results of commands, keyed by row id.

@@ -243,6 +243,7 @@ func (tx *Tx) setAuthStatus(ctx context.Context, s *authSet, status cradle.Mende
 // revokeSetTokens revokes the live session tokens of an auth set and
 // returns how many.
 func (tx *Tx) revokeSetTokens(ctx context.Context, setID int64) (int64, error) {
+	tx.tokensRevoked = true
 	res, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE auth_set_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
 		micros(tx.now), setID, micros(tx.now))
 	if err != nil {
@@ -520,12 +521,16 @@ func (tx *Tx) autoAdmitDevice(ctx context.Context, tenantID int64, mac string) (
 		return nil, nil
 	}
 	var n int
-	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status IN (?, ?)`,
-		tenantID, found[0].ID, string(cradle.MenderAccepted), string(cradle.MenderPreauthorized)).Scan(&n); err != nil {
+	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status IN (?, ?, ?)`,
+		tenantID, found[0].ID, string(cradle.MenderAccepted), string(cradle.MenderPreauthorized), string(cradle.MenderRejected)).Scan(&n); err != nil {
 		return nil, fmt.Errorf("sqlstore: mender auth: %w", err)
 	}
 	if n > 0 {
-		return nil, nil // a second key of an admitted (or preauthorized) device waits for an operator
+		// A second key of an admitted (or preauthorized) device waits
+		// for an operator, and so does a new key of a device whose key
+		// was rejected (revoked, returned for repair): its MAC alone does
+		// not admit it again.
+		return nil, nil
 	}
 	return found[0], nil
 }
@@ -997,6 +1002,7 @@ func (s *ProtocolService) RevokeDeviceToken(ctx context.Context, id string) erro
 		if revoked.Valid {
 			return nil
 		}
+		tx.tokensRevoked = true
 		if _, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE tenant_id = ? AND public_id = ?`, micros(tx.now), a.TenantID, id); err != nil {
 			return fmt.Errorf("sqlstore: revoke device token: %w", err)
 		}
@@ -1019,6 +1025,7 @@ func (s *ProtocolService) RevokeDeviceTokens(ctx context.Context, serial string)
 		if err != nil {
 			return err
 		}
+		tx.tokensRevoked = true
 		res, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE tenant_id = ? AND device_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
 			micros(tx.now), a.TenantID, d.ID, micros(tx.now))
 		if err != nil {

@@ -407,8 +407,16 @@ func (tx *Tx) transition(ctx context.Context, a cradle.Actor, d *cradle.Device, 
 		return fmt.Errorf("sqlstore: transition: %w", err)
 	}
 	d.State, d.StateChangedAt, d.UpdatedAt = t.To, tx.now, tx.now
-	return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.transition", Subject: "device:" + d.Serial,
-		Details: map[string]string{"from": string(from), "to": string(t.To), "reason": t.Reason}})
+	if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.transition", Subject: "device:" + d.Serial,
+		Details: map[string]string{"from": string(from), "to": string(t.To), "reason": t.Reason}}); err != nil {
+		return err
+	}
+	if t.To == cradle.StateRMA {
+		// Returned for repair: its operational credentials go with the
+		// move (revoke.go).
+		return tx.revokeForRMA(ctx, a, d)
+	}
+	return nil
 }
 
 // FindDeviceHistory returns a device's lifecycle transitions, the creation

@@ -80,6 +80,7 @@ type DB struct {
 	background sync.WaitGroup // writes started off the request path
 	stmts      sync.Map       // query text → *sql.Stmt on rdb, for the hot reads
 	onTwin     func([]cradle.TwinChange)
+	onRevoke   func([]*cradle.Certificate) // SetRevocationNotifier
 }
 
 // Open opens (creating if needed) the database and runs the embedded
@@ -389,6 +390,12 @@ type Tx struct {
 	now   time.Time
 	heads map[int64]cradle.AuditCheckpoint
 	twins []cradle.TwinChange // effective desired documents changed in the transaction
+	// revoked are the certificates revoked in the transaction, for the
+	// revocation notifier.
+	revoked []*cradle.Certificate
+	// tokensRevoked: the transaction revoked device tokens (the notifier
+	// is told even when no certificate was revoked, for token caches).
+	tokensRevoked bool
 }
 
 func (tx *Tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
@@ -431,6 +438,9 @@ func (db *DB) write(ctx context.Context, fn func(*Tx) error) error {
 	}
 	if len(tx.twins) > 0 && db.onTwin != nil {
 		db.onTwin(tx.twins)
+	}
+	if (len(tx.revoked) > 0 || tx.tokensRevoked) && db.onRevoke != nil {
+		db.onRevoke(tx.revoked)
 	}
 	return nil
 }

@@ -7,9 +7,12 @@
 // Cradle's "default"), and the controller id is the device serial. A
 // request authenticates with "Authorization: TargetToken <t>" (a token of
 // that device), "GatewayToken <t>" (a token of the tenant; the device must
-// be registered already) or the device's client certificate on the TLS
+// be registered already, and be a hawkBit device or a provisioned one on
+// its first contact: a gateway token never takes over a device of another
+// protocol) or the device's client certificate (its LDevID) on the TLS
 // connection; then it acts as the device. Refusals: 401 for missing, wrong
-// or revoked credentials, 403 for a suspended, RMA or end-of-life device.
+// or revoked credentials, 403 for a suspended, RMA or end-of-life device,
+// an IDevID or a gateway token used for a device it may not act for.
 //
 // An action is one attempt of one device in one rollout
 // (cradle.ProtocolService.DDIAction); its id is a decimal string below
@@ -27,7 +30,7 @@
 // "<file>.MD5SUM"; the module id is the action id, so a device fetches only
 // what it was offered. MD5 and SHA-1, which DDI clients check and a release
 // does not record, are computed from the artifact store once per artifact
-// and kept in memory.
+// and kept in memory (a bounded cache, as what actions stand for).
 package hawkbit
 
 import (
@@ -51,6 +54,7 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
+	"cradle/internal/compat/pollcache"
 )
 
 // DefaultPollingSleep is the polling interval told to devices.
@@ -72,9 +76,7 @@ const (
 // Invalidate forgets what the base poll read of the devices' updates: the
 // rollout scheduler has just started them (its Notify).
 func (h *Handler) Invalidate(tenantID int64, serials []string) {
-	for _, s := range serials {
-		h.polls.Delete(installedKey{tenantID, s})
-	}
+	h.polls.Invalidate(tenantID, serials)
 }
 
 // pollCache is the TTL of the base poll's reading; 0 when disabled.
@@ -91,45 +93,33 @@ func (h *Handler) pollCache() time.Duration {
 // pollSeen is a cached reading of the device's update: p and a nil when
 // it had none.
 type pollSeen struct {
-	p     *cradle.PendingUpdate
-	a     *cradle.DDIAction
-	until time.Time
+	p *cradle.PendingUpdate
+	a *cradle.DDIAction
 }
 
-// attrsSeen is a cached answer to whether the device has attributes.
-type attrsSeen struct {
-	has   bool
-	until time.Time
-}
-
-// softwareSeen is a cached FindSoftware answer (sw nil: none reported).
-type softwareSeen struct {
-	sw    *cradle.DeviceSoftware
-	until time.Time
-}
-
-// findSoftware is FindSoftware through the cache.
+// findSoftware is FindSoftware through the cache (nil: none reported, or
+// the store failed, which is logged).
 func (h *Handler) findSoftware(ctx context.Context, dev *cradle.Device) *cradle.DeviceSoftware {
-	key := installedKey{dev.TenantID, dev.Serial}
-	if v, ok := h.software.Load(key); ok && time.Now().Before(v.(softwareSeen).until) {
-		return v.(softwareSeen).sw
-	}
-	sw, err := h.Updates.FindSoftware(system(ctx, dev.TenantID), dev.Serial)
-	if err != nil {
-		if cradle.ErrorCode(err) != cradle.ENOTFOUND {
-			h.logger().Warn("hawkBit base poll: software of the device", "device", dev.Serial, "err", err)
-			return nil
+	sw, err := h.software.Fill(dev.TenantID, dev.Serial, softwareTTL, func() (*cradle.DeviceSoftware, error) {
+		sw, err := h.Updates.FindSoftware(system(ctx, dev.TenantID), dev.Serial)
+		if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+			return nil, nil
 		}
-		sw = nil
+		return sw, err
+	})
+	if err != nil {
+		h.logger().Warn("hawkBit base poll: software of the device", "device", dev.Serial, "err", err)
+		return nil
 	}
-	h.software.Store(key, softwareSeen{sw: sw, until: time.Now().Add(softwareTTL)})
 	return sw
 }
 
-// reportSoftware records what the device runs, and caches it.
+// reportSoftware records what the device runs, and drops what the cache
+// held of it.
 func (h *Handler) reportSoftware(ctx context.Context, dev *cradle.Device, rel *cradle.Release) error {
-	h.software.Delete(installedKey{dev.TenantID, dev.Serial})
-	return h.Updates.ReportSoftware(ctx, dev.Serial, rel.SHA256)
+	err := h.Updates.ReportSoftware(ctx, dev.Serial, rel.SHA256)
+	h.software.Delete(dev.TenantID, dev.Serial)
+	return err
 }
 
 // Handler serves the DDI API. Set the fields; the zero values of Logger,
@@ -146,10 +136,12 @@ type Handler struct {
 	Blobs     *artifact.Handler
 	// TenantName names a tenant by id.
 	TenantName func(ctx context.Context, id int64) (string, error)
-	// CheckPeer checks a client certificate chain presented on the TLS
-	// connection and returns its device; nil disables certificate
-	// authentication.
-	CheckPeer func(ctx context.Context, chain []*x509.Certificate) (*cradle.Device, error)
+	// CheckPeer checks a client certificate chain presented on the
+	// request's TLS connection and returns its device; nil disables
+	// certificate authentication. A refusal is a *cradle.Error
+	// (EUNAUTHORIZED, EFORBIDDEN) the device is told; any other error is
+	// answered 500 "internal error" and logged.
+	CheckPeer func(r *http.Request, chain []*x509.Certificate) (*cradle.Device, error)
 	// DownloadDevice makes the device name recorded with a download
 	// ("<tenant id>/<serial>" on the server); nil records the serial.
 	DownloadDevice func(tenantID int64, serial string) string
@@ -160,17 +152,21 @@ type Handler struct {
 	PollCache time.Duration
 	Logger    *slog.Logger
 
-	hashes  sync.Map // sha256 hex → *artifactHashes
-	actions sync.Map // actionKey → *actionInfo (immutable once made)
-	admit   sync.Map // tenant/serial → time of the last AdmitDevice
+	// Bounded caches of answers that do not change, made on first use.
+	caches        sync.Once
+	hashes        *lru[string, *artifactHashes] // sha256 hex → its MD5 and SHA-1
+	actions       *lru[actionKey, *actionInfo]  // immutable once made
+	installedSeen *lru[actionKey, bool]         // whether the action installed its release
+
+	admit sync.Map // tenant/serial → time of the last AdmitDevice
 	// installed remembers the action that installed what a device runs.
 	installed sync.Map // installedKey → installedAt
 	// Caches of the base poll's reads, per device: its update (until
 	// Invalidate or the TTL), whether it has attributes, what it runs.
-	// The handler's own writes drop them.
-	polls    sync.Map // installedKey → pollSeen
-	hasAttrs sync.Map // installedKey → attrsSeen
-	software sync.Map // installedKey → softwareSeen
+	// The handler's own writes drop them, after writing.
+	polls    pollcache.Cache[pollSeen]
+	hasAttrs pollcache.Cache[bool]
+	software pollcache.Cache[*cradle.DeviceSoftware]
 }
 
 // artifactHashes are an artifact's MD5 and SHA-1, computed once.
@@ -191,6 +187,12 @@ type actionInfo struct {
 	release *cradle.Release
 }
 
+func (h *Handler) makeCaches() {
+	h.hashes = newLRU[string, *artifactHashes](maxHashes)
+	h.actions = newLRU[actionKey, *actionInfo](maxActions)
+	h.installedSeen = newLRU[actionKey, bool](maxInstalledSeen)
+}
+
 // Match reports whether a path is under /{tenant}/controller/v1/.
 func Match(path string) bool {
 	_, ok, _ := ParsePath(path)
@@ -199,6 +201,7 @@ func Match(path string) bool {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.caches.Do(h.makeCaches)
 	rt, ok, err := ParsePath(r.URL.Path)
 	if !ok {
 		http.NotFound(w, r)
@@ -318,14 +321,14 @@ func (h *Handler) authenticate(r *http.Request, rt Route) (*cradle.Device, error
 			} else if err != nil {
 				return nil, err
 			}
+			if err := gatewayMay(d); err != nil {
+				return nil, err
+			}
 			dev = d
 		}
 	} else if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && h.CheckPeer != nil {
-		d, err := h.CheckPeer(ctx, r.TLS.PeerCertificates)
+		d, err := h.CheckPeer(r, r.TLS.PeerCertificates)
 		if err != nil {
-			if cradle.ErrorCode(err) == cradle.EINTERNAL && !errors.As(err, new(*cradle.Error)) {
-				return nil, cradle.Errorf(cradle.EUNAUTHORIZED, "%v", err)
-			}
 			return nil, err
 		}
 		if d.Serial != rt.ControllerID {
@@ -346,6 +349,27 @@ func (h *Handler) authenticate(r *http.Request, rt Route) (*cradle.Device, error
 		return nil, cradle.Errorf(cradle.EFORBIDDEN, "device %q is %s: it may not use the device API; an operator must move it back to deployed first", dev.Serial, dev.State)
 	}
 	return dev, nil
+}
+
+// gatewayMay reports whether a gateway token may act for a device: one
+// that talks hawkBit already, or one still provisioned that has never
+// talked (its first contact admits it as a hawkBit device). A tenant's
+// gateway token must not take over a device of the native or Mender API,
+// whose protocol AdmitDevice would switch.
+func gatewayMay(d *cradle.Device) error {
+	p := d.Protocol
+	if p == "" {
+		p = cradle.ProtocolCradle
+	}
+	switch {
+	case p == cradle.ProtocolHawkbit:
+		return nil
+	case p == cradle.ProtocolCradle && d.State == cradle.StateProvisioned:
+		return nil
+	case p == cradle.ProtocolCradle:
+		return cradle.Errorf(cradle.EFORBIDDEN, "a gateway token may not act for device %q: it is %s and not a hawkBit device; a gateway token admits only a provisioned device on first contact, or one that talks hawkBit already (use the device's target token or certificate)", d.Serial, d.State)
+	}
+	return cradle.Errorf(cradle.EFORBIDDEN, "a gateway token may not act for device %q: it talks the %s protocol, not hawkBit", d.Serial, p)
 }
 
 // checkTenant compares the URL's tenant with the credentials' tenant.
@@ -422,28 +446,21 @@ func installable(k cradle.ReleaseKind) bool {
 // current returns the device's attempt in flight and its action; p is nil
 // when it has none.
 func (h *Handler) current(ctx context.Context, dev *cradle.Device) (*cradle.PendingUpdate, *cradle.DDIAction, error) {
-	key := installedKey{dev.TenantID, dev.Serial}
-	ttl := h.pollCache()
-	if v, ok := h.polls.Load(key); ok && ttl > 0 && time.Now().Before(v.(pollSeen).until) {
-		return v.(pollSeen).p, v.(pollSeen).a, nil
-	}
-	p, err := h.Updates.PendingUpdate(ctx, dev.Serial, "")
-	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
-		p, err = nil, nil
-	} else if err != nil {
-		return nil, nil, err
-	}
-	var a *cradle.DDIAction
-	if p != nil {
-		if a, err = h.Protocol.DDIAction(ctx, dev.Serial, p.RolloutID, p.Attempt); err != nil {
-			return nil, nil, err
+	seen, err := h.polls.Fill(dev.TenantID, dev.Serial, h.pollCache(), func() (pollSeen, error) {
+		p, err := h.Updates.PendingUpdate(ctx, dev.Serial, "")
+		if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+			return pollSeen{}, nil
+		} else if err != nil {
+			return pollSeen{}, err
+		}
+		a, err := h.Protocol.DDIAction(ctx, dev.Serial, p.RolloutID, p.Attempt)
+		if err != nil {
+			return pollSeen{}, err
 		}
 		h.remember(dev.TenantID, a, &p.Release)
-	}
-	if ttl > 0 {
-		h.polls.Store(key, pollSeen{p: p, a: a, until: time.Now().Add(ttl)})
-	}
-	return p, a, nil
+		return pollSeen{p: p, a: a}, nil
+	})
+	return seen.p, seen.a, err
 }
 
 func (h *Handler) getBase(w http.ResponseWriter, r *http.Request, dev *cradle.Device) error {
@@ -466,25 +483,23 @@ func (h *Handler) getBase(w http.ResponseWriter, r *http.Request, dev *cradle.De
 		doc.Links["cancelAction"] = link{base + "/cancelAction/" + strconv.FormatInt(a.ID, 10)}
 	case !installable(p.Release.Kind):
 		reason := fmt.Sprintf("release %s is a %s artifact, which a hawkBit DDI client (SWUpdate, RAUC) cannot install: roll out a swupdate or file release to this device", p.Release.ID, p.Release.Kind)
-		h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
-		if err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: reason}); err != nil {
+		err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: reason})
+		h.polls.Delete(dev.TenantID, dev.Serial)
+		if err != nil {
 			return err
 		}
 		h.logger().Warn("hawkBit device offered a release it cannot install", "device", dev.Serial, "release", p.Release.ID, "kind", p.Release.Kind)
 	default:
 		doc.Links["deploymentBase"] = link{base + "/deploymentBase/" + strconv.FormatInt(a.ID, 10) + "?c=" + etag(a.ID, p.Release.SHA256)}
 	}
-	key := installedKey{dev.TenantID, dev.Serial}
-	v, ok := h.hasAttrs.Load(key)
-	if !ok || time.Now().After(v.(attrsSeen).until) {
+	has, err := h.hasAttrs.Fill(dev.TenantID, dev.Serial, attrsTTL, func() (bool, error) {
 		attrs, err := h.Protocol.FindDeviceAttributes(ctx, dev.Serial)
-		if err != nil {
-			return err
-		}
-		v = attrsSeen{has: len(attrs) > 0, until: time.Now().Add(attrsTTL)}
-		h.hasAttrs.Store(key, v)
+		return len(attrs) > 0, err
+	})
+	if err != nil {
+		return err
 	}
-	if !v.(attrsSeen).has {
+	if !has {
 		doc.Links["configData"] = link{base + "/configData"}
 	}
 	if id, ok := h.installedAction(ctx, dev); ok {
@@ -504,16 +519,14 @@ func etag(id int64, sha string) string {
 
 // remember keeps what an action stands for.
 func (h *Handler) remember(tenant int64, a *cradle.DDIAction, rel *cradle.Release) *actionInfo {
-	info := &actionInfo{action: *a, release: rel}
-	v, _ := h.actions.LoadOrStore(actionKey{tenant, a.ID}, info)
-	return v.(*actionInfo)
+	return h.actions.add(actionKey{tenant, a.ID}, &actionInfo{action: *a, release: rel}, 0)
 }
 
 // action finds one of the device's actions and its release. ENOTFOUND for
 // an unknown id or another device's.
 func (h *Handler) action(ctx context.Context, dev *cradle.Device, id int64) (*actionInfo, error) {
-	if v, ok := h.actions.Load(actionKey{dev.TenantID, id}); ok {
-		if info := v.(*actionInfo); info.action.Serial == dev.Serial {
+	if info, ok := h.actions.get(actionKey{dev.TenantID, id}); ok {
+		if info.action.Serial == dev.Serial {
 			return info, nil
 		}
 		return nil, cradle.Errorf(cradle.ENOTFOUND, "action %d is not device %q's", id, dev.Serial)
@@ -731,8 +744,9 @@ func (h *Handler) postFeedback(w http.ResponseWriter, r *http.Request, dev *crad
 			return err
 		}
 	}
-	h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
-	if err := h.Updates.ReportUpdate(ctx, dev.Serial, rep); err != nil {
+	err = h.Updates.ReportUpdate(ctx, dev.Serial, rep)
+	h.polls.Delete(dev.TenantID, dev.Serial)
+	if err != nil {
 		return err
 	}
 	if rep.State == cradle.UpdateSucceeded {
@@ -805,8 +819,9 @@ func (h *Handler) postCancelFeedback(w http.ResponseWriter, r *http.Request, dev
 			// reports its own end.
 			break
 		}
-		h.polls.Delete(installedKey{dev.TenantID, dev.Serial})
-		if err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: CanceledReason}); err != nil {
+		err := h.Updates.ReportUpdate(ctx, dev.Serial, cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt, State: cradle.UpdateFailed, Reason: CanceledReason})
+		h.polls.Delete(dev.TenantID, dev.Serial)
+		if err != nil {
 			return err
 		}
 	case ExecRejected:
@@ -827,7 +842,6 @@ func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cra
 		return err
 	}
 	ctx := r.Context()
-	h.hasAttrs.Delete(installedKey{dev.TenantID, dev.Serial})
 	if c.Mode == ModeRemove {
 		names := make([]string, len(c.Data))
 		for i, a := range c.Data {
@@ -837,6 +851,7 @@ func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cra
 	} else {
 		err = h.Protocol.SetDeviceAttributes(ctx, dev.Serial, c.Data, c.Mode == ModeReplace)
 	}
+	h.hasAttrs.Delete(dev.TenantID, dev.Serial)
 	if err != nil {
 		return err
 	}
@@ -866,7 +881,7 @@ func (h *Handler) installedAction(ctx context.Context, dev *cradle.Device) (int6
 		return 0, false
 	}
 	for _, ro := range ros {
-		if attempt, ok := h.succeededAttempt(sys, ro.ID, dev.Serial); ok {
+		if attempt, ok, _ := h.succeededAttempt(sys, ro.ID, dev.Serial); ok {
 			a, err := h.Protocol.DDIAction(ctx, dev.Serial, ro.ID, attempt)
 			if err != nil {
 				return 0, false
@@ -894,25 +909,55 @@ type installedAt struct {
 
 // succeededAttempt finds the device's succeeded attempt in a rollout,
 // paging through its succeeded devices (a bounded number of pages).
-func (h *Handler) succeededAttempt(sys context.Context, rolloutID, serial string) (int, bool) {
+func (h *Handler) succeededAttempt(sys context.Context, rolloutID, serial string) (int, bool, error) {
 	succeeded := cradle.DeviceSucceeded
 	after := ""
 	for range 50 {
 		devs, err := h.Rollouts.FindRolloutDevices(sys, rolloutID, cradle.RolloutDeviceFilter{State: &succeeded, After: after, Limit: cradle.MaxPageSize})
 		if err != nil {
-			return 0, false
+			return 0, false, err
 		}
 		for _, d := range devs {
 			if d.Serial == serial {
-				return d.Attempt, true
+				return d.Attempt, true, nil
 			}
 		}
 		if len(devs) < cradle.MaxPageSize {
-			return 0, false
+			return 0, false, nil
 		}
 		after = devs[len(devs)-1].Serial
 	}
-	return 0, false
+	return 0, false, nil
+}
+
+// installedTTL is how long the answer that an action installed nothing
+// is trusted: its attempt may still succeed. That it did is kept for good.
+const installedTTL = time.Minute
+
+// didInstall reports whether an action's attempt succeeded: at once when
+// it installed what the device runs (the base poll's installedAction,
+// kept per software report), else from the rollout's records, read at
+// most once per action (once per installedTTL while it has not), so
+// repeated requests do not page through a large rollout each time.
+func (h *Handler) didInstall(ctx context.Context, dev *cradle.Device, info *actionInfo) (bool, error) {
+	if id, ok := h.installedAction(ctx, dev); ok && id == info.action.ID {
+		return true, nil
+	}
+	key := actionKey{dev.TenantID, info.action.ID}
+	if ok, seen := h.installedSeen.get(key); seen {
+		return ok, nil
+	}
+	attempt, ok, err := h.succeededAttempt(system(ctx, dev.TenantID), info.action.RolloutID, dev.Serial)
+	if err != nil {
+		return false, fmt.Errorf("hawkbit: devices of rollout %s: %w", info.action.RolloutID, err)
+	}
+	ok = ok && attempt == info.action.Attempt
+	ttl := time.Duration(0)
+	if !ok {
+		ttl = installedTTL
+	}
+	h.installedSeen.set(key, ok, ttl)
+	return ok, nil
 }
 
 func (h *Handler) getInstalled(w http.ResponseWriter, r *http.Request, dev *cradle.Device, id int64) error {
@@ -920,7 +965,9 @@ func (h *Handler) getInstalled(w http.ResponseWriter, r *http.Request, dev *crad
 	if err != nil {
 		return err
 	}
-	if attempt, ok := h.succeededAttempt(system(r.Context(), dev.TenantID), info.action.RolloutID, dev.Serial); !ok || attempt != info.action.Attempt {
+	if ok, err := h.didInstall(r.Context(), dev, info); err != nil {
+		return err
+	} else if !ok {
 		return cradle.Errorf(cradle.ENOTFOUND, "action %d did not install anything (it is in flight, failed or canceled)", id)
 	}
 	doc, err := h.deployment(r, dev, info)
@@ -972,13 +1019,12 @@ func (h *Handler) putInstalled(w http.ResponseWriter, r *http.Request, dev *crad
 
 // artifactHashes returns an artifact's MD5 and SHA-1 (hex), reading it once.
 func (h *Handler) artifactHashes(ctx context.Context, sha string) (*artifactHashes, error) {
-	v, _ := h.hashes.LoadOrStore(sha, &artifactHashes{})
-	ah := v.(*artifactHashes)
+	ah := h.hashes.add(sha, &artifactHashes{}, 0)
 	ah.once.Do(func() {
 		ah.err = h.computeHashes(context.WithoutCancel(ctx), sha, ah)
 	})
 	if ah.err != nil {
-		h.hashes.CompareAndDelete(sha, ah) // try again next time
+		h.hashes.remove(sha, func(v *artifactHashes) bool { return v == ah }) // try again next time
 		return nil, ah.err
 	}
 	return ah, nil

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"cradle"
+	"cradle/internal/compat/mender"
+	"cradle/internal/compat/tokencache"
 )
 
 // benchClients is how many requests are in flight at once.
@@ -21,9 +23,28 @@ const benchClients = 8
 // SQLite store, for a device with a pending update (200 with a signed
 // URL) and one without (204), against a bare Go handler that answers the
 // same bytes on the same kind of server in the same run. It reports both
-// rates and their ratio.
+// rates and their ratio, with the server's default poll cache ("cached")
+// and reading the store on every check ("uncached").
 func BenchmarkDeploymentsNext(b *testing.B) {
-	e := newEnv(b)
+	for _, mode := range []struct {
+		name  string
+		cache time.Duration
+	}{{"cached", 0}, {"uncached", -1}} {
+		b.Run(mode.name, func(b *testing.B) {
+			// As the server runs it: the poll cache and the token cache
+			// (internal/compat/tokencache); uncached reads the store for
+			// both on every check.
+			benchmarkNext(b, newEnv(b, func(s *mender.Server) {
+				s.PollCache = mode.cache
+				if mode.cache >= 0 {
+					s.Protocols = tokencache.Wrap(s.Protocols)
+				}
+			}))
+		})
+	}
+}
+
+func benchmarkNext(b *testing.B, e *env) {
 	tokPending := e.admitted("02:00:00:00:01:01", "SN-P")
 	tokNone := e.admitted("02:00:00:00:01:02", "SN-N")
 	rel := e.release("2.0.0", cradle.ReleaseMender, "app-2")

@@ -34,11 +34,12 @@ type env struct {
 	releases  *sqlstore.ReleaseService
 	signer    *artifact.URLSigner
 	admin     context.Context
+	server    *mender.Server
 	srv       *httptest.Server
 	key       deviceKey
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB, configure ...func(*mender.Server)) *env {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "cradle.db")
@@ -73,6 +74,10 @@ func newEnv(t testing.TB) *env {
 			exp := time.Now().Add(time.Hour)
 			return "https://" + r.Host + signer.Sign(artifact.Ticket{Digest: d, Device: dev.Serial, Expires: exp}), exp, nil
 		}}
+	for _, f := range configure {
+		f(s)
+	}
+	e.server = s
 	e.srv = httptest.NewTLSServer(s.Handler())
 	t.Cleanup(e.srv.Close)
 	return e
@@ -254,7 +259,17 @@ func (e *env) release(version string, kind cradle.ReleaseKind, name string) *cra
 
 // rollout inserts a rollout of rel in state with serial's attempt in
 // devState, directly (a fixture: the device side is under test).
+// rollout stores a rollout with the device in it, and tells the server
+// as the rollout scheduler does when it starts a device.
 func (e *env) rollout(id string, rel *cradle.Release, state cradle.RolloutState, serial string, devState cradle.DeviceUpdateState, attempt int) {
+	e.t.Helper()
+	e.rolloutRows(id, rel, state, serial, devState, attempt)
+	e.server.Invalidate(1, []string{serial})
+}
+
+// rolloutRows stores a rollout with the device in it, behind the server's
+// back.
+func (e *env) rolloutRows(id string, rel *cradle.Release, state cradle.RolloutState, serial string, devState cradle.DeviceUpdateState, attempt int) {
 	e.t.Helper()
 	now := time.Now().UnixMicro()
 	e.exec(`INSERT INTO rollouts (tenant_id, public_id, release_id, spec, status, state, in_flight, revision, created_by, created_at, updated_at)
@@ -341,6 +356,9 @@ func TestDeployments(t *testing.T) {
 	}
 	c, got, _ := e.do("POST", "/api/devices/v2/deployments/device/deployments/next", tok, []byte(`{"device_provides":{}}`))
 	wantError(t, "next without device_type", c, got, http.StatusBadRequest, "no device_type")
+	// What a v1 body said is remembered for v1 checks only.
+	c, got, _ = e.do("POST", "/api/devices/v2/deployments/device/deployments/next", tok, []byte(`{"artifact_name":"r0","device_type":"gw-m"}`))
+	wantError(t, "v2 next with the v1 body", c, got, http.StatusBadRequest, "artifact_name")
 
 	status := func(id, s string) (int, []byte) {
 		code, body, _ := e.do("PUT", "/api/devices/v1/deployments/device/deployments/"+id+"/status", tok, []byte(`{"status":"`+s+`"}`+"\n"))
@@ -428,4 +446,46 @@ func TestDeployments(t *testing.T) {
 	if code, body := v2("gw-other"); code != http.StatusNoContent || !strings.Contains(strings.Join(e.events("ro_e"), ""), "device_type is gw-other") {
 		t.Fatalf("next for another device type: %d %s, reports %v", code, body, e.events("ro_e"))
 	}
+}
+
+// TestPollCache: update checks keep what they read of the device's update
+// until the scheduler's Invalidate or the device's own report drops it;
+// status reports always read the store; PollCache < 0 keeps nothing.
+func TestPollCache(t *testing.T) {
+	const path = "/api/devices/v2/deployments/device/deployments/next"
+	body := []byte(`{"device_provides":{"artifact_name":"r0","device_type":"gw-m"}}`)
+	t.Run("cached", func(t *testing.T) {
+		e := newEnv(t)
+		tok := e.admitted("02:00:00:00:00:07", "SN-7")
+		next := func(what string, want int) {
+			t.Helper()
+			if code, got, _ := e.do("POST", path, tok, body); code != want {
+				t.Fatalf("next %s: %d %s, want %d", what, code, got, want)
+			}
+		}
+		next("without a rollout", http.StatusNoContent)
+		rel := e.release("2.0.0", cradle.ReleaseMender, "app-2")
+		e.rolloutRows("ro_q", rel, cradle.RolloutRunning, "SN-7", cradle.DeviceStarted, 1)
+		next("after a start nobody was told of", http.StatusNoContent)
+		e.server.Invalidate(1, []string{"SN-1", "SN-7"})
+		next("after Invalidate", http.StatusOK)
+		// An abort reaches update checks at the TTL or at the device's
+		// next report, which reads the store and drops the reading.
+		e.exec(`UPDATE rollouts SET state = 'aborted'`)
+		next("right after an abort", http.StatusOK)
+		code, got, _ := e.do("PUT", "/api/devices/v1/deployments/device/deployments/ro_q-1/status", tok, []byte(`{"status":"downloading"}`))
+		wantError(t, "status after the abort", code, got, http.StatusConflict, "aborted")
+		next("after the report", http.StatusNoContent)
+	})
+	t.Run("uncached", func(t *testing.T) {
+		e := newEnv(t, func(s *mender.Server) { s.PollCache = -1 })
+		tok := e.admitted("02:00:00:00:00:08", "SN-8")
+		if code, got, _ := e.do("POST", path, tok, body); code != http.StatusNoContent {
+			t.Fatalf("next without a rollout: %d %s", code, got)
+		}
+		e.rolloutRows("ro_u", e.release("2.0.0", cradle.ReleaseMender, "app-2"), cradle.RolloutRunning, "SN-8", cradle.DeviceStarted, 1)
+		if code, got, _ := e.do("POST", path, tok, body); code != http.StatusOK {
+			t.Fatalf("next after a start, uncached: %d %s", code, got)
+		}
+	})
 }

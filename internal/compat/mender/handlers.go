@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"cradle"
@@ -136,7 +137,7 @@ func (s *Server) nextV2(w http.ResponseWriter, r *http.Request, dev *cradle.Devi
 	body, err := readBody(w, r, MaxNextBytes, "update check")
 	if err == nil {
 		var p Provides
-		if p, err = ParseNextV2(body); err == nil {
+		if p, err = s.checksV2.parse(body, ParseNextV2); err == nil {
 			s.next(w, r, dev, p)
 			return
 		}
@@ -148,7 +149,7 @@ func (s *Server) nextV1Post(w http.ResponseWriter, r *http.Request, dev *cradle.
 	body, err := readBody(w, r, MaxNextBytes, "update check")
 	if err == nil {
 		var p Provides
-		if p, err = ParseNextV1(body); err == nil {
+		if p, err = s.checksV1.parse(body, ParseNextV1); err == nil {
 			s.next(w, r, dev, p)
 			return
 		}
@@ -163,6 +164,46 @@ func (s *Server) nextV1Get(w http.ResponseWriter, r *http.Request, dev *cradle.D
 		return
 	}
 	s.next(w, r, dev, p)
+}
+
+// parsedChecks remembers what update-check bodies said: a device sends the
+// same body at every check until it installs something (and a fleet on one
+// version sends the same one), and decoding it strictly costs a cached check
+// more than anything but the token. Only valid bodies of at most
+// maxParsedCheckBytes are kept, at most maxParsedChecks of them: when full,
+// it starts over.
+type parsedChecks struct {
+	mu sync.RWMutex
+	m  map[string]Provides
+}
+
+const (
+	maxParsedChecks     = 4096
+	maxParsedCheckBytes = 1024
+)
+
+// parse returns what parse makes of body, once per distinct body.
+func (c *parsedChecks) parse(body []byte, parse func([]byte) (Provides, error)) (Provides, error) {
+	if len(body) > maxParsedCheckBytes {
+		return parse(body)
+	}
+	c.mu.RLock()
+	p, ok := c.m[string(body)]
+	c.mu.RUnlock()
+	if ok {
+		return p, nil
+	}
+	p, err := parse(body)
+	if err != nil {
+		return p, err
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxParsedChecks {
+		c.m = make(map[string]Provides)
+	}
+	c.m[string(body)] = p
+	c.mu.Unlock()
+	return p, nil
 }
 
 // deployment is the answer of an update check.
@@ -188,16 +229,18 @@ type source struct {
 // artifact, or for another device type) is reported failed, saying why,
 // and not offered.
 func (s *Server) next(w http.ResponseWriter, r *http.Request, dev *cradle.Device, p Provides) {
-	pu, err := s.Updates.PendingUpdate(r.Context(), dev.Serial, "")
-	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
-		w.WriteHeader(http.StatusNoContent)
-		return
-	}
+	pu, err := s.polls.Fill(dev.TenantID, dev.Serial, s.pollCache(), func() (*cradle.PendingUpdate, error) {
+		pu, err := s.Updates.PendingUpdate(r.Context(), dev.Serial, "")
+		if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+			return nil, nil
+		}
+		return pu, err
+	})
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if pu.RolloutState == cradle.RolloutAborted {
+	if pu == nil || pu.RolloutState == cradle.RolloutAborted {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
@@ -211,6 +254,7 @@ func (s *Server) next(w http.ResponseWriter, r *http.Request, dev *cradle.Device
 	}
 	if refuse != "" {
 		err := s.Updates.ReportUpdate(r.Context(), dev.Serial, cradle.UpdateReport{RolloutID: pu.RolloutID, Attempt: pu.Attempt, State: cradle.UpdateFailed, Reason: refuse})
+		s.polls.Delete(dev.TenantID, dev.Serial)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -260,6 +304,7 @@ func (s *Server) putStatus(w http.ResponseWriter, r *http.Request, dev *cradle.D
 	}
 	current := err == nil && pu.RolloutID == rolloutID && pu.Attempt == attempt
 	if current && pu.RolloutState == cradle.RolloutAborted {
+		s.polls.Delete(dev.TenantID, dev.Serial) // update checks see the abort too
 		s.fail(w, r, cradle.Errorf(cradle.ECONFLICT, "deployment %s was aborted: rollout %s is aborted", DeploymentID(rolloutID, attempt), rolloutID))
 		return
 	}
@@ -269,15 +314,16 @@ func (s *Server) putStatus(w http.ResponseWriter, r *http.Request, dev *cradle.D
 	}
 	// An ended attempt's report is taken and changes nothing (the store
 	// audits it as stale); one of a rollout the device is not in is 404.
-	if err := s.Updates.ReportUpdate(r.Context(), dev.Serial, rep); err != nil {
+	// The update checks' reading is dropped once the report is stored,
+	// before the device hears of it.
+	err = s.Updates.ReportUpdate(r.Context(), dev.Serial, rep)
+	if err == nil && current && rep.State == cradle.UpdateSucceeded {
+		err = s.Updates.ReportSoftware(r.Context(), dev.Serial, pu.Release.SHA256)
+	}
+	s.polls.Delete(dev.TenantID, dev.Serial)
+	if err != nil {
 		s.fail(w, r, err)
 		return
-	}
-	if current && rep.State == cradle.UpdateSucceeded {
-		if err := s.Updates.ReportSoftware(r.Context(), dev.Serial, pu.Release.SHA256); err != nil {
-			s.fail(w, r, err)
-			return
-		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

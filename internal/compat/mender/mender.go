@@ -34,6 +34,15 @@
 // "aborted by the server"; a report on an attempt that has ended is
 // accepted and changes nothing (the client repeats them).
 //
+// Update checks. What deployments/next reads of the device's update
+// (cradle.UpdateService.PendingUpdate) is kept per device for PollCache
+// (DefaultPollCache, 5 s): the device's own status report drops it, after
+// storing, and Invalidate drops it when the rollout scheduler starts the
+// device, so a started device sees its deployment at its next check; an
+// abort, a timeout or another replica's start shows up to PollCache late.
+// The token is checked on every request, and status reports, logs,
+// inventory and logins always go to the store.
+//
 // Errors are Mender's JSON, {"error": "...", "request_id": "..."}, with
 // one status per cradle error code (httpStatus). Bodies are bounded (413)
 // and decoded strictly (400 saying what was wrong).
@@ -51,6 +60,7 @@ import (
 	"time"
 
 	"cradle"
+	"cradle/internal/compat/pollcache"
 )
 
 // Server is the Mender device API. Set the fields, then mount Routes (or
@@ -70,8 +80,35 @@ type Server struct {
 	// TokenTTL is the lifetime of a session token; 0 means
 	// cradle.DefaultMenderTokenTTL.
 	TokenTTL time.Duration
+	// PollCache is how long an update check trusts what it read of the
+	// device's pending update: 0 means DefaultPollCache, a negative value
+	// reads the store on every check.
+	PollCache time.Duration
 	// Logger receives refusals and internal errors; nil discards.
 	Logger *slog.Logger
+
+	// polls holds update checks' readings: the pending update, nil
+	// for none.
+	polls pollcache.Cache[*cradle.PendingUpdate]
+	// checksV1 and checksV2 remember parsed update-check bodies.
+	checksV1, checksV2 parsedChecks
+}
+
+// DefaultPollCache is the default of Server.PollCache.
+const DefaultPollCache = 5 * time.Second
+
+// Invalidate forgets what update checks read of the devices' updates: the
+// rollout scheduler has just started them (its Notify).
+func (s *Server) Invalidate(tenantID int64, serials []string) {
+	s.polls.Invalidate(tenantID, serials)
+}
+
+// pollCache is the TTL of an update check's reading; ≤ 0 when disabled.
+func (s *Server) pollCache() time.Duration {
+	if s.PollCache == 0 {
+		return DefaultPollCache
+	}
+	return s.PollCache
 }
 
 // Request body limits.

@@ -376,6 +376,7 @@ func testMenderAcceptRefusals(t *testing.T, e *Env) {
 	wantCode(t, err, cradle.ECONFLICT, "rma")
 
 	// A preauthorized device sent to RMA before its first request: the
+	// move to rma rejected the set (an operational credential), so the
 	// request is refused and leaves everything as it was.
 	k.newDevice("SN-P", cradle.StateProvisioned)
 	rp := menderRequest(t, "02:00:00:00:01:02", "p")
@@ -384,8 +385,8 @@ func testMenderAcceptRefusals(t *testing.T, e *Env) {
 		t.Fatal(err)
 	}
 	_, _, err = k.ps.MenderAuthenticate(k.sys, rp, time.Hour)
-	wantCode(t, err, cradle.EFORBIDDEN, "rma")
-	if s := must[*cradle.MenderAuthSet](t)(k.ps.FindMenderAuthSet(k.admin, pre.ID)); s.Status != cradle.MenderPreauthorized {
+	wantCode(t, err, cradle.EUNAUTHORIZED, "rma")
+	if s := must[*cradle.MenderAuthSet](t)(k.ps.FindMenderAuthSet(k.admin, pre.ID)); s.Status != cradle.MenderRejected {
 		t.Fatalf("set after a refused login: %+v", s)
 	}
 	if d := k.find("SN-P"); d.Protocol != cradle.ProtocolCradle || d.State != cradle.StateRMA {
@@ -394,7 +395,8 @@ func testMenderAcceptRefusals(t *testing.T, e *Env) {
 	if n := k.count(`SELECT COUNT(*) FROM device_tokens`); n != 0 {
 		t.Fatalf("%d tokens after refused logins", n)
 	}
-	if got := k.lastActions(1); got[0] != "mender.auth.refused" {
+	// A rejected set is answered from a read: the login writes nothing.
+	if got := k.lastActions(1); got[0] != "device.credentials.revoke" {
 		t.Fatalf("audit: %v", got)
 	}
 }
