@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -332,4 +333,17 @@ func testDeviceTokenCleanup(t *testing.T, e *Env) {
 	if l := must[[]*cradle.DeviceToken](t)(k.ps.FindDeviceTokens(k.admin, "SN-1")); len(l) != cradle.MaxPageSize || l[0].ID != fmt.Sprint("dtk_many", cradle.MaxPageSize) {
 		t.Fatalf("listed %d tokens, the first %s", len(l), l[0].ID)
 	}
+}
+
+// acceptedLogin logs a deployed device's Mender client in the way it is
+// admitted: its first request is pending (its MAC does not admit a
+// deployed device), an operator accepts the set for serial, and it logs in.
+func acceptedLogin(t *testing.T, ps *sqlstore.ProtocolService, sys, admin context.Context, req cradle.MenderAuthRequest, serial string) *cradle.IssuedToken {
+	t.Helper()
+	_, _, err := ps.MenderAuthenticate(sys, req, time.Hour)
+	wantCode(t, err, cradle.EUNAUTHORIZED, "pending")
+	set := must[[]*cradle.MenderAuthSet](t)(ps.FindMenderAuthSets(admin, cradle.MenderAuthFilter{Status: ptr(cradle.MenderPending), Limit: 1}))[0]
+	must[*cradle.MenderAuthSet](t)(ps.AcceptMenderAuthSet(admin, set.ID, cradle.MenderAccept{Serial: serial}))
+	tok, _ := login(t)(ps.MenderAuthenticate(sys, req, time.Hour))
+	return tok
 }
