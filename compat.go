@@ -28,17 +28,51 @@ import (
 //     (identity, key) pair is an auth set: pending until an operator
 //     accepts it (binding it to a device, created when needed), rejected,
 //     preauthorized by an operator for a device, or accepted at once when
-//     the identity's MAC address is a MAC of a provisioned or deployed
-//     device of the tenant (the factory record). An accepted set gets
-//     short-lived opaque session tokens.
+//     the identity's MAC address is a MAC of exactly one provisioned
+//     device of the tenant (a factory record not yet in service) that
+//     talks cradle or mender and has no accepted, preauthorized or
+//     rejected set. A deployed device is never admitted by its MAC: a MAC is no
+//     secret, and the device already has its credentials. The server may
+//     turn automatic admission off (mender.auto_admit). An accepted set
+//     gets short-lived opaque session tokens. At most
+//     MaxPendingMenderAuthSets sets of a tenant are pending; sets pending
+//     longer than PendingMenderAuthSetAge are dropped.
+//   - A Mender device names its tenant with a Mender tenant token (kind
+//     tenant), which lets a device ask to be admitted and grants nothing
+//     else.
 //   - hawkBit devices authenticate with a per-device target token, a
 //     per-tenant gateway token, or the device's client certificate on the
-//     mTLS listener. A gateway token also serves as a Mender tenant token.
+//     mTLS listener.
+//   - A device talks one protocol. It never switches between the foreign
+//     ones (mender and hawkbit). It moves from cradle to a foreign one
+//     while it is provisioned, or later only when an operator chose it
+//     (hawkbit when it has a live target token, mender when it has an
+//     accepted auth set) or the device chose it itself, proven by its own
+//     credential, its client certificate (NewContextWithOwnCredential).
+//     A tenant-wide credential (a gateway token) never switches a
+//     deployed device. Other switches are refused (ECONFLICT), audited.
 //   - Tokens are stored as SHA-256 hashes only, expire, and are refused
 //     once revoked, and whenever their device is suspended, in RMA or at
 //     end of life.
 //   - hawkBit action ids are small integers; each names one attempt of one
 //     device in one rollout.
+
+type ownCredentialKey struct{}
+
+// NewContextWithOwnCredential marks a device's request as authenticated
+// by a credential of the device's own (its client certificate), not a
+// tenant-wide one: AdmitDevice may then move a deployed native device to
+// a foreign protocol, which is the device's own choice.
+func NewContextWithOwnCredential(ctx context.Context) context.Context {
+	return context.WithValue(ctx, ownCredentialKey{}, true)
+}
+
+// OwnCredentialFromContext reports whether ctx was marked by
+// NewContextWithOwnCredential.
+func OwnCredentialFromContext(ctx context.Context) bool {
+	v, _ := ctx.Value(ownCredentialKey{}).(bool)
+	return v
+}
 
 // Protocol is how a device talks to Cradle.
 type Protocol string
@@ -74,6 +108,13 @@ const (
 	MaxUpdateLogBytes     = 1 << 20 // one attempt's log, as stored
 	MaxDDIActionID        = 1<<31 - 1
 	DefaultMenderTokenTTL = 24 * time.Hour
+	// MaxPendingMenderAuthSets is how many auth sets of a tenant may be
+	// pending at once; a new pair past it is refused and not stored.
+	MaxPendingMenderAuthSets = 10000
+	// PendingMenderAuthSetAge is how long a pending set is kept: older
+	// ones are dropped when a new one is stored (the device, if still
+	// asking, makes a new one).
+	PendingMenderAuthSetAge = 30 * 24 * time.Hour
 )
 
 // MenderAuthSet is one (identity data, public key) pair a Mender device
@@ -144,7 +185,10 @@ type DeviceTokenKind string
 const (
 	TokenMenderSession DeviceTokenKind = "mender"  // issued to an admitted Mender device at login; short-lived
 	TokenHawkbitTarget DeviceTokenKind = "target"  // a hawkBit TargetToken of one device, made by an operator
-	TokenGateway       DeviceTokenKind = "gateway" // a hawkBit GatewayToken (and Mender tenant token) of a tenant
+	TokenGateway       DeviceTokenKind = "gateway" // a hawkBit GatewayToken of a tenant
+	// TokenMenderTenant is a Mender tenant token: lets devices ask to be
+	// admitted in a tenant; grants nothing else.
+	TokenMenderTenant DeviceTokenKind = "tenant"
 )
 
 // DeviceToken is a device token as stored; its secret is kept only as a
@@ -153,7 +197,7 @@ type DeviceToken struct {
 	// ID is "dtk_" and 16 hex digits.
 	ID           string          `json:"id"`
 	Kind         DeviceTokenKind `json:"kind"`
-	DeviceSerial string          `json:"device_serial,omitempty"` // "" for a gateway token
+	DeviceSerial string          `json:"device_serial,omitempty"` // "" for a gateway or tenant token
 	Name         string          `json:"name,omitempty"`
 	CreatedBy    string          `json:"created_by"`
 	CreatedAt    time.Time       `json:"created_at"`
@@ -168,7 +212,8 @@ type IssuedToken struct {
 }
 
 // DeviceTokenCreate asks an operator's device token: a target token of
-// Serial, or a gateway token (Serial empty) of the actor's tenant.
+// Serial, or a gateway or Mender tenant token (Serial empty) of the
+// actor's tenant.
 type DeviceTokenCreate struct {
 	Kind      DeviceTokenKind `json:"kind"`
 	Serial    string          `json:"serial,omitempty"`
@@ -180,7 +225,7 @@ type DeviceTokenCreate struct {
 type DeviceTokenAuth struct {
 	Token    DeviceToken
 	TenantID int64
-	// Device is the token's device; nil for a gateway token.
+	// Device is the token's device; nil for a gateway or tenant token.
 	Device *Device
 }
 
@@ -216,13 +261,15 @@ type ProtocolService interface {
 	// MenderAuthenticate admits a verified auth request in the actor's
 	// tenant (a system actor of that tenant). A new (identity, key) pair
 	// is stored as a pending set, or accepted at once (bound to the
-	// device) when req.MAC is a MAC of a provisioned or deployed device;
-	// a preauthorized set becomes accepted. For an accepted set it records
-	// the device's protocol, moves a provisioned device to deployed (as
-	// the device), and issues a session token valid for ttl.
-	// EUNAUTHORIZED saying the set is pending or rejected; EFORBIDDEN when
-	// the device is suspended, in RMA or at end of life; EINVALID for a
-	// malformed request.
+	// device) when automatic admission is on and req.MAC is a MAC of one
+	// provisioned device (see the rules above); a preauthorized set
+	// becomes accepted. For an accepted set it records the device's
+	// protocol, moves a provisioned device to deployed (as the device),
+	// and issues a session token valid for ttl; the set's tokens revoked
+	// more than a day ago are deleted. EUNAUTHORIZED saying the set is
+	// pending or rejected, or that the tenant has too many pending sets;
+	// EFORBIDDEN when the device is suspended, in RMA or at end of life;
+	// EINVALID for a malformed request.
 	MenderAuthenticate(ctx context.Context, req MenderAuthRequest, ttl time.Duration) (*IssuedToken, *Device, error)
 	// FindMenderAuthSets lists auth sets. Needs PermDeviceRead.
 	FindMenderAuthSets(ctx context.Context, f MenderAuthFilter) ([]*MenderAuthSet, error)
@@ -244,29 +291,40 @@ type ProtocolService interface {
 	// ENOTFOUND (device), ECONFLICT (the pair is already known).
 	PreauthorizeMender(ctx context.Context, p MenderPreauth) (*MenderAuthSet, error)
 
-	// CreateDeviceToken makes a target or gateway token. Needs
-	// PermTokenWrite. EINVALID, ENOTFOUND (device).
+	// CreateDeviceToken makes a target, gateway or Mender tenant token.
+	// Needs PermTokenWrite. EINVALID, ENOTFOUND (device).
 	CreateDeviceToken(ctx context.Context, c DeviceTokenCreate) (*IssuedToken, error)
 	// FindDeviceTokens lists a device's tokens (serial "" lists the
-	// tenant's gateway tokens), newest first. Needs PermTokenRead.
+	// tenant's gateway and Mender tenant tokens), newest first, at most
+	// MaxPageSize. Needs PermTokenRead.
 	FindDeviceTokens(ctx context.Context, serial string) ([]*DeviceToken, error)
 	// RevokeDeviceToken revokes one token of the tenant; revoking twice is
 	// a no-op. Needs PermTokenWrite. ENOTFOUND.
 	RevokeDeviceToken(ctx context.Context, id string) error
 	// RevokeDeviceTokens revokes every live token of a device and returns
-	// how many. Needs PermTokenWrite. ENOTFOUND.
+	// how many. It also rejects the device's accepted and preauthorized
+	// Mender auth sets (reason "tokens revoked"), in the same transaction,
+	// so its Mender client cannot log in again until an operator accepts
+	// a key. Needs PermTokenWrite. ENOTFOUND.
 	RevokeDeviceTokens(ctx context.Context, serial string) (int, error)
 	// AuthenticateDeviceToken checks a token string across tenants (a
 	// system actor of tenant 0). EUNAUTHORIZED when it is malformed,
 	// unknown, expired or revoked, and EFORBIDDEN when its device is
 	// suspended, in RMA or at end of life; the message says which, and the
-	// refusal is audited in the token's tenant when it is known.
+	// refusal is audited in the token's tenant when it is known (at most
+	// once a minute per token and process; the next audit row counts the
+	// ones left out).
 	AuthenticateDeviceToken(ctx context.Context, secret string) (*DeviceTokenAuth, error)
 
 	// AdmitDevice records that a device (the actor, for itself) talks
 	// protocol p, and moves it from provisioned to deployed, audited.
 	// Cheap when nothing changes: it writes only on a change. ECONFLICT
-	// when the device is in another state than provisioned or deployed.
+	// when the device is in another state than provisioned or deployed,
+	// or the switch of protocol is not allowed (see the rules above:
+	// never mender ↔ hawkbit; cradle → either only while provisioned,
+	// when an operator chose it, or when ctx carries the device's own
+	// credential). Refusals are audited, at most once a minute per device
+	// and process.
 	AdmitDevice(ctx context.Context, serial string, p Protocol) (*Device, error)
 
 	// SetDeviceAttributes stores inventory attributes: replace drops the

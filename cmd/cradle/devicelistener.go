@@ -176,7 +176,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	if err != nil {
 		return nil, err
 	}
-	d.protocols = tokencache.Wrap(sqlstore.NewProtocolService(db))
+	d.protocols = tokencache.Wrap(sqlstore.NewProtocolService(db).SetMenderAutoAdmit(cfg.Mender.AutoAdmit))
 	d.mender = mountMender(cfg, listener, d.protocols, d.updates, tenants.FindTenantByName, logger)
 	d.hawkbit = mountHawkbit(cfg, db, d.protocols, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
 

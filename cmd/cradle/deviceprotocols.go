@@ -284,12 +284,14 @@ PUBLIC KEY-----"), RSA of 2048 bits or more, ECDSA P-256 or Ed25519; - reads std
 func (a *app) deviceTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
-		Short: "Create, list and revoke hawkBit device tokens (target and gateway)",
+		Short: "Create, list and revoke device tokens (hawkBit target and gateway, Mender tenant)",
 		Long: `Device tokens authenticate hawkBit DDI clients (SWUpdate's suricatta,
 rauc-hawkbit-updater): a target token belongs to one device and is sent as
-"Authorization: TargetToken <secret>"; a gateway token belongs to the tenant,
-is sent as "Authorization: GatewayToken <secret>" by any of its devices, and
-also serves as a Mender tenant token. Only a hash of each secret is stored.
+"Authorization: TargetToken <secret>"; a gateway token belongs to the tenant
+and is sent as "Authorization: GatewayToken <secret>" by any of its devices.
+A Mender tenant token (--mender-tenant) goes into mender.conf as TenantToken:
+it names the tenant a Mender device asks to be admitted in, and grants
+nothing else. Only a hash of each secret is stored.
 Mender session tokens, which the server issues at login, are listed too.
 Creating and revoking needs an admin token; admins and auditors may list.
 API tokens for people and scripts are "cradle token".`,
@@ -300,28 +302,31 @@ API tokens for people and scripts are "cradle token".`,
 
 func (a *app) deviceTokenCreateCmd() *cobra.Command {
 	var (
-		serial, name string
-		gateway      bool
-		expires      time.Duration
-		jsonFlag     bool
+		serial, name          string
+		gateway, menderTenant bool
+		expires               time.Duration
+		jsonFlag              bool
 	)
 	cmd := &cobra.Command{
-		Use:   "create (--serial SERIAL | --gateway) [--name NAME] [--expires DURATION]",
-		Short: "Create a target token of a device or a gateway token; its secret is shown once",
+		Use:   "create (--serial SERIAL | --gateway | --mender-tenant) [--name NAME] [--expires DURATION]",
+		Short: "Create a target token of a device, a gateway token or a Mender tenant token; its secret is shown once",
 		Example: `  cradle device token create --serial SN-0001 --name suricatta
-  cradle device token create --gateway --name line-3 --expires 8760h`,
+  cradle device token create --gateway --name line-3 --expires 8760h
+  cradle device token create --mender-tenant --name fleet`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := cradle.DeviceTokenCreate{Name: name}
 			switch {
-			case gateway && serial != "":
-				return errors.New("give either --serial (a target token of that device) or --gateway (a token of the tenant), not both")
+			case btoi(gateway)+btoi(menderTenant)+btoi(serial != "") > 1:
+				return errors.New("give one of --serial (a target token of that device), --gateway or --mender-tenant (tokens of the tenant)")
 			case gateway:
 				c.Kind = cradle.TokenGateway
+			case menderTenant:
+				c.Kind = cradle.TokenMenderTenant
 			case serial != "":
 				c.Kind, c.Serial = cradle.TokenHawkbitTarget, serial
 			default:
-				return errors.New("say whose token: --serial SERIAL for a device's target token, or --gateway for the tenant's gateway token")
+				return errors.New("say whose token: --serial SERIAL for a device's target token, --gateway for the tenant's gateway token, or --mender-tenant for its Mender tenant token")
 			}
 			if expires < 0 {
 				return fmt.Errorf("--expires %s is negative", expires)
@@ -346,7 +351,8 @@ func (a *app) deviceTokenCreateCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&serial, "serial", "", "the device of a target token")
-	f.BoolVar(&gateway, "gateway", false, "a gateway token of your tenant, for any of its devices")
+	f.BoolVar(&gateway, "gateway", false, "a hawkBit gateway token of your tenant, for any of its devices")
+	f.BoolVar(&menderTenant, "mender-tenant", false, "a Mender tenant token of your tenant: lets devices ask to be admitted, nothing else")
 	f.StringVar(&name, "name", "", "a label for people, e.g. what uses it")
 	f.DurationVar(&expires, "expires", 0, "lifetime, e.g. 720h (default: never expires)")
 	f.BoolVar(&jsonFlag, "json", false, `print {"token":{…},"secret":"…"}`)
@@ -364,12 +370,23 @@ func writeDeviceTokenCreated(w io.Writer, it *cradle.IssuedToken) error {
 	if err := t.flush(); err != nil {
 		return err
 	}
+	if it.Token.Kind == cradle.TokenMenderTenant {
+		_, err := fmt.Fprintf(w, "\nThe secret is shown only this once. Put it in the device's mender.conf as\n\"TenantToken\": \"<secret>\"\n")
+		return err
+	}
 	scheme := "TargetToken"
 	if it.Token.Kind == cradle.TokenGateway {
 		scheme = "GatewayToken"
 	}
 	_, err := fmt.Fprintf(w, "\nThe secret is shown only this once; keep it safe. The device sends it as\nAuthorization: %s <secret>\n", scheme)
 	return err
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // deviceTokenList is the API's listing object, and --json's output.
@@ -394,7 +411,7 @@ func (a *app) deviceTokenListCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "list [--serial SERIAL]",
-		Short: "List a device's tokens, or without --serial the tenant's gateway tokens",
+		Short: "List a device's tokens, or without --serial the tenant's gateway and Mender tenant tokens",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := a.client()
@@ -420,7 +437,7 @@ func (a *app) deviceTokenListCmd() *cobra.Command {
 			return t.flush()
 		},
 	}
-	cmd.Flags().StringVar(&serial, "serial", "", "the device whose tokens to list (default: the tenant's gateway tokens)")
+	cmd.Flags().StringVar(&serial, "serial", "", "the device whose tokens to list (default: the tenant's gateway and Mender tenant tokens)")
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, `print {"tokens":[…]}`)
 	return cmd
 }
@@ -435,8 +452,11 @@ func (a *app) deviceTokenRevokeCmd() *cobra.Command {
 		Use:   "revoke ID | --serial SERIAL --all",
 		Short: "Revoke a device token, or every token of a device",
 		Long: `Revoke one device token by its id, or with --serial and --all every live token
-of a device (its target tokens and Mender sessions). Requests with a revoked
-token are refused from then on; revoking a revoked token changes nothing.`,
+of a device (its target tokens and Mender sessions). --all also rejects the
+device's accepted and preauthorized Mender keys (reason "tokens revoked"), so
+its Mender client cannot log in again until you accept a key
+(cradle device mender accept). Requests with a revoked token are refused from
+then on; revoking a revoked token changes nothing.`,
 		Example: `  cradle device token revoke dtk_0123456789abcdef
   cradle device token revoke --serial SN-0001 --all`,
 		Args: cobra.MaximumNArgs(1),

@@ -199,7 +199,17 @@ func TestDeviceProtocolCLI(t *testing.T) {
 	cliFails("add --all", "device", "token", "revoke", "--serial", "HB-1")
 	cliFails("not both", "device", "token", "revoke", it.Token.ID, "--serial", "HB-1", "--all")
 	cliFails("say whose token", "device", "token", "create")
-	cliFails("not both", "device", "token", "create", "--serial", "HB-1", "--gateway")
+	cliFails("give one of", "device", "token", "create", "--serial", "HB-1", "--gateway")
+	cliFails("give one of", "device", "token", "create", "--gateway", "--mender-tenant")
+	// A Mender tenant token: for mender.conf, the tenant's, listed with the
+	// gateway token.
+	tenantOut := cli("device", "token", "create", "--mender-tenant", "--name", "fleet")
+	if !strings.Contains(tenantOut, `"TenantToken": "<secret>"`) || !slices.ContainsFunc(tableRows(tenantOut), func(r []string) bool { return r[0] == "kind:" && r[1] == "tenant" }) {
+		t.Errorf("tenant token create printed:\n%s", tenantOut)
+	}
+	if l := decodeJSON[deviceTokenList](t, cli("device", "token", "list", "--json")); len(l.Tokens) != 2 || l.Tokens[0].Kind != cradle.TokenMenderTenant {
+		t.Errorf("tenant-wide tokens: %+v", l.Tokens)
+	}
 	if got := cli("device", "token", "revoke", "--serial", "HB-1", "--all"); got != "revoked 1 token of device HB-1\n" {
 		t.Errorf("revoke --all printed %q", got)
 	}

@@ -28,10 +28,11 @@ type MenderConfig struct {
 	DefaultTenant string        // mender.default_tenant: the tenant of devices that send no tenant token
 	TokenTTL      time.Duration // mender.token_ttl: the lifetime of a Mender session token
 	PollCache     time.Duration // mender.poll_cache: how long an update check trusts its reading of the device's update; 0 disables
+	AutoAdmit     bool          // mender.auto_admit: admit a new key by the MAC of a provisioned device
 }
 
 func defaultMenderConfig() MenderConfig {
-	return MenderConfig{Enabled: true, DefaultTenant: "default", TokenTTL: cradle.DefaultMenderTokenTTL, PollCache: mender.DefaultPollCache}
+	return MenderConfig{Enabled: true, DefaultTenant: "default", TokenTTL: cradle.DefaultMenderTokenTTL, PollCache: mender.DefaultPollCache, AutoAdmit: true}
 }
 
 // The mender.* settings join the configuration table here, so that the
@@ -91,6 +92,19 @@ func init() {
 				return nil
 			},
 			get: func(c *Config) string { return c.Mender.PollCache.String() },
+		},
+		{
+			key: "mender.auto_admit", env: "CRADLE_MENDER_AUTO_ADMIT", flag: "mender-auto-admit",
+			usage: "admit a new Mender key at once when its MAC is a provisioned device's (never a deployed one); false: an operator accepts every key",
+			set: func(c *Config, v string) error {
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return fmt.Errorf("%q is not true or false", v)
+				}
+				c.Mender.AutoAdmit = b
+				return nil
+			},
+			get: func(c *Config) string { return strconv.FormatBool(c.Mender.AutoAdmit) },
 		},
 	}...)
 }

@@ -337,7 +337,8 @@ func (c *Client) PreauthorizeMender(ctx context.Context, p cradle.MenderPreauth)
 	return sendJSON[cradle.MenderAuthSet](ctx, c, http.MethodPost, "/api/v1/mender/preauthorizations", p)
 }
 
-// CreateDeviceToken makes a hawkBit target or gateway token, as
+// CreateDeviceToken makes a hawkBit target or gateway token or a Mender
+// tenant token, as
 // cradle.ProtocolService; the answer holds its secret, which the server
 // shows only this once.
 func (c *Client) CreateDeviceToken(ctx context.Context, dc cradle.DeviceTokenCreate) (*cradle.IssuedToken, error) {
@@ -345,7 +346,7 @@ func (c *Client) CreateDeviceToken(ctx context.Context, dc cradle.DeviceTokenCre
 }
 
 // FindDeviceTokens lists a device's tokens (serial "": the tenant's
-// gateway tokens), as cradle.ProtocolService.
+// gateway and Mender tenant tokens), as cradle.ProtocolService.
 func (c *Client) FindDeviceTokens(ctx context.Context, serial string) ([]*cradle.DeviceToken, error) {
 	q := url.Values{}
 	if serial != "" {
@@ -364,7 +365,8 @@ func (c *Client) RevokeDeviceToken(ctx context.Context, id string) error {
 }
 
 // RevokeDeviceTokens revokes every live token of a device and returns how
-// many, as cradle.ProtocolService.
+// many, and rejects its accepted and preauthorized Mender auth sets, as
+// cradle.ProtocolService.
 func (c *Client) RevokeDeviceTokens(ctx context.Context, serial string) (int, error) {
 	var out TokensRevoked
 	if err := c.do(ctx, http.MethodPost, devicePath(serial)+"/tokens/revoke", nil, nil, &out); err != nil {

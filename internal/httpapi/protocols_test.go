@@ -290,8 +290,8 @@ func TestMenderAuthSetRoutes(t *testing.T) {
 	}
 }
 
-// TestDeviceTokenRoutes creates, lists and revokes target and gateway
-// tokens through the Go client, and checks each against the store's
+// TestDeviceTokenRoutes creates, lists and revokes target, gateway and
+// Mender tenant tokens through the Go client, and checks each against the store's
 // authentication of device tokens.
 func TestDeviceTokenRoutes(t *testing.T) {
 	e := newEnv(t)
@@ -317,14 +317,21 @@ func TestDeviceTokenRoutes(t *testing.T) {
 	if err != nil || gw.Token.DeviceSerial != "" || gw.Token.Kind != cradle.TokenGateway {
 		t.Fatalf("gateway token: %+v, %v", gw, err)
 	}
+	tt, err := admin.CreateDeviceToken(ctx, cradle.DeviceTokenCreate{Kind: cradle.TokenMenderTenant, Name: "fleet"})
+	if err != nil || tt.Token.DeviceSerial != "" || tt.Token.Kind != cradle.TokenMenderTenant {
+		t.Fatalf("tenant token: %+v, %v", tt, err)
+	}
+	if auth, err := e.api.Protocols.AuthenticateDeviceToken(sys, tt.Secret); err != nil || auth.Token.Kind != cradle.TokenMenderTenant || auth.Device != nil {
+		t.Fatalf("authenticating the tenant token: %+v, %v", auth, err)
+	}
 
 	// Listings never carry secrets.
 	toks, err := admin.FindDeviceTokens(ctx, "HB-1")
 	if err != nil || len(toks) != 1 || toks[0].ID != it.Token.ID {
 		t.Errorf("tokens of HB-1: %+v, %v", toks, err)
 	}
-	if gws, err := e.client(cradle.RoleAuditor).FindDeviceTokens(ctx, ""); err != nil || len(gws) != 1 || gws[0].ID != gw.Token.ID {
-		t.Errorf("gateway tokens: %+v, %v", gws, err)
+	if gws, err := e.client(cradle.RoleAuditor).FindDeviceTokens(ctx, ""); err != nil || len(gws) != 2 || gws[0].ID != tt.Token.ID || gws[1].ID != gw.Token.ID {
+		t.Errorf("tenant-wide tokens: %+v, %v", gws, err)
 	}
 	resp := e.doJSON("GET", "/api/v1/device-tokens?serial=HB-1", e.tokens[cradle.RoleAdmin], "")
 	if resp.status != 200 || strings.Contains(string(resp.body), it.Secret[len(it.Token.ID)+1:]) || strings.Contains(string(resp.body), "secret") {
@@ -337,6 +344,7 @@ func TestDeviceTokenRoutes(t *testing.T) {
 		want                     string
 	}{
 		{"unknown kind", "POST", "/api/v1/device-tokens", `{"kind":"mender","serial":"HB-1"}`, 400, ""},
+		{"tenant token of a device", "POST", "/api/v1/device-tokens", `{"kind":"tenant","serial":"HB-1"}`, 400, "tenant's"},
 		{"unknown field", "POST", "/api/v1/device-tokens", `{"kind":"target","serial":"HB-1","secret":"mine"}`, 400, "secret"},
 		{"unknown device", "POST", "/api/v1/device-tokens", `{"kind":"target","serial":"HB-NONE"}`, 404, ""},
 		{"unknown parameter", "GET", "/api/v1/device-tokens?device=HB-1", "", 400, `unknown query parameter "device"`},

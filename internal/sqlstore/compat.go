@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -30,20 +31,53 @@ import (
 //     rejected, preauthorized) is audited, but a device that asks again
 //     while its set is pending or rejected writes nothing: the refusal was
 //     recorded when the set got that status, and a device retrying every
-//     few minutes must not grow the audit log;
+//     few minutes must not grow the audit log. A tenant keeps at most
+//     cradle.MaxPendingMenderAuthSets pending sets; a new pending set
+//     first drops those older than cradle.PendingMenderAuthSetAge;
 //   - device tokens are "<public id>.<secret>"; only the SHA-256 of the
 //     whole string is stored. Checking one is one read, and writes only
-//     when it is refused;
+//     when it is refused, at most once a minute per token (refusals);
 //   - a device's protocol, its move from provisioned to deployed (as the
 //     device itself, in its history) and its inventory are written only
 //     when they change;
 //   - hawkBit action ids are rows of ddi_actions, numbered by the database.
-type ProtocolService struct{ db *DB }
+type ProtocolService struct {
+	db *DB
+	// noAutoAdmit turns off the admission of a new Mender auth set by
+	// the MAC of a provisioned device (mender.auto_admit false).
+	noAutoAdmit bool
+	// refusals limits the audit rows of repeated refusals.
+	refusals refusalLimiter
+}
 
 var _ cradle.ProtocolService = (*ProtocolService)(nil)
 
-// NewProtocolService returns the Mender and hawkBit store of db.
+// NewProtocolService returns the Mender and hawkBit store of db, with
+// automatic admission of Mender devices by MAC on.
 func NewProtocolService(db *DB) *ProtocolService { return &ProtocolService{db: db} }
+
+// SetMenderAutoAdmit turns automatic admission of Mender devices by the
+// MAC of a provisioned device on or off (the server setting
+// mender.auto_admit); off, every new auth set waits for an operator. Call
+// it before the service is used. It returns s.
+func (s *ProtocolService) SetMenderAutoAdmit(on bool) *ProtocolService {
+	s.noAutoAdmit = !on
+	return s
+}
+
+// refuseLimited audits a refusal as db.refuse does, but at most once a
+// minute per key in this process; the audited row counts the refusals
+// left out since the last one ("not_audited").
+func (s *ProtocolService) refuseLimited(ctx context.Context, key string, tenantID int64, actor string, ev cradle.AuditEvent, err error) error {
+	ok, skipped := s.refusals.allow(key, s.db.now())
+	if !ok {
+		return err
+	}
+	if d, isMap := ev.Details.(map[string]string); isMap && skipped > 0 {
+		d["not_audited"] = strconv.Itoa(skipped)
+	}
+	return s.db.refuse(ctx, tenantID, actor, ev, err)
+}
 
 // Device tokens: "dtk_" and 16 hex digits (the public id), '.', and 43
 // base64url characters (32 random bytes).
@@ -300,8 +334,12 @@ func (s *ProtocolService) MenderAuthenticate(ctx context.Context, req cradle.Men
 			return err
 		}
 		if set == nil {
-			if set, err = tx.newAuthSet(ctx, a, req, idSum); err != nil {
+			if set, err = tx.newAuthSet(ctx, a, req, idSum, !s.noAutoAdmit); err != nil {
 				return err
+			}
+			if set == nil {
+				answer = tooManyPending()
+				return nil
 			}
 		}
 		switch set.Status {
@@ -354,15 +392,18 @@ func (s *ProtocolService) MenderAuthenticate(ctx context.Context, req cradle.Men
 		if err != nil {
 			return err
 		}
-		if _, err := tx.exec(ctx, `DELETE FROM device_tokens WHERE auth_set_id = ? AND kind = ? AND expires_at < ?`,
-			set.id, string(cradle.TokenMenderSession), micros(tx.now.Add(-staleSessionAge))); err != nil {
+		// The set's old tokens go: sessions expired, and tokens revoked,
+		// more than a day ago.
+		stale := micros(tx.now.Add(-staleSessionAge))
+		if _, err := tx.exec(ctx, `DELETE FROM device_tokens WHERE auth_set_id = ? AND ((kind = ? AND expires_at < ?) OR revoked_at < ?)`,
+			set.id, string(cradle.TokenMenderSession), stale, stale); err != nil {
 			return fmt.Errorf("sqlstore: mender auth: stale tokens: %w", err)
 		}
 		dev = d
 		return nil
 	})
 	if forbidden != nil {
-		return nil, nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "mender.auth.refused", Subject: authSetSubject(refusedSet),
+		return nil, nil, s.refuseLimited(ctx, "mender_auth_set:"+refusedSet, a.TenantID, a.String(), cradle.AuditEvent{Action: "mender.auth.refused", Subject: authSetSubject(refusedSet),
 			Details: map[string]string{"device": refusedSerial, "reason": cradle.ErrorMessage(forbidden)}}, forbidden)
 	}
 	if err != nil {
@@ -374,11 +415,18 @@ func (s *ProtocolService) MenderAuthenticate(ctx context.Context, req cradle.Men
 	return out, dev, nil
 }
 
+func tooManyPending() error {
+	return cradle.Errorf(cradle.EUNAUTHORIZED, "this tenant already has %d pending Mender auth sets, the most kept: an operator must accept or reject some (cradle device mender list --status pending) before new devices can ask", cradle.MaxPendingMenderAuthSets)
+}
+
 // newAuthSet stores the first request of an (identity, key) pair: accepted
-// and bound when its MAC names exactly one provisioned or deployed device
-// of the tenant that talks cradle or mender and has no accepted or rejected
-// set, else pending.
-func (tx *Tx) newAuthSet(ctx context.Context, a cradle.Actor, req cradle.MenderAuthRequest, idSum string) (*authSet, error) {
+// and bound when auto is on and its MAC names exactly one provisioned
+// device of the tenant that talks cradle or mender and has no accepted or
+// preauthorized set, else pending. A pending set first drops the tenant's
+// pending sets older than cradle.PendingMenderAuthSetAge; it returns nil,
+// having written nothing else, when the tenant has
+// cradle.MaxPendingMenderAuthSets pending sets already.
+func (tx *Tx) newAuthSet(ctx context.Context, a cradle.Actor, req cradle.MenderAuthRequest, idSum string, auto bool) (*authSet, error) {
 	pub, err := newPublicID("mas_")
 	if err != nil {
 		return nil, err
@@ -386,8 +434,13 @@ func (tx *Tx) newAuthSet(ctx context.Context, a cradle.Actor, req cradle.MenderA
 	set := &authSet{MenderAuthSet: cradle.MenderAuthSet{ID: pub, IDData: req.IDData, PublicKey: req.PublicKey, KeyFingerprint: req.KeyFingerprint,
 		Status: cradle.MenderPending, CreatedAt: tx.now, UpdatedAt: tx.now}}
 	var match *cradle.Device
-	if req.MAC != "" {
+	if auto && req.MAC != "" {
 		if match, err = tx.autoAdmitDevice(ctx, a.TenantID, req.MAC); err != nil {
+			return nil, err
+		}
+	}
+	if match == nil {
+		if full, err := tx.makeRoomForPending(ctx, a); err != nil || full {
 			return nil, err
 		}
 	}
@@ -412,12 +465,39 @@ func (tx *Tx) newAuthSet(ctx context.Context, a cradle.Actor, req cradle.MenderA
 	return set, nil
 }
 
+// makeRoomForPending drops the tenant's pending sets older than
+// cradle.PendingMenderAuthSetAge (audited, one row) and reports whether
+// cradle.MaxPendingMenderAuthSets are still pending. Pending sets have
+// no tokens, so nothing refers to them.
+func (tx *Tx) makeRoomForPending(ctx context.Context, a cradle.Actor) (full bool, err error) {
+	res, err := tx.exec(ctx, `DELETE FROM mender_auth_sets WHERE tenant_id = ? AND status = ? AND updated_at < ?`,
+		a.TenantID, string(cradle.MenderPending), micros(tx.now.Add(-cradle.PendingMenderAuthSetAge)))
+	if err != nil {
+		return false, fmt.Errorf("sqlstore: mender auth: drop old pending sets: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "mender.auth.expired", Subject: "mender_auth_sets",
+			Details: map[string]any{"dropped": n, "pending_for_more_than": cradle.PendingMenderAuthSetAge.String()}}); err != nil {
+			return false, err
+		}
+	}
+	var pending int
+	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM mender_auth_sets WHERE tenant_id = ? AND status = ? LIMIT ?) p`,
+		a.TenantID, string(cradle.MenderPending), cradle.MaxPendingMenderAuthSets).Scan(&pending); err != nil {
+		return false, fmt.Errorf("sqlstore: mender auth: pending sets: %w", err)
+	}
+	return pending >= cradle.MaxPendingMenderAuthSets, nil
+}
+
 // autoAdmitDevice returns the one device a new auth set with this MAC is
-// accepted for, or nil.
+// accepted for, or nil. Only a provisioned device qualifies: a factory
+// record not yet in service, whose first key this is. A deployed device
+// has its credentials already, and a MAC is no secret: admitting by it
+// would hand the device to whoever sends its MAC.
 func (tx *Tx) autoAdmitDevice(ctx context.Context, tenantID int64, mac string) (*cradle.Device, error) {
 	// macs is a JSON array of normalized MACs, so the quoted MAC finds
 	// the candidates; the decoded list confirms them.
-	rows, err := tx.query(ctx, `SELECT `+deviceCols+` FROM devices WHERE tenant_id = ? AND state IN ('provisioned', 'deployed') AND protocol IN ('cradle', 'mender') AND macs LIKE ?`,
+	rows, err := tx.query(ctx, `SELECT `+deviceCols+` FROM devices WHERE tenant_id = ? AND state = 'provisioned' AND protocol IN ('cradle', 'mender') AND macs LIKE ?`,
 		tenantID, `%"`+mac+`"%`)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: mender auth: devices by mac: %w", err)
@@ -441,14 +521,15 @@ func (tx *Tx) autoAdmitDevice(ctx context.Context, tenantID int64, mac string) (
 		return nil, nil
 	}
 	var n int
-	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status IN (?, ?)`,
-		tenantID, found[0].ID, string(cradle.MenderAccepted), string(cradle.MenderRejected)).Scan(&n); err != nil {
+	if err := tx.queryRow(ctx, `SELECT COUNT(*) FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status IN (?, ?, ?)`,
+		tenantID, found[0].ID, string(cradle.MenderAccepted), string(cradle.MenderPreauthorized), string(cradle.MenderRejected)).Scan(&n); err != nil {
 		return nil, fmt.Errorf("sqlstore: mender auth: %w", err)
 	}
 	if n > 0 {
-		// A second key of an admitted device waits for an operator, and
-		// so does a new key of a device whose key was rejected (revoked,
-		// returned for repair): its MAC alone does not admit it again.
+		// A second key of an admitted (or preauthorized) device waits
+		// for an operator, and so does a new key of a device whose key
+		// was rejected (revoked, returned for repair): its MAC alone does
+		// not admit it again.
 		return nil, nil
 	}
 	return found[0], nil
@@ -575,7 +656,7 @@ func (s *ProtocolService) AcceptMenderAuthSet(ctx context.Context, id string, ac
 			return refused
 		}
 		// One key per device: the set accepted before is rejected.
-		if err := tx.rejectOtherSets(ctx, a, d, set); err != nil {
+		if _, err := tx.rejectDeviceSets(ctx, a, d, set.id, "superseded by "+set.ID, cradle.MenderAccepted); err != nil {
 			return err
 		}
 		prev := set.Status
@@ -618,13 +699,18 @@ func (tx *Tx) createMenderDevice(ctx context.Context, a cradle.Actor, set *authS
 	return tx.createDevice(ctx, a, &c, enc, cradle.ProtocolMender)
 }
 
-// rejectOtherSets rejects the sets accepted for device d other than keep,
-// and revokes their tokens.
-func (tx *Tx) rejectOtherSets(ctx context.Context, a cradle.Actor, d *cradle.Device, keep *authSet) error {
-	rows, err := tx.query(ctx, `SELECT id, public_id FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status = ? AND id <> ? ORDER BY id`,
-		d.TenantID, d.ID, string(cradle.MenderAccepted), keep.id)
+// rejectDeviceSets rejects the sets of device d in one of statuses, other
+// than the set of internal id keep (0: none), revokes their tokens, audits
+// each, and returns how many it rejected.
+func (tx *Tx) rejectDeviceSets(ctx context.Context, a cradle.Actor, d *cradle.Device, keep int64, reason string, statuses ...cradle.MenderAuthStatus) (int, error) {
+	q := `SELECT id, public_id FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND id <> ? AND status IN (?` + strings.Repeat(", ?", len(statuses)-1) + `) ORDER BY id`
+	args := []any{d.TenantID, d.ID, keep}
+	for _, st := range statuses {
+		args = append(args, string(st))
+	}
+	rows, err := tx.query(ctx, q, args...)
 	if err != nil {
-		return fmt.Errorf("sqlstore: mender auth sets: %w", err)
+		return 0, fmt.Errorf("sqlstore: mender auth sets: %w", err)
 	}
 	type old struct {
 		id  int64
@@ -635,30 +721,29 @@ func (tx *Tx) rejectOtherSets(ctx context.Context, a cradle.Actor, d *cradle.Dev
 		var o old
 		if err := rows.Scan(&o.id, &o.pub); err != nil {
 			rows.Close()
-			return fmt.Errorf("sqlstore: mender auth sets: %w", err)
+			return 0, fmt.Errorf("sqlstore: mender auth sets: %w", err)
 		}
 		olds = append(olds, o)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("sqlstore: mender auth sets: %w", err)
+		return 0, fmt.Errorf("sqlstore: mender auth sets: %w", err)
 	}
 	for _, o := range olds {
-		reason := "superseded by " + keep.ID
 		if _, err := tx.exec(ctx, `UPDATE mender_auth_sets SET status = ?, decided_by = ?, reason = ?, updated_at = ? WHERE id = ?`,
 			string(cradle.MenderRejected), a.String(), reason, micros(tx.now), o.id); err != nil {
-			return fmt.Errorf("sqlstore: mender auth sets: %w", err)
+			return 0, fmt.Errorf("sqlstore: mender auth sets: %w", err)
 		}
 		n, err := tx.revokeSetTokens(ctx, o.id)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "mender.auth.rejected", Subject: authSetSubject(o.pub),
 			Details: map[string]any{"device": d.Serial, "reason": reason, "tokens_revoked": n}}); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return len(olds), nil
 }
 
 // RejectMenderAuthSet rejects a set and revokes its session tokens.
@@ -815,7 +900,7 @@ func (tx *Tx) insertDeviceToken(ctx context.Context, a cradle.Actor, kind cradle
 	return &cradle.IssuedToken{Token: tok, Secret: secret}, nil
 }
 
-// CreateDeviceToken makes a target or gateway token.
+// CreateDeviceToken makes a target, gateway or Mender tenant token.
 func (s *ProtocolService) CreateDeviceToken(ctx context.Context, c cradle.DeviceTokenCreate) (*cradle.IssuedToken, error) {
 	a, err := s.db.authorize(ctx, cradle.PermTokenWrite, "device.token.create", "device_token:new")
 	if err != nil {
@@ -824,10 +909,10 @@ func (s *ProtocolService) CreateDeviceToken(ctx context.Context, c cradle.Device
 	switch {
 	case c.Kind == cradle.TokenHawkbitTarget && c.Serial == "":
 		return nil, cradle.Errorf(cradle.EINVALID, "a target token needs the serial of its device")
-	case c.Kind == cradle.TokenGateway && c.Serial != "":
-		return nil, cradle.Errorf(cradle.EINVALID, "a gateway token is the tenant's, not a device's: leave the serial empty")
-	case c.Kind != cradle.TokenHawkbitTarget && c.Kind != cradle.TokenGateway:
-		return nil, cradle.Errorf(cradle.EINVALID, "invalid token kind %q: use target or gateway (Mender session tokens are issued at login)", clip(string(c.Kind), 40))
+	case (c.Kind == cradle.TokenGateway || c.Kind == cradle.TokenMenderTenant) && c.Serial != "":
+		return nil, cradle.Errorf(cradle.EINVALID, "a %s token is the tenant's, not a device's: leave the serial empty", c.Kind)
+	case c.Kind != cradle.TokenHawkbitTarget && c.Kind != cradle.TokenGateway && c.Kind != cradle.TokenMenderTenant:
+		return nil, cradle.Errorf(cradle.EINVALID, "invalid token kind %q: use target, gateway or tenant (Mender session tokens are issued at login)", clip(string(c.Kind), 40))
 	case len(c.Name) > maxDeviceTokenName || !utf8.ValidString(c.Name) || strings.ContainsFunc(c.Name, unicode.IsControl):
 		return nil, cradle.Errorf(cradle.EINVALID, "invalid name: at most %d bytes of UTF-8 text without control characters", maxDeviceTokenName)
 	}
@@ -859,7 +944,8 @@ func (s *ProtocolService) CreateDeviceToken(ctx context.Context, c cradle.Device
 	return out, nil
 }
 
-// FindDeviceTokens lists a device's tokens, or the tenant's gateway tokens.
+// FindDeviceTokens lists a device's tokens, or the tenant's gateway and
+// Mender tenant tokens: the newest cradle.MaxPageSize.
 func (s *ProtocolService) FindDeviceTokens(ctx context.Context, serial string) ([]*cradle.DeviceToken, error) {
 	subject := "device_tokens"
 	if serial != "" {
@@ -880,7 +966,7 @@ func (s *ProtocolService) FindDeviceTokens(ctx context.Context, serial string) (
 		}
 		q, args = q+`t.device_id = ?`, append(args, devID)
 	}
-	rows, err := s.db.query(ctx, q+` ORDER BY t.id DESC`, args...)
+	rows, err := s.db.query(ctx, q+` ORDER BY t.id DESC LIMIT ?`, append(args, cradle.MaxPageSize)...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: find device tokens: %w", err)
 	}
@@ -924,7 +1010,9 @@ func (s *ProtocolService) RevokeDeviceToken(ctx context.Context, id string) erro
 	})
 }
 
-// RevokeDeviceTokens revokes every live token of a device.
+// RevokeDeviceTokens revokes every live token of a device and rejects its
+// accepted and preauthorized Mender auth sets, so that its Mender client
+// cannot simply log in again.
 func (s *ProtocolService) RevokeDeviceTokens(ctx context.Context, serial string) (int, error) {
 	subject := "device:" + serial
 	a, err := s.db.authorize(ctx, cradle.PermTokenWrite, "device.token.revoke", subject)
@@ -943,10 +1031,16 @@ func (s *ProtocolService) RevokeDeviceTokens(ctx context.Context, serial string)
 		if err != nil {
 			return fmt.Errorf("sqlstore: revoke device tokens: %w", err)
 		}
-		if n, err = res.RowsAffected(); err != nil || n == 0 {
+		if n, err = res.RowsAffected(); err != nil {
 			return err
 		}
-		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.token.revoke", Subject: subject, Details: map[string]int64{"revoked": n}})
+		if n > 0 {
+			if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.token.revoke", Subject: subject, Details: map[string]int64{"revoked": n}}); err != nil {
+				return err
+			}
+		}
+		_, err = tx.rejectDeviceSets(ctx, a, d, 0, "tokens revoked", cradle.MenderAccepted, cradle.MenderPreauthorized)
+		return err
 	})
 	return int(n), err
 }
@@ -997,7 +1091,7 @@ func (s *ProtocolService) AuthenticateDeviceToken(ctx context.Context, secret st
 		if d != nil {
 			details["device"] = d.Serial
 		}
-		return nil, s.db.refuse(ctx, tenantID, "anonymous", cradle.AuditEvent{Action: "device.token.refused", Subject: "device_token:" + id, Details: details}, err)
+		return nil, s.refuseLimited(ctx, "device_token:"+id, tenantID, "anonymous", cradle.AuditEvent{Action: "device.token.refused", Subject: "device_token:" + id, Details: details}, err)
 	}
 	if subtle.ConstantTimeCompare([]byte(sha256Hex(secret)), []byte(hashHex)) != 1 {
 		return refuse("wrong secret", cradle.Errorf(cradle.EUNAUTHORIZED, "unknown device token %s: the secret does not match", id))
@@ -1052,6 +1146,11 @@ func (s *ProtocolService) AdmitDevice(ctx context.Context, serial string, p crad
 			return refused
 		}
 		if d.Protocol != p {
+			if refused, err = tx.checkProtocolSwitch(ctx, d, p); err != nil {
+				return err
+			} else if refused != nil {
+				return refused
+			}
 			if err := tx.setProtocol(ctx, a, d, p); err != nil {
 				return err
 			}
@@ -1062,13 +1161,51 @@ func (s *ProtocolService) AdmitDevice(ctx context.Context, serial string, p crad
 		return nil
 	})
 	if refused != nil {
-		return nil, s.db.refuse(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.admit.refused", Subject: subject,
+		// A refused device keeps polling: one audit row a minute.
+		return nil, s.refuseLimited(ctx, fmt.Sprintf("device.admit:%d/%s", a.TenantID, serial), a.TenantID, a.String(), cradle.AuditEvent{Action: "device.admit.refused", Subject: subject,
 			Details: map[string]string{"protocol": string(p), "reason": cradle.ErrorMessage(refused)}}, refused)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// checkProtocolSwitch returns the refusal (ECONFLICT) of locked device d
+// switching to protocol p, or nil when the switch is allowed: never
+// between the foreign protocols, and from cradle to a foreign one only
+// while d is provisioned, when the device proved itself with its own
+// credential (cradle.OwnCredentialFromContext), or when an operator chose
+// it (hawkbit: d has a live target token; mender: d has an accepted auth
+// set). Back to cradle (the native agent, with its device certificate)
+// is allowed.
+func (tx *Tx) checkProtocolSwitch(ctx context.Context, d *cradle.Device, p cradle.Protocol) (refused, err error) {
+	foreign := func(p cradle.Protocol) bool { return p == cradle.ProtocolMender || p == cradle.ProtocolHawkbit }
+	switch {
+	case !foreign(p):
+		return nil, nil
+	case foreign(d.Protocol):
+		return cradle.Errorf(cradle.ECONFLICT, "device %q talks %s: it may not switch to %s", d.Serial, d.Protocol, p), nil
+	case d.State == cradle.StateProvisioned, cradle.OwnCredentialFromContext(ctx):
+		return nil, nil
+	}
+	var n int
+	var how string
+	if p == cradle.ProtocolHawkbit {
+		err = tx.queryRow(ctx, `SELECT COUNT(*) FROM device_tokens WHERE device_id = ? AND kind = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
+			d.ID, string(cradle.TokenHawkbitTarget), micros(tx.now)).Scan(&n)
+		how = "an operator gives it a target token (cradle device token create --serial " + d.Serial + ")"
+	} else {
+		err = tx.queryRow(ctx, `SELECT COUNT(*) FROM mender_auth_sets WHERE device_id = ? AND status = ?`, d.ID, string(cradle.MenderAccepted)).Scan(&n)
+		how = "an operator accepts its Mender key (cradle device mender accept)"
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: admit device: %w", err)
+	}
+	if n > 0 {
+		return nil, nil
+	}
+	return cradle.Errorf(cradle.ECONFLICT, "device %q is %s and talks cradle: it switches to %s only when %s", d.Serial, d.State, p, how), nil
 }
 
 // ---- Inventory attributes ----

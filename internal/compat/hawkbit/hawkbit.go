@@ -220,6 +220,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := cradle.NewContextWithActor(r.Context(), cradle.Actor{TenantID: dev.TenantID, Role: cradle.RoleDevice, Kind: "device", ID: dev.Serial})
+	if r.Header.Get("Authorization") == "" {
+		ctx = cradle.NewContextWithOwnCredential(ctx) // its client certificate: the device's own choice of protocol
+	}
 	if err := h.admitDevice(ctx, dev); err != nil {
 		h.fail(w, r, dev.Serial, err)
 		return

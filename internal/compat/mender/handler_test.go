@@ -153,7 +153,8 @@ func wantError(t *testing.T, what string, code int, body []byte, wantCode int, m
 
 // TestAuthRequests: a bad signature stores nothing; an unknown device is
 // pending (401) until accepted, then gets a token; tenant tokens must be
-// gateway tokens; oversize bodies are refused.
+// Mender tenant tokens, not gateway or session tokens; oversize bodies are
+// refused.
 func TestAuthRequests(t *testing.T) {
 	e := newEnv(t)
 	body := authBody(t, map[string]string{"mac": "02:00:00:00:00:01"}, e.key, "")
@@ -173,16 +174,23 @@ func TestAuthRequests(t *testing.T) {
 	if err != nil || d.Protocol != cradle.ProtocolMender || d.State != cradle.StateDeployed {
 		t.Fatalf("device after login: %+v, %v", d, err)
 	}
-	// A gateway token of the tenant is a tenant token.
-	gw, err := e.protocols.CreateDeviceToken(e.admin, cradle.DeviceTokenCreate{Kind: cradle.TokenGateway, Name: "mender"})
+	// A Mender tenant token names the tenant; a gateway token (which
+	// would also open the hawkBit API) or a session token does not.
+	tt, err := e.protocols.CreateDeviceToken(e.admin, cradle.DeviceTokenCreate{Kind: cradle.TokenMenderTenant, Name: "mender"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code, got, _ := e.login("02:00:00:00:00:01", gw.Secret); code != http.StatusOK {
-		t.Fatalf("login with a gateway token: %d %s", code, got)
+	if code, got, _ := e.login("02:00:00:00:00:01", tt.Secret); code != http.StatusOK {
+		t.Fatalf("login with a tenant token: %d %s", code, got)
 	}
+	gw, err := e.protocols.CreateDeviceToken(e.admin, cradle.DeviceTokenCreate{Kind: cradle.TokenGateway, Name: "hawkbit"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, got, _ = e.login("02:00:00:00:00:01", gw.Secret)
+	wantError(t, "a gateway token as tenant token", code, got, http.StatusUnauthorized, "not a Mender tenant token")
 	code, got, _ = e.login("02:00:00:00:00:01", tok)
-	wantError(t, "a session token as tenant token", code, got, http.StatusUnauthorized, "gateway token")
+	wantError(t, "a session token as tenant token", code, got, http.StatusUnauthorized, "not a Mender tenant token")
 }
 
 // TestInventory: PUT replaces, PATCH merges, as the device; no or a bad

@@ -51,11 +51,13 @@ func (s *Server) authRequest(w http.ResponseWriter, r *http.Request) {
 }
 
 // tenant is the tenant of an auth request: the default one without a
-// tenant token, else the tenant of the gateway token it must be.
+// tenant token, else the tenant of the Mender tenant token (kind tenant)
+// it must be. No other kind is taken: a gateway token would grant the
+// hawkBit API too, and a device's config is no place for it.
 func (s *Server) tenant(ctx context.Context, token string) (int64, error) {
 	if token == "" {
 		if s.DefaultTenant == nil {
-			return 0, cradle.Errorf(cradle.EUNAUTHORIZED, "this server has no default tenant: configure the device with a tenant token (a gateway token of its tenant)")
+			return 0, cradle.Errorf(cradle.EUNAUTHORIZED, "this server has no default tenant: configure the device with a tenant token (cradle device token create --mender-tenant)")
 		}
 		return s.DefaultTenant(ctx)
 	}
@@ -66,8 +68,8 @@ func (s *Server) tenant(ctx context.Context, token string) (int64, error) {
 		}
 		return 0, err
 	}
-	if auth.Token.Kind != cradle.TokenGateway {
-		return 0, cradle.Errorf(cradle.EUNAUTHORIZED, "tenant_token is a %s token; a tenant token is a gateway token of the tenant", auth.Token.Kind)
+	if auth.Token.Kind != cradle.TokenMenderTenant {
+		return 0, cradle.Errorf(cradle.EUNAUTHORIZED, "tenant_token is a %s token, not a Mender tenant token (cradle device token create --mender-tenant)", auth.Token.Kind)
 	}
 	return auth.TenantID, nil
 }

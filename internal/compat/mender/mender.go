@@ -14,14 +14,16 @@
 // Trust. The auth request carries the device's identity data and public
 // key, signed with the key (X-MEN-Signature): the signature is checked
 // before anything is stored, so a request nobody holds the key of leaves
-// no trace but an audit line. The store decides admission
+// nothing in the store and no audit row, only a line in the server's log
+// (401). The store decides admission
 // (cradle.ProtocolService.MenderAuthenticate: pending, accepted at once
-// when the identity's MAC is a provisioned device's, preauthorized,
-// rejected) and issues an opaque session token; every other route needs
-// it as "Authorization: Bearer", and acts as the device (role device) on
-// the device's own records only. A tenant token in the auth request must
-// be a gateway token of the tenant; without one the configured default
-// tenant is used. Artifacts are downloaded at signed, expiring URLs
+// when the identity's MAC is a provisioned device's and the server
+// admits by MAC, preauthorized, rejected) and issues an opaque session
+// token; every other route needs it as "Authorization: Bearer", and acts
+// as the device (role device) on the device's own records only. A tenant
+// token in the auth request must be a Mender tenant token (kind tenant)
+// of the tenant, which grants nothing but asking to be admitted; without
+// one the configured default tenant is used. Artifacts are downloaded at signed, expiring URLs
 // (SignURL): the client fetches them without its token.
 //
 // Deployments. A deployment id is "<rollout id>-<attempt>": the device's

@@ -114,8 +114,8 @@ func testMenderAuth(t *testing.T, e *Env) {
 	k.newDevice("SN-1", cradle.StateProvisioned, "02:00:00:00:00:01")
 	k.newDevice("SN-2", cradle.StateProvisioned, "02:00:00:00:00:02")
 	// Two devices share a MAC (a bad factory record): neither is chosen.
-	k.newDevice("SN-3", cradle.StateDeployed, "02:00:00:00:00:03")
-	k.newDevice("SN-4", cradle.StateDeployed, "02:00:00:00:00:03")
+	k.newDevice("SN-3", cradle.StateProvisioned, "02:00:00:00:00:03")
+	k.newDevice("SN-4", cradle.StateProvisioned, "02:00:00:00:00:03")
 	ttl := time.Hour
 
 	// An unknown identity is stored pending; asking again writes nothing.
@@ -636,7 +636,13 @@ func testAdmitDevice(t *testing.T, e *Env) {
 	if k.head(k.tenant.ID) != head {
 		t.Fatal("admitting an admitted device wrote")
 	}
-	// A deployed native device switching protocol: only the protocol.
+	// A deployed native device switching protocol, with a key an
+	// operator accepted: only the protocol.
+	r := menderRequest(t, "02:00:00:00:02:02", "sn-2")
+	_, _, err := k.ps.MenderAuthenticate(k.sys, r, time.Hour)
+	wantCode(t, err, cradle.EUNAUTHORIZED, "pending")
+	set := must[[]*cradle.MenderAuthSet](t)(k.ps.FindMenderAuthSets(k.admin, cradle.MenderAuthFilter{Limit: 1}))[0]
+	must[*cradle.MenderAuthSet](t)(k.ps.AcceptMenderAuthSet(k.admin, set.ID, cradle.MenderAccept{Serial: "SN-2"}))
 	d = must[*cradle.Device](t)(k.ps.AdmitDevice(k.device("SN-2"), "SN-2", cradle.ProtocolMender))
 	if d.Protocol != cradle.ProtocolMender || d.State != cradle.StateDeployed {
 		t.Fatalf("admitted: %+v", d)
@@ -645,7 +651,7 @@ func testAdmitDevice(t *testing.T, e *Env) {
 		t.Fatalf("audit: %v", got)
 	}
 	// Refusals.
-	_, err := k.ps.AdmitDevice(k.device("SN-F"), "SN-F", cradle.ProtocolHawkbit)
+	_, err = k.ps.AdmitDevice(k.device("SN-F"), "SN-F", cradle.ProtocolHawkbit)
 	wantCode(t, err, cradle.ECONFLICT, "factory")
 	if got := k.lastActions(1); got[0] != "device.admit.refused" {
 		t.Fatalf("audit: %v", got)

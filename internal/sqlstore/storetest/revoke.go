@@ -84,7 +84,7 @@ func testRevokeDevice(t *testing.T, e *Env) {
 	_, keep := k.enrolled("SN-2")
 	target, other := k.targetToken("SN-1"), k.targetToken("SN-2")
 	req := menderRequest(t, "02:00:00:00:00:01", "SN-1")
-	session, _ := login(t)(k.ps.MenderAuthenticate(k.sys, req, time.Hour))
+	session := acceptedLogin(t, k.ps, k.sys, k.admin, req, "SN-1")
 	k.notified()
 
 	// Refusals first: nothing changes.
@@ -229,7 +229,7 @@ func testRevokeOnRMA(t *testing.T, e *Env) {
 	_, keep := k.enrolled("SN-K")
 	target := k.targetToken("SN-R")
 	req := menderRequest(t, "02:00:00:00:00:07", "SN-R")
-	login(t)(k.ps.MenderAuthenticate(k.sys, req, time.Hour))
+	acceptedLogin(t, k.ps, k.sys, k.admin, req, "SN-R")
 	telemetry := sqlstore.NewTelemetryService(e.DB)
 	if err := telemetry.RecordTelemetry(asDevice(k.tenant.ID, "SN-R"), "SN-R", []cradle.TelemetryPoint{{Metric: "health.cpu_pct", Value: 21, Time: e.Clock.Now()}}); err != nil {
 		t.Fatal(err)

@@ -168,6 +168,9 @@ func Run(t *testing.T, b Backend) {
 		{"DecommissionExecute", testDecommissionExecute}, {"DecommissionApprovers", testDecommissionApprovers},
 		{"AdmitDevice", testAdmitDevice}, {"DeviceAttributes", testDeviceAttributes}, {"DDIActions", testDDIActions}, {"UpdateLogs", testUpdateLogs}, {"CompatFields", testCompatFields},
 		{"RevokeDevice", testRevokeDevice}, {"RevokeDevicesBulk", testRevokeDevicesBulk}, {"RevokeOnRMA", testRevokeOnRMA},
+		{"MenderAutoAdmitProvisionedOnly", testMenderAutoAdmitProvisionedOnly}, {"MenderTenantTokens", testMenderTenantTokens}, {"ProtocolSwitch", testProtocolSwitch},
+		{"MenderPendingCap", testMenderPendingCap}, {"RefusalAuditLimit", testRefusalAuditLimit}, {"RevokeTokensRejectsSets", testRevokeTokensRejectsSets},
+		{"DeviceTokenCleanup", testDeviceTokenCleanup},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newEnv(t, b)) })
