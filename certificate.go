@@ -188,7 +188,11 @@ type CertificateService interface {
 	FindCertificates(ctx context.Context, f CertificateFilter) ([]*Certificate, string, error)
 	// RevokeCertificate revokes one certificate of the tenant and returns
 	// it. Needs PermCertRevoke. ENOTFOUND; ECONFLICT when it is
-	// already revoked.
+	// already revoked, unless the new reason is keyCompromise and the
+	// old one was not (RFC 5280 lets the reason become keyCompromise):
+	// then the reason changes, the revocation date stays, and a
+	// decommissioning of the device can no longer be confirmed by a
+	// tombstone.
 	RevokeCertificate(ctx context.Context, serial string, reason RevocationReason) (*Certificate, error)
 	// RevokeDeviceCertificates revokes every unexpired, unrevoked
 	// certificate of a device and returns them. Needs

@@ -173,7 +173,11 @@ type TenantPolicy struct {
 	QuarantineUnclaimed bool `json:"quarantine_unclaimed"`
 	// DecommissionApprovers is how many admins must agree to
 	// decommission a device: 0 or 1 (the requester alone), or 2 (a second
-	// admin approves).
+	// admin approves). A request is bound to the rule in force when it
+	// was made: lowering this later does not let a request awaiting
+	// approval through (it still needs the second admin). The second
+	// admin's token may not descend from the requester's token (nor the
+	// reverse), nor be created after the request.
 	DecommissionApprovers int `json:"decommission_approvers,omitempty"`
 }
 

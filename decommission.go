@@ -20,7 +20,8 @@ import (
 //
 // Every step is audited. The decommissioning certificate (JSON, and a
 // printable HTML page made from it) lists what was revoked, when, and when
-// the device confirmed the wipe.
+// the device confirmed it is erasing (its signed tombstone, which precedes
+// the erase, was received).
 
 // DecommissionState is where a decommissioning is.
 type DecommissionState string
@@ -75,6 +76,10 @@ type DecommissionedCredential struct {
 	Kind      string    `json:"kind"` // "certificate:idevid", "certificate:ldevid", "token:mender", "token:target", "mender-auth-set"
 	ID        string    `json:"id"`   // certificate serial (hex), token id, auth set id
 	RevokedAt time.Time `json:"revoked_at"`
+	// Wipe marks an LDevID that was valid (not superseded) when the
+	// decommissioning was executed: only such a certificate may fetch
+	// the wipe command and sign the tombstone.
+	Wipe bool `json:"wipe,omitempty"`
 }
 
 // Decommission is a device's decommissioning record.
@@ -93,8 +98,16 @@ type Decommission struct {
 	CommandID string                     `json:"command_id,omitempty"`
 	Revoked   []DecommissionedCredential `json:"revoked"`
 	// Tombstone is the device's signed statement, once it arrived.
-	Tombstone   *Tombstone `json:"tombstone,omitempty"`
+	Tombstone *Tombstone `json:"tombstone,omitempty"`
+	// ConfirmedAt is when the device confirmed it is erasing: its signed
+	// tombstone was received. The tombstone precedes the erase; it
+	// states what the device is about to erase.
 	ConfirmedAt *time.Time `json:"confirmed_at,omitempty"`
+	// Compromised lists the certificates of Revoked revoked again, for
+	// keyCompromise, after the execution: a key that may be in other
+	// hands proves nothing, so no tombstone confirms this
+	// decommissioning any more and the wipe routes refuse the device.
+	Compromised []string `json:"compromised,omitempty"`
 }
 
 // DecommissionCertificate is the document that proves what happened: the
@@ -129,10 +142,14 @@ type DecommissionService interface {
 	// (EFORBIDDEN for the same one).
 	ApproveDecommission(ctx context.Context, serial string) (*Decommission, error)
 	// RecordTombstone verifies and keeps the device's signed tombstone:
-	// the certificate must be an LDevID the server issued to this device
-	// (revoked by now, as decommissioning revokes it), the signature must
-	// verify, the serial and command must be the device's wipe command.
-	// A device for itself, also at eol. EINVALID says what failed.
+	// the certificate must be one of the LDevIDs the execution revoked
+	// (those valid at that moment, listed in Revoked; not one revoked
+	// earlier, and none of the record's certificates revoked again for
+	// keyCompromise since), the signature must verify, the serial and
+	// command must be the device's wipe command. A device for itself,
+	// also at eol; the device listener also wants the tombstone's
+	// certificate to be the request's TLS client certificate. EINVALID
+	// says what failed.
 	RecordTombstone(ctx context.Context, serial string, t SignedTombstone) (*Decommission, error)
 	// FindDecommission returns a device's record. Needs PermDeviceRead.
 	// ENOTFOUND when it was never asked.

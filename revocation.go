@@ -25,6 +25,10 @@ type DeviceRevocation struct {
 	// "certificate:idevid", "certificate:ldevid", "token:<kind>",
 	// "mender-auth-set". Empty when the device had none left.
 	Revoked []DecommissionedCredential `json:"revoked"`
+	// State is the device's state after the revocation: a revoked
+	// device is out of service (deployed → suspended, provisioned →
+	// rma, in the same transaction); other states stay.
+	State State `json:"state"`
 }
 
 // BulkRevocation is what revoking the devices a selector matches took.
@@ -36,11 +40,17 @@ type BulkRevocation struct {
 	Certificates int              `json:"certificates"` // certificates revoked
 	Tokens       int              `json:"tokens"`       // device tokens revoked
 	AuthSets     int              `json:"auth_sets"`    // Mender auth sets rejected
+	Suspended    int              `json:"suspended"`    // devices moved from deployed to suspended
+	RMA          int              `json:"rma"`          // devices moved from provisioned to rma
 }
 
 // RevocationService revokes devices. Both calls need PermCertRevoke, run
 // as one transaction with its audit entry, and are idempotent: what is
-// already revoked is left as it was and not listed again.
+// already revoked is left as it was and not listed again. A revoked
+// device is also taken out of service in that transaction, so that no
+// path that checks only its state (a gateway token) lets it on: deployed
+// → suspended, provisioned → rma, recorded in its history by the actor
+// with the reason "credentials revoked: <reason>".
 type RevocationService interface {
 	// RevokeDevice revokes every credential of a device. ENOTFOUND for an
 	// unknown device; EINVALID for a reason that cannot be used.

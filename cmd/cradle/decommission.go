@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -146,7 +147,9 @@ func (a *app) writeDecommission(x *cradle.Decommission) error {
 	}
 	switch {
 	case x.ConfirmedAt != nil:
-		t.row("confirmed:", x.ConfirmedAt.Format(time.RFC3339)+" (tombstone: "+strconv.Itoa(len(x.Tombstone.Erased))+" objects erased)")
+		t.row("confirmed:", x.ConfirmedAt.Format(time.RFC3339)+": device confirmed it is erasing (signed tombstone received, "+strconv.Itoa(len(x.Tombstone.Erased))+" objects to erase)")
+	case len(x.Compromised) > 0:
+		t.row("compromised:", strings.Join(x.Compromised, ", ")+" revoked again for keyCompromise: no tombstone can confirm the erase any more")
 	case x.State == cradle.DecommissionAwaitingApproval:
 		t.row("next:", "a second admin runs: cradle device decommission approve "+x.Serial)
 	default:

@@ -199,7 +199,7 @@ func TestDecommissionEndToEnd(t *testing.T) {
 	ok(t, append([]string{"device", "decommission", "certificate", serial, "--html", "-o", dir + "/cert.html"}, api...)...)
 	raw, _ := os.ReadFile(dir + "/cert.json")
 	cert := decodeJSON[cradle.DecommissionCertificate](t, string(raw))
-	if page, _ := os.ReadFile(dir + "/cert.html"); !strings.Contains(string(page), "Wipe confirmed") || !strings.Contains(string(page), serial) {
+	if page, _ := os.ReadFile(dir + "/cert.html"); !strings.Contains(string(page), "Device confirmed it is erasing") || !strings.Contains(string(page), serial) {
 		t.Errorf("the HTML certificate:\n%s", page)
 	}
 	if err := cert.Verify(m.db.AuditPublicKey()); err != nil {

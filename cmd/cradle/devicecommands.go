@@ -35,6 +35,9 @@ type commandRelay struct {
 	mqtt    *mqttapi.Broker        // nil without device.mqtt_listen; set after the broker is made
 	refused prometheus.Counter
 	logger  *slog.Logger
+	// reissueWipe, when set, gives a device being wiped a fresh wipe
+	// command when its own expired (decommissioning's).
+	reissueWipe func(ctx context.Context, serial string) error
 }
 
 // newCommandRelay makes the command store signing with the command signer
@@ -113,6 +116,11 @@ func (c *commandRelay) httpPending(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeDeviceError(w, c.logger, err)
 		return
+	}
+	if dev.State == cradle.StateEOL && c.reissueWipe != nil {
+		if err := c.reissueWipe(r.Context(), dev.Serial); err != nil {
+			c.logger.Warn("wipe command not reissued", "device", dev.Serial, "err", logErr(err))
+		}
 	}
 	envs, err := c.pending(r.Context(), dev.Serial, "", dev.State == cradle.StateEOL)
 	if err != nil {

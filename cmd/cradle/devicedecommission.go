@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,18 +46,28 @@ func newDecommissioning(db *sqlstore.DB, d *deviceListener, listener *deviceapi.
 	}
 	listener.Wiping = x.wiping
 	listener.HandleDecommissioning("POST /device/v1/tombstone", http.HandlerFunc(x.httpTombstone))
+	// A wiping device whose wipe command expired while it was offline
+	// gets a fresh one when it polls.
+	d.commands.reissueWipe = func(ctx context.Context, serial string) error {
+		_, err := x.svc.ReissueWipe(ctx, serial)
+		return err
+	}
 	return x
 }
 
-// wiping reports whether d's decommissioning waits for its tombstone.
-func (x *decommissioning) wiping(ctx context.Context, d *cradle.Device) (bool, error) {
-	rec, err := x.svc.FindDecommission(ctx, d.Serial)
-	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
+// wiping reports whether d's decommissioning waits for its tombstone and
+// takes cert as the device's: one of the LDevIDs valid when it was
+// executed, none of them revoked again for keyCompromise since.
+func (x *decommissioning) wiping(ctx context.Context, d *cradle.Device, cert *cradle.Certificate) (bool, error) {
+	err := x.svc.WipeCredential(ctx, d.Serial, cert.Serial)
+	switch cradle.ErrorCode(err) {
+	case "":
+		return true, nil
+	case cradle.ENOTFOUND, cradle.ECONFLICT, cradle.EINVALID:
+		x.logger.Warn("wipe route refused", "tenant", d.TenantID, "device", d.Serial, "certificate", cert.Serial, "reason", cradle.ErrorMessage(err))
 		return false, nil
-	} else if err != nil {
-		return false, err
 	}
-	return rec.State == cradle.DecommissionWiping, nil
+	return false, err
 }
 
 // httpTombstone takes a cradle.SignedTombstone from the device (JSON) and
@@ -80,6 +91,12 @@ func (x *decommissioning) httpTombstone(w http.ResponseWriter, r *http.Request) 
 	var st cradle.SignedTombstone
 	if err := json.Unmarshal(body, &st); err != nil {
 		writeDeviceError(w, x.logger, cradle.Errorf(cradle.EINVALID, "invalid tombstone: want a JSON object {payload, signature, certificate} (base64): %v", err))
+		return
+	}
+	// The key that signed must be the one of this connection: a device
+	// speaks for itself, not with a certificate it once had.
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || !bytes.Equal(st.Certificate, r.TLS.PeerCertificates[0].Raw) {
+		writeDeviceError(w, x.logger.With("device", dev.Serial), cradle.Errorf(cradle.EINVALID, "the tombstone's certificate is not the TLS client certificate of this request: sign the tombstone with the LDevID the device connects with"))
 		return
 	}
 	rec, err := x.svc.RecordTombstone(r.Context(), dev.Serial, st)

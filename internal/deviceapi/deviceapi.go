@@ -18,7 +18,12 @@
 // only: a device at end of life whose decommissioning is wiping may still
 // present its LDevID revoked for cessationOfOperation (decommissioning
 // revoked it), so that it can fetch its wipe command and send its
-// tombstone. Every other route refuses it as above.
+// tombstone. Wiping must accept that very certificate (the store accepts
+// only the LDevIDs valid when the decommissioning was executed, and none
+// once a certificate of it was revoked again for keyCompromise). The
+// certificate may have expired since (a device offline for months must
+// still be wiped): its chain must otherwise verify, at the moment it
+// expired. Every other route refuses it as above.
 //
 // A request that passes carries the device as the actor of its context
 // (role device), and its verified chain in r.TLS.VerifiedChains, for the
@@ -73,9 +78,11 @@ type Server struct {
 	// certificate when it is on record, else in tenant 0.
 	Audit func(ctx context.Context, tenantID int64, actor string, ev cradle.AuditEvent)
 	// Wiping reports whether an eol device's decommissioning waits for
-	// its wipe (state wiping); routes mounted with HandleDecommissioning
-	// let such a device in. Nil lets none in.
-	Wiping func(ctx context.Context, d *cradle.Device) (bool, error)
+	// its wipe (state wiping) and takes the certificate presented as the
+	// device's (one of the LDevIDs the decommissioning revoked); routes
+	// mounted with HandleDecommissioning let such a device in. Nil lets
+	// none in.
+	Wiping func(ctx context.Context, d *cradle.Device, cert *cradle.Certificate) (bool, error)
 
 	mux *http.ServeMux
 }
@@ -260,15 +267,21 @@ func (s *Server) logger() *slog.Logger {
 }
 
 // checkWiping runs the checks of the package doc with the exception of
-// HandleDecommissioning: the chain verifies, the leaf is an LDevID on
-// record revoked for cessationOfOperation, and its device is at eol with
-// its decommissioning wiping. Any failure is false; the caller answers
+// HandleDecommissioning: the chain verifies (at the leaf's expiry, when
+// it expired since), the leaf is an LDevID on record revoked for
+// cessationOfOperation, and its device is at eol with its
+// decommissioning wiping, which accepts this certificate. Any failure is false; the caller answers
 // with the refusal of the ordinary checks.
 func (s *Server) checkWiping(r *http.Request) (bool, [][]*x509.Certificate, *cradle.Device, *cradle.Certificate) {
 	if s.Wiping == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return false, nil, nil, nil
 	}
 	chains, err := s.verifyChain(r.TLS.PeerCertificates)
+	if leaf := r.TLS.PeerCertificates[0]; err != nil && cradle.Now(s.Clock).After(leaf.NotAfter) {
+		// Expired since: the rest of the chain must verify at the
+		// moment it expired.
+		chains, err = s.verifyChainAt(r.TLS.PeerCertificates, leaf.NotAfter)
+	}
 	if err != nil {
 		return false, nil, nil, nil
 	}
@@ -282,7 +295,7 @@ func (s *Server) checkWiping(r *http.Request) (bool, [][]*x509.Certificate, *cra
 	if err != nil || dev.State != cradle.StateEOL {
 		return false, nil, nil, nil
 	}
-	if ok, err := s.Wiping(sys, dev); err != nil || !ok {
+	if ok, err := s.Wiping(sys, dev, rec); err != nil || !ok {
 		if err != nil {
 			s.logger().Error("device listener: decommissioning state", "device", dev.Serial, "err", err)
 		}
@@ -344,6 +357,11 @@ func (s *Server) checkPeer(ctx context.Context, peer []*x509.Certificate, suspen
 
 // verifyChain runs checks 1 and 2 of the package doc.
 func (s *Server) verifyChain(peer []*x509.Certificate) ([][]*x509.Certificate, error) {
+	return s.verifyChainAt(peer, cradle.Now(s.Clock))
+}
+
+// verifyChainAt runs checks 1 and 2 of the package doc at the time now.
+func (s *Server) verifyChainAt(peer []*x509.Certificate, now time.Time) ([][]*x509.Certificate, error) {
 	leaf := peer[0]
 	inter := x509.NewCertPool()
 	if s.Intermediates != nil {
@@ -352,7 +370,6 @@ func (s *Server) verifyChain(peer []*x509.Certificate) ([][]*x509.Certificate, e
 	for _, c := range peer[1:] {
 		inter.AddCert(c)
 	}
-	now := cradle.Now(s.Clock)
 	chains, err := leaf.Verify(x509.VerifyOptions{Roots: s.Roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {

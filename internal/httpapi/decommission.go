@@ -149,7 +149,8 @@ code, .mono { font-family: monospace; word-break: break-all; }
 {{with .Decommission.ApprovedAt}}<tr><th>Approved</th><td>{{.Format "2006-01-02 15:04:05 MST"}} by {{$.Decommission.ApprovedBy}}</td></tr>{{end}}
 {{with .Decommission.ExecutedAt}}<tr><th>Credentials revoked</th><td>{{.Format "2006-01-02 15:04:05 MST"}}</td></tr>{{end}}
 <tr><th>Wipe command</th><td class="mono">{{.Decommission.CommandID}}</td></tr>
-<tr><th>Wipe confirmed</th><td>{{with .Decommission.ConfirmedAt}}{{.Format "2006-01-02 15:04:05 MST"}} (signed tombstone from the device){{else}}not yet: the device has not sent its tombstone{{end}}</td></tr>
+<tr><th>Device confirmed it is erasing</th><td>{{with .Decommission.ConfirmedAt}}{{.Format "2006-01-02 15:04:05 MST"}}: device confirmed it is erasing (signed tombstone received; the tombstone precedes the erase){{else}}not yet: the device has not sent its tombstone{{end}}</td></tr>
+{{with .Decommission.Compromised}}<tr><th>Key compromise</th><td>certificate(s) <span class="mono">{{range $i, $s := .}}{{if $i}}, {{end}}{{$s}}{{end}}</span> revoked again for keyCompromise after the decommissioning: no tombstone can confirm the erase any more</td></tr>{{end}}
 </table>
 
 <h2>Revoked credentials</h2>

@@ -324,7 +324,22 @@ func (s *CertificateService) RevokeCertificate(ctx context.Context, serial strin
 			return fmt.Errorf("sqlstore: revoke certificate: %w", err)
 		}
 		if c.Status == cradle.CertRevoked {
-			return cradle.Errorf(cradle.ECONFLICT, "certificate %s was already revoked at %s (%s)", c.Serial, c.RevokedAt.Format(time.RFC3339), *c.Reason)
+			if reason != cradle.ReasonKeyCompromise || c.Reason == nil || *c.Reason == cradle.ReasonKeyCompromise {
+				return cradle.Errorf(cradle.ECONFLICT, "certificate %s was already revoked at %s (%s)", c.Serial, c.RevokedAt.Format(time.RFC3339), reasonName(c.Reason))
+			}
+			// RFC 5280 (5.3.1) lets a revocation's reason become
+			// keyCompromise: the key may be in other hands, which a
+			// decommissioning's tombstone must not then be taken from.
+			// The revocation date stays; the CRL and OCSP say the new
+			// reason once the notifier has run.
+			previous := *c.Reason
+			if _, err := tx.exec(ctx, `UPDATE certificates SET reason = ? WHERE serial = ?`, int(reason), c.Serial); err != nil {
+				return fmt.Errorf("sqlstore: revoke certificate: %w", err)
+			}
+			c.Reason = &reason
+			tx.revoked = append(tx.revoked, c)
+			return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "certificate.revoke", Subject: "certificate:" + c.Serial,
+				Details: map[string]string{"device": c.DeviceSerial, "reason": reason.String(), "previous_reason": previous.String(), "issuer": c.Issuer}})
 		}
 		return tx.revoke(ctx, a, c, reason)
 	})
@@ -332,6 +347,13 @@ func (s *CertificateService) RevokeCertificate(ctx context.Context, serial strin
 		return nil, err
 	}
 	return c, nil
+}
+
+func reasonName(r *cradle.RevocationReason) string {
+	if r == nil {
+		return cradle.ReasonUnspecified.String()
+	}
+	return r.String()
 }
 
 func checkReason(r cradle.RevocationReason) error {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -83,7 +84,77 @@ func findDecommission(ctx context.Context, q querier, deviceID int64, lock strin
 	} else if err != nil {
 		return 0, nil, fmt.Errorf("sqlstore: decommission: %w", err)
 	}
+	// The record's certificates revoked again for keyCompromise.
+	recorded := map[string]bool{}
+	for _, c := range x.Revoked {
+		if strings.HasPrefix(c.Kind, "certificate:") {
+			recorded[c.ID] = true
+		}
+	}
+	if len(recorded) > 0 {
+		rows, err := q.query(ctx, `SELECT serial FROM certificates WHERE device_id = ? AND status = 'revoked' AND reason = ? ORDER BY serial`, deviceID, int(cradle.ReasonKeyCompromise))
+		if err != nil {
+			return 0, nil, fmt.Errorf("sqlstore: decommission: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var serial string
+			if err := rows.Scan(&serial); err != nil {
+				return 0, nil, fmt.Errorf("sqlstore: decommission: %w", err)
+			}
+			if recorded[serial] {
+				x.Compromised = append(x.Compromised, serial)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return 0, nil, fmt.Errorf("sqlstore: decommission: %w", err)
+		}
+	}
 	return id, x, nil
+}
+
+// wipeRefusal says why the certificate certSerial may not speak for the
+// wipe of the device serial, whose record is x; nil when it may: the
+// decommissioning is wiping, the certificate is one of the LDevIDs its
+// execution revoked and marked Wipe (valid at that moment: not one
+// revoked earlier, at an rma, nor one superseded), and no certificate of the record was revoked again
+// for keyCompromise.
+func wipeRefusal(x *cradle.Decommission, serial, certSerial string) error {
+	switch {
+	case x == nil:
+		return decomNotFound(serial)
+	case x.State == cradle.DecommissionConfirmed:
+		return cradle.Errorf(cradle.ECONFLICT, "the wipe of device %q was already confirmed at %s", serial, x.ConfirmedAt.Format(time.RFC3339))
+	case x.State != cradle.DecommissionWiping:
+		return cradle.Errorf(cradle.ECONFLICT, "the decommissioning of device %q is %s: no wipe was sent yet", serial, x.State)
+	case len(x.Compromised) > 0:
+		return cradle.Errorf(cradle.EINVALID, "certificate %s of device %q was revoked for keyCompromise after the decommissioning: no tombstone can confirm its wipe any more", x.Compromised[0], serial)
+	}
+	for _, c := range x.Revoked {
+		if c.Kind == "certificate:"+string(cradle.CertLDevID) && c.ID == certSerial && c.Wipe {
+			return nil
+		}
+	}
+	return cradle.Errorf(cradle.EINVALID, "certificate %s is not one of the LDevIDs of device %q valid when its decommissioning was executed: only those may fetch the wipe and sign the tombstone", certSerial, serial)
+}
+
+// WipeCredential returns nil when the device serial, presenting the
+// certificate certSerial (hex), may use the wipe routes of the device
+// listener: see wipeRefusal. Otherwise the error says why.
+func (s *DecommissionService) WipeCredential(ctx context.Context, serial, certSerial string) error {
+	a, err := s.db.authorize(ctx, cradle.PermDeviceRead, "decommission.read", "device:"+serial)
+	if err != nil {
+		return err
+	}
+	devID, err := s.db.deviceID(ctx, a.TenantID, serial)
+	if err != nil {
+		return err
+	}
+	_, x, err := findDecommission(ctx, s.db, devID, "")
+	if err != nil {
+		return err
+	}
+	return wipeRefusal(x, serial, certSerial)
 }
 
 // forUpdateOf locks the decommissions row of a join on PostgreSQL.
@@ -202,6 +273,15 @@ func (s *DecommissionService) ApproveDecommission(ctx context.Context, serial st
 			refused = cradle.Errorf(cradle.EFORBIDDEN, "%s asked for this decommissioning and may not approve it too: the tenant's policy wants a second admin", a.String())
 			return refused
 		}
+		// The request keeps the rule it was made under (a policy lowered
+		// since does not apply to it), and the second admin must be
+		// another person as far as the tokens tell.
+		if err := secondApprover(ctx, tx, a, x); cradle.ErrorCode(err) == cradle.EFORBIDDEN {
+			refused = err
+			return refused
+		} else if err != nil {
+			return err
+		}
 		if refused = cradle.CheckTransition(serial, d.State, cradle.StateEOL, a.Role); refused != nil {
 			return refused
 		}
@@ -231,110 +311,119 @@ func (s *DecommissionService) ApproveDecommission(ctx context.Context, serial st
 	return out, nil
 }
 
+// tokenOf returns the token id of an actor string ("token:tok_…(admin)"),
+// or "" for another kind of actor.
+func tokenOf(actor string) string {
+	id, ok := strings.CutPrefix(actor, "token:")
+	if !ok {
+		return ""
+	}
+	if i := strings.LastIndexByte(id, '('); i >= 0 {
+		id = id[:i]
+	}
+	return id
+}
+
+// maxTokenAncestry bounds the walk up tokens.created_by.
+const maxTokenAncestry = 64
+
+// tokenAncestry returns the tokens that token id descends from (its
+// creator's token, that one's creator's, …; tokens.created_by), and
+// when id was created.
+func tokenAncestry(ctx context.Context, tx *Tx, tenantID int64, id string) ([]string, time.Time, error) {
+	var out []string
+	var created time.Time
+	seen := map[string]bool{id: true}
+	for cur := id; cur != "" && len(out) < maxTokenAncestry; {
+		var by string
+		var at int64
+		err := tx.queryRow(ctx, `SELECT created_by, created_at FROM tokens WHERE tenant_id = ? AND id = ?`, tenantID, cur).Scan(&by, &at)
+		if errors.Is(err, sql.ErrNoRows) {
+			break
+		} else if err != nil {
+			return nil, time.Time{}, fmt.Errorf("sqlstore: token ancestry: %w", err)
+		}
+		if cur == id {
+			created = fromMicros(at)
+		}
+		cur = tokenOf(by)
+		if cur == "" || seen[cur] {
+			break
+		}
+		seen[cur] = true
+		out = append(out, cur)
+	}
+	return out, created, nil
+}
+
+// secondApprover refuses an approver a of request x who is the requester
+// by another token: a token the requester's token made (at any depth),
+// a token that made the requester's, or a token made after the request
+// (an admin may make tokens; they are not a second person): EFORBIDDEN.
+func secondApprover(ctx context.Context, tx *Tx, a cradle.Actor, x *cradle.Decommission) error {
+	requester := tokenOf(x.RequestedBy)
+	if a.Kind != "token" {
+		return nil
+	}
+	up, created, err := tokenAncestry(ctx, tx, a.TenantID, a.ID)
+	if err != nil {
+		return err
+	}
+	if !created.IsZero() && created.After(x.RequestedAt) {
+		return cradle.Errorf(cradle.EFORBIDDEN, "token %s was created at %s, after the decommissioning was asked for (%s): the approval needs a second admin's token that existed before the request",
+			a.ID, created.Format(time.RFC3339), x.RequestedAt.Format(time.RFC3339))
+	}
+	if requester == "" {
+		return nil
+	}
+	if slices.Contains(up, requester) {
+		return cradle.Errorf(cradle.EFORBIDDEN, "token %s was created by the requester's token %s: the approval needs a second admin, not another token of the first", a.ID, requester)
+	}
+	down, _, err := tokenAncestry(ctx, tx, a.TenantID, requester)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(down, a.ID) {
+		return cradle.Errorf(cradle.EFORBIDDEN, "the requester's token %s was created by token %s: the approval needs a second admin, not another token of the first", requester, a.ID)
+	}
+	return nil
+}
+
 // execute revokes every credential of the locked device d, moves it to
 // eol, issues its wipe command and writes the record x, in tx.
 func (s *DecommissionService) execute(ctx context.Context, tx *Tx, a cradle.Actor, d *cradle.Device, x *cradle.Decommission) ([]*cradle.Certificate, error) {
 	if s.sign == nil {
 		return nil, cradle.Errorf(cradle.ENOTIMPLEMENTED, "decommissioning needs the command signer to sign the wipe command (run cradle pki init)")
 	}
-	now := tx.now
-	creds := []cradle.DecommissionedCredential{}
-
-	// Certificates, IDevID included.
-	rows, err := tx.query(ctx, `SELECT `+certCols+` FROM certificates WHERE device_id = ? AND status <> 'revoked' ORDER BY created_at, serial`, d.ID)
+	// Every credential, IDevID included, through the same path as any
+	// revocation so that the revocation notifier runs after the commit
+	// (CRLs, OCSP cache, MQTT sessions, the device token cache). The
+	// certificates revoked here are the ones valid at this moment: the
+	// record keeps their serials, and only those may fetch the wipe and
+	// sign the tombstone.
+	r, err := tx.revokeCredentials(ctx, a, map[int64]string{d.ID: d.Serial}, false, cradle.ReasonCessationOfOperation, "decommissioned")
 	if err != nil {
-		return nil, fmt.Errorf("sqlstore: decommission: certificates: %w", err)
+		return nil, err
 	}
-	var certs []*cradle.Certificate
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("sqlstore: decommission: certificates: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlstore: decommission: certificates: %w", err)
-	}
-	for _, c := range certs {
-		if err := tx.revoke(ctx, a, c, cradle.ReasonCessationOfOperation); err != nil {
+	for _, c := range r.certs {
+		if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "certificate.revoke", Subject: "certificate:" + c.Serial,
+			Details: map[string]string{"device": c.DeviceSerial, "reason": cradle.ReasonCessationOfOperation.String(), "issuer": c.Issuer}}); err != nil {
 			return nil, err
 		}
-		creds = append(creds, cradle.DecommissionedCredential{Kind: "certificate:" + string(c.Kind), ID: c.Serial, RevokedAt: now})
 	}
-
-	// Device tokens (Mender sessions, hawkBit target tokens).
-	type token struct{ id, kind string }
-	var tokens []token
-	rows, err = tx.query(ctx, `SELECT public_id, kind FROM device_tokens WHERE tenant_id = ? AND device_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) ORDER BY id`,
-		a.TenantID, d.ID, micros(now))
-	if err != nil {
-		return nil, fmt.Errorf("sqlstore: decommission: tokens: %w", err)
-	}
-	for rows.Next() {
-		var t token
-		if err := rows.Scan(&t.id, &t.kind); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("sqlstore: decommission: tokens: %w", err)
-		}
-		tokens = append(tokens, t)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlstore: decommission: tokens: %w", err)
-	}
-	for _, t := range tokens {
-		if _, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE tenant_id = ? AND public_id = ?`, micros(now), a.TenantID, t.id); err != nil {
-			return nil, fmt.Errorf("sqlstore: decommission: tokens: %w", err)
-		}
-		s.db.tokens.forget(t.id)
-		if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.token.revoke", Subject: "device_token:" + t.id,
+	for _, t := range r.tokens {
+		if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.token.revoke", Subject: "device_token:" + t.ID,
 			Details: map[string]string{"device": d.Serial, "reason": "decommissioned"}}); err != nil {
 			return nil, err
 		}
-		creds = append(creds, cradle.DecommissionedCredential{Kind: "token:" + t.kind, ID: t.id, RevokedAt: now})
 	}
-
-	// Mender auth sets: rejected, so the identity cannot log in again.
-	type set struct {
-		id     int64
-		public string
-		status string
-	}
-	var sets []set
-	rows, err = tx.query(ctx, `SELECT id, public_id, status FROM mender_auth_sets WHERE tenant_id = ? AND device_id = ? AND status <> ? ORDER BY id`,
-		a.TenantID, d.ID, string(cradle.MenderRejected))
-	if err != nil {
-		return nil, fmt.Errorf("sqlstore: decommission: mender auth sets: %w", err)
-	}
-	for rows.Next() {
-		var st set
-		if err := rows.Scan(&st.id, &st.public, &st.status); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("sqlstore: decommission: mender auth sets: %w", err)
-		}
-		sets = append(sets, st)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlstore: decommission: mender auth sets: %w", err)
-	}
-	for _, st := range sets {
-		if _, err := tx.exec(ctx, `UPDATE mender_auth_sets SET status = ?, decided_by = ?, reason = ?, updated_at = ? WHERE id = ?`,
-			string(cradle.MenderRejected), a.String(), "decommissioned", micros(now), st.id); err != nil {
-			return nil, fmt.Errorf("sqlstore: decommission: mender auth sets: %w", err)
-		}
-		if _, err := tx.revokeSetTokens(ctx, st.id); err != nil {
+	for _, st := range r.sets {
+		if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "mender.auth.rejected", Subject: authSetSubject(st.ID),
+			Details: map[string]any{"device": d.Serial, "reason": "decommissioned"}}); err != nil {
 			return nil, err
 		}
-		if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "mender.auth.rejected", Subject: authSetSubject(st.public),
-			Details: map[string]any{"device": d.Serial, "previous": st.status, "reason": "decommissioned"}}); err != nil {
-			return nil, err
-		}
-		creds = append(creds, cradle.DecommissionedCredential{Kind: "mender-auth-set", ID: st.public, RevokedAt: now})
 	}
+	creds, certs := r.list(), r.certs
 
 	// The lifecycle: eol, final.
 	if err := tx.transition(ctx, a, d, cradle.DeviceTransition{To: cradle.StateEOL, Reason: "decommissioned: " + clip(x.Reason, cradle.MaxReasonLen-16)}); err != nil {
@@ -356,13 +445,78 @@ func (s *DecommissionService) execute(ctx context.Context, tx *Tx, a cradle.Acto
 		return nil, fmt.Errorf("sqlstore: decommission: %w", err)
 	}
 	if _, err := tx.exec(ctx, `UPDATE decommissions SET state = ?, executed_at = ?, command_id = ?, revoked = ? WHERE device_id = ?`,
-		string(cradle.DecommissionWiping), micros(now), cmd.ID, string(revoked), d.ID); err != nil {
+		string(cradle.DecommissionWiping), micros(tx.now), cmd.ID, string(revoked), d.ID); err != nil {
 		return nil, fmt.Errorf("sqlstore: decommission: %w", err)
 	}
+	now := tx.now
 	x.State, x.ExecutedAt, x.CommandID, x.Revoked = cradle.DecommissionWiping, &now, cmd.ID, creds
 	return certs, tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "decommission.execute", Subject: "device:" + d.Serial,
 		Details: map[string]any{"reason": x.Reason, "requested_by": x.RequestedBy, "approved_by": x.ApprovedBy, "command_id": cmd.ID,
 			"command_sequence": cmd.Sequence, "revoked": creds}})
+}
+
+// ReissueWipe issues a fresh wipe command to a device being wiped whose
+// wipe command expired unanswered (offline longer than its time to live;
+// nothing else would send it again): same record, the record now names
+// the new command, audited as decommission.wipe.reissue. A device asks
+// for itself: the commands route calls it when a wiping device polls. It
+// returns the record, unchanged while the command has not expired.
+func (s *DecommissionService) ReissueWipe(ctx context.Context, serial string) (*cradle.Decommission, error) {
+	subject := "device:" + serial
+	a, err := s.db.authorize(ctx, cradle.PermCommandDevice, "decommission.wipe.reissue", subject)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.db.ownDevice(ctx, a, serial, "renew the wipe", "decommission.wipe.reissue.refused"); err != nil {
+		return nil, err
+	}
+	if s.sign == nil {
+		return nil, cradle.Errorf(cradle.ENOTIMPLEMENTED, "decommissioning needs the command signer to sign the wipe command (run cradle pki init)")
+	}
+	var out *cradle.Decommission
+	err = s.db.write(ctx, func(tx *Tx) error {
+		d, err := tx.lockDevice(ctx, a.TenantID, serial)
+		if err != nil {
+			return err
+		}
+		_, x, err := findDecommission(ctx, tx, d.ID, tx.forUpdateOf())
+		if err != nil {
+			return err
+		}
+		if x == nil || x.State != cradle.DecommissionWiping || len(x.Compromised) > 0 {
+			return wipeRefusal(x, serial, "")
+		}
+		out = x
+		var state string
+		var expires int64
+		if err := tx.queryRow(ctx, `SELECT state, expires_at FROM device_commands WHERE device_id = ? AND public_id = ?`, d.ID, x.CommandID).Scan(&state, &expires); err != nil {
+			return fmt.Errorf("sqlstore: reissue wipe: %w", err)
+		}
+		pending := state == string(cradle.CommandPending) || state == string(cradle.CommandDelivered)
+		if pending && expires > micros(tx.now) || !pending && state != string(cradle.CommandExpired) {
+			return nil // still waiting, or answered
+		}
+		id, err := newCommandID()
+		if err != nil {
+			return err
+		}
+		sys := cradle.SystemActor(a.TenantID, "decommission")
+		cmd, err := tx.issueCommand(ctx, sys, d, s.sign, id, cradle.CommandRequest{Kind: cradle.CommandWipe, TTLSeconds: int64(wipeTTL / time.Second)})
+		if err != nil {
+			return err
+		}
+		if _, err := tx.exec(ctx, `UPDATE decommissions SET command_id = ? WHERE device_id = ?`, cmd.ID, d.ID); err != nil {
+			return fmt.Errorf("sqlstore: reissue wipe: %w", err)
+		}
+		previous := x.CommandID
+		x.CommandID = cmd.ID
+		return tx.audit(ctx, a.TenantID, sys.String(), cradle.AuditEvent{Action: "decommission.wipe.reissue", Subject: subject,
+			Details: map[string]any{"previous_command_id": previous, "expired_at": fromMicros(expires), "command_id": cmd.ID, "command_sequence": cmd.Sequence}})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // RecordTombstone verifies and keeps a device's signed tombstone.
@@ -397,15 +551,8 @@ func (s *DecommissionService) RecordTombstone(ctx context.Context, serial string
 		if err != nil {
 			return err
 		}
-		switch {
-		case x == nil:
-			refused = decomNotFound(serial)
-			return refused
-		case x.State == cradle.DecommissionConfirmed:
-			refused = cradle.Errorf(cradle.ECONFLICT, "the wipe of device %q was already confirmed at %s", serial, x.ConfirmedAt.Format(time.RFC3339))
-			return refused
-		case x.State != cradle.DecommissionWiping:
-			refused = cradle.Errorf(cradle.ECONFLICT, "the decommissioning of device %q is %s: no wipe was sent yet", serial, x.State)
+		if x == nil || x.State != cradle.DecommissionWiping {
+			refused = wipeRefusal(x, serial, "")
 			return refused
 		}
 		// The certificate must be an LDevID this server issued to this
@@ -420,7 +567,9 @@ func (s *DecommissionService) RecordTombstone(ctx context.Context, serial string
 		case rec.DeviceSerial != serial || rec.Kind != cradle.CertLDevID || !bytes.Equal(rec.DER, st.Certificate):
 			refused = cradle.Errorf(cradle.EINVALID, "tombstone certificate %s is not an LDevID of device %q", rec.Serial, serial)
 		case rec.Reason != nil && *rec.Reason != cradle.ReasonCessationOfOperation:
-			refused = cradle.Errorf(cradle.EINVALID, "tombstone certificate %s was revoked for %s before the decommissioning: its key proves nothing", rec.Serial, rec.Reason)
+			refused = cradle.Errorf(cradle.EINVALID, "tombstone certificate %s was revoked for %s: its key proves nothing", rec.Serial, rec.Reason)
+		default:
+			refused = wipeRefusal(x, serial, rec.Serial)
 		}
 		if refused != nil {
 			return refused

@@ -376,6 +376,13 @@ func (s *DeviceService) TransitionDevice(ctx context.Context, serial string, t c
 		if refused = cradle.CheckTransition(serial, d.State, t.To, a.Role); refused != nil {
 			return refused
 		}
+		if t.To == cradle.StateEOL {
+			// eol only through decommissioning, which revokes every
+			// credential and sends the signed wipe; a plain move would
+			// leave them valid and make decommissioning impossible.
+			refused = cradle.Errorf(cradle.ECONFLICT, "device %q (%s) cannot be moved to eol by a plain transition: decommission it with cradle device decommission %s --reason R, which revokes its credentials and sends it the signed wipe", serial, d.State, serial)
+			return refused
+		}
 		return tx.transition(ctx, a, d, t)
 	})
 	if refused != nil {

@@ -35,6 +35,7 @@ const revokeBatch = 500
 // revokedCreds is what revokeCredentials took, by kind.
 type revokedCreds struct {
 	certs  []*cradle.Certificate
+	valid  map[string]bool // serials of the certificates that were valid (not superseded)
 	tokens []cradle.DecommissionedCredential
 	sets   []cradle.DecommissionedCredential
 }
@@ -43,7 +44,8 @@ type revokedCreds struct {
 func (r *revokedCreds) list() []cradle.DecommissionedCredential {
 	out := make([]cradle.DecommissionedCredential, 0, len(r.certs)+len(r.tokens)+len(r.sets))
 	for _, c := range r.certs {
-		out = append(out, cradle.DecommissionedCredential{Kind: "certificate:" + string(c.Kind), ID: c.Serial, RevokedAt: *c.RevokedAt})
+		out = append(out, cradle.DecommissionedCredential{Kind: "certificate:" + string(c.Kind), ID: c.Serial, RevokedAt: *c.RevokedAt,
+			Wipe: c.Kind == cradle.CertLDevID && r.valid[c.Serial]})
 	}
 	out = append(out, r.tokens...)
 	return append(out, r.sets...)
@@ -64,7 +66,7 @@ func (tx *Tx) revokeCredentials(ctx context.Context, a cradle.Actor, devices map
 	slices.Sort(ids)
 	now := micros(tx.now)
 	at := tx.now
-	out := &revokedCreds{}
+	out := &revokedCreds{valid: map[string]bool{}}
 	certKind := ""
 	if operational {
 		certKind = ` AND kind = 'ldevid'`
@@ -77,20 +79,21 @@ func (tx *Tx) revokeCredentials(ctx context.Context, a cradle.Actor, devices map
 		}
 		// Certificates.
 		certWhere := ` WHERE device_id IN (` + in + `) AND status <> 'revoked' AND not_after > ?` + certKind
-		rows, err := tx.query(ctx, `SELECT serial, device_id, kind, issuer FROM certificates`+certWhere, append(args, now)...)
+		rows, err := tx.query(ctx, `SELECT serial, device_id, kind, issuer, status FROM certificates`+certWhere, append(args, now)...)
 		if err != nil {
 			return nil, fmt.Errorf("sqlstore: revoke certificates: %w", err)
 		}
 		for rows.Next() {
 			var id int64
-			var kind string
+			var kind, status string
 			c := &cradle.Certificate{TenantID: a.TenantID, Status: cradle.CertRevoked, RevokedAt: &at, Reason: &reason}
-			if err := rows.Scan(&c.Serial, &id, &kind, &c.Issuer); err != nil {
+			if err := rows.Scan(&c.Serial, &id, &kind, &c.Issuer, &status); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("sqlstore: revoke certificates: %w", err)
 			}
 			c.Kind, c.DeviceSerial = cradle.CertKind(kind), devices[id]
 			out.certs = append(out.certs, c)
+			out.valid[c.Serial] = status == string(cradle.CertValid)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -154,6 +157,58 @@ func (tx *Tx) revokeCredentials(ctx context.Context, a cradle.Actor, devices map
 	return out, nil
 }
 
+// outOfService takes revoked devices (tenant's, by id → serial) out of
+// service in tx: deployed → suspended, provisioned → rma, each move in
+// the device's history by a with the reason why; other states stay. It
+// returns serial → new state of the devices moved, and writes no audit
+// entry (the revocation's names them). Statements name revokeBatch
+// devices at a time. The rma move needs no revokeForRMA here: the
+// revocation took every credential already.
+func (tx *Tx) outOfService(ctx context.Context, a cradle.Actor, devices map[int64]string, why string) (map[string]cradle.State, error) {
+	ids := make([]int64, 0, len(devices))
+	for id := range devices {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	now := micros(tx.now)
+	moved := map[string]cradle.State{}
+	const next = `CASE state WHEN 'deployed' THEN 'suspended' ELSE 'rma' END`
+	for chunk := range slices.Chunk(ids, revokeBatch) {
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		where := ` WHERE id IN (` + placeholders(len(chunk)) + `) AND state IN ('deployed', 'provisioned')`
+		rows, err := tx.query(ctx, `SELECT id, `+next+` FROM devices`+where, args...)
+		if err != nil {
+			return nil, fmt.Errorf("sqlstore: out of service: %w", err)
+		}
+		for rows.Next() {
+			var id int64
+			var to string
+			if err := rows.Scan(&id, &to); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("sqlstore: out of service: %w", err)
+			}
+			moved[devices[id]] = cradle.State(to)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("sqlstore: out of service: %w", err)
+		}
+		if _, err := tx.exec(ctx, `INSERT INTO device_transitions (device_id, seq, from_state, to_state, actor, reason, at)
+			SELECT id, (SELECT COALESCE(MAX(t.seq), 1) + 1 FROM device_transitions t WHERE t.device_id = devices.id), state, `+next+`, ?, ?, ? FROM devices`+where,
+			append([]any{a.String(), clip(why, cradle.MaxReasonLen), now}, args...)...); err != nil {
+			return nil, fmt.Errorf("sqlstore: out of service: history: %w", err)
+		}
+		if _, err := tx.exec(ctx, `UPDATE devices SET state = `+next+`, state_changed_at = ?, updated_at = ?`+where,
+			append([]any{now, now}, args...)...); err != nil {
+			return nil, fmt.Errorf("sqlstore: out of service: %w", err)
+		}
+	}
+	return moved, nil
+}
+
 // revokeForRMA takes the operational credentials of a device moved to
 // rma, in the transaction of the move, and audits them: its LDevIDs,
 // device tokens and Mender auth sets. Its IDevID stays valid: the device
@@ -187,9 +242,17 @@ func (s *RevocationService) RevokeDevice(ctx context.Context, serial string, rea
 		if err != nil {
 			return err
 		}
-		out = &cradle.DeviceRevocation{Serial: d.Serial, Reason: reason, RevokedAt: tx.now, Revoked: r.list()}
-		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.revoke", Subject: subject,
-			Details: map[string]any{"reason": reason.String(), "revoked": out.Revoked}})
+		moved, err := tx.outOfService(ctx, a, map[int64]string{d.ID: d.Serial}, "credentials revoked: "+reason.String())
+		if err != nil {
+			return err
+		}
+		out = &cradle.DeviceRevocation{Serial: d.Serial, Reason: reason, RevokedAt: tx.now, Revoked: r.list(), State: d.State}
+		details := map[string]any{"reason": reason.String(), "revoked": out.Revoked}
+		if to, ok := moved[d.Serial]; ok {
+			details["state"] = map[string]cradle.State{"from": d.State, "to": to}
+			out.State = to
+		}
+		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.revoke", Subject: subject, Details: details})
 	})
 	if err != nil {
 		return nil, err
@@ -247,9 +310,20 @@ func (s *RevocationService) RevokeDevices(ctx context.Context, selector string, 
 			return err
 		}
 		out.RevokedAt, out.Certificates, out.Tokens, out.AuthSets = tx.now, len(r.certs), len(r.tokens), len(r.sets)
+		moved, err := tx.outOfService(ctx, a, matched, "credentials revoked: "+reason.String())
+		if err != nil {
+			return err
+		}
+		for _, to := range moved {
+			if to == cradle.StateSuspended {
+				out.Suspended++
+			} else {
+				out.RMA++
+			}
+		}
 		return tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.revoke.bulk", Subject: "devices",
 			Details: map[string]any{"selector": out.Selector, "reason": reason.String(), "devices": out.Devices,
-				"certificates": out.Certificates, "tokens": out.Tokens, "auth_sets": out.AuthSets}})
+				"certificates": out.Certificates, "tokens": out.Tokens, "auth_sets": out.AuthSets, "out_of_service": moved}})
 	})
 	if err != nil {
 		return nil, err

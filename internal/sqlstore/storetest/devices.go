@@ -272,8 +272,9 @@ func testTransitions(t *testing.T, e *Env) {
 		{operator, cradle.StateProvisioned, cradle.ECONFLICT}, // rma leaves only through the factory
 		{factory, cradle.StateProvisioned, ""},
 		{operator, cradle.StateEOL, cradle.ECONFLICT}, // only admins decommission
-		{admin, cradle.StateEOL, ""},
-		{admin, cradle.StateDeployed, cradle.ECONFLICT}, // eol is final
+		{admin, cradle.StateEOL, cradle.ECONFLICT},      // and only through decommissioning, never a plain move
+		{admin, cradle.StateDeployed, ""},
+		{admin, cradle.StateEOL, cradle.ECONFLICT}, // from deployed neither
 	}
 	state := cradle.StateFactory
 	for i, s := range steps {
@@ -302,7 +303,7 @@ func testTransitions(t *testing.T, e *Env) {
 		path = append(path, string(h.From)+">"+string(h.To))
 	}
 	want := []string{">factory", "factory>provisioned", "provisioned>deployed", "deployed>suspended", "suspended>deployed",
-		"deployed>rma", "rma>provisioned", "provisioned>eol"}
+		"deployed>rma", "rma>provisioned", "provisioned>deployed"}
 	if diff := cmp.Diff(want, path); diff != "" {
 		t.Fatalf("history (-want +got):\n%s", diff)
 	}
@@ -315,8 +316,14 @@ func testTransitions(t *testing.T, e *Env) {
 	wantCode(t, err, cradle.EINVALID, "reason")
 	// Every refusal left an audit entry naming it.
 	refusals := must[[]*cradle.AuditEntry](t)(e.Audit.FindAuditEntries(admin, cradle.AuditFilter{Action: ptr("device.transition.refused"), Limit: 100}))
-	if len(refusals) != 5 {
-		t.Fatalf("%d refusal entries, want 5", len(refusals))
+	if len(refusals) != 6 {
+		t.Fatalf("%d refusal entries, want 6", len(refusals))
+	}
+	// The refusal of a plain move to eol says how to decommission.
+	_, err = e.Devices.TransitionDevice(admin, "SN-1", cradle.DeviceTransition{To: cradle.StateEOL})
+	wantCode(t, err, cradle.ECONFLICT, "cradle device decommission SN-1")
+	if d := must[*cradle.Device](t)(e.Devices.FindDeviceBySerial(admin, "SN-1")); d.State != cradle.StateDeployed {
+		t.Fatalf("after a refused move to eol: %s", d.State)
 	}
 }
 
