@@ -166,6 +166,8 @@ func Run(t *testing.T, b Backend) {
 		{"ReleaseRemediation", testReleaseRemediation}, {"RolloutQuarantine", testRolloutQuarantine}, {"UpdateQuarantine", testUpdateQuarantine},
 		{"MenderAuth", testMenderAuth}, {"MenderAcceptRefusals", testMenderAcceptRefusals}, {"MenderSessionCleanup", testMenderSessionCleanup}, {"MenderConcurrent", testMenderConcurrent}, {"DeviceTokens", testDeviceTokens},
 		{"DecommissionExecute", testDecommissionExecute}, {"DecommissionApprovers", testDecommissionApprovers},
+		{"DecommissionEOLOnly", testDecommissionEOLOnly}, {"DecommissionSecondApprover", testDecommissionSecondApprover}, {"DecommissionWipeCertificates", testDecommissionWipeCertificates},
+		{"DecommissionWipeReissue", testDecommissionWipeReissue}, {"DecommissionKeyCompromise", testDecommissionKeyCompromise}, {"RevokeOutOfService", testRevokeOutOfService},
 		{"AdmitDevice", testAdmitDevice}, {"DeviceAttributes", testDeviceAttributes}, {"DDIActions", testDDIActions}, {"UpdateLogs", testUpdateLogs}, {"CompatFields", testCompatFields},
 		{"RevokeDevice", testRevokeDevice}, {"RevokeDevicesBulk", testRevokeDevicesBulk}, {"RevokeOnRMA", testRevokeOnRMA},
 		{"MenderAutoAdmitProvisionedOnly", testMenderAutoAdmitProvisionedOnly}, {"MenderTenantTokens", testMenderTenantTokens}, {"ProtocolSwitch", testProtocolSwitch},
