@@ -272,7 +272,7 @@ func testTransitions(t *testing.T, e *Env) {
 		{operator, cradle.StateProvisioned, cradle.ECONFLICT}, // rma leaves only through the factory
 		{factory, cradle.StateProvisioned, ""},
 		{operator, cradle.StateEOL, cradle.ECONFLICT}, // only admins decommission
-		{admin, cradle.StateEOL, cradle.ECONFLICT},      // and only through decommissioning, never a plain move
+		{admin, cradle.StateEOL, cradle.ECONFLICT},    // and only through decommissioning, never a plain move
 		{admin, cradle.StateDeployed, ""},
 		{admin, cradle.StateEOL, cradle.ECONFLICT}, // from deployed neither
 	}
