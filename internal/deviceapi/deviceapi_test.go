@@ -6,9 +6,11 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -79,7 +81,8 @@ type env struct {
 	devices *sqlstore.DeviceService
 	admin   context.Context
 	audit   *sqlstore.AuditService
-	wiping  map[string]bool // serials whose decommissioning is wiping
+	decom   *sqlstore.DecommissionService
+	cmds    *sqlstore.CommandService
 	srv     *deviceapi.Server
 }
 
@@ -97,7 +100,7 @@ func (e *env) refusals(tenant int64) int {
 func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 	t.Helper()
 	ctx := t.Context()
-	e := &env{t: t, clock: storetest.NewClock(epoch), wiping: map[string]bool{}}
+	e := &env{t: t, clock: storetest.NewClock(epoch)}
 	_, key, _ := ed25519.GenerateKey(nil)
 	db, err := sqlstore.Open(ctx, filepath.Join(t.TempDir(), "cradle.db"), sqlstore.Options{AuditKey: key, Clock: e.clock})
 	if err != nil {
@@ -105,6 +108,7 @@ func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 	}
 	t.Cleanup(func() { db.Close() })
 	e.certs, e.devices = sqlstore.NewCertificateService(db), sqlstore.NewDeviceService(db)
+	e.decom, e.cmds = sqlstore.NewDecommissionService(db, storetest.CommandSigner()), sqlstore.NewCommandService(db, nil)
 	e.admin = cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
 	if _, err := sqlstore.NewTokenService(db).Bootstrap(ctx); err != nil { // creates tenant 1
 		t.Fatal(err)
@@ -121,7 +125,17 @@ func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 		Roots:       roots, Intermediates: inter, CheckChain: checkChain,
 		Certs: e.certs, Devices: e.devices, Clock: e.clock,
 		Audit:  sqlstore.NewAuditService(db).RecordRefusal,
-		Wiping: func(_ context.Context, d *cradle.Device) (bool, error) { return e.wiping[d.Serial], nil },
+		// As the server wires it: the decommissioning store decides.
+		Wiping: func(ctx context.Context, d *cradle.Device, c *cradle.Certificate) (bool, error) {
+			err := e.decom.WipeCredential(ctx, d.Serial, c.Serial)
+			switch cradle.ErrorCode(err) {
+			case "":
+				return true, nil
+			case cradle.ENOTFOUND, cradle.ECONFLICT, cradle.EINVALID:
+				return false, nil
+			}
+			return false, err
+		},
 	}
 	e.audit, e.srv = sqlstore.NewAuditService(db), s
 	s.HandleDecommissioning("GET /wipe", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -320,38 +334,38 @@ func TestCheckChain(t *testing.T) {
 }
 
 // TestDecommissioningException: only routes mounted with
-// HandleDecommissioning let in an eol device whose wipe is pending, and
-// only with its LDevID revoked for cessationOfOperation.
+// HandleDecommissioning let in an eol device whose wipe is pending, only
+// with an LDevID valid when the decommissioning was executed (not one
+// superseded or revoked before), not once a certificate of it was
+// revoked again for keyCompromise, and still once that LDevID expired.
 func TestDecommissioningException(t *testing.T) {
 	e := newEnv(t, nil)
 	admin := cradle.NewContextWithActor(t.Context(), cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "test", ID: "admin"})
-	retire := func(n *node, serial string, reason cradle.RevocationReason) {
+	decommission := func(serial string) *cradle.Decommission {
 		t.Helper()
-		if _, err := e.certs.RevokeCertificate(e.admin, cradle.SerialHex(n.cert.SerialNumber), reason); err != nil {
+		x, err := e.decom.RequestDecommission(admin, serial, "end of life")
+		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.devices.TransitionDevice(admin, serial, cradle.DeviceTransition{To: cradle.StateEOL}); err != nil {
-			t.Fatal(err)
-		}
+		return x
 	}
 	good := e.device("SN-GOOD", cradle.StateDeployed)
 	wiping := e.device("SN-WIPE", cradle.StateDeployed)
-	retire(wiping, "SN-WIPE", cradle.ReasonCessationOfOperation)
-	e.wiping["SN-WIPE"] = true
+	decommission("SN-WIPE")
 	done := e.device("SN-DONE", cradle.StateDeployed)
-	retire(done, "SN-DONE", cradle.ReasonCessationOfOperation)
+	x := decommission("SN-DONE")
+	e.confirm("SN-DONE", x, done)
 	compromised := e.device("SN-COMP", cradle.StateDeployed)
-	retire(compromised, "SN-COMP", cradle.ReasonKeyCompromise)
-	e.wiping["SN-COMP"] = true
-	unrevoked := e.device("SN-EOL", cradle.StateDeployed)
-	if _, err := e.devices.TransitionDevice(admin, "SN-EOL", cradle.DeviceTransition{To: cradle.StateEOL}); err != nil {
+	decommission("SN-COMP")
+	if _, err := e.certs.RevokeCertificate(e.admin, cradle.SerialHex(compromised.cert.SerialNumber), cradle.ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
 	}
-	e.wiping["SN-EOL"] = true
+	old := e.device("SN-OLD", cradle.StateDeployed)
+	renewed := e.renew("SN-OLD", old)
+	decommission("SN-OLD")
 	suspended := e.device("SN-SUSP", cradle.StateSuspended)
-	e.wiping["SN-SUSP"] = true
 
-	for _, tc := range []struct {
+	cases := []struct {
 		name   string
 		path   string
 		client *node
@@ -362,16 +376,63 @@ func TestDecommissioningException(t *testing.T) {
 		{"being wiped", "/wipe", wiping, 200, "SN-WIPE eol decommissioning=true"},
 		{"being wiped, another route", "/who", wiping, 401, "cessationOfOperation"},
 		{"wipe confirmed", "/wipe", done, 401, "was revoked"},
-		{"revoked for key compromise", "/wipe", compromised, 401, "keyCompromise"},
-		{"eol, certificate not revoked", "/wipe", unrevoked, 403, "is eol"},
+		{"revoked again for key compromise", "/wipe", compromised, 401, "keyCompromise"},
+		{"an LDevID superseded before the decommissioning", "/wipe", old, 401, "was revoked"},
+		{"the LDevID valid at the decommissioning", "/wipe", renewed, 200, "SN-OLD eol decommissioning=true"},
 		{"suspended", "/wipe", suspended, 403, "is suspended"},
 		{"no certificate", "/wipe", nil, 401, "no client certificate"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			status, body := e.get(tc.path, tc.client)
-			if status != tc.status || !strings.Contains(body, tc.body) {
-				t.Errorf("%d %q; want %d containing %q", status, body, tc.status, tc.body)
-			}
-		})
+	}
+	run := func() {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				status, body := e.get(tc.path, tc.client)
+				if status != tc.status || !strings.Contains(body, tc.body) {
+					t.Errorf("%d %q; want %d containing %q", status, body, tc.status, tc.body)
+				}
+			})
+		}
+	}
+	run()
+	// Months later the device comes back, its LDevID expired: the wipe
+	// route still takes it, nothing else does.
+	e.clock.Add(wiping.cert.NotAfter.Add(24 * time.Hour).Sub(e.clock.Now()))
+	cases = cases[1:3]
+	cases[1].body = "expired"
+	run()
+}
+
+// renew issues serial a new LDevID replacing n's (superseded).
+func (e *env) renew(serial string, n *node) *node {
+	e.t.Helper()
+	var out *node
+	self := cradle.NewContextWithActor(e.t.Context(), cradle.Actor{TenantID: 1, Role: cradle.RoleDevice, Kind: "device", ID: serial})
+	if _, err := e.certs.IssueCertificate(self, cradle.CertificateIssue{DeviceSerial: serial, Kind: cradle.CertLDevID, Renews: cradle.SerialHex(n.cert.SerialNumber),
+		States: []cradle.State{cradle.StateDeployed},
+		Issue: func(context.Context, *cradle.Device) (*x509.Certificate, error) {
+			out = newNode(e.t, e.devCA, leaf(serial))
+			return out.cert, nil
+		}}); err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// confirm records serial's signed tombstone for its wipe command.
+func (e *env) confirm(serial string, x *cradle.Decommission, n *node) {
+	e.t.Helper()
+	self := cradle.NewContextWithActor(e.t.Context(), cradle.Actor{TenantID: 1, Role: cradle.RoleDevice, Kind: "device", ID: serial})
+	c, err := e.cmds.FindDeviceCommand(e.admin, serial, x.CommandID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	payload, _ := json.Marshal(cradle.Tombstone{Serial: serial, CommandID: c.ID, Sequence: c.Sequence, Lifecycle: "eol", At: e.clock.Now(),
+		Erased: []cradle.ErasedObject{{Store: "file", Kind: "key", Name: "ldevid.key"}}})
+	sum := sha256.Sum256(payload)
+	sig, err := ecdsa.SignASN1(rand.Reader, n.key, sum[:])
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.decom.RecordTombstone(self, serial, cradle.SignedTombstone{Payload: payload, Signature: sig, Certificate: n.cert.Raw}); err != nil {
+		e.t.Fatal(err)
 	}
 }

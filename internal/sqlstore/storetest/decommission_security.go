@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"cradle"
+	"cradle/internal/command"
+	"cradle/internal/pki"
 	"cradle/internal/sqlstore"
 )
 
@@ -358,5 +360,14 @@ func testRevokeOutOfService(t *testing.T, e *Env) {
 		if !v.OK {
 			t.Errorf("audit chain of tenant %d broken", v.TenantID)
 		}
+	}
+}
+
+// CommandSigner signs commands with the suite's test command signer, for
+// the tests of other packages that decommission devices.
+func CommandSigner() sqlstore.CommandSigner {
+	h, keys := commandPKI()
+	return func(c command.Command) ([]byte, error) {
+		return command.Sign(c, keys[pki.NameCommandSigner], []*x509.Certificate{h.CommandSigner})
 	}
 }
