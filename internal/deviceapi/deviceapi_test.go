@@ -124,7 +124,7 @@ func newEnv(t *testing.T, checkChain func([]*x509.Certificate) error) *env {
 		Certificate: tls.Certificate{Certificate: [][]byte{server.cert.Raw}, PrivateKey: server.key},
 		Roots:       roots, Intermediates: inter, CheckChain: checkChain,
 		Certs: e.certs, Devices: e.devices, Clock: e.clock,
-		Audit:  sqlstore.NewAuditService(db).RecordRefusal,
+		Audit: sqlstore.NewAuditService(db).RecordRefusal,
 		// As the server wires it: the decommissioning store decides.
 		Wiping: func(ctx context.Context, d *cradle.Device, c *cradle.Certificate) (bool, error) {
 			err := e.decom.WipeCredential(ctx, d.Serial, c.Serial)
