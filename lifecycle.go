@@ -17,7 +17,7 @@ const (
 	StateDeployed    State = "deployed"    // enrolled with the operational PKI, in service
 	StateSuspended   State = "suspended"   // quarantined: remediation only
 	StateRMA         State = "rma"         // returned for repair: operational credentials revoked
-	StateEOL         State = "eol"         // decommissioned; terminal
+	StateEOL         State = "eol"         // decommissioned (only through DecommissionService); terminal
 )
 
 // States lists every state in lifecycle order.
@@ -50,7 +50,10 @@ type Transition struct {
 var Transitions = []Transition{
 	// The factory station finishes a unit.
 	{StateFactory, StateProvisioned, []Role{RoleFactory, RoleAdmin}},
-	// Units scrapped on the line, or before deployment.
+	// Units scrapped on the line, or before deployment. Every move to
+	// eol goes through decommissioning (DecommissionService), which
+	// revokes the device's credentials and sends the signed wipe; the
+	// plain TransitionDevice refuses it.
 	{StateFactory, StateEOL, []Role{RoleAdmin}},
 	// The device enrolls itself with its IDevID; an admin may mark a
 	// brought-over fleet as deployed.
@@ -66,7 +69,7 @@ var Transitions = []Transition{
 	{StateSuspended, StateRMA, []Role{RoleOperator, RoleAdmin}},
 	// An RMA unit leaves only through the factory, which re-provisions it.
 	{StateRMA, StateProvisioned, []Role{RoleFactory}},
-	// Decommissioning.
+	// Decommissioning (DecommissionService only, as above).
 	{StateDeployed, StateEOL, []Role{RoleAdmin}},
 	{StateSuspended, StateEOL, []Role{RoleAdmin}},
 	{StateRMA, StateEOL, []Role{RoleAdmin}},

@@ -173,17 +173,22 @@ func TestDecommissionEndToEnd(t *testing.T) {
 	}
 
 	// Its tombstone, signed with its LDevID key.
-	sign := func(key *ecdsa.PrivateKey, tb cradle.Tombstone) []byte {
+	signWith := func(key *ecdsa.PrivateKey, cert *x509.Certificate, tb cradle.Tombstone) []byte {
 		payload, _ := json.Marshal(tb)
 		sum := sha256.Sum256(payload)
 		sig, _ := ecdsa.SignASN1(rand.Reader, key, sum[:])
-		b, _ := json.Marshal(cradle.SignedTombstone{Payload: payload, Signature: sig, Certificate: ldevid.Raw})
+		b, _ := json.Marshal(cradle.SignedTombstone{Payload: payload, Signature: sig, Certificate: cert.Raw})
 		return b
 	}
+	sign := func(key *ecdsa.PrivateKey, tb cradle.Tombstone) []byte { return signWith(key, ldevid, tb) }
 	tb := cradle.Tombstone{Serial: serial, CommandID: wipe.ID, Sequence: wipe.Sequence, Lifecycle: "eol", At: time.Now().UTC(),
 		Erased: []cradle.ErasedObject{{Store: "file", Kind: "key", Name: "ldevid"}, {Store: "state", Kind: "secret", Name: "state.json"}}}
 	if st, body := call("POST", "/device/v1/tombstone", sign(idevKey, tb)); st != 400 || !strings.Contains(body, "signature") {
 		t.Fatalf("a tombstone signed with another key: %d %s", st, body)
+	}
+	// Signed, but with another certificate than the connection's.
+	if st, body := call("POST", "/device/v1/tombstone", signWith(idevKey, idevid, tb)); st != 400 || !strings.Contains(body, "TLS client certificate") {
+		t.Fatalf("a tombstone with another certificate than the connection's: %d %s", st, body)
 	}
 	if st, body := call("POST", "/device/v1/tombstone", sign(ldevKey, tb)); st != 200 || !strings.Contains(body, `"confirmed"`) {
 		t.Fatalf("tombstone: %d %s", st, body)

@@ -293,7 +293,11 @@ func (a *app) deviceTransitionCmd() *cobra.Command {
 		Long: `Move a device to another lifecycle state. The lifecycle table decides which moves
 each role may make; a refused move names the moves that are allowed.
 
-States: factory, provisioned, deployed, suspended, rma, eol (final).`,
+States: factory, provisioned, deployed, suspended, rma, eol (final).
+
+A device reaches eol only through decommissioning (cradle device decommission
+SERIAL --reason R), which revokes its credentials and sends it the signed wipe:
+a plain move to eol is refused, from every state.`,
 		Example: `  cradle device transition SN-0001 provisioned --reason "passed end-of-line test"`,
 		Args:    cobra.ExactArgs(2),
 		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {

@@ -57,6 +57,12 @@ command returns, the CRL is regenerated, the OCSP responder answers revoked and
 the device's live MQTT sessions are closed; every other channel refuses the
 device's next request.
 
+A revoked device is also taken out of service in the same transaction, so that
+no path that checks only its state (a tenant's hawkBit gateway token) lets it on:
+deployed → suspended, provisioned → rma, recorded in the device's history with
+the reason "credentials revoked: <reason>". Other states stay. To bring it back,
+an operator moves it to rma and the factory re-provisions it.
+
 With --selector, every device of the tenant whose labels match is revoked in
 one transaction, with one audit entry naming them all.
 
@@ -87,8 +93,8 @@ To revoke one certificate only, use cradle pki revoke --serial.`,
 				if jsonFlag {
 					return writeJSON(a.stdout, b)
 				}
-				fmt.Fprintf(a.stdout, "revoked %s matching %s (%s): %s, %s, %s rejected\n", count(len(b.Devices), "device"), b.Selector, b.Reason,
-					count(b.Certificates, "certificate"), count(b.Tokens, "device token"), count(b.AuthSets, "Mender auth set"))
+				fmt.Fprintf(a.stdout, "revoked %s matching %s (%s): %s, %s, %s rejected; %d suspended, %d moved to rma\n", count(len(b.Devices), "device"), b.Selector, b.Reason,
+					count(b.Certificates, "certificate"), count(b.Tokens, "device token"), count(b.AuthSets, "Mender auth set"), b.Suspended, b.RMA)
 				return nil
 			}
 			out, err := cl.RevokeDevice(cmd.Context(), args[0], r)
@@ -98,7 +104,7 @@ To revoke one certificate only, use cradle pki revoke --serial.`,
 			if jsonFlag {
 				return writeJSON(a.stdout, out)
 			}
-			fmt.Fprintf(a.stdout, "revoked device %s (%s): %s\n", out.Serial, out.Reason, count(len(out.Revoked), "credential"))
+			fmt.Fprintf(a.stdout, "revoked device %s (%s): %s; device now %s\n", out.Serial, out.Reason, count(len(out.Revoked), "credential"), out.State)
 			if len(out.Revoked) == 0 {
 				return nil
 			}

@@ -108,17 +108,32 @@ func TestDecommission(t *testing.T) {
 	if _, err := admin.UpdatePolicy(ctx, cradle.TenantPolicy{DecommissionApprovers: 2}); err != nil {
 		t.Fatal(err)
 	}
-	resp := e.do("POST", "/api/v1/devices/GW-2/decommission", e.tokens[cradle.RoleAdmin], "application/json", strings.NewReader(`{"reason":"stolen"}`))
-	if resp.status != http.StatusAccepted || !strings.Contains(string(resp.body), `"awaiting-approval"`) {
-		t.Fatalf("two approvers: %d %s", resp.status, resp.body)
-	}
-	_, err = admin.ApproveDecommission(ctx, "GW-2")
-	if cradle.ErrorCode(err) != cradle.EFORBIDDEN || !strings.Contains(cradle.ErrorMessage(err), "second admin") {
-		t.Fatalf("approval by the requester: %v", err)
+	// Two admins, each with a token of their own made before the request
+	// (a token the requester's token made is not a second admin).
+	_, first, err := admin.CreateToken(ctx, cradle.TokenCreate{Name: "first-admin", Role: cradle.RoleAdmin})
+	if err != nil {
+		t.Fatal(err)
 	}
 	_, second, err := admin.CreateToken(ctx, cradle.TokenCreate{Name: "second-admin", Role: cradle.RoleAdmin})
 	if err != nil {
 		t.Fatal(err)
+	}
+	firstAdmin := httpapi.NewClient(e.url, first, nil)
+	resp := e.do("POST", "/api/v1/devices/GW-2/decommission", first, "application/json", strings.NewReader(`{"reason":"stolen"}`))
+	if resp.status != http.StatusAccepted || !strings.Contains(string(resp.body), `"awaiting-approval"`) {
+		t.Fatalf("two approvers: %d %s", resp.status, resp.body)
+	}
+	_, err = firstAdmin.ApproveDecommission(ctx, "GW-2")
+	if cradle.ErrorCode(err) != cradle.EFORBIDDEN || !strings.Contains(cradle.ErrorMessage(err), "second admin") {
+		t.Fatalf("approval by the requester: %v", err)
+	}
+	_, own, err := firstAdmin.CreateToken(ctx, cradle.TokenCreate{Name: "first-admin-again", Role: cradle.RoleAdmin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = httpapi.NewClient(e.url, own, nil).ApproveDecommission(ctx, "GW-2")
+	if cradle.ErrorCode(err) != cradle.EFORBIDDEN || !strings.Contains(cradle.ErrorMessage(err), "second admin") {
+		t.Fatalf("approval by another token of the requester: %v", err)
 	}
 	if x, err := httpapi.NewClient(e.url, second, nil).ApproveDecommission(ctx, "GW-2"); err != nil || x.State != cradle.DecommissionWiping || x.ApprovedBy == "" {
 		t.Fatalf("approval by a second admin: %+v, %v", x, err)
