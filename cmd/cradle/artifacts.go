@@ -20,6 +20,7 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
+	"cradle/internal/sqlstore"
 )
 
 // Artifact downloads. Devices fetch update artifacts from the artifact
@@ -33,6 +34,10 @@ import (
 // rotate: move the key to .previous, restart, and delete .previous once
 // device.artifact_url_ttl has passed). Every response body served is
 // accounted per device, in batches, without ever holding up a download.
+// A URL outlives the state it was signed in, so each download also asks
+// whether its device may still have it (downloadGate: deployed, or
+// suspended and the artifact of a remediation release; answers kept a
+// second at most): 403 otherwise.
 
 const (
 	artifactURLKeyFile = "artifact-url.key"
@@ -300,4 +305,82 @@ func (l *artifactListener) shutdown(ctx context.Context) error {
 		err = serr
 	}
 	return err
+}
+
+// downloadAccessTTL bounds how long the gate trusts an answer about a
+// device: a device suspended, revoked or decommissioned loses its signed
+// URLs within it.
+const downloadAccessTTL = time.Second
+
+// maxDownloadAccessCache bounds the gate's cache; past it, the cache is
+// emptied (answers are a second old at most anyway).
+const maxDownloadAccessCache = 65536
+
+// downloadGate serves /artifacts/ (artifact.Handler) only to a device
+// that may still download what its signed URL names: the URL outlives
+// the state it was signed in (a suspension, a revocation, eol), so each
+// download asks the store (DeviceMayDownload: deployed, or suspended and
+// the artifact of a remediation release), with answers kept
+// downloadAccessTTL. Otherwise 403 with the reason.
+type downloadGate struct {
+	inner  *artifact.Handler
+	may    func(ctx context.Context, serial, sha256 string) (bool, string, error)
+	now    func() time.Time
+	logger *slog.Logger
+
+	mu    sync.Mutex
+	cache map[string]downloadAccess
+}
+
+type downloadAccess struct {
+	ok     bool
+	reason string
+	at     time.Time
+}
+
+func newDownloadGate(inner *artifact.Handler, devices *sqlstore.DeviceService, logger *slog.Logger) *downloadGate {
+	return &downloadGate{inner: inner, may: devices.DeviceMayDownload, now: time.Now, logger: logger, cache: map[string]downloadAccess{}}
+}
+
+func (g *downloadGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		g.inner.ServeHTTP(w, r) // 405, as the handler answers it
+		return
+	}
+	now := g.now()
+	t, err := g.inner.Signer.Verify(r.URL.Path, r.URL.RawQuery, now)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
+	tenant, serial, ok := parseDownloadDevice(t.Device)
+	if !ok {
+		http.Error(w, "this download URL names no device: ask for the update again", http.StatusForbidden)
+		return
+	}
+	key := t.Device + "\x00" + t.Digest.String()
+	g.mu.Lock()
+	a, hit := g.cache[key]
+	g.mu.Unlock()
+	if !hit || now.Sub(a.at) >= downloadAccessTTL || now.Before(a.at) {
+		ctx := cradle.NewContextWithActor(r.Context(), cradle.SystemActor(tenant, "artifact-downloads"))
+		a.ok, a.reason, err = g.may(ctx, serial, t.Digest.String())
+		if err != nil {
+			g.logger.Error("artifact download: device access", "device", t.Device, "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		a.at = now
+		g.mu.Lock()
+		if len(g.cache) >= maxDownloadAccessCache {
+			clear(g.cache)
+		}
+		g.cache[key] = a
+		g.mu.Unlock()
+	}
+	if !a.ok {
+		http.Error(w, a.reason, http.StatusForbidden)
+		return
+	}
+	g.inner.ServeHTTP(w, r)
 }

@@ -172,13 +172,13 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		return nil, err
 	}
 	twin.routes(listener)
-	downloads, err := d.mountUpdates(cfg, artifacts, listener, sqlstore.NewUpdateService(db), metrics)
+	downloads, err := d.mountUpdates(cfg, artifacts, listener, sqlstore.NewUpdateService(db), sqlstore.NewDeviceService(db), metrics)
 	if err != nil {
 		return nil, err
 	}
 	d.protocols = tokencache.Wrap(sqlstore.NewProtocolService(db).SetMenderAutoAdmit(cfg.Mender.AutoAdmit))
 	d.mender = mountMender(cfg, listener, d.protocols, d.updates, tenants.FindTenantByName, logger)
-	d.hawkbit = mountHawkbit(cfg, db, d.protocols, artifacts, downloads.(*artifact.Handler), listener, d.authority.TenantName, logger)
+	d.hawkbit = mountHawkbit(cfg, db, d.protocols, artifacts, downloads.(*downloadGate).inner, listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, d.updates, metrics, logger); err != nil {
@@ -324,7 +324,7 @@ func (d *deviceListener) closeNow() {
 // mountUpdates mounts the update routes and the artifact downloads on the
 // listener and returns the download handler (for the plain listener too).
 // The URL-signing key is created on the first start.
-func (d *deviceListener) mountUpdates(cfg Config, artifacts *artifact.Dir, listener *deviceapi.Server, svc cradle.UpdateService, metrics prometheus.Registerer) (http.Handler, error) {
+func (d *deviceListener) mountUpdates(cfg Config, artifacts *artifact.Dir, listener *deviceapi.Server, svc cradle.UpdateService, devices *sqlstore.DeviceService, metrics prometheus.Registerer) (http.Handler, error) {
 	signer, created, err := loadOrCreateURLSigner(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
@@ -337,12 +337,14 @@ func (d *deviceListener) mountUpdates(cfg Config, artifacts *artifact.Dir, liste
 	}
 	downloads := &artifact.Handler{Store: artifacts, Signer: signer, Account: d.accounting.Account, Logger: d.logger}
 	// Public: the signature is the credential, for download clients that
-	// cannot present the device's certificate.
-	listener.Handle("/artifacts/", downloads, true)
+	// cannot present the device's certificate; the gate checks the
+	// device's state on each download (artifacts.go).
+	gate := newDownloadGate(downloads, devices, d.logger)
+	listener.Handle("/artifacts/", gate, true)
 	d.updates = &deviceUpdates{svc: svc, artifacts: downloads, ttl: cfg.Device.ArtifactURLTTL, urlHost: cfg.Device.URLHost,
 		dataDir: cfg.DataDir, tenantName: d.authority.TenantName, logger: d.logger, now: time.Now}
 	d.updates.routes(listener)
-	return downloads, nil
+	return gate, nil
 }
 
 // notifyUpdates tells the connected devices among serials (of tenantID)

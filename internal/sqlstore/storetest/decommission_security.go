@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -369,5 +370,54 @@ func CommandSigner() sqlstore.CommandSigner {
 	h, keys := commandPKI()
 	return func(c command.Command) ([]byte, error) {
 		return command.Sign(c, keys[pki.NameCommandSigner], []*x509.Certificate{h.CommandSigner})
+	}
+}
+
+// testDeviceMayDownload: a signed download URL is honoured for a deployed
+// device, for a suspended one only for a remediation release's image or
+// delta, and for no other state (nor another tenant's device).
+func testDeviceMayDownload(t *testing.T, e *Env) {
+	k := newReleaseKit(t, e, "acme")
+	base := k.sign(k.create(fileRelease("gw-1", "1.0", 1)))
+	plain := k.sign(k.create(fileRelease("gw-1", "1.1", 1)))
+	c := fileRelease("gw-1", "1.2", 1)
+	c.Remediation = true
+	fix := k.create(c)
+	delta := deltaFrom(base, fix)
+	k.sign(fix, delta)
+	states := map[string]cradle.State{"D": cradle.StateDeployed, "S": cradle.StateSuspended, "R": cradle.StateRMA, "P": cradle.StateProvisioned}
+	for serial, st := range states {
+		must[*cradle.Device](t)(e.Devices.CreateDevice(k.admin, cradle.DeviceCreate{Serial: serial, Model: "gw-1", State: cradle.StateProvisioned}))
+		if st != cradle.StateProvisioned {
+			must[*cradle.Device](t)(e.Devices.TransitionDevice(k.admin, serial, cradle.DeviceTransition{To: cradle.StateDeployed}))
+		}
+		if st == cradle.StateSuspended || st == cradle.StateRMA {
+			must[*cradle.Device](t)(e.Devices.TransitionDevice(k.admin, serial, cradle.DeviceTransition{To: st}))
+		}
+	}
+	sys := e.As(k.tenant.ID, cradle.RoleSystem)
+	other, _ := e.Tenant("other", cradle.RoleAdmin)
+	for _, c := range []struct {
+		ctx    context.Context
+		serial string
+		sha    string
+		want   bool
+		says   string
+	}{
+		{sys, "D", plain.SHA256, true, ""},
+		{sys, "D", delta.SHA256, true, ""},
+		{sys, "S", fix.SHA256, true, ""},
+		{sys, "S", delta.SHA256, true, ""},
+		{sys, "S", plain.SHA256, false, "suspended"},
+		{sys, "S", base.SHA256, false, "suspended"},
+		{sys, "R", fix.SHA256, false, "is rma"},
+		{sys, "P", plain.SHA256, false, "is provisioned"},
+		{sys, "X", plain.SHA256, false, "not on record"},
+		{e.As(other.ID, cradle.RoleSystem), "D", plain.SHA256, false, "not on record"},
+	} {
+		ok, why, err := e.Devices.DeviceMayDownload(c.ctx, c.serial, c.sha)
+		if err != nil || ok != c.want || !strings.Contains(why, c.says) {
+			t.Errorf("%s, %.8s: %v %q %v; want %v %q", c.serial, c.sha, ok, why, err, c.want, c.says)
+		}
 	}
 }

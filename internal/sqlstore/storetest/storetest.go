@@ -167,7 +167,7 @@ func Run(t *testing.T, b Backend) {
 		{"MenderAuth", testMenderAuth}, {"MenderAcceptRefusals", testMenderAcceptRefusals}, {"MenderSessionCleanup", testMenderSessionCleanup}, {"MenderConcurrent", testMenderConcurrent}, {"DeviceTokens", testDeviceTokens},
 		{"DecommissionExecute", testDecommissionExecute}, {"DecommissionApprovers", testDecommissionApprovers},
 		{"DecommissionEOLOnly", testDecommissionEOLOnly}, {"DecommissionSecondApprover", testDecommissionSecondApprover}, {"DecommissionWipeCertificates", testDecommissionWipeCertificates},
-		{"DecommissionWipeReissue", testDecommissionWipeReissue}, {"DecommissionKeyCompromise", testDecommissionKeyCompromise}, {"RevokeOutOfService", testRevokeOutOfService},
+		{"DecommissionWipeReissue", testDecommissionWipeReissue}, {"DecommissionKeyCompromise", testDecommissionKeyCompromise}, {"RevokeOutOfService", testRevokeOutOfService}, {"DeviceMayDownload", testDeviceMayDownload},
 		{"AdmitDevice", testAdmitDevice}, {"DeviceAttributes", testDeviceAttributes}, {"DDIActions", testDDIActions}, {"UpdateLogs", testUpdateLogs}, {"CompatFields", testCompatFields},
 		{"RevokeDevice", testRevokeDevice}, {"RevokeDevicesBulk", testRevokeDevicesBulk}, {"RevokeOnRMA", testRevokeOnRMA},
 		{"MenderAutoAdmitProvisionedOnly", testMenderAutoAdmitProvisionedOnly}, {"MenderTenantTokens", testMenderTenantTokens}, {"ProtocolSwitch", testProtocolSwitch},
