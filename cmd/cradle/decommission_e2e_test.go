@@ -11,10 +11,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -171,6 +173,29 @@ func TestDecommissionEndToEnd(t *testing.T) {
 			t.Errorf("%s %s of the device being wiped: %d %s", r.method, r.path, st, body)
 		}
 	}
+
+	// It stays offline past the wipe's time to live: the wipe expires,
+	// and its next poll gets a fresh one (the record names it).
+	rawDB, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, "cradle.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rawDB.Close()
+	if _, err := rawDB.Exec(`UPDATE device_commands SET expires_at = ? WHERE public_id = ?`, time.Now().Add(-time.Minute).UnixMicro(), wipe.ID); err != nil {
+		t.Fatal(err)
+	}
+	st, body = call("GET", "/device/v1/commands", nil)
+	if err := json.Unmarshal([]byte(body), &doc); st != 200 || err != nil || len(doc.Commands) != 1 {
+		t.Fatalf("commands after the wipe expired: %d %s, %v", st, body, err)
+	}
+	renewed, err := v.Verify(doc.Commands[0])
+	if err != nil || renewed.Kind != command.KindWipe || renewed.ID == wipe.ID || renewed.Sequence <= wipe.Sequence {
+		t.Fatalf("the reissued wipe: %+v, %v (expired %s)", renewed, err, wipe.ID)
+	}
+	if rec := decodeJSON[cradle.Decommission](t, ok(t, append([]string{"device", "decommission", "show", serial, "--json"}, api...)...)); rec.CommandID != renewed.ID {
+		t.Fatalf("the record names %s, want the reissued %s", rec.CommandID, renewed.ID)
+	}
+	wipe = renewed
 
 	// Its tombstone, signed with its LDevID key.
 	signWith := func(key *ecdsa.PrivateKey, cert *x509.Certificate, tb cradle.Tombstone) []byte {
