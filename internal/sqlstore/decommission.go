@@ -165,6 +165,21 @@ func (tx *Tx) forUpdateOf() string {
 	return " FOR UPDATE OF x"
 }
 
+// checkDecommission returns nil when role may decommission a device in
+// state from: the lifecycle's rule for a move to eol. A device already at
+// eol without a decommissioning (moved there by a plain transition before
+// that was refused) may be decommissioned by the roles that may move a
+// deployed device to eol: its credentials are revoked and its wipe sent.
+func checkDecommission(serial string, from cradle.State, role cradle.Role) error {
+	if from == cradle.StateEOL {
+		if cradle.CanTransition(cradle.StateDeployed, cradle.StateEOL, role) {
+			return nil
+		}
+		return cradle.Errorf(cradle.ECONFLICT, "device %q is eol: only an admin may decommission it, as %s may not", serial, role)
+	}
+	return cradle.CheckTransition(serial, from, cradle.StateEOL, role)
+}
+
 // RequestDecommission asks for a device's decommissioning and, unless the
 // policy wants a second admin, executes it.
 func (s *DecommissionService) RequestDecommission(ctx context.Context, serial, reason string) (*cradle.Decommission, error) {
@@ -198,7 +213,7 @@ func (s *DecommissionService) RequestDecommission(ctx context.Context, serial, r
 			refused = cradle.Errorf(cradle.ECONFLICT, "device %q is already being decommissioned (%s, asked by %s at %s)", serial, prev.State, prev.RequestedBy, prev.RequestedAt.Format(time.RFC3339))
 			return refused
 		}
-		if refused = cradle.CheckTransition(serial, d.State, cradle.StateEOL, a.Role); refused != nil {
+		if refused = checkDecommission(serial, d.State, a.Role); refused != nil {
 			return refused
 		}
 		policy, err := findPolicy(ctx, tx, a.TenantID)
@@ -282,7 +297,7 @@ func (s *DecommissionService) ApproveDecommission(ctx context.Context, serial st
 		} else if err != nil {
 			return err
 		}
-		if refused = cradle.CheckTransition(serial, d.State, cradle.StateEOL, a.Role); refused != nil {
+		if refused = checkDecommission(serial, d.State, a.Role); refused != nil {
 			return refused
 		}
 		now := tx.now
@@ -425,9 +440,12 @@ func (s *DecommissionService) execute(ctx context.Context, tx *Tx, a cradle.Acto
 	}
 	creds, certs := r.list(), r.certs
 
-	// The lifecycle: eol, final.
-	if err := tx.transition(ctx, a, d, cradle.DeviceTransition{To: cradle.StateEOL, Reason: "decommissioned: " + clip(x.Reason, cradle.MaxReasonLen-16)}); err != nil {
-		return nil, err
+	// The lifecycle: eol, final (a device moved there by a plain
+	// transition before that was refused is there already).
+	if d.State != cradle.StateEOL {
+		if err := tx.transition(ctx, a, d, cradle.DeviceTransition{To: cradle.StateEOL, Reason: "decommissioned: " + clip(x.Reason, cradle.MaxReasonLen-16)}); err != nil {
+			return nil, err
+		}
 	}
 
 	// The signed wipe command, waiting for the device.

@@ -79,6 +79,20 @@ func testDecommissionEOLOnly(t *testing.T, e *Env) {
 			t.Fatalf("%s after decommissioning: %+v, %s", serial, x, k.find(serial).State)
 		}
 	}
+	// A device moved to eol by a plain transition before that was
+	// refused: nothing revoked, no record. Decommissioning still
+	// revokes its credentials and sends its wipe.
+	legacy, _, _, _ := k.enrolled("SN-L", "02:00:00:00:00:0e")
+	k.e.Exec(`UPDATE devices SET state = 'eol' WHERE serial = ?`, "SN-L")
+	_, err := k.svc.RequestDecommission(e.As(k.tenant.ID, cradle.RoleOperator), "SN-L", "cleanup")
+	wantCode(t, err, cradle.ECONFLICT, "only an admin")
+	x := must[*cradle.Decommission](t)(k.svc.RequestDecommission(k.admin, "SN-L", "cleanup"))
+	if x.State != cradle.DecommissionWiping || len(x.Revoked) != 5 || k.find("SN-L").State != cradle.StateEOL {
+		t.Fatalf("legacy eol device: %+v", x)
+	}
+	if err := k.svc.WipeCredential(e.As(k.tenant.ID, cradle.RoleSystem), "SN-L", cradle.SerialHex(legacy.SerialNumber)); err != nil {
+		t.Fatalf("legacy eol device's LDevID: %v", err)
+	}
 	rec := must[*cradle.Certificate](t)(k.certs.FindCertificateBySerial(k.admin, cradle.SerialHex(idev.SerialNumber)))
 	if rec.Status != cradle.CertRevoked || *rec.Reason != cradle.ReasonCessationOfOperation {
 		t.Fatalf("IDevID of a provisioned unit decommissioned: %+v", rec)
