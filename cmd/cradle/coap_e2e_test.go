@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"cradle"
+	"cradle/internal/artifact"
+	"cradle/internal/pki"
+	"cradle/internal/sqlstore"
+	"cradle/internal/testkit"
+)
+
+// coapClient runs libcoap's coap-client-openssl with the device's LDevID
+// (-c chain -j key) and the server's root (-C), and returns what it
+// printed: its exit status is 0 whatever the answer, so the test reads
+// the response code it prints (-v 3 prints nothing else on a success).
+func coapClient(t *testing.T, prog, caFile string, dev *enrolledDevice, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	args = append([]string{"-c", dev.chainFile, "-j", dev.keyFile, "-C", caFile, "-B", "5"}, args...)
+	out, err := exec.CommandContext(ctx, prog, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("coap-client %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestCoAPEndToEnd drives the CoAP listener with the real coap-client of
+// libcoap over DTLS with the device's LDevID: telemetry is stored, the
+// desired configuration read, the pending update's firmware downloaded in
+// 64-byte blocks byte for byte; after cradle device revoke the device's
+// next request is refused (4.01), measured from the revocation's start
+// and held to one second.
+func TestCoAPEndToEnd(t *testing.T) {
+	prog := testkit.NeedProgram(t, "coap-client-openssl")
+	s := startPKIServer(t, func(c *Config) { c.Device.CoAPListen = "127.0.0.1:0" })
+	m, ctx := s.m, t.Context()
+	const serial = "SN-C1"
+	dev := enrollDevice(t, s, serial)
+	caFile := filepath.Join(s.dataDir, "pki", pki.NameRoot+".crt")
+	base := "coaps://" + m.device.coap.Addr().String()
+
+	// Telemetry, stored for the device.
+	if out := coapClient(t, prog, caFile, dev, "-m", "post", "-t", "json", "-e", `{"metrics":{"health.cpu_pct":42.5}}`, base+"/t"); strings.Contains(out, "4.") || strings.Contains(out, "5.") {
+		t.Fatalf("POST /t: %s", out)
+	}
+	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
+	pts, err := sqlstore.NewTelemetryService(m.db).QueryTelemetry(sys, cradle.TelemetryQuery{Serial: serial, Metric: "health.cpu_pct"})
+	if err != nil || len(pts) != 1 || pts[0].Max != 42.5 {
+		t.Fatalf("telemetry stored over CoAP: %+v, %v", pts, err)
+	}
+	// Malformed telemetry: 4.00 with what was wrong.
+	if out := coapClient(t, prog, caFile, dev, "-m", "post", "-e", `{"metrics":`, base+"/t"); !strings.Contains(out, "4.00") {
+		t.Errorf("malformed telemetry: %s", out)
+	}
+
+	// The desired configuration: none yet (4.04), then the operator's.
+	if out := coapClient(t, prog, caFile, dev, base+"/c"); !strings.Contains(out, "4.04") {
+		t.Errorf("GET /c before any configuration: %s", out)
+	}
+	r := cradleCLI(t, `{"mtu":1400}`, append([]string{"device", "config", "set", serial}, s.api...)...)
+	if r.code != 0 {
+		t.Fatalf("device config set: %s", r.stderr)
+	}
+	if out := coapClient(t, prog, caFile, dev, base+"/c"); strings.TrimSpace(out) != `{"version":1,"config":{"mtu":1400}}` {
+		t.Errorf("GET /c: %q", out)
+	}
+
+	// A pending update: a release of 3000 random bytes in a rollout to the
+	// device; the firmware in 64-byte blocks (47 of them).
+	if out := coapClient(t, prog, caFile, dev, base+"/fw/info"); !strings.Contains(out, "4.04") {
+		t.Errorf("GET /fw/info with nothing pending: %s", out)
+	}
+	image := make([]byte, 3000)
+	rand.Read(image)
+	sum := sha256.Sum256(image)
+	if _, err := openArtifactStore(Config{DataDir: s.dataDir}).Put(ctx, bytes.NewReader(image), artifact.Expect{Digest: sum, Size: int64(len(image))}); err != nil {
+		t.Fatal(err)
+	}
+	admin := cradle.NewContextWithActor(ctx, cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "token", ID: "test"})
+	releases := sqlstore.NewReleaseService(m.db)
+	rel, err := releases.CreateRelease(admin, cradle.ReleaseCreate{Model: "gw-100", Version: "2.0.0", Kind: cradle.ReleaseFile,
+		SHA256: hex.EncodeToString(sum[:]), Size: int64(len(image)), FileName: "mcu.bin", SecurityCounter: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rel, err = releases.MarkReleaseSigned(admin, rel.ID, "gw-100/2.0.0/mcu.bin", nil); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := sqlstore.NewRolloutService(m.db).CreateRollout(admin, cradle.RolloutSpec{ReleaseID: rel.ID,
+		Target: cradle.RolloutTarget{Serials: []string{serial}}, Phases: []cradle.RolloutPhase{{Percent: 100}},
+		FailureThreshold: cradle.FailureThreshold{Count: 1, Action: cradle.FailurePause}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if info = coapClient(t, prog, caFile, dev, base+"/fw/info"); !strings.Contains(info, "4.04") || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !strings.Contains(info, `"rollout_id":"`+ro.ID+`"`) || !strings.Contains(info, `"version":"2.0.0"`) || !strings.Contains(info, `"size":3000`) {
+		t.Fatalf("GET /fw/info: %s", info)
+	}
+	fw := filepath.Join(t.TempDir(), "fw.bin")
+	out := coapClient(t, prog, caFile, dev, "-v", "7", "-b", "64", "-o", fw, base+"/fw") // -v 7 logs each block
+	got, err := os.ReadFile(fw)
+	if err != nil || !bytes.Equal(got, image) {
+		t.Fatalf("firmware over CoAP in 64-byte blocks: %d bytes, identical %v (%v)\n%s", len(got), bytes.Equal(got, image), err, out)
+	}
+
+	if !strings.Contains(out, "Block2:46/_/64") || strings.Contains(out, "Block2:47/") {
+		t.Errorf("coap-client did not fetch the 47 blocks of 64 bytes:\n%s", clipTail(out, 3000))
+	}
+
+	// Revocation: the next request is refused within a second.
+	start := time.Now()
+	ok(t, append([]string{"device", "revoke", serial, "--reason", "keyCompromise"}, s.api...)...)
+	revoked := time.Now()
+	out = coapClient(t, prog, caFile, dev, "-m", "post", "-e", `{"metrics":{"health.cpu_pct":1}}`, base+"/t")
+	cut := time.Now()
+	if !strings.Contains(out, "4.01") || !strings.Contains(out, "revoked") {
+		t.Fatalf("POST /t after the revocation: %s", out)
+	}
+	t.Logf("revocation to refusal over CoAP (coap-client): %v from the revoke command's start, %v after it returned (a handshake and a request included); answer: %s",
+		cut.Sub(start).Round(time.Microsecond), cut.Sub(revoked).Round(time.Microsecond), strings.TrimSpace(out))
+	if d := cut.Sub(start); d > time.Second {
+		t.Errorf("CoAP refused the revoked device %v after the revocation started, more than a second", d)
+	}
+	if pts, _ := sqlstore.NewTelemetryService(m.db).QueryTelemetry(sys, cradle.TelemetryQuery{Serial: serial, Metric: "health.cpu_pct"}); len(pts) != 1 {
+		t.Errorf("telemetry after the revocation was stored: %+v", pts)
+	}
+	// The refusal is in the audit log.
+	action := "device.auth.refused"
+	entries, err := sqlstore.NewAuditService(m.db).FindAuditEntries(admin, cradle.AuditFilter{Action: &action, Limit: 10})
+	if err != nil || len(entries) == 0 || !strings.Contains(string(entries[len(entries)-1].Details), `coaps:/t`) {
+		t.Errorf("audit of the refusal: %+v, %v", entries, err)
+	}
+}
