@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"os"
 	"os/exec"
@@ -12,6 +13,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	piondtls "github.com/pion/dtls/v3"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"cradle"
 	"cradle/internal/artifact"
@@ -146,5 +153,49 @@ func TestCoAPEndToEnd(t *testing.T) {
 	entries, err := sqlstore.NewAuditService(m.db).FindAuditEntries(admin, cradle.AuditFilter{Action: &action, Limit: 10})
 	if err != nil || len(entries) == 0 || !strings.Contains(string(entries[len(entries)-1].Details), `coaps:/t`) {
 		t.Errorf("audit of the refusal: %+v, %v", entries, err)
+	}
+}
+
+// coapLatency is TestRevocationLatency's coap channel: a device with a
+// live DTLS session (go-coap's client, its LDevID) whose telemetry is
+// accepted is revoked; its session is closed (seen by the client), and a
+// new session's request is refused with 4.01.
+func coapLatency(t *testing.T, f *revokeFixture, l *latencies) {
+	d := f.enroll(t, f.serial("CO"))
+	addr := f.s.m.device.coap.Addr().String()
+	dial := func() *udpClient.Conn {
+		cc, err := coapdtls.Dial(addr, &piondtls.Config{RootCAs: f.roots, Certificates: []tls.Certificate{d.ldevid}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return cc
+	}
+	post := func(cc *udpClient.Conn) (codes.Code, string) {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		resp, err := cc.Post(ctx, "/t", message.AppJSON, strings.NewReader(`{"metrics":{"health.cpu_pct":3}}`))
+		if err != nil {
+			t.Fatalf("POST /t: %v", err)
+		}
+		b, _ := resp.ReadBody()
+		return resp.Code(), string(b)
+	}
+	cc := dial()
+	if code, diag := post(cc); code != codes.Changed {
+		t.Fatalf("CoAP telemetry before the revocation: %v %s", code, diag)
+	}
+	if n := f.s.m.device.coap.Sessions(cradle.SerialHex(d.ldevid.Leaf.SerialNumber)); n != 1 {
+		t.Fatalf("the CoAP listener holds %d sessions of the device, want 1", n)
+	}
+	start, done := f.revoke(t, d.serial)
+	select {
+	case <-cc.Done():
+		l.add(start, done, time.Now())
+	case <-time.After(5 * time.Second):
+		t.Fatal("the DTLS session outlived the revocation by 5 s")
+	}
+	if code, diag := post(dial()); code != codes.Unauthorized || !strings.Contains(diag, "revoked") {
+		t.Errorf("CoAP telemetry in a new session after the revocation: %v %s", code, diag)
 	}
 }
