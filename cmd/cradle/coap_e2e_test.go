@@ -199,3 +199,53 @@ func coapLatency(t *testing.T, f *revokeFixture, l *latencies) {
 		t.Errorf("CoAP telemetry in a new session after the revocation: %v %s", code, diag)
 	}
 }
+
+// TestCoAPRefusals: over CoAP an IDevID is refused (4.03: CoAP takes
+// the LDevID), so is a suspended device (4.03), each with the reason and
+// audited; a device moved back to deployed is served again.
+func TestCoAPRefusals(t *testing.T) {
+	f := newRevokeFixture(t)
+	d := f.enroll(t, f.serial("CR"))
+	addr := f.s.m.device.coap.Addr().String()
+	get := func(cert tls.Certificate) (codes.Code, string) {
+		t.Helper()
+		cc, err := coapdtls.Dial(addr, &piondtls.Config{RootCAs: f.roots, Certificates: []tls.Certificate{cert}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		resp, err := cc.Get(ctx, "/fw/info")
+		if err != nil {
+			t.Fatalf("GET /fw/info: %v", err)
+		}
+		b, _ := resp.ReadBody()
+		return resp.Code(), string(b)
+	}
+	if code, diag := get(d.ldevid); code != codes.NotFound || !strings.Contains(diag, "no pending update") {
+		t.Fatalf("LDevID: %v %s", code, diag)
+	}
+	if code, diag := get(d.idevid); code != codes.Forbidden || !strings.Contains(diag, "CoAP takes the operational certificate") {
+		t.Errorf("IDevID: %v %s", code, diag)
+	}
+	ok(t, append([]string{"device", "transition", d.serial, "suspended", "--reason", "quarantine"}, f.s.api...)...)
+	if code, diag := get(d.ldevid); code != codes.Forbidden || !strings.Contains(diag, "suspended") {
+		t.Errorf("suspended: %v %s", code, diag)
+	}
+	ok(t, append([]string{"device", "transition", d.serial, "deployed", "--reason", "cleared"}, f.s.api...)...)
+	if code, diag := get(d.ldevid); code != codes.NotFound {
+		t.Errorf("deployed again: %v %s", code, diag)
+	}
+	action := "device.auth.refused"
+	admin := cradle.NewContextWithActor(t.Context(), cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "token", ID: "test"})
+	entries, err := sqlstore.NewAuditService(f.s.m.db).FindAuditEntries(admin, cradle.AuditFilter{Action: &action, Limit: 10})
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("audited refusals: %d, %v", len(entries), err)
+	}
+	for _, e := range entries {
+		if e.Actor != "device:"+d.serial+"(device)" || !strings.Contains(string(e.Details), `"path":"coaps:/fw/info"`) {
+			t.Errorf("audit entry: %s %s %s", e.Actor, e.Subject, e.Details)
+		}
+	}
+}

@@ -146,6 +146,13 @@ func newFixture(t *testing.T, maxBody int64) *fixture {
 	return f
 }
 
+// seen returns copies of the telemetry stored and the paths checked.
+func (f *fixture) seen() (telemetry, checked []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.telemetry...), append([]string(nil), f.checked...)
+}
+
 type nopCloser struct{ *bytes.Reader }
 
 func (nopCloser) Close() error { return nil }
@@ -203,8 +210,8 @@ func TestResources(t *testing.T) {
 	if r := post(t, cc, "/t", message.AppJSON, `{"metrics":{"health.cpu_pct":42}}`); r.code != codes.Changed {
 		t.Fatalf("POST /t: %v %s", r.code, r.body)
 	}
-	if f.telemetry[0] != "SN-1:health.cpu_pct" {
-		t.Errorf("telemetry stored: %v", f.telemetry)
+	if tel, _ := f.seen(); len(tel) != 1 || tel[0] != "SN-1:health.cpu_pct" {
+		t.Errorf("telemetry stored: %v", tel)
 	}
 	if r := get(t, cc, "/c"); r.code != codes.Content || r.body != `{"device":"SN-1","interval_s":30}` {
 		t.Errorf("GET /c: %v %s", r.code, r.body)
@@ -272,10 +279,11 @@ func TestRefusals(t *testing.T) {
 	if r := post(t, cc, "/t", message.AppJSON, `{"metrics":{"a":1}}`); r.code != codes.Unauthorized || !strings.Contains(r.body, "revoked") {
 		t.Errorf("revoked: %v %q", r.code, r.body)
 	}
-	if len(f.telemetry) != 0 {
-		t.Errorf("refused telemetry stored: %v", f.telemetry)
+	tel, checked := f.seen()
+	if len(tel) != 0 {
+		t.Errorf("refused telemetry stored: %v", tel)
 	}
-	if got := strings.Join(f.checked, " "); got != "/c /c /t" {
+	if got := strings.Join(checked, " "); got != "/c /c /t" {
 		t.Errorf("checked paths: %s", got)
 	}
 	// A server certificate is no client certificate.
