@@ -19,6 +19,7 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
+	"cradle/internal/coapapi"
 	"cradle/internal/compat/hawkbit"
 	"cradle/internal/compat/mender"
 	"cradle/internal/compat/tokencache"
@@ -45,6 +46,7 @@ type deviceListener struct {
 	refreshed chan struct{}
 	logger    *slog.Logger
 	mqtt      *mqttapi.Broker // nil when device.mqtt_listen is empty
+	coap      *coapapi.Server // nil when device.coap_listen is empty
 	commands  *commandRelay
 	updates   *deviceUpdates
 	// accounting writes artifact downloads to the store; plain is the
@@ -212,6 +214,20 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	if cfg.Device.CoAPListen != "" { // coap.go
+		if d.coap, err = newCoAPServer(cfg, listener, db, artifacts, twin, logger); err == nil {
+			err = d.coap.Open()
+		}
+		if err != nil {
+			d.coap = nil
+			d.closeNow()
+			if d.mqtt != nil {
+				d.mqtt.Close(ctx)
+			}
+			return nil, fmt.Errorf("serve: CoAP listener on %s: %w", cfg.Device.CoAPListen, err)
+		}
+		logger.Info("CoAP listener", "addr", d.coap.Addr().String())
+	}
 	return d, nil
 }
 
@@ -292,6 +308,9 @@ func (d *deviceListener) shutdown(ctx context.Context) error {
 			d.logger.Warn("MQTT broker shutdown", "err", err)
 		}
 	}
+	if d.coap != nil {
+		d.coap.Close()
+	}
 	close(d.stop)
 	<-d.refreshed
 	err := d.srv.Shutdown(ctx)
@@ -316,6 +335,9 @@ func (d *deviceListener) shutdown(ctx context.Context) error {
 func (d *deviceListener) closeNow() {
 	d.srv.Close()
 	d.ln.Close()
+	if d.coap != nil {
+		d.coap.Close()
+	}
 	if d.plain != nil {
 		d.plain.ln.Close()
 	}
