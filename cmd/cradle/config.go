@@ -74,6 +74,7 @@ type DeviceConfig struct {
 	URLHost        string        // host[:port] in the AIA/CRL URLs of issued certificates; "" means the server certificate's first name and Listen's port
 	LDevIDLifetime time.Duration // lifetime of issued LDevIDs
 	MQTTListen     string        // host:port of the embedded MQTT broker (TLS, client certificates); "" turns it off
+	CoAPListen     string        // UDP host:port of the CoAP listener (DTLS 1.2, LDevID client certificates); "" (the default) turns it off
 	TPMEKRoots     string        // PEM file of the TPM manufacturers' root certificates that attestation trusts; "" accepts no attestation
 	ArtifactListen string        // host:port of a plain HTTP listener serving only /artifacts/ (signed URLs); "" turns it off
 	ArtifactURLTTL time.Duration // lifetime of the signed artifact download URLs given to devices
@@ -282,6 +283,20 @@ var configFields = []configField{
 			return nil
 		},
 		get: func(c *Config) string { return c.Device.MQTTListen },
+	},
+	{
+		key: "device.coap_listen", env: "CRADLE_DEVICE_COAP_LISTEN", flag: "coap-listen",
+		usage: "UDP host:port of the CoAP listener for constrained devices (CoAP over DTLS 1.2, LDevID client certificates: telemetry, configuration, block-wise firmware), usually :5684; empty (the default) turns it off",
+		set: func(c *Config, v string) error {
+			if v != "" {
+				if err := checkListen(v); err != nil {
+					return err
+				}
+			}
+			c.Device.CoAPListen = v
+			return nil
+		},
+		get: func(c *Config) string { return c.Device.CoAPListen },
 	},
 	{
 		key: "device.tpm_ek_roots", env: "CRADLE_DEVICE_TPM_EK_ROOTS", flag: "tpm-ek-roots",

@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"cradle"
 	"cradle/internal/artifact"
+	"cradle/internal/coapapi"
 	"cradle/internal/compat/hawkbit"
 	"cradle/internal/compat/mender"
 	"cradle/internal/compat/tokencache"
@@ -45,6 +47,7 @@ type deviceListener struct {
 	refreshed chan struct{}
 	logger    *slog.Logger
 	mqtt      *mqttapi.Broker // nil when device.mqtt_listen is empty
+	coap      *coapapi.Server // nil when device.coap_listen is empty
 	commands  *commandRelay
 	updates   *deviceUpdates
 	// accounting writes artifact downloads to the store; plain is the
@@ -57,7 +60,16 @@ type deviceListener struct {
 	// (shared with the operator API, whose revocations flush it).
 	protocols *tokencache.Service
 	decom     *decommissioning
+	// pkiDir is the PKI directory, whose retired.json reloadRetired
+	// rereads; retiredSeen is that file's modification time and size
+	// when it was last read.
+	pkiDir      string
+	retiredSeen [2]int64
 }
+
+// retiredCheckInterval is how often the listener looks at retired.json
+// (its modification time) for a retirement made while it runs.
+var retiredCheckInterval = time.Minute
 
 // deviceKeyNames are the keys the server needs from a hierarchy: each
 // device CA's, each issuing CA's OCSP signer's, the listener's own and
@@ -84,7 +96,8 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	production := h.Profile() == pki.ProfileProduction
 	var responder *ocsp.Responder
 	var names sync.Map // tenant id → name
-	d := &deviceListener{done: make(chan error, 1), stop: make(chan struct{}), refreshed: make(chan struct{}), logger: logger}
+	d := &deviceListener{done: make(chan error, 1), stop: make(chan struct{}), refreshed: make(chan struct{}), logger: logger, pkiDir: pkiDirOf(cfg.DataDir)}
+	d.retiredSeen = retiredStamp(d.pkiDir)
 	d.authority = &pki.Authority{
 		Hierarchy: h, Signers: keys, Certificates: store, CAStore: store,
 		TenantName: func(ctx context.Context, id int64) (string, error) {
@@ -212,6 +225,20 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	if cfg.Device.CoAPListen != "" { // coap.go
+		if d.coap, err = newCoAPServer(cfg, listener, db, artifacts, twin, logger); err == nil {
+			err = d.coap.Open()
+		}
+		if err != nil {
+			d.coap = nil
+			d.closeNow()
+			if d.mqtt != nil {
+				d.mqtt.Close(ctx)
+			}
+			return nil, fmt.Errorf("serve: CoAP listener on %s: %w", cfg.Device.CoAPListen, err)
+		}
+		logger.Info("CoAP listener", "addr", d.coap.Addr().String())
+	}
 	return d, nil
 }
 
@@ -250,12 +277,17 @@ func (d *deviceListener) Addr() string { return "https://" + d.ln.Addr().String(
 
 func (d *deviceListener) start() {
 	// CRLs are regenerated on every revocation and when fetched past half
-	// their validity; this also keeps them fresh when nobody asks.
+	// their validity; this also keeps them fresh when nobody asks. The
+	// retirements of `cradle pki retire-ca` are applied with each refresh
+	// and, sooner, when retired.json changes.
 	go func() {
 		defer close(d.refreshed)
 		t := time.NewTicker(pki.DefaultCRLValidity / 8)
 		defer t.Stop()
+		retired := time.NewTicker(retiredCheckInterval)
+		defer retired.Stop()
 		for {
+			d.reloadRetired(true)
 			for i, ca := range d.authority.Hierarchy.DeviceCAs {
 				if !time.Now().Before(ca.NotAfter) {
 					continue // an expired CA publishes no CRL
@@ -265,10 +297,15 @@ func (d *deviceListener) start() {
 				}
 			}
 			logRetirableCAs(context.Background(), d.authority.Hierarchy, d.authority.CAStore, time.Now(), d.logger)
-			select {
-			case <-d.stop:
-				return
-			case <-t.C:
+			for next := false; !next; {
+				select {
+				case <-d.stop:
+					return
+				case <-t.C:
+					next = true
+				case <-retired.C:
+					d.reloadRetired(false)
+				}
 			}
 		}
 	}()
@@ -285,12 +322,51 @@ func (d *deviceListener) start() {
 	}()
 }
 
+// retiredStamp is the modification time and size of dir's retired.json
+// (zero when it is missing).
+func retiredStamp(dir string) [2]int64 {
+	fi, err := os.Stat(filepath.Join(dir, pki.RetiredFile))
+	if err != nil {
+		return [2]int64{}
+	}
+	return [2]int64{fi.ModTime().UnixNano(), fi.Size()}
+}
+
+// reloadRetired applies the retirements of retired.json that the
+// listener's hierarchy does not hold yet (pki.Hierarchy.ReloadRetired):
+// from then on the listener (device API, MQTT, EST) refuses the
+// certificates those CAs issued. Unless always, it rereads the file only
+// when its modification time or size changed. A retirement of the CA
+// this server issues from (the directory was rotated, the server not
+// restarted) is not applied, and said.
+func (d *deviceListener) reloadRetired(always bool) {
+	st := retiredStamp(d.pkiDir)
+	if !always && st == d.retiredSeen {
+		return
+	}
+	d.retiredSeen = st
+	added, current, err := d.authority.Hierarchy.ReloadRetired(d.pkiDir)
+	if err != nil {
+		d.logger.Error("reading the retired device CAs; the retirements already applied stay", "err", err)
+		return
+	}
+	for _, name := range added {
+		d.logger.Warn("device CA retired: its certificates are refused from now on", "ca", name)
+	}
+	if current != "" {
+		d.logger.Error("retired.json retires the device CA this server issues from; not applied: restart cradle serve to issue from the new device CA", "ca", current)
+	}
+}
+
 // shutdown stops the listener gracefully within ctx.
 func (d *deviceListener) shutdown(ctx context.Context) error {
 	if d.mqtt != nil {
 		if err := d.mqtt.Close(ctx); err != nil {
 			d.logger.Warn("MQTT broker shutdown", "err", err)
 		}
+	}
+	if d.coap != nil {
+		d.coap.Close()
 	}
 	close(d.stop)
 	<-d.refreshed
@@ -316,6 +392,9 @@ func (d *deviceListener) shutdown(ctx context.Context) error {
 func (d *deviceListener) closeNow() {
 	d.srv.Close()
 	d.ln.Close()
+	if d.coap != nil {
+		d.coap.Close()
+	}
 	if d.plain != nil {
 		d.plain.ln.Close()
 	}

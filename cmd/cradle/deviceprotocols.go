@@ -394,16 +394,6 @@ type deviceTokenList struct {
 	Tokens []*cradle.DeviceToken `json:"tokens"`
 }
 
-func deviceTokenStatus(t *cradle.DeviceToken, now time.Time) string {
-	switch {
-	case t.RevokedAt != nil:
-		return "revoked"
-	case t.ExpiresAt != nil && !t.ExpiresAt.After(now):
-		return "expired"
-	}
-	return "active"
-}
-
 func (a *app) deviceTokenListCmd() *cobra.Command {
 	var (
 		serial   string
@@ -422,19 +412,12 @@ func (a *app) deviceTokenListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if tokens == nil {
-				tokens = []*cradle.DeviceToken{}
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, deviceTokenList{Tokens: tokens})
-			}
 			now := time.Now()
-			t := newTable(a.stdout, "ID", "KIND", "DEVICE", "NAME", "STATUS", "CREATED", "EXPIRES", "CREATED BY")
-			for _, tok := range tokens {
-				t.row(tok.ID, string(tok.Kind), orDash(tok.DeviceSerial), orDash(tok.Name), deviceTokenStatus(tok, now),
-					formatTime(tok.CreatedAt), formatTimePtr(tok.ExpiresAt), tok.CreatedBy)
-			}
-			return t.flush()
+			return writeList(a.stdout, jsonFlag, tokens, func(l []*cradle.DeviceToken) any { return deviceTokenList{Tokens: l} },
+				[]string{"ID", "KIND", "DEVICE", "NAME", "STATUS", "CREATED", "EXPIRES", "CREATED BY"}, func(tok *cradle.DeviceToken) []string {
+					return []string{tok.ID, string(tok.Kind), orDash(tok.DeviceSerial), orDash(tok.Name), tokenStatus(tok.RevokedAt, tok.ExpiresAt, now),
+						formatTime(tok.CreatedAt), formatTimePtr(tok.ExpiresAt), tok.CreatedBy}
+				})
 		},
 	}
 	cmd.Flags().StringVar(&serial, "serial", "", "the device whose tokens to list (default: the tenant's gateway and Mender tenant tokens)")
@@ -525,17 +508,10 @@ scripts add), or a hawkBit client's configData.`,
 			if err != nil {
 				return err
 			}
-			if attrs == nil {
-				attrs = []cradle.DeviceAttribute{}
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, attributeList{Attributes: attrs})
-			}
-			t := newTable(a.stdout, "NAME", "VALUE", "UPDATED")
-			for _, at := range attrs {
-				t.row(at.Name, at.Value, formatTime(at.UpdatedAt))
-			}
-			return t.flush()
+			return writeList(a.stdout, jsonFlag, attrs, func(l []cradle.DeviceAttribute) any { return attributeList{Attributes: l} },
+				[]string{"NAME", "VALUE", "UPDATED"}, func(at cradle.DeviceAttribute) []string {
+					return []string{at.Name, at.Value, formatTime(at.UpdatedAt)}
+				})
 		},
 	}
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, `print {"attributes":[…]}`)

@@ -46,6 +46,34 @@ func (t *table) row(cols ...string) {
 
 func (t *table) flush() error { return t.tw.Flush() }
 
+// writeList prints a listing: with asJSON as the listing object wrap
+// makes of items (an empty list, never null), else as a table under
+// header, a row an item.
+func writeList[T any](w io.Writer, asJSON bool, items []T, wrap func([]T) any, header []string, row func(T) []string) error {
+	if items == nil {
+		items = []T{}
+	}
+	if asJSON {
+		return writeJSON(w, wrap(items))
+	}
+	t := newTable(w, header...)
+	for _, it := range items {
+		t.row(row(it)...)
+	}
+	return t.flush()
+}
+
+// tokenStatus is a token's status at now: revoked, expired or active.
+func tokenStatus(revokedAt, expiresAt *time.Time, now time.Time) string {
+	switch {
+	case revokedAt != nil:
+		return "revoked"
+	case expiresAt != nil && !expiresAt.After(now):
+		return "expired"
+	}
+	return "active"
+}
+
 // formatTime writes a time in RFC 3339, UTC, to the second.
 func formatTime(t time.Time) string {
 	if t.IsZero() {

@@ -85,33 +85,10 @@ already is left alone.`,
 					return errors.New("release-signer init: the current device CA has no caIssuers URL to take the host from: give --url-host HOST:PORT")
 				}
 			}
-			current := uris[h.DeviceCAName()]
-			var token *kms.PKCS11URI
-			if isPKCS11URI(current) {
-				if token, err = kms.ParsePKCS11URI(current); err != nil {
-					return fmt.Errorf("release-signer init: keys.yaml, %s: %w", h.DeviceCAName(), err)
-				}
-				if token.PINValue != "" {
-					return fmt.Errorf("release-signer init: the URI of %s in keys.yaml carries pin-value: use pin-source=file:PATH instead", h.DeviceCAName())
-				}
-			} else {
-				if pass != nil {
-					if _, err := pass(); err != nil {
-						return fmt.Errorf("release-signer init: the new key file: %v; or, for a test PKI with unencrypted key files, --insecure-plaintext-keys", err)
-					}
-				}
-				if err := os.MkdirAll(filepath.Join(dir, pkiKeysDirName), 0o700); err != nil {
-					return fmt.Errorf("release-signer init: %w", err)
-				}
+			km, err := newKeyMakerBeside(cmd.Context(), dir, uris[h.DeviceCAName()], h.DeviceCAName(), kms.ECDSAP256, pass)
+			if err != nil {
+				return fmt.Errorf("release-signer init: %w", err)
 			}
-			km := &keyMaker{ctx: cmd.Context(), pkiDir: dir, alg: kms.ECDSAP256, opts: kms.Options{Passphrase: pass}, uri: func(name string) string {
-				if token != nil {
-					u := *token
-					u.Object, u.ID = name, nil
-					return u.String()
-				}
-				return filepath.Join(pkiKeysDirName, name+".key")
-			}}
 			defer km.close()
 			key, err := km.key(pki.NameReleaseSigner)
 			if err == nil {

@@ -20,6 +20,15 @@ import (
 // refusing with the count while certificates still depend on it. Both
 // work on the data directory (its PKI and its store); the server logs the
 // same finding when it refreshes its CRLs (logRetirableCAs).
+//
+// The rule: a device CA can be retired when it is not the current one, no
+// unexpired, unrevoked certificate chains to it (pki.RetireDeviceCA), and
+// the store does not show a server still issuing from it
+// (pki.Hierarchy.CheckNotIssuing: its certificates recorded after the
+// rotation, none of a newer CA since). A running server rereads
+// retired.json within retiredCheckInterval, and at each CRL refresh, and
+// refuses the retired CA's certificates from then on without a restart
+// (deviceListener.reloadRetired); it never retires the CA it issues from.
 
 // caDependents counts the live certificates of every device CA of h in
 // the store of db at now.
@@ -39,8 +48,11 @@ refused, with the number of certificates and when the last expires, while
 unexpired, unrevoked certificates issued by the CA remain (see cradle pki
 ca-status). A retired CA is no longer accepted as the issuer of a device
 certificate by the device listener, nor served by EST cacerts; its CRL is still
-published until the CA certificate expires. Restart cradle serve afterwards.
-Retirement cannot be undone.`,
+published until the CA certificate expires. It is also refused while the store
+shows a server still issuing from the CA: certificates it issued after the
+rotation, and none from a newer device CA since (restart cradle serve after
+rotate-device-ca). A running cradle serve applies the retirement within a
+minute, without a restart. Retirement cannot be undone.`,
 		Example: `  cradle pki ca-status --data-dir /var/lib/cradle
   cradle pki retire-ca device-ca --data-dir /var/lib/cradle`,
 		Args: cobra.ExactArgs(1),
@@ -66,13 +78,17 @@ Retirement cannot be undone.`,
 			if err := h.RetireDeviceCA(args[0], deps[args[0]], now); err != nil {
 				return fmt.Errorf("retire-ca: %s", cradle.ErrorMessage(err))
 			}
+			sys := cradle.NewContextWithActor(cmd.Context(), localActor(0))
+			if err := h.CheckNotIssuing(sys, args[0], sqlstore.NewCertificateService(db).CertificatesIssuedSince); err != nil {
+				return fmt.Errorf("retire-ca: %s", cradle.ErrorMessage(err))
+			}
 			if err := pki.WriteHierarchy(dir, h); err != nil {
 				return fmt.Errorf("retire-ca: %w", err)
 			}
 			ca := h.DeviceCAs[deviceCAIndex(h, args[0])]
 			w := &errWriter{w: a.stdout}
 			w.printf("%s\n", args[0])
-			fmt.Fprintf(a.stderr, "Retired device CA %s (%s). Restart cradle serve: the device listener then refuses certificates it issued.\nIts CRL is published until the CA expires at %s.\n",
+			fmt.Fprintf(a.stderr, "Retired device CA %s (%s). A running cradle serve refuses the certificates it issued within a minute.\nIts CRL is published until the CA expires at %s.\n",
 				args[0], ca.Subject.CommonName, ca.NotAfter.UTC().Format(time.RFC3339))
 			return w.err
 		},

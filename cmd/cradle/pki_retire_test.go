@@ -19,7 +19,9 @@ import (
 // TestPKIRetireCA: after rotate-device-ca, retire-ca refuses the current
 // CA and, with the count, the old one while one of its LDevIDs is valid;
 // ca-status says when it can be retired. Once that certificate is
-// revoked, retire-ca retires it: the PKI directory records it, EST
+// revoked, and device-ca-2 has issued a certificate after the last of
+// device-ca's (before, a server not restarted after the rotation might
+// still issue from it), retire-ca retires it: the PKI directory records it, EST
 // cacerts and the listener's accepted issuers leave it out, ca-status
 // shows it retired, and retiring it again is refused.
 func TestPKIRetireCA(t *testing.T) {
@@ -77,6 +79,26 @@ func TestPKIRetireCA(t *testing.T) {
 	}
 	if rows := tableRows(ok(t, "pki", "ca-status", "--data-dir", dataDir)); len(rows) != 3 || rows[1][0] != "device-ca" || rows[1][len(rows[1])-1] != "now" {
 		t.Fatalf("ca-status after the revocation: %q", rows)
+	}
+	// That certificate was recorded after the rotation and device-ca-2
+	// has issued none since: a server started before the rotation still
+	// issues from device-ca. Once device-ca-2 issues one, it does not.
+	fails(t, "device-ca cannot be retired: it issued 1 certificate(s) after device-ca-2 replaced it at "+h.DeviceCAs[1].NotBefore.UTC().Format(time.RFC3339),
+		"pki", "retire-ca", "device-ca", "--data-dir", dataDir)
+	newKey, err := kms.Open(ctx, filepath.Join(dir, "keys", "device-ca-2.key"), kms.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := pki.Issue(ctx, h.DeviceCAs[1], newKey, devKey.Public(), &x509.Certificate{},
+		append(pki.LDevID(pki.LDevIDPolicy{}, "default", "SN-2", time.Now()), pki.KeyPolicy())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlstore.NewDeviceService(m.db).CreateDevice(factory, cradle.DeviceCreate{Serial: "SN-2", Model: "gw-100", State: cradle.StateFactory}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := certs.RecordCertificate(factory, "SN-2", cradle.CertLDevID, renewed); err != nil {
+		t.Fatal(err)
 	}
 	r := cradleCLI(t, "", "pki", "retire-ca", "device-ca", "--data-dir", dataDir)
 	if r.code != 0 || r.stdout != "device-ca\n" {

@@ -334,6 +334,40 @@ type keyMaker struct {
 	files   []string // file keys made
 }
 
+// newKeyMakerBeside is a keyMaker of new keys of alg where the key of CA
+// caName is (its keys.yaml URI is current): on the same PKCS #11 token,
+// or in key files under dir, encrypted with pass (asked for now, so that
+// a missing passphrase fails before anything is made).
+func newKeyMakerBeside(ctx context.Context, dir, current, caName string, alg kms.Algorithm, pass func() ([]byte, error)) (*keyMaker, error) {
+	var token *kms.PKCS11URI
+	if isPKCS11URI(current) {
+		var err error
+		if token, err = kms.ParsePKCS11URI(current); err != nil {
+			return nil, fmt.Errorf("keys.yaml, %s: %w", caName, err)
+		}
+		if token.PINValue != "" {
+			return nil, fmt.Errorf("the URI of %s in keys.yaml carries pin-value: use pin-source=file:PATH instead", caName)
+		}
+	} else {
+		if pass != nil {
+			if _, err := pass(); err != nil {
+				return nil, fmt.Errorf("new key files: %v; or, for a test PKI with unencrypted key files, --insecure-plaintext-keys", err)
+			}
+		}
+		if err := os.MkdirAll(filepath.Join(dir, pkiKeysDirName), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return &keyMaker{ctx: ctx, pkiDir: dir, alg: alg, opts: kms.Options{Passphrase: pass}, uri: func(name string) string {
+		if token != nil {
+			u := *token
+			u.Object, u.ID = name, nil
+			return u.String()
+		}
+		return filepath.Join(pkiKeysDirName, name+".key")
+	}}, nil
+}
+
 func (k *keyMaker) key(name string) (crypto.Signer, error) {
 	if s, ok := k.signers[name]; ok {
 		return s, nil
@@ -704,33 +738,10 @@ valid until they expire.`,
 					return errors.New("rotate-device-ca: the current device CA has no caIssuers URL to take the host from: give --url-host HOST:PORT")
 				}
 			}
-			current := uris[h.DeviceCAName()]
-			var token *kms.PKCS11URI
-			if isPKCS11URI(current) {
-				if token, err = kms.ParsePKCS11URI(current); err != nil {
-					return fmt.Errorf("rotate-device-ca: keys.yaml, %s: %w", h.DeviceCAName(), err)
-				}
-				if token.PINValue != "" {
-					return fmt.Errorf("rotate-device-ca: the URI of %s in keys.yaml carries pin-value: use pin-source=file:PATH instead", h.DeviceCAName())
-				}
-			} else {
-				if pass != nil {
-					if _, err := pass(); err != nil {
-						return fmt.Errorf("rotate-device-ca: new key files: %v; or, for a test PKI with unencrypted key files, --insecure-plaintext-keys", err)
-					}
-				}
-				if err := os.MkdirAll(filepath.Join(dir, pkiKeysDirName), 0o700); err != nil {
-					return fmt.Errorf("rotate-device-ca: %w", err)
-				}
+			km, err := newKeyMakerBeside(cmd.Context(), dir, uris[h.DeviceCAName()], h.DeviceCAName(), algorithm, pass)
+			if err != nil {
+				return fmt.Errorf("rotate-device-ca: %w", err)
 			}
-			km := &keyMaker{ctx: cmd.Context(), pkiDir: dir, alg: algorithm, opts: kms.Options{Passphrase: pass}, uri: func(name string) string {
-				if token != nil {
-					u := *token
-					u.Object, u.ID = name, nil
-					return u.String()
-				}
-				return filepath.Join(pkiKeysDirName, name+".key")
-			}}
 			defer km.close()
 			name, err := h.RotateDeviceCA(cmd.Context(), signers[pki.NameRoot], km.key, urlHost, time.Now())
 			if err == nil {

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -15,10 +13,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,7 +22,6 @@ import (
 	"cradle/internal/agent"
 	"cradle/internal/agent/hw"
 	"cradle/internal/artifact"
-	"cradle/internal/ota"
 	"cradle/internal/sqlstore"
 )
 
@@ -44,147 +39,29 @@ import (
 // rollout completes and the server's software record is v3. Other routes
 // (telemetry) stay refused to it throughout.
 func TestQuarantineEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs cradle-agent")
-	}
-	l := newFactoryLine(t, 1, 1)
-	srv := []string{"--server", l.m.Addr(), "--token", l.admin}
-	cli := func(args ...string) string { t.Helper(); return ok(t, append(args, srv...)...) }
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	bin := buildAgent(t, ctx)
-
-	ok(t, "release", "repo", "init", "--data-dir", l.dataDir, "--root-key-dir", filepath.Join(t.TempDir(), "offline"),
-		"--key-algorithm", "ed25519", "--insecure-plaintext-keys")
-	root, err := os.ReadFile(filepath.Join(ota.RepositoryDir(l.dataDir, cradle.DefaultTenantName), "root.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(l.stationDir, "update-root.json"), root, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	dir := t.TempDir()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	keyFile := writeFile(t, dir, "image-key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})))
-	spki, _ := x509.MarshalPKIXPublicKey(key.Public())
-	pubFile := writeFile(t, dir, "image-key.pub", string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})))
-	image := func(version string, counter int) (string, string) {
-		t.Helper()
-		body := make([]byte, 96<<10)
-		rand.Read(body)
-		in := writeFile(t, dir, version+".bin", string(body))
-		out := filepath.Join(dir, "sensor-x-"+version+".img")
-		ok(t, "release", "sign-image", "--key", keyFile, "--version", version, "--security-counter", fmt.Sprint(counter), "--pad-header", in, out)
-		b, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		return out, hex.EncodeToString(sum[:])
-	}
-	v1, v1Hex := image("1.4.2", 1)
-	v2, _ := image("2.0.0", 2)
-	v3, v3Hex := image("2.0.1", 3)
-
-	relDir := t.TempDir()
-	for name, src := range map[string]string{"firmware.img": v1, "image-key.pem": pubFile} {
-		b, _ := os.ReadFile(src)
-		writeFile(t, relDir, name, string(b))
-	}
-	writeFile(t, relDir, "bootloader.bin", "simulated bootloader\n")
-	writeFile(t, relDir, "release.yaml", "model: sensor-x\nversion: 1.4.2\nprofile: test\nhardware_revisions: [C]\nimage: firmware.img\nbootloader: bootloader.bin\nimage_key: image-key.pem\n")
-	unit := makeUnits(t, t.TempDir(), 1)[0]
-	ok(t, "factory", "provision", "--dir", l.stationDir, "--batch", "B-2648", "--firmware", relDir, "--operator", "ada", "--device", unit, "--json")
-	const serial = "SX-2648-00001"
-	dev, err := hw.OpenSimDevice(unit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running := func() (hw.Slot, string) {
-		t.Helper()
-		env, err := dev.BootEnv.Get(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := hw.Slot(env[hw.EnvBootSlot])
-		if s == "" {
-			s = hw.SlotA
-		}
-		d, err := dev.Slots.Digest(ctx, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s, hex.EncodeToString(d[:])
-	}
+	u := newUpdateUnit(t, 96<<10)
+	l, ctx, dev, serial, v1Hex := u.l, u.ctx, u.dev, u.serial, u.v1Hex
+	cli := func(args ...string) string { t.Helper(); return u.cli(t, args...) }
+	v2, _ := u.image(t, "2.0.0", 2)
+	v3, v3Hex := u.image(t, "2.0.1", 3)
 
 	// The agent polls every second: a suspended device is refused by the
 	// broker, so it learns of its remediation by polling.
-	state := t.TempDir()
-	cfg := writeFile(t, t.TempDir(), "agent.yaml", fmt.Sprintf(`device: %s
-state_dir: %s
-server: %s
-mqtt: {url: "mqtts://%s", retry_base: 200ms, retry_max: 1s}
-update: {image_keys: [%s], poll_interval: 1s, health_timeout: 2s}
-log: {level: debug, format: json}
-`, unit, state, l.m.device.Addr(), l.m.device.mqtt.Addr(), pubFile))
-	var logs lockedBuffer
-	cmd := exec.CommandContext(ctx, bin, "run", "--config", cfg)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(45 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("waited 45 s for %s\nagent log:\n%s", what, lastLines(logs.String(), 40))
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	waitFor("the agent to enroll and connect over MQTT", func() bool { return l.m.device.mqtt.Sessions(inDefaultTenant(serial)) == 1 })
+	a := u.startAgent(t, "poll_interval: 1s, health_timeout: 2s")
+	a.waitFor(t, "the agent to enroll and connect over MQTT", func() bool { return l.m.device.mqtt.Sessions(inDefaultTenant(serial)) == 1 })
 
 	// Quarantine.
 	cli("device", "transition", serial, "suspended", "--reason", "runs a firmware with a known flaw")
 
-	cli("release", "key", "add", "--model", "sensor-x", pubFile, "--name", "build")
-	upload := func(file, version string, extra ...string) *cradle.Release {
-		t.Helper()
-		return decodeJSON[*cradle.Release](t, cli(append([]string{"release", "upload", file, "--model", "sensor-x", "--version", version, "--sign", "--json"}, extra...)...))
-	}
-	rolloutDevice := func(id string) cradle.RolloutDevice {
-		t.Helper()
-		devs := decodeJSON[struct{ Devices []cradle.RolloutDevice }](t, cli("rollout", "devices", id, "--json")).Devices
-		if len(devs) != 1 || devs[0].Serial != serial {
-			t.Fatalf("rollout %s devices %+v", id, devs)
-		}
-		return devs[0]
-	}
-	rolloutState := func(id string) cradle.RolloutState {
-		t.Helper()
-		return decodeJSON[cradle.Rollout](t, cli("rollout", "show", id, "--json")).Status.State
-	}
-	rollOut := func(rel *cradle.Release) string {
-		t.Helper()
-		return decodeJSON[cradle.Rollout](t, cli("rollout", "create", "--release", rel.ID, "--serials", serial, "--phases", "100%", "--failure-count", "1", "--json")).ID
-	}
+	cli("release", "key", "add", "--model", "sensor-x", u.pubFile, "--name", "build")
 
 	// A normal release does not reach the suspended unit.
-	rel2 := upload(v2, "2.0.0")
+	rel2 := u.upload(t, v2, "2.0.0")
 	if rel2.Remediation {
 		t.Fatalf("release v2 uploaded without --remediation: %+v", rel2)
 	}
-	ro2 := rollOut(rel2)
-	if d := rolloutDevice(ro2); d.State != cradle.DeviceSkipped || d.Reason != cradle.RolloutSkipSuspended {
+	ro2 := u.rollOut(t, rel2)
+	if d := u.rolloutDevice(t, ro2); d.State != cradle.DeviceSkipped || d.Reason != cradle.RolloutSkipSuspended {
 		t.Fatalf("the suspended unit in rollout %s of a normal release: %+v", ro2, d)
 	}
 	sys := cradle.NewContextWithActor(ctx, cradle.SystemActor(1, "test"))
@@ -194,15 +71,15 @@ log: {level: debug, format: json}
 	}
 	// Polls come and go (2 s, two polls) and the unit still runs v1.
 	time.Sleep(2 * time.Second)
-	if strings.Contains(logs.String(), `"msg":"update offered"`) {
-		t.Fatalf("the suspended unit was offered an update:\n%s", lastLines(logs.String(), 20))
+	if strings.Contains(a.logs.String(), `"msg":"update offered"`) {
+		t.Fatalf("the suspended unit was offered an update:\n%s", lastLines(a.logs.String(), 20))
 	}
-	if s, d := running(); s != hw.SlotA || d != v1Hex {
+	if s, d := u.running(t); s != hw.SlotA || d != v1Hex {
 		t.Fatalf("the suspended unit runs slot %s %s, want a %s (v1)", s, d, v1Hex)
 	}
 
 	// Its other routes stay closed.
-	hc := agentHTTPClient(t, ctx, dev, state, filepath.Join(pkiDirOf(l.dataDir), "root.crt"))
+	hc := agentHTTPClient(t, ctx, dev, a.state, filepath.Join(pkiDirOf(l.dataDir), "root.crt"))
 	resp, body := fetch(t, hc, "POST", l.m.device.Addr()+"/device/v1/telemetry", []byte(`{"metrics":{"t":1}}`), "Content-Type", "application/json")
 	wantStatus(t, "telemetry of a suspended device", resp, body, 403)
 	resp, body = fetch(t, hc, "GET", l.m.device.Addr()+"/device/v1/tuf/timestamp.json", nil)
@@ -219,23 +96,23 @@ log: {level: debug, format: json}
 	}
 
 	// A remediation installs on it, suspended as it is.
-	rel3 := upload(v3, "2.0.1", "--remediation")
+	rel3 := u.upload(t, v3, "2.0.1", "--remediation")
 	if !rel3.Remediation || rel3.SHA256 != v3Hex {
 		t.Fatalf("release v3 %+v", rel3)
 	}
 	start := time.Now()
-	ro3 := rollOut(rel3)
-	waitFor("remediation rollout "+ro3+" to complete", func() bool { return rolloutState(ro3) == cradle.RolloutCompleted })
+	ro3 := u.rollOut(t, rel3)
+	a.waitFor(t, "remediation rollout "+ro3+" to complete", func() bool { return u.rolloutState(t, ro3) == cradle.RolloutCompleted })
 	t.Logf("remediation: rollout created to rollout completed in %v", time.Since(start).Round(time.Millisecond))
-	if d := rolloutDevice(ro3); d.State != cradle.DeviceSucceeded {
+	if d := u.rolloutDevice(t, ro3); d.State != cradle.DeviceSucceeded {
 		t.Fatalf("rollout %s device %+v, want succeeded", ro3, d)
 	}
 	admin := cradle.NewContextWithActor(ctx, cradle.Actor{TenantID: 1, Role: cradle.RoleAdmin, Kind: "token", ID: "test"})
-	waitFor("the software report of the remediation", func() bool {
+	a.waitFor(t, "the software report of the remediation", func() bool {
 		sw, err := updates.FindSoftware(admin, serial)
 		return err == nil && sw.SHA256 == v3Hex && sw.ReleaseID == rel3.ID
 	})
-	if s, d := running(); s != hw.SlotB || d != v3Hex {
+	if s, d := u.running(t); s != hw.SlotB || d != v3Hex {
 		t.Fatalf("after the remediation the unit runs slot %s %s, want b %s", s, d, v3Hex)
 	}
 	if env, _ := dev.BootEnv.Get(ctx); env[hw.EnvUpgradeAvailable] == "1" {
@@ -250,10 +127,7 @@ log: {level: debug, format: json}
 	resp, body = fetch(t, hc, "POST", l.m.device.Addr()+"/device/v1/telemetry", []byte(`{"metrics":{"t":1}}`), "Content-Type", "application/json")
 	wantStatus(t, "telemetry after the remediation", resp, body, 403)
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("cradle-agent after SIGTERM: %v\n%s", err, lastLines(logs.String(), 20))
-	}
+	a.stop(t)
 }
 
 // agentHTTPClient is an HTTPS client that presents the LDevID the agent

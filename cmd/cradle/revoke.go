@@ -38,7 +38,15 @@ func (d *deviceListener) revocations(certs []*cradle.Certificate) {
 			closed += d.mqtt.Disconnect(dev)
 		}
 	}
-	d.logger.Info("revocation applied", "certificates", len(certs), "mqtt_sessions_closed", closed, "took", time.Since(start))
+	coapClosed := 0
+	if d.coap != nil { // its DTLS sessions that presented a revoked certificate
+		serials := make([]string, len(certs))
+		for i, c := range certs {
+			serials[i] = c.Serial
+		}
+		coapClosed = d.coap.Disconnect(serials...)
+	}
+	d.logger.Info("revocation applied", "certificates", len(certs), "mqtt_sessions_closed", closed, "coap_sessions_closed", coapClosed, "took", time.Since(start))
 }
 
 // deviceRevokeCmd is `cradle device revoke`.

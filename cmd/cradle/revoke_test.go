@@ -48,7 +48,7 @@ type revokeFixture struct {
 
 func newRevokeFixture(t *testing.T) *revokeFixture {
 	t.Helper()
-	s := startPKIServer(t, nil)
+	s := startPKIServer(t, func(c *Config) { c.Device.CoAPListen = "127.0.0.1:0" })
 	h, keys, closeKeys, err := openPKI(t.Context(), s.dataDir, noPrompt(), pki.NameManufacturingCA)
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +211,8 @@ func revokeRuns(t *testing.T) int {
 // closes, the native HTTPS API, EST re-enrollment, the Mender token, the
 // hawkBit target token and the hawkBit client certificate are refused,
 // OCSP answers revoked (after a cached good answer) and the CRL lists the
-// certificate. CoAP is not built in Cradle: there is no channel to test.
+// certificate, and the CoAP listener closes the device's DTLS session
+// (coapLatency, coap_e2e_test.go).
 func TestRevocationLatency(t *testing.T) {
 	f := newRevokeFixture(t)
 	n := revokeRuns(t)
@@ -253,6 +254,8 @@ func TestRevocationLatency(t *testing.T) {
 			t.Error("a revoked LDevID connected to MQTT again")
 		}
 	})
+
+	run("coap", func(t *testing.T, l *latencies) { coapLatency(t, f, l) })
 
 	run("https", func(t *testing.T, l *latencies) {
 		d := f.enroll(t, f.serial("HT"))

@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/pem"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,13 +19,7 @@ import (
 // yank the release, which aborts the other. Bad input is refused with the
 // flag or field named.
 func TestReleaseRolloutCLI(t *testing.T) {
-	isolateCLI(t)
-	setPassphrase(t, "")
-	dataDir := t.TempDir()
-	ok(t, "release", "repo", "init", "--data-dir", dataDir, "--root-key-dir", filepath.Join(t.TempDir(), "offline"),
-		"--key-algorithm", "ed25519", "--insecure-plaintext-keys")
-	m, out := startServer(t, dataDir)
-	api := []string{"--server", m.Addr(), "--token", tokenRE.FindStringSubmatch(out)[1]}
+	_, api := startRepoServer(t)
 	cli := func(args ...string) string { t.Helper(); return ok(t, append(args, api...)...) }
 	bad := func(want string, args ...string) { t.Helper(); fails(t, want, append(args, api...)...) }
 	for _, s := range []string{"SN-A", "SN-B", "SN-C"} {

@@ -37,13 +37,7 @@ import (
 // refusal of the retired key is internal/agent/update's
 // TestRetiredImageKeyRefused.)
 func TestImageKeyRotationUpload(t *testing.T) {
-	isolateCLI(t)
-	setPassphrase(t, "")
-	dataDir := t.TempDir()
-	ok(t, "release", "repo", "init", "--data-dir", dataDir, "--root-key-dir", filepath.Join(t.TempDir(), "offline"),
-		"--key-algorithm", "ed25519", "--insecure-plaintext-keys")
-	m, out := startServer(t, dataDir)
-	api := []string{"--server", m.Addr(), "--token", tokenRE.FindStringSubmatch(out)[1]}
+	_, api := startRepoServer(t)
 	cli := func(args ...string) string { t.Helper(); return ok(t, append(args, api...)...) }
 
 	dir := t.TempDir()

@@ -136,16 +136,6 @@ type tokenList struct {
 	Tokens []*cradle.Token `json:"tokens"`
 }
 
-func tokenStatus(t *cradle.Token, now time.Time) string {
-	switch {
-	case t.RevokedAt != nil:
-		return "revoked"
-	case t.ExpiresAt != nil && !t.ExpiresAt.After(now):
-		return "expired"
-	}
-	return "active"
-}
-
 func (a *app) tokenListCmd() *cobra.Command {
 	var jsonFlag bool
 	cmd := &cobra.Command{
@@ -161,19 +151,12 @@ func (a *app) tokenListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if tokens == nil {
-				tokens = []*cradle.Token{}
-			}
-			if jsonFlag {
-				return writeJSON(a.stdout, tokenList{Tokens: tokens})
-			}
 			now := time.Now()
-			t := newTable(a.stdout, "ID", "NAME", "ROLE", "STATUS", "CREATED", "EXPIRES", "LAST USED", "CREATED BY")
-			for _, tok := range tokens {
-				t.row(tok.ID, tok.Name, string(tok.Role), tokenStatus(tok, now), formatTime(tok.CreatedAt),
-					formatTimePtr(tok.ExpiresAt), formatTimePtr(tok.LastUsed), tok.CreatedBy)
-			}
-			return t.flush()
+			return writeList(a.stdout, jsonFlag, tokens, func(l []*cradle.Token) any { return tokenList{Tokens: l} },
+				[]string{"ID", "NAME", "ROLE", "STATUS", "CREATED", "EXPIRES", "LAST USED", "CREATED BY"}, func(tok *cradle.Token) []string {
+					return []string{tok.ID, tok.Name, string(tok.Role), tokenStatus(tok.RevokedAt, tok.ExpiresAt, now), formatTime(tok.CreatedAt),
+						formatTimePtr(tok.ExpiresAt), formatTimePtr(tok.LastUsed), tok.CreatedBy}
+				})
 		},
 	}
 	cmd.Flags().BoolVar(&jsonFlag, "json", false, `print {"tokens":[…]}`)

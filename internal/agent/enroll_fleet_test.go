@@ -36,20 +36,7 @@ func TestFleetRenewalTwoYears(t *testing.T) {
 	outageTo := outageFrom.Add(6 * time.Hour)
 
 	began := time.Now()
-	dir := t.TempDir()
-	ids := make([]*agent.Identity, units)
-	for i := range units {
-		serial := fmt.Sprintf("SN-%05d", i)
-		dev := s.provision(filepath.Join(dir, serial, "unit"), serial)
-		id, err := agent.OpenIdentity(agent.IdentityOptions{
-			Device: dev, StateDir: filepath.Join(dir, serial, "state"), ServerURL: s.url,
-			Rand: rand.New(rand.NewPCG(1, uint64(i))),
-		}, start)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids[i] = id
-	}
+	ids := s.openFleet(t, units, start, 1)
 	provisioned := time.Since(began)
 
 	next := make([]time.Time, units)
@@ -58,12 +45,10 @@ func TestFleetRenewalTwoYears(t *testing.T) {
 		next[i] = start
 	}
 	var (
-		mu             sync.Mutex
 		failed, events int
 		steps          int
 		firstErr       error
 	)
-	workers := 4 * runtime.GOMAXPROCS(0)
 	end := start.Add(horizon)
 	for {
 		now := end
@@ -86,39 +71,20 @@ func TestFleetRenewalTwoYears(t *testing.T) {
 		s.setClock(now)
 		s.down.Store(!now.Before(outageFrom) && now.Before(outageTo))
 		events++
-		due := make(chan int)
-		var wg sync.WaitGroup
-		for range workers {
-			wg.Go(func() {
-				for i := range due {
-					n, err := ids[i].Step(ctx, now)
-					st := ids[i].State()
-					mu.Lock()
-					steps++
-					next[i] = n
-					if st.Current != nil {
-						notAfter[i] = st.Current.NotAfter
-					}
-					if err != nil {
-						failed++
-						if firstErr == nil && !s.down.Load() {
-							firstErr = fmt.Errorf("unit %d at %s with the server up: %w", i, now, err)
-						}
-					}
-					if !notAfter[i].IsZero() && !n.Before(notAfter[i]) {
-						firstErr = errors.Join(firstErr, fmt.Errorf("unit %d scheduled its next step at %s, after its LDevID expires at %s", i, n, notAfter[i]))
-					}
-					mu.Unlock()
-				}
-			})
-		}
-		for i, n := range next {
-			if !n.After(now) {
-				due <- i
+		steps += stepDue(ctx, ids, next, now, func(i int, err error) {
+			if st := ids[i].State(); st.Current != nil {
+				notAfter[i] = st.Current.NotAfter
 			}
-		}
-		close(due)
-		wg.Wait()
+			if err != nil {
+				failed++
+				if firstErr == nil && !s.down.Load() {
+					firstErr = fmt.Errorf("unit %d at %s with the server up: %w", i, now, err)
+				}
+			}
+			if !notAfter[i].IsZero() && !next[i].Before(notAfter[i]) {
+				firstErr = errors.Join(firstErr, fmt.Errorf("unit %d scheduled its next step at %s, after its LDevID expires at %s", i, next[i], notAfter[i]))
+			}
+		})
 		if firstErr != nil {
 			t.Fatal(firstErr)
 		}
@@ -144,4 +110,59 @@ func TestFleetRenewalTwoYears(t *testing.T) {
 	t.Logf("%d units, %s of virtual time: %d renewals (+%d enrollments), %d failed attempts during the outage, %d steps over %d clock events; provisioning %s, run %s (%.0f renewals/s)",
 		units, horizon, renewals, units, failed, steps, events, provisioned.Round(time.Millisecond), (elapsed - provisioned).Round(time.Millisecond),
 		float64(renewals+units)/(elapsed-provisioned).Seconds())
+}
+
+// openFleet provisions units simulated units SN-00000… on s and opens
+// their agent identities at start, each with its own random source of
+// seed.
+func (s *estStack) openFleet(t *testing.T, units int, start time.Time, seed uint64) []*agent.Identity {
+	t.Helper()
+	dir := t.TempDir()
+	ids := make([]*agent.Identity, units)
+	for i := range units {
+		serial := fmt.Sprintf("SN-%05d", i)
+		dev := s.provision(filepath.Join(dir, serial, "unit"), serial)
+		id, err := agent.OpenIdentity(agent.IdentityOptions{
+			Device: dev, StateDir: filepath.Join(dir, serial, "state"), ServerURL: s.url,
+			Rand: rand.New(rand.NewPCG(seed, uint64(i))),
+		}, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+	return ids
+}
+
+// stepDue steps every unit of ids due at now (next[i] not after it), on
+// four goroutines a CPU, and records its next step in next[i]; record
+// then sees the step's error, under a lock that serializes it with the
+// other units' records. It returns the steps taken.
+func stepDue(ctx context.Context, ids []*agent.Identity, next []time.Time, now time.Time, record func(i int, err error)) int {
+	var (
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		steps int
+	)
+	due := make(chan int)
+	for range 4 * runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for i := range due {
+				n, err := ids[i].Step(ctx, now)
+				mu.Lock()
+				steps++
+				next[i] = n
+				record(i, err)
+				mu.Unlock()
+			}
+		})
+	}
+	for i, n := range next {
+		if !n.After(now) {
+			due <- i
+		}
+	}
+	close(due)
+	wg.Wait()
+	return steps
 }

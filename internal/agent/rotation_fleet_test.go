@@ -12,17 +12,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net/http"
-	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"cradle"
-	"cradle/internal/agent"
 	"cradle/internal/pki"
 	"cradle/internal/sqlstore"
 )
@@ -64,20 +59,7 @@ func TestDeviceCARotationTwoYears(t *testing.T) {
 	oldName := s.h.DeviceCAName()
 
 	began := time.Now()
-	dir := t.TempDir()
-	ids := make([]*agent.Identity, units)
-	for i := range units {
-		serial := fmt.Sprintf("SN-%05d", i)
-		dev := s.provision(filepath.Join(dir, serial, "unit"), serial)
-		id, err := agent.OpenIdentity(agent.IdentityOptions{
-			Device: dev, StateDir: filepath.Join(dir, serial, "state"), ServerURL: s.url,
-			Rand: mrand.New(mrand.NewPCG(7, uint64(i))),
-		}, start)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids[i] = id
-	}
+	ids := s.openFleet(t, units, start, 7)
 	provisioned := time.Since(began)
 
 	// verified caches, by serial, that a certificate chains to the root
@@ -120,13 +102,11 @@ func TestDeviceCARotationTwoYears(t *testing.T) {
 		next[i] = start
 	}
 	var (
-		mu                     sync.Mutex
 		events, steps, refusal int
 		firstErr               error
 		rotated, retiredAt     time.Time
 		newName                string
 	)
-	workers := 4 * runtime.GOMAXPROCS(0)
 	now := start
 	for now.Before(end) {
 		// The next step: the earliest unit due, a day at most, the
@@ -157,29 +137,11 @@ func TestDeviceCARotationTwoYears(t *testing.T) {
 			t.Logf("day %d: device CA rotated: %s → %s", int(now.Sub(start)/(24*time.Hour)), oldName, newName)
 		}
 
-		due := make(chan int)
-		var wg sync.WaitGroup
-		for range workers {
-			wg.Go(func() {
-				for i := range due {
-					n, err := ids[i].Step(ctx, now)
-					mu.Lock()
-					steps++
-					next[i] = n
-					if err != nil && firstErr == nil {
-						firstErr = fmt.Errorf("unit %d at %s: %w", i, now, err)
-					}
-					mu.Unlock()
-				}
-			})
-		}
-		for i, n := range next {
-			if !n.After(now) {
-				due <- i
+		steps += stepDue(ctx, ids, next, now, func(i int, err error) {
+			if err != nil && firstErr == nil {
+				firstErr = fmt.Errorf("unit %d at %s: %w", i, now, err)
 			}
-		}
-		close(due)
-		wg.Wait()
+		})
 		if firstErr != nil {
 			t.Fatal(firstErr)
 		}

@@ -239,13 +239,16 @@ func (id *Identity) wipeObjects(ctx context.Context, opts WipeOptions) ([]cradle
 			names[c.KeyName] = true
 		}
 	}
-	foreign := false // the store holds keys of other programs
+	foreign := false         // the store holds keys of other programs
+	var held map[string]bool // what the store lists, when it can
 	if l, ok := keys.(hw.KeyLister); ok {
 		listed, err := l.ListKeys(ctx)
 		if err != nil {
 			return nil, err
 		}
+		held = map[string]bool{}
 		for _, n := range listed {
+			held[n] = true
 			if id.isAgentKey(n) {
 				names[n] = true
 			} else {
@@ -256,11 +259,28 @@ func (id *Identity) wipeObjects(ctx context.Context, opts WipeOptions) ([]cradle
 	var objs []cradle.ErasedObject
 	for _, n := range slices.Sorted(mapKeys(names)) {
 		// A name the store does not hold (a key destroyed already) is
-		// listed only when the store cannot list: then it may be there.
-		if _, err := keys.Key(ctx, n); errors.Is(err, hw.ErrNotFound) {
+		// left out. A store that lists says; of one that cannot, Key
+		// says (a listed key may be one Key cannot open, such as a
+		// PKCS#11 private key without its public half: it goes too).
+		if held != nil {
+			if !held[n] {
+				continue
+			}
+		} else if _, err := keys.Key(ctx, n); errors.Is(err, hw.ErrNotFound) {
 			continue
 		}
 		objs = append(objs, cradle.ErasedObject{Store: store, Kind: "key", Name: n})
+	}
+	// Keys of the store's own that no name leads to (a crash orphaned
+	// them) go too.
+	if o, ok := keys.(hw.OrphanKeys); ok {
+		orphans, err := o.ListOrphans(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range orphans {
+			objs = append(objs, cradle.ErasedObject{Store: store, Kind: "key", Name: n})
+		}
 	}
 	skip := map[string]bool{filepath.Join(id.opts.StateDir, DecommissionedFile): true}
 	if sf, ok := keys.(hw.KeyStoreFiles); ok {
@@ -533,7 +553,11 @@ func (id *Identity) erase(ctx context.Context, w *WipeProgress, opts WipeOptions
 			if err := step("key " + o.Name); err != nil {
 				return err
 			}
-			if err := dev.Keys.DestroyKey(ctx, o.Name); err != nil && !errors.Is(err, hw.ErrNotFound) {
+			destroy := dev.Keys.DestroyKey
+			if ks, isOrphans := dev.Keys.(hw.OrphanKeys); isOrphans && strings.HasPrefix(o.Name, hw.OrphanKeyPrefix) {
+				destroy = ks.DestroyOrphan
+			}
+			if err := destroy(ctx, o.Name); err != nil && !errors.Is(err, hw.ErrNotFound) {
 				return fmt.Errorf("destroy key %s: %w", o.Name, err)
 			}
 			continue

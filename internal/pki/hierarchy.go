@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"cradle/internal/atomicfile"
@@ -92,8 +93,14 @@ type Hierarchy struct {
 	// until AddReleaseSigner.
 	ReleaseSigner *x509.Certificate
 	// Retired maps the names of retired device CAs to when they were
-	// retired (RetireDeviceCA); nil when none is.
+	// retired (RetireDeviceCA); nil when none is. A running server
+	// replaces it under retiredMu (ReloadRetired): read it through
+	// IsRetired and the other methods, not directly, once the hierarchy
+	// is shared.
 	Retired map[string]time.Time
+	// retiredMu guards Retired, which is replaced, never changed in
+	// place, once set.
+	retiredMu sync.RWMutex
 }
 
 // DeviceCAName is the name of the i-th device CA (0-based): "device-ca",
@@ -357,14 +364,16 @@ func (h *Hierarchy) RotateDeviceCA(ctx context.Context, rootKey crypto.Signer, k
 	}
 	next := &Hierarchy{Root: h.Root, ManufacturingCA: h.ManufacturingCA, DeviceCAs: append(slices.Clip(h.DeviceCAs), ca),
 		Server: h.Server, CommandSigner: h.CommandSigner, ReleaseSigner: h.ReleaseSigner, OCSPSigners: map[string]*x509.Certificate{},
-		Retired: h.Retired}
+		Retired: h.retired()}
 	for k, v := range h.OCSPSigners {
 		next.OCSPSigners[k] = v
 	}
 	if err := next.issueOCSPSigner(ctx, name, key, now); err != nil {
 		return "", err
 	}
-	*h = *next
+	// Field by field: h holds a lock. Rotation is offline (the CLI's);
+	// a server picks the new CA up at its next start.
+	h.DeviceCAs, h.OCSPSigners = next.DeviceCAs, next.OCSPSigners
 	return name, nil
 }
 

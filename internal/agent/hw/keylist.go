@@ -26,6 +26,17 @@ type KeyStoreFiles interface {
 	StoreFiles() []string
 }
 
+// OrphanKeys is a KeyStore that can hold keys of its own that no name
+// leads to (TPMKeyStore: a key made persistent by a process that died
+// before writing the index). A wipe lists them and destroys each.
+type OrphanKeys interface {
+	// ListOrphans returns the orphaned keys, as names only
+	// DestroyOrphan takes (they are no key names).
+	ListOrphans(ctx context.Context) ([]string, error)
+	// DestroyOrphan destroys one; ErrNotFound when it is gone already.
+	DestroyOrphan(ctx context.Context, orphan string) error
+}
+
 var (
 	_ KeyLister     = (*SimDevice)(nil)
 	_ KeyLister     = (*TPMKeyStore)(nil)
@@ -59,7 +70,7 @@ func (s *SimDevice) ListKeys(ctx context.Context) ([]string, error) {
 // ListKeys lists the names in the store's index. A persistent object in
 // the store's handle range that the index does not name (another
 // program's, such as an endorsement key, or one a crash orphaned) is not
-// the store's and not listed.
+// listed; ListOrphans lists the latter.
 func (s *TPMKeyStore) ListKeys(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -85,9 +85,11 @@ func (s *PKCS11KeyStore) Key(ctx context.Context, name string) (crypto.Signer, e
 	return signer, nil
 }
 
-// DestroyKey closes the signers handed out for name, then destroys the
-// key pair's objects (and the certificates sharing its id) in the token,
-// and every certificate labelled name. It wraps ErrNotFound only when the
+// DestroyKey closes the signers handed out for name, then destroys every
+// object in the token labelled name: each key pair under that label (a
+// token may hold two, made by a retry or another tool), a private or
+// public key left alone by a crash, certificates; and the certificates
+// sharing the id of a destroyed key. It wraps ErrNotFound only when the
 // token held none of them.
 func (s *PKCS11KeyStore) DestroyKey(ctx context.Context, name string) error {
 	if err := checkKeyName(name); err != nil {
@@ -101,16 +103,13 @@ func (s *PKCS11KeyStore) DestroyKey(ctx context.Context, name string) error {
 	for _, sg := range held {
 		errs = append(errs, kms.Close(sg))
 	}
-	err := kms.Destroy(ctx, s.uri(name), kms.Options{})
-	if err != nil && !errors.Is(err, kms.ErrKeyNotFound) {
+	n, err := kms.DestroyPKCS11Objects(ctx, s.uri(name), kms.Options{})
+	if err != nil {
 		return kmsError("destroy key", name, err)
 	}
-	n, cerr := kms.DestroyPKCS11Certificates(ctx, s.uri(name), kms.Options{})
-	if cerr != nil {
-		return fmt.Errorf("hw: destroy the certificates labelled %s: %w", name, cerr)
-	}
-	if err != nil && n == 0 {
-		return kmsError("destroy key", name, err)
+	if n == 0 {
+		return &storeError{op: "destroy key", name: name, kind: ErrNotFound,
+			err: fmt.Errorf("no object labelled %s in token %q", name, s.token)}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("hw: key %s destroyed, but closing its signers failed: %w", name, err)
@@ -154,9 +153,10 @@ func kmsError(op, name string, err error) error {
 	return fmt.Errorf("hw: %s %s: %w", op, name, err)
 }
 
-// ListKeys returns the labels of the key pairs in the token.
+// ListKeys returns the labels of the keys in the token: key pairs, and
+// a private or public key left alone (by a crash while a key was made).
 func (s *PKCS11KeyStore) ListKeys(ctx context.Context) ([]string, error) {
-	names, err := kms.ListPKCS11Labels(ctx, kms.PKCS11URI{Token: s.token, ModulePath: s.module, PINSource: s.pinFile}, kms.Options{})
+	names, err := kms.ListPKCS11KeyLabels(ctx, kms.PKCS11URI{Token: s.token, ModulePath: s.module, PINSource: s.pinFile}, kms.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("hw: list the keys of token %q: %w", s.token, err)
 	}

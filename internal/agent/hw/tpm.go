@@ -53,8 +53,8 @@ const (
 //
 // If the process dies between making a key persistent and writing the
 // index, the persistent object stays in the TPM without a name; it is
-// never reused (its handle is taken) and can be removed with
-// tpm2_evictcontrol. A TPMKeyStore is safe for concurrent use, and
+// never reused (its handle is taken), ListOrphans lists it and
+// DestroyOrphan (a wipe) evicts it (tpm_orphans.go). A TPMKeyStore is safe for concurrent use, and
 // processes sharing a state directory are serialized on a lock file
 // there for CreateKey and DestroyKey.
 type TPMKeyStore struct {

@@ -300,6 +300,15 @@ func (u *Updater) Check(ctx context.Context) (bool, error) {
 	if err != nil || o == nil {
 		return false, err
 	}
+	if running != "" && o.Release.SHA256 == running {
+		// The unit already runs the offered image: most often the offer
+		// of the attempt it has just finished, asked again before the
+		// server consumed its report. Installing it again would write
+		// the other slot for nothing; report success instead.
+		u.opts.Logger.Info("update offered for the image already running; reporting it installed", "rollout", o.RolloutID, "attempt", o.Attempt)
+		return false, u.saveAndResume(ctx, &State{Phase: PhaseReporting, RolloutID: o.RolloutID, Attempt: o.Attempt,
+			Outcome: cradle.UpdateSucceeded, Reason: "already running this image"})
+	}
 	st := &State{Phase: PhaseFetching, RolloutID: o.RolloutID, Attempt: o.Attempt, MetadataURL: o.TUF.MetadataURL,
 		TargetPath: o.Release.TargetPath, ArtifactURL: o.Artifact.URL, OfferedSHA256: o.Release.SHA256, OfferedSize: o.Release.Size}
 	if o.Delta != nil {
@@ -310,6 +319,14 @@ func (u *Updater) Check(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	return true, u.Resume(ctx)
+}
+
+// saveAndResume saves st and runs the state machine from it.
+func (u *Updater) saveAndResume(ctx context.Context, st *State) error {
+	if err := u.save(st); err != nil {
+		return err
+	}
+	return u.Resume(ctx)
 }
 
 // Resume runs the state machine from the saved state until it is idle, or

@@ -294,3 +294,35 @@ func killInEveryState(t *testing.T, withDelta, rollback bool, seen map[update.Ph
 	}
 	return len(phases)
 }
+
+// TestOfferOfRunningImage: the server may offer the attempt the unit has
+// just finished again, before it consumed the report. The unit does not
+// install the image it runs a second time (into the other slot); it
+// reports it installed.
+func TestOfferOfRunningImage(t *testing.T) {
+	w := newWorld(t)
+	v1, v2 := w.releases(200 << 10)
+	w.publish(v1, nil)
+	w.publish(v2, nil)
+	u := w.newUnit(v1)
+	w.offerOf(v2, 1)
+	check(t, u.updater())
+	before := len(w.reports)
+	w.offerOf(v2, 1) // offered again: the report not yet consumed
+	up := u.updater()
+	if took, err := up.Check(context.Background()); err != nil || took {
+		t.Fatalf("second check of the same offer: took %v, %v", took, err)
+	}
+	if slot, d := u.running(); slot != hw.SlotB || d != v2.digest() {
+		t.Fatalf("running slot %s %s after the repeated offer, want b %s", slot, d, v2.digest())
+	}
+	if len(w.reports) != before+1 {
+		t.Fatalf("%d reports after the repeated offer, want one more than %d", len(w.reports), before)
+	}
+	if r := w.reports[len(w.reports)-1]; r.State != cradle.UpdateSucceeded || r.Attempt != 1 || !strings.Contains(r.Reason, "already running") {
+		t.Fatalf("report %+v", r)
+	}
+	if up.State().Phase != update.PhaseIdle {
+		t.Fatalf("phase %s, want idle", up.State().Phase)
+	}
+}

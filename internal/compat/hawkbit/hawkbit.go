@@ -659,18 +659,21 @@ func (h *Handler) getDeployment(w http.ResponseWriter, r *http.Request, dev *cra
 	return nil
 }
 
-func (h *Handler) readBody(r *http.Request, limit int64, what string) ([]byte, error) {
+// readBody reads a request body of at most limit bytes (what names it in
+// errors) and parses it with parse.
+func readBody[T any](r *http.Request, limit int64, what string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
 	if r.ContentLength > limit {
-		return nil, cradle.Errorf(cradle.ETOOLARGE, "%s is %d bytes; at most %d are accepted", what, r.ContentLength, limit)
+		return zero, cradle.Errorf(cradle.ETOOLARGE, "%s is %d bytes; at most %d are accepted", what, r.ContentLength, limit)
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
-		return nil, cradle.Errorf(cradle.EINVALID, "reading the %s: %v", what, err)
+		return zero, cradle.Errorf(cradle.EINVALID, "reading the %s: %v", what, err)
 	}
 	if int64(len(b)) > limit {
-		return nil, cradle.Errorf(cradle.ETOOLARGE, "%s is over %d bytes", what, limit)
+		return zero, cradle.Errorf(cradle.ETOOLARGE, "%s is over %d bytes", what, limit)
 	}
-	return b, nil
+	return parse(b)
 }
 
 // reason joins a feedback's details into a failure reason.
@@ -688,28 +691,35 @@ func reason(prefix string, fb Feedback) string {
 	return clip(s, 1024)
 }
 
-func (h *Handler) postFeedback(w http.ResponseWriter, r *http.Request, dev *cradle.Device, id int64) error {
-	ctx := r.Context()
-	body, err := h.readBody(r, MaxFeedbackBody, "feedback")
+// feedbackOn reads and parses the feedback a device posts on action id
+// and finds the action and the attempt in flight under it: an action not
+// found, or no longer in flight, is gone.
+func (h *Handler) feedbackOn(r *http.Request, dev *cradle.Device, id int64) (Feedback, *actionInfo, *cradle.PendingUpdate, error) {
+	fb, err := readBody(r, MaxFeedbackBody, "feedback", ParseFeedback)
 	if err != nil {
-		return err
+		return Feedback{}, nil, nil, err
 	}
-	fb, err := ParseFeedback(body)
-	if err != nil {
-		return err
-	}
-	info, err := h.action(ctx, dev, id)
+	info, err := h.action(r.Context(), dev, id)
 	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
-		return gone(id)
+		return Feedback{}, nil, nil, gone(id)
 	} else if err != nil {
-		return err
+		return Feedback{}, nil, nil, err
 	}
-	p, err := h.inFlight(ctx, dev, info)
+	p, err := h.inFlight(r.Context(), dev, info)
 	if err != nil {
-		return err
+		return Feedback{}, nil, nil, err
 	}
 	if p == nil {
-		return gone(id)
+		return Feedback{}, nil, nil, gone(id)
+	}
+	return fb, info, p, nil
+}
+
+func (h *Handler) postFeedback(w http.ResponseWriter, r *http.Request, dev *cradle.Device, id int64) error {
+	ctx := r.Context()
+	fb, info, p, err := h.feedbackOn(r, dev, id)
+	if err != nil {
+		return err
 	}
 	rep := cradle.UpdateReport{RolloutID: p.RolloutID, Attempt: p.Attempt}
 	failed := false
@@ -791,26 +801,9 @@ const CanceledReason = "canceled by the server: the rollout was aborted"
 
 func (h *Handler) postCancelFeedback(w http.ResponseWriter, r *http.Request, dev *cradle.Device, id int64) error {
 	ctx := r.Context()
-	body, err := h.readBody(r, MaxFeedbackBody, "feedback")
+	fb, _, p, err := h.feedbackOn(r, dev, id)
 	if err != nil {
 		return err
-	}
-	fb, err := ParseFeedback(body)
-	if err != nil {
-		return err
-	}
-	info, err := h.action(ctx, dev, id)
-	if cradle.ErrorCode(err) == cradle.ENOTFOUND {
-		return gone(id)
-	} else if err != nil {
-		return err
-	}
-	p, err := h.inFlight(ctx, dev, info)
-	if err != nil {
-		return err
-	}
-	if p == nil {
-		return gone(id)
 	}
 	switch fb.Execution {
 	case ExecClosed, ExecCanceled:
@@ -833,11 +826,7 @@ func (h *Handler) postCancelFeedback(w http.ResponseWriter, r *http.Request, dev
 }
 
 func (h *Handler) putConfigData(w http.ResponseWriter, r *http.Request, dev *cradle.Device) error {
-	body, err := h.readBody(r, MaxConfigDataBody, "configData")
-	if err != nil {
-		return err
-	}
-	c, err := ParseConfigData(body)
+	c, err := readBody(r, MaxConfigDataBody, "configData", ParseConfigData)
 	if err != nil {
 		return err
 	}
@@ -982,11 +971,7 @@ func (h *Handler) getInstalled(w http.ResponseWriter, r *http.Request, dev *crad
 // version (name is the model or the artifact name): 201 when that changed
 // what is on record, 200 when not, as hawkBit.
 func (h *Handler) putInstalled(w http.ResponseWriter, r *http.Request, dev *cradle.Device) error {
-	body, err := h.readBody(r, MaxInstalledBaseBody, "installedBase")
-	if err != nil {
-		return err
-	}
-	ib, err := ParseInstalledBase(body)
+	ib, err := readBody(r, MaxInstalledBaseBody, "installedBase", ParseInstalledBase)
 	if err != nil {
 		return err
 	}
