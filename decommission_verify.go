@@ -64,13 +64,13 @@ func VerifyTombstone(st SignedTombstone) (*Tombstone, *x509.Certificate, error) 
 	}
 	switch {
 	case t.Serial == "" || ValidateSerial(t.Serial) != nil:
-		return nil, nil, Errorf(EINVALID, "invalid tombstone payload: bad serial %q", clipString(t.Serial, 64))
+		return nil, nil, Errorf(EINVALID, "invalid tombstone payload: bad serial %q", truncate(t.Serial, 64))
 	case t.CommandID == "" || len(t.CommandID) > 64:
 		return nil, nil, Errorf(EINVALID, "invalid tombstone payload: command_id is required (the wipe command's id)")
 	case t.Sequence == 0:
 		return nil, nil, Errorf(EINVALID, "invalid tombstone payload: sequence is required (the wipe command's sequence)")
 	case t.Lifecycle != "eol":
-		return nil, nil, Errorf(EINVALID, "invalid tombstone payload: lifecycle is %q, want eol", clipString(t.Lifecycle, 32))
+		return nil, nil, Errorf(EINVALID, "invalid tombstone payload: lifecycle is %q, want eol", truncate(t.Lifecycle, 32))
 	case t.At.IsZero():
 		return nil, nil, Errorf(EINVALID, "invalid tombstone payload: at is required")
 	case len(t.Erased) > MaxTombstoneObjects:
@@ -108,13 +108,6 @@ func verifySignature(pub any, msg, sig []byte) error {
 		return fmt.Errorf("unsupported key type %T", pub)
 	}
 	return nil
-}
-
-func clipString(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 // AuditKeyID names an audit public key: "ed25519:" and the first 16 hex

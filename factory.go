@@ -3,10 +3,8 @@ package cradle
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
@@ -379,17 +377,7 @@ func SignTrace(r *TraceRecord, key crypto.Signer) (SignedTrace, error) {
 // Verify checks the signature with the station's certificate. The error
 // is EINVALID: "signature does not verify".
 func (s SignedTrace) Verify(station *x509.Certificate) error {
-	sum := sha256.Sum256(s.Payload)
-	ok := false
-	switch pub := station.PublicKey.(type) {
-	case *ecdsa.PublicKey:
-		ok = ecdsa.VerifyASN1(pub, sum[:], s.Signature)
-	case *rsa.PublicKey:
-		ok = rsa.VerifyPKCS1v15(pub, crypto.SHA256, sum[:], s.Signature) == nil
-	case ed25519.PublicKey:
-		ok = ed25519.Verify(pub, s.Payload, s.Signature)
-	}
-	if !ok {
+	if verifySignature(station.PublicKey, s.Payload, s.Signature) != nil {
 		return Errorf(EINVALID, "trace record signature does not verify with the certificate of station %s (tampered or signed by another key)", truncate(station.Subject.CommonName, 80))
 	}
 	return nil

@@ -382,5 +382,5 @@ func (g *downloadGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, a.reason, http.StatusForbidden)
 		return
 	}
-	g.inner.ServeHTTP(w, r)
+	g.inner.ServeBlob(w, r, t.Digest, t.Device) // the URL is checked already
 }

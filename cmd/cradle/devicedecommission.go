@@ -35,10 +35,9 @@ type decommissioning struct {
 func newDecommissioning(db *sqlstore.DB, d *deviceListener, listener *deviceapi.Server) *decommissioning {
 	x := &decommissioning{svc: sqlstore.NewDecommissionService(db, d.commands.sign), logger: d.logger}
 	x.svc.OnExecuted = func(ctx context.Context, dev *cradle.Device, from cradle.State, revoked []*cradle.Certificate) {
-		if d.protocols != nil {
-			d.protocols.Cache.Flush() // its tokens were revoked with the rest
-		}
-		d.authority.Revoked(context.WithoutCancel(ctx), revoked)
+		// The CRLs, OCSP and the token cache were brought up to date by
+		// the store's revocation notifier (revoke.go) when the execution
+		// committed; the move to eol closes the device's sessions.
 		if d.mqtt != nil {
 			disconnectOnTransition(d.mqtt, d.logger)(dev, from)
 		}

@@ -191,7 +191,7 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	}
 	d.protocols = tokencache.Wrap(sqlstore.NewProtocolService(db).SetMenderAutoAdmit(cfg.Mender.AutoAdmit))
 	d.mender = mountMender(cfg, listener, d.protocols, d.updates, tenants.FindTenantByName, logger)
-	d.hawkbit = mountHawkbit(cfg, db, d.protocols, artifacts, downloads.(*downloadGate).inner, listener, d.authority.TenantName, logger)
+	d.hawkbit = mountHawkbit(cfg, db, d.protocols, artifacts, d.updates.artifacts, listener, d.authority.TenantName, logger)
 
 	if cfg.Device.MQTTListen != "" {
 		if d.mqtt, err = newBroker(cfg, listener, roots, audit, sqlstore.NewTelemetryService(db), twin, d.commands, d.updates, metrics, logger); err != nil {

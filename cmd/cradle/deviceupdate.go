@@ -207,17 +207,23 @@ func (u *deviceUpdates) getUpdate(w http.ResponseWriter, r *http.Request) {
 	writeDeviceJSON(w, http.StatusOK, doc)
 }
 
+// signURL signs a download URL of the artifact sha (of release relID) for
+// dev, on the host the device reached, and returns it with its expiry.
+func (u *deviceUpdates) signURL(r *http.Request, dev *cradle.Device, relID, sha string) (string, time.Time, error) {
+	d, err := artifact.ParseDigest(sha)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("release %s: artifact digest %q: %w", relID, sha, err)
+	}
+	exp := u.now().Add(u.ttl)
+	return u.baseURL(r) + u.artifacts.Signer.Sign(artifact.Ticket{Digest: d, Device: downloadDevice(dev.TenantID, dev.Serial), Expires: exp}), exp, nil
+}
+
 // document builds the update document of p for dev, with URLs signed for
 // it.
 func (u *deviceUpdates) document(r *http.Request, dev *cradle.Device, p *cradle.PendingUpdate) (*updateDocument, error) {
-	base := u.baseURL(r)
 	sign := func(sha string) (string, error) {
-		d, err := artifact.ParseDigest(sha)
-		if err != nil {
-			return "", fmt.Errorf("release %s: artifact digest %q: %w", p.Release.ID, sha, err)
-		}
-		return base + u.artifacts.Signer.Sign(artifact.Ticket{Digest: d, Device: downloadDevice(dev.TenantID, dev.Serial),
-			Expires: u.now().Add(u.ttl)}), nil
+		url, _, err := u.signURL(r, dev, p.Release.ID, sha)
+		return url, err
 	}
 	rel := p.Release
 	doc := &updateDocument{
@@ -225,7 +231,7 @@ func (u *deviceUpdates) document(r *http.Request, dev *cradle.Device, p *cradle.
 		Release: updateRelease{ID: rel.ID, Model: rel.Model, Version: rel.Version, Kind: rel.Kind, SecurityCounter: rel.SecurityCounter,
 			SHA256: rel.SHA256, Size: rel.Size, TargetPath: rel.TargetPath},
 		Artifact: updateArtifact{SHA256: rel.SHA256, Size: rel.Size},
-		TUF:      updateTUF{MetadataURL: base + "/device/v1/tuf/"},
+		TUF:      updateTUF{MetadataURL: u.baseURL(r) + "/device/v1/tuf/"},
 	}
 	var err error
 	if doc.Artifact.URL, err = sign(rel.SHA256); err != nil {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"cradle"
-	"cradle/internal/artifact"
 	"cradle/internal/compat/mender"
 	"cradle/internal/deviceapi"
 )
@@ -167,12 +166,7 @@ func mountMender(cfg Config, l *deviceapi.Server, protocols cradle.ProtocolServi
 		Protocols: protocols, Updates: updates.svc, TokenTTL: cfg.Mender.TokenTTL, PollCache: pollCacheTTL(cfg.Mender.PollCache),
 		Logger: logger.With("api", "mender"),
 		SignURL: func(r *http.Request, dev *cradle.Device, rel *cradle.Release) (string, time.Time, error) {
-			d, err := artifact.ParseDigest(rel.SHA256)
-			if err != nil {
-				return "", time.Time{}, fmt.Errorf("release %s: artifact digest %q: %w", rel.ID, rel.SHA256, err)
-			}
-			exp := updates.now().Add(updates.ttl)
-			return updates.baseURL(r) + updates.artifacts.Signer.Sign(artifact.Ticket{Digest: d, Device: downloadDevice(dev.TenantID, dev.Serial), Expires: exp}), exp, nil
+			return updates.signURL(r, dev, rel.ID, rel.SHA256)
 		},
 	}
 	if cfg.Mender.DefaultTenant != "" {

@@ -85,7 +85,7 @@ minute, without a restart. Retirement cannot be undone.`,
 			if err := pki.WriteHierarchy(dir, h); err != nil {
 				return fmt.Errorf("retire-ca: %w", err)
 			}
-			ca := h.DeviceCAs[deviceCAIndex(h, args[0])]
+			ca := h.IssuingCAs()[args[0]]
 			w := &errWriter{w: a.stdout}
 			w.printf("%s\n", args[0])
 			fmt.Fprintf(a.stderr, "Retired device CA %s (%s). A running cradle serve refuses the certificates it issued within a minute.\nIts CRL is published until the CA expires at %s.\n",
@@ -95,15 +95,6 @@ minute, without a restart. Retirement cannot be undone.`,
 	}
 	lf.add(cmd)
 	return cmd
-}
-
-func deviceCAIndex(h *pki.Hierarchy, name string) int {
-	for i := range h.DeviceCAs {
-		if pki.DeviceCAName(i) == name {
-			return i
-		}
-	}
-	return -1
 }
 
 func (a *app) pkiCAStatusCmd() *cobra.Command {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -257,7 +258,7 @@ func (id *Identity) wipeObjects(ctx context.Context, opts WipeOptions) ([]cradle
 		}
 	}
 	var objs []cradle.ErasedObject
-	for _, n := range slices.Sorted(mapKeys(names)) {
+	for _, n := range slices.Sorted(maps.Keys(names)) {
 		// A name the store does not hold (a key destroyed already) is
 		// left out. A store that lists says; of one that cannot, Key
 		// says (a listed key may be one Key cannot open, such as a
@@ -311,16 +312,6 @@ func (id *Identity) wipeObjects(ctx context.Context, opts WipeOptions) ([]cradle
 		}
 	}
 	return objs, nil
-}
-
-func mapKeys(m map[string]bool) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // stateFileKind is "secret" for the files holding credentials or trust

@@ -329,13 +329,7 @@ func (s *Server) answer(w *responsewriter.ResponseWriter[*udpClient.Conn], resp 
 			s.cfg.Logger.Warn("CoAP request refused", "path", path, "remote", remote, "code", resp.code.String(), "reason", cradle.ErrorMessage(resp.err))
 		}
 	}
-	var err error
-	if resp.body == nil {
-		err = w.SetResponse(resp.code, resp.format, nil)
-	} else {
-		err = w.SetResponse(resp.code, resp.format, resp.body)
-	}
-	if err != nil {
+	if err := w.SetResponse(resp.code, resp.format, resp.body); err != nil {
 		s.cfg.Logger.Error("CoAP response", "path", path, "err", err)
 	}
 }
@@ -428,10 +422,12 @@ func coapCode(code string) codes.Code {
 	}
 }
 
+// resourceMethods are the resources and the method each takes.
+var resourceMethods = map[string]codes.Code{"/t": codes.POST, "/c": codes.GET, "/fw": codes.GET, "/fw/info": codes.GET}
+
 // handle routes a request of an authenticated device.
 func (s *Server) handle(ctx context.Context, dev *cradle.Device, req request) response {
-	method := map[string]codes.Code{"/t": codes.POST, "/c": codes.GET, "/fw": codes.GET, "/fw/info": codes.GET}
-	want, ok := method[req.path]
+	want, ok := resourceMethods[req.path]
 	if !ok {
 		return errorResponse(cradle.Errorf(cradle.ENOTFOUND, "no resource %s: the resources are POST /t, GET /c, GET /fw, GET /fw/info", clip(req.path, 64)))
 	}

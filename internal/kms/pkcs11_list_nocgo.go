@@ -4,16 +4,6 @@ package kms
 
 import "context"
 
-// ListPKCS11Labels fails without cgo: no PKCS#11 in this build.
-func ListPKCS11Labels(ctx context.Context, u PKCS11URI, opts Options) ([]string, error) {
-	return nil, ErrNoPKCS11
-}
-
-// DestroyPKCS11Certificates fails without cgo: no PKCS#11 in this build.
-func DestroyPKCS11Certificates(ctx context.Context, uri string, opts Options) (int, error) {
-	return 0, ErrNoPKCS11
-}
-
 // ListPKCS11KeyLabels fails without cgo: no PKCS#11 in this build.
 func ListPKCS11KeyLabels(ctx context.Context, u PKCS11URI, opts Options) ([]string, error) {
 	return nil, ErrNoPKCS11

@@ -106,7 +106,7 @@ func attr(p *pkcs11.Ctx, s pkcs11.SessionHandle, o pkcs11.ObjectHandle, typ uint
 // ListPKCS11KeyLabels returns the labels of every private and public key
 // object in the token u names (its object and id are ignored), sorted,
 // without duplicates: key pairs, and halves left alone (which
-// ListPKCS11Labels, seeing pairs only, misses). An object without a
+// a listing of key pairs alone would miss). An object without a
 // label is not listed.
 func ListPKCS11KeyLabels(ctx context.Context, u PKCS11URI, opts Options) ([]string, error) {
 	if err := ctx.Err(); err != nil {

@@ -243,13 +243,16 @@ func (tx *Tx) setAuthStatus(ctx context.Context, s *authSet, status cradle.Mende
 // revokeSetTokens revokes the live session tokens of an auth set and
 // returns how many.
 func (tx *Tx) revokeSetTokens(ctx context.Context, setID int64) (int64, error) {
-	tx.tokensRevoked = true
 	res, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE auth_set_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
 		micros(tx.now), setID, micros(tx.now))
 	if err != nil {
 		return 0, fmt.Errorf("sqlstore: revoke device tokens: %w", err)
 	}
-	n, _ := res.RowsAffected()
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("sqlstore: revoke device tokens: %w", err)
+	}
+	tx.tokensRevoked = tx.tokensRevoked || n > 0
 	return n, nil
 }
 
@@ -1025,7 +1028,6 @@ func (s *ProtocolService) RevokeDeviceTokens(ctx context.Context, serial string)
 		if err != nil {
 			return err
 		}
-		tx.tokensRevoked = true
 		res, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ? WHERE tenant_id = ? AND device_id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
 			micros(tx.now), a.TenantID, d.ID, micros(tx.now))
 		if err != nil {
@@ -1034,6 +1036,7 @@ func (s *ProtocolService) RevokeDeviceTokens(ctx context.Context, serial string)
 		if n, err = res.RowsAffected(); err != nil {
 			return err
 		}
+		tx.tokensRevoked = tx.tokensRevoked || n > 0
 		if n > 0 {
 			if err := tx.audit(ctx, a.TenantID, a.String(), cradle.AuditEvent{Action: "device.token.revoke", Subject: subject, Details: map[string]int64{"revoked": n}}); err != nil {
 				return err
@@ -1434,16 +1437,6 @@ func (s *ProtocolService) FindDeviceAttributes(ctx context.Context, serial strin
 
 // ---- hawkBit actions and update logs ----
 
-// deviceUpdateActor authorizes a device-side call: PermUpdateDevice, and a
-// device only for itself.
-func (s *ProtocolService) deviceUpdateActor(ctx context.Context, action, serial string) (cradle.Actor, error) {
-	a, err := s.db.authorize(ctx, cradle.PermUpdateDevice, action, "device:"+serial)
-	if err != nil {
-		return a, err
-	}
-	return a, s.db.ownDevice(ctx, a, serial, "act on the updates", action+".refused")
-}
-
 // rolloutAttempt returns the internal id of a rollout of the tenant that
 // device devID is in, checking that attempt is one it has made.
 func rolloutAttempt(ctx context.Context, queryRow func(context.Context, string, ...any) *sql.Row, tenantID, devID int64, serial, rolloutID string, attempt int) (int64, error) {
@@ -1483,7 +1476,7 @@ func sequenceExhausted(err error) bool {
 // time. Concurrent first calls get the same action: the insert yields to
 // the unique (device, rollout, attempt) key and both read the winner's row.
 func (s *ProtocolService) DDIAction(ctx context.Context, serial, rolloutID string, attempt int) (*cradle.DDIAction, error) {
-	a, err := s.deviceUpdateActor(ctx, "update.action", serial)
+	a, err := s.db.updateActor(ctx, "update.action", serial)
 	if err != nil {
 		return nil, err
 	}
@@ -1539,7 +1532,7 @@ func (s *ProtocolService) DDIAction(ctx context.Context, serial, rolloutID strin
 
 // FindDDIAction returns one of the device's actions by id.
 func (s *ProtocolService) FindDDIAction(ctx context.Context, serial string, id int64) (*cradle.DDIAction, error) {
-	a, err := s.deviceUpdateActor(ctx, "update.action", serial)
+	a, err := s.db.updateActor(ctx, "update.action", serial)
 	if err != nil {
 		return nil, err
 	}
@@ -1566,7 +1559,7 @@ func (s *ProtocolService) FindDDIAction(ctx context.Context, serial string, id i
 
 // StoreUpdateLog keeps the log of an attempt; the last one sent wins.
 func (s *ProtocolService) StoreUpdateLog(ctx context.Context, serial, rolloutID string, attempt int, log string) error {
-	a, err := s.deviceUpdateActor(ctx, "update.log", serial)
+	a, err := s.db.updateActor(ctx, "update.log", serial)
 	if err != nil {
 		return err
 	}

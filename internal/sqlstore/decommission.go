@@ -19,16 +19,16 @@ import (
 // decommissioning is one transaction: every certificate of the device
 // revoked (cessationOfOperation), every device token revoked and Mender
 // auth set rejected, the device moved to eol, the signed wipe command
-// issued and the record written, each step audited. What lives outside
-// the store (CRLs, the OCSP cache, live sessions) is OnExecuted's.
+// issued and the record written, each step audited. The revocations reach
+// the CRLs, the OCSP cache and the token caches through the store's
+// revocation notifier (SetRevocationNotifier) when it commits.
 type DecommissionService struct {
 	db   *DB
 	sign CommandSigner
 	// OnExecuted, when set, is called after an execution committed, with
 	// the device (now eol), the state it left and the certificates
-	// revoked: the wiring regenerates the CRLs, invalidates the OCSP
-	// cache and closes the device's live sessions. It runs in the
-	// caller's request, so it must return promptly.
+	// revoked: the wiring closes the device's live sessions. It runs in
+	// the caller's request, so it must return promptly.
 	OnExecuted func(ctx context.Context, d *cradle.Device, from cradle.State, revoked []*cradle.Certificate)
 }
 
@@ -688,8 +688,7 @@ func (s *DecommissionService) DecommissionCertificate(ctx context.Context, seria
 			subjects = append(subjects, authSetSubject(c.ID))
 		}
 	}
-	ph := strings.TrimSuffix(strings.Repeat("?, ", len(subjects)-1), ", ")
-	rows, err := s.db.query(ctx, `SELECT `+auditCols+` FROM audit_entries WHERE tenant_id = ? AND subject IN (`+ph+`) ORDER BY seq`, subjects...)
+	rows, err := s.db.query(ctx, `SELECT `+auditCols+` FROM audit_entries WHERE tenant_id = ? AND subject IN (`+placeholders(len(subjects)-1)+`) ORDER BY seq`, subjects...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: decommission certificate: %w", err)
 	}

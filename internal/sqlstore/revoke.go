@@ -124,7 +124,7 @@ func (tx *Tx) revokeCredentials(ctx context.Context, a cradle.Actor, devices map
 		if err := rows.Err(); err != nil {
 			return nil, fmt.Errorf("sqlstore: revoke device tokens: %w", err)
 		}
-		tx.tokensRevoked = true
+		tx.tokensRevoked = tx.tokensRevoked || len(out.tokens) > 0
 		if _, err := tx.exec(ctx, `UPDATE device_tokens SET revoked_at = ?`+tokWhere, append([]any{now}, tokArgs...)...); err != nil {
 			return nil, fmt.Errorf("sqlstore: revoke device tokens: %w", err)
 		}

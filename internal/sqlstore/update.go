@@ -43,11 +43,18 @@ func NewUpdateService(db *DB) *UpdateService { return &UpdateService{db: db} }
 // deviceActor authorizes a device-side update call: PermUpdateDevice, and
 // a device only for itself.
 func (s *UpdateService) deviceActor(ctx context.Context, action, serial string) (cradle.Actor, error) {
-	a, err := s.db.authorize(ctx, cradle.PermUpdateDevice, action, "device:"+serial)
+	return s.db.updateActor(ctx, action, serial)
+}
+
+// updateActor authorizes a device-side update call (the update service's
+// and the protocol service's): PermUpdateDevice, and a device only for
+// itself.
+func (db *DB) updateActor(ctx context.Context, action, serial string) (cradle.Actor, error) {
+	a, err := db.authorize(ctx, cradle.PermUpdateDevice, action, "device:"+serial)
 	if err != nil {
 		return a, err
 	}
-	return a, s.db.ownDevice(ctx, a, serial, "act on the updates", action+".refused")
+	return a, db.ownDevice(ctx, a, serial, "act on the updates", action+".refused")
 }
 
 // PendingUpdate returns the device's attempt in progress.

@@ -867,12 +867,19 @@ func (h *Handler) installedAction(ctx context.Context, dev *cradle.Device) (int6
 	in := installedAt{sha256: sw.SHA256, reported: sw.ReportedAt}
 	ros, err := h.Rollouts.FindRollouts(sys, cradle.RolloutFilter{ReleaseID: sw.ReleaseID, Limit: 20})
 	if err != nil {
+		h.logger().Warn("hawkBit base poll: rollouts of the installed release", "device", dev.Serial, "err", err)
 		return 0, false
 	}
 	for _, ro := range ros {
-		if attempt, ok, _ := h.succeededAttempt(sys, ro.ID, dev.Serial); ok {
+		attempt, ok, err := h.succeededAttempt(sys, ro.ID, dev.Serial)
+		if err != nil {
+			h.logger().Warn("hawkBit base poll: the device's attempt in a rollout", "device", dev.Serial, "rollout", ro.ID, "err", err)
+			continue
+		}
+		if ok {
 			a, err := h.Protocol.DDIAction(ctx, dev.Serial, ro.ID, attempt)
 			if err != nil {
+				h.logger().Warn("hawkBit base poll: action of the installing attempt", "device", dev.Serial, "rollout", ro.ID, "err", err)
 				return 0, false
 			}
 			in.action = a.ID
