@@ -205,17 +205,14 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 	db.SetRevocationNotifier(d.revocations)
 	d.ln, err = net.Listen("tcp", cfg.Device.Listen)
 	if err != nil {
-		if d.mqtt != nil {
-			d.mqtt.Close(ctx)
-		}
+		d.ln = nil
+		d.closeNow()
 		return nil, fmt.Errorf("serve: device listener: %w", err)
 	}
 	if cfg.Device.ArtifactListen != "" {
 		if d.plain, err = listenArtifacts(ctx, cfg.Device.ArtifactListen, downloads, logger); err != nil {
-			d.ln.Close()
-			if d.mqtt != nil {
-				d.mqtt.Close(ctx)
-			}
+			d.plain = nil
+			d.closeNow()
 			return nil, err
 		}
 	}
@@ -232,9 +229,6 @@ func newDeviceListener(ctx context.Context, cfg Config, db *sqlstore.DB, artifac
 		if err != nil {
 			d.coap = nil
 			d.closeNow()
-			if d.mqtt != nil {
-				d.mqtt.Close(ctx)
-			}
 			return nil, fmt.Errorf("serve: CoAP listener on %s: %w", cfg.Device.CoAPListen, err)
 		}
 		logger.Info("CoAP listener", "addr", d.coap.Addr().String())
@@ -390,13 +384,20 @@ func (d *deviceListener) shutdown(ctx context.Context) error {
 // closeNow closes the listeners of a device listener that was never
 // started (Run failed after making it).
 func (d *deviceListener) closeNow() {
-	d.srv.Close()
-	d.ln.Close()
+	if d.srv != nil {
+		d.srv.Close()
+	}
+	if d.ln != nil {
+		d.ln.Close()
+	}
 	if d.coap != nil {
 		d.coap.Close()
 	}
 	if d.plain != nil {
 		d.plain.ln.Close()
+	}
+	if d.mqtt != nil {
+		d.mqtt.Close(context.Background())
 	}
 }
 
